@@ -1,0 +1,5 @@
+import sys
+
+from moediag.cli import main
+
+sys.exit(main())

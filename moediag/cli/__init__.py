@@ -1,0 +1,17 @@
+"""Command-line interface: a thin adapter over the moediag library.
+
+Each command module registers itself on :data:`moediag.cli.app.app` when imported below.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from moediag.cli import inspect as _inspect  # noqa: F401  (registers `inspect`)
+from moediag.cli.app import app, main
+
+__all__ = ["app", "main", "run"]
+
+
+def run() -> None:
+    sys.exit(main())

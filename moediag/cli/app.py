@@ -1,0 +1,102 @@
+"""The typer application and the one place where errors become exit codes.
+
+Every command lives in its own module in this package and registers itself on :data:`app`; each is a
+thin adapter: parse options, call the library, render the result, return an exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from moediag.errors import ExitCode, MoediagError
+
+_state = {"debug": False}
+
+
+def is_debug() -> bool:
+    return bool(_state["debug"])
+
+
+def echo_err(message: str) -> None:
+    """Human-facing text goes to stderr so stdout stays pure data (JSON, tables on request)."""
+    click.echo(message, err=True)
+
+
+class MoediagGroup(TyperGroup):
+    """Catches moediag's errors once: one line on stderr, exit 2; anything else is exit 3."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MoediagError as exc:
+            if is_debug():
+                traceback.print_exc()
+            echo_err(f"moediag: error: {exc}")
+            raise typer.Exit(int(ExitCode.INVALID_INPUT)) from None
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            echo_err("moediag: interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # pragma: no cover - exercised through the --debug test
+            if is_debug():
+                traceback.print_exc()
+            name = type(exc).__name__
+            echo_err(f"moediag: internal error: {name}: {exc} (rerun with --debug for the traceback)")
+            raise typer.Exit(int(ExitCode.INTERNAL_ERROR)) from None
+
+
+app = typer.Typer(
+    name="moediag",
+    cls=MoediagGroup,
+    help="Routing and expert-utilisation diagnostics for Mixture-of-Experts models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from moediag import __version__
+
+        typer.echo(f"moediag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Is my routing healthy? Inspect traces and checkpoints, report, gate CI."""
+    _state["debug"] = debug
+
+
+def finish(code: int | ExitCode) -> None:
+    """End a command with an exit code (0 returns normally)."""
+    if int(code) != 0:
+        raise typer.Exit(int(code))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    try:
+        app(args=argv, prog_name="moediag")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

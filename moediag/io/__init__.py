@@ -1,0 +1,1 @@
+"""Low-level file access shared by traces and checkpoints."""
