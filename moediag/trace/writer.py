@@ -1,0 +1,160 @@
+"""Writing v1 traces atomically: a temp file (or folder) beside the target, then a rename.
+
+``write_trace`` writes one file from tensors in memory. ``TraceWriter`` streams token batches into
+numbered shards of a folder, so recorders and importers never hold a whole trace; the folder appears
+under its final name only when ``close()`` succeeds, so a failed run leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import torch
+from safetensors.torch import save_file
+
+from moediag.trace.schema import LAYER_RE, PER_TOKEN_LAYER_TENSORS, TOKEN_RE
+
+
+def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def write_trace(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
+    """Write one trace file atomically. Returns the path written."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        save_file(_contiguous(tensors), tmp, metadata=dict(metadata))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _is_per_token(name: str) -> bool:
+    m = LAYER_RE.match(name)
+    if m:
+        return m.group(2) in PER_TOKEN_LAYER_TENSORS
+    return bool(TOKEN_RE.match(name))
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place, replacing what was there only after it is complete."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    else:
+        os.replace(tmp, target)
+
+
+class TraceWriter:
+    """Stream token batches into a folder of shards ``part-00000.safetensors``, ...
+
+    >>> with TraceWriter("trace/", metadata) as w:        # doctest: +SKIP
+    ...     w.add({"layers.0.router_logits": logits, "tokens.sequence_ids": seq})
+    ...     w.set_constant("layers.0.selection_bias", bias)
+
+    Every batch must carry the same per-token tensor names. Constant tensors (``selection_bias``,
+    ``expert_counts``) are written into every shard. ``shard_tokens`` bounds memory: a shard is flushed
+    when it holds that many tokens.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        metadata: Mapping[str, str],
+        *,
+        shard_tokens: int = 65_536,
+    ) -> None:
+        self.path = Path(path)
+        self.metadata = dict(metadata)
+        self.shard_tokens = shard_tokens
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        self._pending: dict[str, list[torch.Tensor]] = {}
+        self._pending_tokens = 0
+        self._constants: dict[str, torch.Tensor] = {}
+        self._names: set[str] | None = None
+        self._shards = 0
+        self.tokens_written = 0
+        self.bytes_written = 0
+        self._closed = False
+
+    def set_constant(self, name: str, tensor: torch.Tensor) -> None:
+        if _is_per_token(name):
+            raise ValueError(f"{name} is a per-token tensor; pass it to add()")
+        self._constants[name] = tensor.detach().cpu().contiguous()
+
+    def add(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        names = set(tensors)
+        for name in names:
+            if not _is_per_token(name):
+                raise ValueError(f"{name} is not a per-token tensor; use set_constant()")
+        if self._names is None:
+            self._names = names
+        elif names != self._names:
+            raise ValueError(f"batch tensors {sorted(names ^ self._names)} differ from the first batch's")
+        sizes = {t.shape[0] for t in tensors.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"batch tensors disagree on the token count: {sorted(sizes)}")
+        n = sizes.pop()
+        for name, t in tensors.items():
+            self._pending.setdefault(name, []).append(t.detach().cpu())
+        self._pending_tokens += n
+        if self._pending_tokens >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending as one shard."""
+        if not self._pending_tokens and (self._shards or not self._constants):
+            return
+        tensors = {k: torch.cat(v) for k, v in self._pending.items()}
+        tensors.update(self._constants)
+        shard = self._tmp / f"part-{self._shards:05d}.safetensors"
+        save_file(_contiguous(tensors), str(shard), metadata=self.metadata)
+        self.bytes_written += shard.stat().st_size
+        self.tokens_written += self._pending_tokens
+        self._shards += 1
+        self._pending.clear()
+        self._pending_tokens = 0
+
+    def close(self) -> Path:
+        """Flush and move the folder into place. Returns the final path."""
+        if self._closed:
+            return self.path
+        self.flush()
+        if self._shards == 0:
+            self.abort()
+            raise ValueError("nothing was written: no tokens and no constant tensors")
+        replace_dir(self._tmp, self.path)
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._closed = True
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
