@@ -1,0 +1,246 @@
+"""Run the accumulators over a trace: chunk -> routed, masked :class:`LayerBatch` -> statistics.
+
+``analyze_trace(path)`` is the library call behind ``moediag inspect TRACE`` (and report, check,
+compare); ``trace_stats`` gives the raw mergeable :class:`ModelStats` for a list of chunks, which is
+what parallel and distributed runs merge.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from moediag import __version__, routing
+from moediag.errors import InvalidInputError
+from moediag.stats import LayerBatch, ModelStats, StatsOptions
+from moediag.trace import Chunk, LayerInfo, RoutingSpec, Trace, open_trace
+
+#: JSON schema version of ``--json`` output (``meta.format``). History: 1 = first release.
+JSON_FORMAT = 1
+
+ProgressFn = Callable[[int], None]
+
+
+def layer_batch(chunk: Chunk, info: LayerInfo, bias: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[LayerBatch, int]:
+    """Route one chunk of one layer. Returns the batch of valid rows and the count of non-finite rows."""
+    spec = info.spec
+    e = info.num_experts
+    k = spec.top_k
+    assert k is not None
+    logits = chunk.layer_tensor(info.layer, "router_logits")
+    ids = chunk.layer_tensor(info.layer, "topk_ids")
+    weights = chunk.layer_tensor(info.layer, "topk_weights")
+    n = len(chunk)
+    keep = torch.ones(n, dtype=torch.bool) if valid is None else valid.clone()
+    nonfinite = 0
+    if logits is not None:
+        logits = logits.float()
+        finite = torch.isfinite(logits).all(dim=-1)
+        nonfinite = int((keep & ~finite).sum())
+        keep &= finite
+    if ids is not None:
+        ids = ids.to(torch.int64)
+        bad = (ids < -1) | (ids >= e)
+        if bool(bad.any()):
+            row = int(torch.nonzero(bad.any(dim=1))[0])
+            value = int(ids[row][bad[row]][0])
+            raise InvalidInputError(
+                f"layers.{info.layer}.topk_ids: expert id {value} at token {chunk.start + row} is outside "
+                f"0..{e - 1} (num_experts={e})",
+                chunk.trace.file_for(chunk),
+            )
+        if bool(keep.any()) and int(ids.max()) >= 0:
+            dup = ids.sort(dim=1).values
+            repeated = (dup[:, 1:] == dup[:, :-1]) & (dup[:, 1:] >= 0)
+            if bool((repeated.any(dim=1) & keep).any()):
+                row = int(torch.nonzero(repeated.any(dim=1) & keep)[0])
+                raise InvalidInputError(
+                    f"layers.{info.layer}.topk_ids: token {chunk.start + row} lists the same expert twice",
+                    chunk.trace.file_for(chunk),
+                )
+    sel_idx = keep if bool((~keep).any()) else None
+
+    def take(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None or sel_idx is None else t[sel_idx]
+
+    if sel_idx is not None:
+        logits, ids, weights = (t if t is None else t[sel_idx] for t in (logits, ids, weights))
+    index = chunk.index if sel_idx is None else chunk.index[sel_idx]
+    batch_probs = margin = hf_ids = None
+    if logits is not None:
+        sf = spec.score_function
+        assert sf is not None
+        sel = routing.selection_scores(logits, sf, bias)
+        if ids is None:
+            ids = routing.select(sel, k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf)
+        if weights is None:
+            weights = routing.weights(logits, ids.clamp_min(0), sf, spec.norm_topk_prob)
+        margin_scores = sel if sf != "topk_softmax" else routing.selection_scores(logits, "softmax", bias)
+        margin = routing.margin(margin_scores, ids)
+        batch_probs = routing.distribution(logits, sf)
+        hf_ids = torch.softmax(logits, dim=-1).topk(k, dim=-1).indices
+        chosen = margin_scores.gather(1, ids.clamp_min(0)).masked_fill(ids < 0, float("-inf"))
+        top1 = ids.gather(1, chosen.argmax(dim=1, keepdim=True)).squeeze(1)
+    else:
+        assert ids is not None
+        top1 = ids[:, 0]
+    batch = LayerBatch(
+        num_experts=e,
+        top_k=k,
+        ids=ids,
+        top1=top1,
+        index=index,
+        weights=None if weights is None else weights.float(),
+        logits=logits,
+        probs=batch_probs,
+        margin=margin,
+        hf_ids=hf_ids,
+    )
+    for name in ("sequence_ids", "positions", "step"):
+        t = chunk.token(name)
+        if t is not None:
+            t = t.to(torch.int64)
+            setattr(batch, name, t if sel_idx is None else t[sel_idx])
+    _ = take
+    return batch, nonfinite
+
+
+def chunk_mask(chunk: Chunk) -> torch.Tensor | None:
+    mask = chunk.token("mask")
+    return None if mask is None else mask.to(torch.bool)
+
+
+def trace_stats(
+    trace: Trace,
+    chunks: Iterable[Chunk],
+    options: StatsOptions | None = None,
+    progress: ProgressFn | None = None,
+    layers: Iterable[int] | None = None,
+) -> ModelStats:
+    """Statistics of the given chunks of ``trace`` (count-only layers are added once, not per chunk)."""
+    stats = ModelStats(options)
+    wanted = sorted(trace.layers) if layers is None else sorted(layers)
+    biases = {layer: trace.selection_bias(layer) for layer in wanted if not trace.layers[layer].count_only}
+    for layer in wanted:
+        info = trace.layers[layer]
+        stats.layer(layer, info.num_experts, info.spec.top_k)
+    for chunk in chunks:
+        valid = chunk_mask(chunk)
+        for layer in wanted:
+            info = trace.layers[layer]
+            if info.count_only:
+                continue
+            batch, nonfinite = layer_batch(chunk, info, biases[layer], valid)
+            target = stats.layers[layer]
+            target.excluded_nonfinite += nonfinite
+            target.update(batch)
+        if progress is not None:
+            progress(len(chunk))
+    return stats
+
+
+def add_count_layers(trace: Trace, stats: ModelStats, layers: Iterable[int] | None = None) -> None:
+    for layer in sorted(trace.layers) if layers is None else layers:
+        info = trace.layers[layer]
+        if info.count_only:
+            stats.layer(layer, info.num_experts, info.spec.top_k).update_counts(trace.expert_counts(layer))
+
+
+@dataclass
+class TraceAnalysis:
+    """The result of analysing a trace: per-layer figures, the summary, and the raw accumulators."""
+
+    path: str
+    stats: ModelStats
+    options: StatsOptions
+    trace_meta: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    _computed: dict[str, Any] | None = None
+
+    def computed(self) -> dict[str, Any]:
+        if self._computed is None:
+            self._computed = self.stats.compute()
+        return self._computed
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        return list(self.computed()["layers"])
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self.computed()["summary"])
+
+    def layer(self, layer: int) -> dict[str, Any]:
+        for row in self.layers:
+            if row["layer"] == layer:
+                return row
+        raise KeyError(layer)
+
+    def to_dict(self, detail: bool = False) -> dict[str, Any]:
+        """The ``--json`` document. ``detail`` adds matrices: co-activation, per-step load, margin histogram."""
+        computed = self.computed()
+        layers = []
+        for row in computed["layers"]:
+            row = dict(row)
+            if not detail:
+                row.pop("drop_rate_by_position", None)
+            else:
+                s = self.stats.layers[row["layer"]]
+                row["coactivation"] = s.coactivation.pairs.tolist() if not s.count_only else None
+                row["step_load"] = s.steps.compute()
+                row["margin_histogram"] = s.router.margin_histogram()
+            layers.append(row)
+        return {
+            "meta": {
+                "format": JSON_FORMAT,
+                "moediag_version": __version__,
+                "kind": "trace",
+                "path": self.path,
+                "created": self.created,
+                "options": {
+                    "cold_eps": self.options.cold_eps,
+                    "capacity_factors": list(self.options.capacity_factors),
+                    "capacity_group_tokens": self.options.capacity_group_tokens,
+                },
+                "trace": self.trace_meta,
+            },
+            "summary": computed["summary"],
+            "layers": layers,
+        }
+
+
+def analyze_trace(
+    path: str | os.PathLike[str] | Trace,
+    *,
+    options: StatsOptions | None = None,
+    overrides: RoutingSpec | None = None,
+    chunk_tokens: int | None = None,
+    progress: ProgressFn | None = None,
+    layers: Iterable[int] | None = None,
+) -> TraceAnalysis:
+    """Open (if needed) and analyse a whole trace, streaming in chunks."""
+    trace = path if isinstance(path, Trace) else open_trace(path, overrides=overrides)
+    options = options or StatsOptions()
+    if layers is not None:
+        layers = list(layers)
+        missing = [x for x in layers if x not in trace.layers]
+        if missing:
+            raise InvalidInputError(
+                f"layer {missing[0]} is not in the trace (layers: {', '.join(map(str, sorted(trace.layers)))})",
+                trace.path,
+            )
+    stats = trace_stats(trace, trace.iter_chunks(chunk_tokens), options, progress, layers)
+    add_count_layers(trace, stats, layers)
+    meta = {
+        "model": trace.meta.model,
+        "shards": len(trace.shards),
+        "tokens": trace.num_tokens,
+        "domains": trace.meta.domains,
+        "token_fields": sorted(trace.token_fields),
+    }
+    return TraceAnalysis(str(trace.path), stats, options, meta)

@@ -1,0 +1,41 @@
+"""What every per-token accumulator consumes: one chunk of one layer, routed and masked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LayerBatch:
+    """Valid tokens of one chunk for one layer (padding and non-finite rows already removed).
+
+    ``ids`` are the experts the model chose (the recorded ``topk_ids`` when present), -1 for an empty slot;
+    ``top1`` is the first choice. Logit-derived fields are None for traces that only hold top-k ids.
+    """
+
+    num_experts: int
+    top_k: int
+    ids: torch.Tensor  # [n, k] int64
+    top1: torch.Tensor  # [n] int64
+    index: torch.Tensor  # [n] int64, global token index
+    weights: torch.Tensor | None = None  # [n, k] gate weight of each choice (for the "probs" drop policy)
+    logits: torch.Tensor | None = None  # [n, E] float32
+    probs: torch.Tensor | None = None  # [n, E] distribution over experts (losses, entropy)
+    margin: torch.Tensor | None = None  # [n] top-k boundary margin
+    hf_ids: torch.Tensor | None = None  # [n, k] softmax-then-top-k of the logits, as transformers' aux loss
+    sequence_ids: torch.Tensor | None = None  # [n]
+    positions: torch.Tensor | None = None  # [n]
+    step: torch.Tensor | None = None  # [n]
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def select(self, keep: torch.Tensor) -> LayerBatch:
+        """The rows where ``keep`` is true."""
+        out = LayerBatch(self.num_experts, self.top_k, self.ids[keep], self.top1[keep], self.index[keep])
+        for name in ("weights", "logits", "probs", "margin", "hf_ids", "sequence_ids", "positions", "step"):
+            value = getattr(self, name)
+            setattr(out, name, None if value is None else value[keep])
+        return out

@@ -1,0 +1,152 @@
+"""Capacity-drop rates: what share of assignments a capacity limit would drop.
+
+Capacity per expert C = ceil(CF * k * n_g / E) for a capacity group of n_g tokens (Megatron
+``get_capacity``). A group is a sequence (a run of equal ``tokens.sequence_ids``) or, without sequence
+ids, a block of ``group_tokens`` consecutive tokens. Within a group, an expert keeps its first C
+assignments; which come first depends on the policy:
+
+``position``  token order (later tokens drop first, OpenMoE's drop-towards-the-end)
+``probs``     highest gate weight first (lowest-weight assignments drop first; ties by token order)
+
+Drop rate = dropped assignments / assignments, over all groups; also per position bucket (the token's
+position in its sequence, from ``tokens.positions`` or its offset in the group).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+from moediag.stats.batch import LayerBatch
+from moediag.stats.runs import RunAccumulator
+
+CAPACITY_FACTORS = (1.0, 1.25, 1.5, 2.0)
+POLICIES = ("position", "probs")
+#: position bucket lower edges; the last bucket is open-ended
+POSITION_EDGES = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+DEFAULT_GROUP_TOKENS = 4096
+
+
+def bucket_labels() -> list[str]:
+    labels = []
+    for i, lo in enumerate(POSITION_EDGES):
+        hi = POSITION_EDGES[i + 1] if i + 1 < len(POSITION_EDGES) else None
+        labels.append(f"{lo}-{hi - 1}" if hi is not None else f"{lo}+")
+    return labels
+
+
+def _ranks_within_key(key: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """For assignments sorted by ``order`` within equal keys, each assignment's rank in its key group."""
+    sorted_key = key[order]
+    n = key.numel()
+    pos = torch.arange(n, dtype=torch.int64)
+    is_start = torch.ones(n, dtype=torch.bool)
+    if n > 1:
+        is_start[1:] = sorted_key[1:] != sorted_key[:-1]
+    start_pos = torch.where(is_start, pos, torch.zeros_like(pos))
+    start_pos = torch.cummax(start_pos, dim=0).values
+    ranks = torch.empty(n, dtype=torch.int64)
+    ranks[order] = pos - start_pos
+    return ranks
+
+
+class CapacityStats(RunAccumulator):
+    def __init__(
+        self,
+        num_experts: int,
+        top_k: int,
+        capacity_factors: tuple[float, ...] = CAPACITY_FACTORS,
+        group_tokens: int = DEFAULT_GROUP_TOKENS,
+    ) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.capacity_factors = tuple(capacity_factors)
+        self.group_tokens = group_tokens
+        nb = len(POSITION_EDGES)
+        self.assignments = torch.zeros(nb, dtype=torch.int64)  # per position bucket
+        self.dropped = {p: torch.zeros(len(self.capacity_factors), nb, dtype=torch.int64) for p in POLICIES}
+        self.has_weights = True
+
+    def update(self, batch: LayerBatch) -> None:
+        if len(batch) == 0:
+            return
+        if batch.weights is None:
+            self.has_weights = False
+        gids = batch.sequence_ids if batch.sequence_ids is not None else batch.index // self.group_tokens
+        rows = {"ids": batch.ids}
+        rows["weights"] = batch.weights if batch.weights is not None else torch.zeros(batch.ids.shape)
+        if batch.positions is not None:
+            rows["positions"] = batch.positions.to(torch.int64)
+        self.update_rows(gids.to(torch.int64), rows)
+
+    def _finalize(self, rows: dict[str, torch.Tensor], lengths: torch.Tensor) -> None:
+        ids = rows["ids"]
+        n, k = ids.shape
+        e = self.num_experts
+        run = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+        if "positions" in rows:
+            pos = rows["positions"]
+        else:
+            starts = torch.cumsum(lengths, 0) - lengths
+            pos = torch.arange(n, dtype=torch.int64) - starts[run]
+        edges = torch.tensor(POSITION_EDGES[1:], dtype=torch.int64)
+        bucket = torch.bucketize(pos.clamp_min(0), edges, right=True)
+        flat_ids = ids.reshape(-1)
+        valid = flat_ids >= 0
+        a_run = run.repeat_interleave(k)[valid]
+        a_bucket = bucket.repeat_interleave(k)[valid]
+        a_ids = flat_ids[valid]
+        key = a_run * e + a_ids
+        self.assignments += torch.bincount(a_bucket, minlength=len(POSITION_EDGES))
+        # capacity per run and factor, in exact integer arithmetic: ceil(CF * k * n_g / E)
+        for policy in POLICIES:
+            if policy == "position":
+                order = torch.sort(key, stable=True).indices
+            else:
+                w = rows["weights"].reshape(-1)[valid]
+                by_weight = torch.sort(-w.double(), stable=True).indices
+                order = by_weight[torch.sort(key[by_weight], stable=True).indices]
+            ranks = _ranks_within_key(key, order)
+            for j, cf in enumerate(self.capacity_factors):
+                frac = Fraction(cf).limit_denominator(10_000)
+                num = frac.numerator * k * lengths
+                den = frac.denominator * e
+                capacity = (num + den - 1) // den
+                dropped = ranks >= capacity[a_run]
+                self.dropped[policy][j] += torch.bincount(a_bucket[dropped], minlength=len(POSITION_EDGES))
+
+    def _merge_sums(self, other: RunAccumulator) -> None:
+        assert isinstance(other, CapacityStats)
+        self.assignments += other.assignments
+        for p in POLICIES:
+            self.dropped[p] += other.dropped[p]
+        self.has_weights = self.has_weights and other.has_weights
+
+    def compute(self) -> dict[str, Any]:
+        done = self.finalized()
+        assert isinstance(done, CapacityStats)
+        total = int(done.assignments.sum())
+        rate: dict[str, dict[str, float | None]] = {}
+        by_bucket: dict[str, dict[str, list[float | None]]] = {}
+        for policy in POLICIES:
+            usable = total > 0 and (policy == "position" or done.has_weights)
+            rate[policy] = {}
+            by_bucket[policy] = {}
+            for j, cf in enumerate(self.capacity_factors):
+                d = done.dropped[policy][j]
+                rate[policy][str(cf)] = float(d.sum()) / total if usable else None
+                by_bucket[policy][str(cf)] = [
+                    (float(d[b]) / float(done.assignments[b]) if usable and done.assignments[b] else None)
+                    for b in range(len(POSITION_EDGES))
+                ]
+        return {
+            "drop_rate": rate,
+            "drop_rate_by_position": {
+                "buckets": bucket_labels(),
+                "assignments": done.assignments.tolist(),
+                "rate": by_bucket,
+            },
+        }

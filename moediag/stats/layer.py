@@ -1,0 +1,167 @@
+"""One layer's accumulators together, and the model-level accumulator over all layers.
+
+``update(batch)``, ``merge(other)`` and ``compute()`` follow torchmetrics: state is sufficient statistics,
+``merge`` folds in an accumulator of the tokens that come after (chunks, shards, machines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from moediag.stats.batch import LayerBatch
+from moediag.stats.capacity import CAPACITY_FACTORS, DEFAULT_GROUP_TOKENS, CapacityStats
+from moediag.stats.coactivation import CoactivationStats
+from moediag.stats.imbalance import cv, entropy_norm, gini, max_mean, max_vio, min_mean
+from moediag.stats.load import LoadStats, StepLoadStats
+from moediag.stats.router import RouterStats
+from moediag.stats.sequences import ConsecutiveStats, SeqAuxStats
+
+
+@dataclass(frozen=True)
+class StatsOptions:
+    """Analysis settings that change figures (recorded in the JSON ``meta``)."""
+
+    cold_eps: float = 0.1
+    capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
+    capacity_group_tokens: int = DEFAULT_GROUP_TOKENS
+
+
+class LayerStats:
+    """All statistics of one MoE layer."""
+
+    def __init__(self, layer: int, num_experts: int, top_k: int | None, options: StatsOptions | None = None) -> None:
+        self.layer = layer
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.options = options or StatsOptions()
+        k = top_k or 1
+        self.load = LoadStats(num_experts, self.options.cold_eps)
+        self.steps = StepLoadStats(num_experts)
+        self.router = RouterStats(num_experts, k)
+        self.capacity = CapacityStats(num_experts, k, self.options.capacity_factors, self.options.capacity_group_tokens)
+        self.seq_aux = SeqAuxStats(num_experts, k)
+        self.consecutive = ConsecutiveStats(num_experts)
+        self.coactivation = CoactivationStats(num_experts)
+        self.count_only = False
+        self.has_logits = False
+        self.excluded_nonfinite = 0
+
+    def update(self, batch: LayerBatch) -> None:
+        if batch.logits is not None:
+            self.has_logits = True
+        self.load.update(batch)
+        self.steps.update(batch)
+        self.router.update(batch)
+        self.capacity.update(batch)
+        self.seq_aux.update(batch)
+        self.consecutive.update(batch)
+        self.coactivation.update(batch)
+
+    def update_counts(self, counts: torch.Tensor) -> None:
+        """Count-only data: ``expert_counts`` [S, E] rows."""
+        self.count_only = True
+        self.load.add_counts(counts.sum(0))
+        self.steps.add_rows(counts, first_step=len(self.steps.by_step))
+
+    def merge(self, other: LayerStats) -> None:
+        self.load.merge(other.load)
+        self.steps.merge(other.steps)
+        self.router.merge(other.router)
+        self.capacity.merge(other.capacity)
+        self.seq_aux.merge(other.seq_aux)
+        self.consecutive.merge(other.consecutive)
+        self.coactivation.merge(other.coactivation)
+        self.count_only = self.count_only or other.count_only
+        self.has_logits = self.has_logits or other.has_logits
+        self.excluded_nonfinite += other.excluded_nonfinite
+
+    def compute(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"layer": self.layer, "num_experts": self.num_experts, "top_k": self.top_k}
+        out["tokens"] = None if self.count_only else self.load.tokens
+        out["source"] = "counts" if self.count_only else ("logits" if self.has_logits else "topk_ids")
+        out.update(self.load.compute())
+        router = self.router.compute(self.load.counts)
+        if self.count_only:
+            out.update({key: None for key in router})
+            out.update({"seq_aux_loss": None, "drop_rate": None, "consecutive_same_rate": None,
+                        "consecutive_same_baseline": None})
+        else:
+            out.update(router)
+            out.update(self.seq_aux.compute())
+            out.update(self.capacity.compute())
+            out.update(self.consecutive.compute())
+        out["excluded_nonfinite"] = self.excluded_nonfinite
+        return out
+
+
+_IMBALANCE = {
+    "max_vio": (max_vio, "max"),
+    "max_mean": (max_mean, "max"),
+    "min_mean": (min_mean, "min"),
+    "cv": (cv, "max"),
+    "gini": (gini, "max"),
+    "entropy_norm": (entropy_norm, "min"),
+}
+
+
+class ModelStats:
+    """Every layer's statistics plus the model-level figures (the pooled transformers aux loss)."""
+
+    def __init__(self, options: StatsOptions | None = None) -> None:
+        self.options = options or StatsOptions()
+        self.layers: dict[int, LayerStats] = {}
+
+    def layer(self, layer: int, num_experts: int, top_k: int | None) -> LayerStats:
+        if layer not in self.layers:
+            self.layers[layer] = LayerStats(layer, num_experts, top_k, self.options)
+        return self.layers[layer]
+
+    def merge(self, other: ModelStats) -> None:
+        for layer, stats in other.layers.items():
+            if layer in self.layers:
+                self.layers[layer].merge(stats)
+            else:
+                self.layers[layer] = stats
+
+    def hf_aux_loss(self) -> float | None:
+        """transformers' ``load_balancing_loss_func`` over all layers' logits pooled along tokens
+        (balanced = k): E * sum_i (H_i / N) (Q_i / N), H = softmax-top-k counts, Q = softmax sums."""
+        with_logits = [s for s in self.layers.values() if s.router.tokens > 0]
+        if not with_logits or len({s.num_experts for s in with_logits}) != 1:
+            return None
+        n = sum(s.router.tokens for s in with_logits)
+        hf = sum((s.router.hf_counts for s in with_logits), torch.zeros_like(with_logits[0].router.hf_counts))
+        q = sum((s.router.softmax_sum for s in with_logits), torch.zeros_like(with_logits[0].router.softmax_sum))
+        e = with_logits[0].num_experts
+        return float(e * ((hf.double() / n) * (q / n)).sum())
+
+    def compute(self) -> dict[str, Any]:
+        layers = [self.layers[k].compute() for k in sorted(self.layers)]
+        summary: dict[str, Any] = {
+            "layers": len(layers),
+            "tokens": max((x["tokens"] for x in layers if x["tokens"] is not None), default=None),
+            "num_experts": sorted({x["num_experts"] for x in layers}),
+            "top_k": sorted({x["top_k"] for x in layers if x["top_k"] is not None}),
+            "hf_aux_loss": self.hf_aux_loss(),
+        }
+        for key in ("num_experts", "top_k"):
+            if len(summary[key]) == 1:
+                summary[key] = summary[key][0]
+            elif not summary[key]:
+                summary[key] = None
+        figures = dict.fromkeys(_IMBALANCE, None) | {"aux_loss": "max", "seq_aux_loss": "max", "z_loss": "max"}
+        for key in list(_IMBALANCE) + ["aux_loss", "seq_aux_loss", "z_loss"]:
+            worst_is = _IMBALANCE[key][1] if key in _IMBALANCE else figures[key]
+            vals = [(x[key], x["layer"]) for x in layers if x.get(key) is not None]
+            if not vals:
+                summary[key] = {"mean": None, "worst": None, "worst_layer": None}
+                continue
+            pick = max(vals) if worst_is == "max" else min(vals)
+            summary[key] = {"mean": sum(v for v, _ in vals) / len(vals), "worst": pick[0], "worst_layer": pick[1]}
+        summary["dead_experts"] = sum(len(x["dead_experts"]) for x in layers)
+        summary["cold_experts"] = sum(len(x["cold_experts"]) for x in layers)
+        summary["excluded_nonfinite"] = sum(x["excluded_nonfinite"] for x in layers)
+        return {"summary": summary, "layers": layers}

@@ -1,0 +1,100 @@
+"""Expert load: counts per expert (all top-k choices), first-choice counts, per-step counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from moediag.stats.batch import LayerBatch
+from moediag.stats.imbalance import imbalance_figures
+
+
+def bincount(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Counts of each expert id in ``ids`` (any shape; -1 entries ignored), int64 [E]."""
+    flat = ids.reshape(-1)
+    flat = flat[flat >= 0]
+    return torch.bincount(flat, minlength=num_experts).to(torch.int64)
+
+
+class LoadStats:
+    """Sufficient statistics: assignment counts, first-choice counts, token and empty-slot counts."""
+
+    def __init__(self, num_experts: int, cold_eps: float = 0.1) -> None:
+        self.num_experts = num_experts
+        self.cold_eps = cold_eps
+        self.counts = torch.zeros(num_experts, dtype=torch.int64)
+        self.top1_counts = torch.zeros(num_experts, dtype=torch.int64)
+        self.tokens = 0
+        self.empty_slots = 0
+
+    def update(self, batch: LayerBatch) -> None:
+        self.counts += bincount(batch.ids, self.num_experts)
+        self.top1_counts += bincount(batch.top1, self.num_experts)
+        self.tokens += len(batch)
+        self.empty_slots += int((batch.ids < 0).sum())
+
+    def add_counts(self, counts: torch.Tensor) -> None:
+        """Count-only data (``expert_counts``): assignments without tokens."""
+        self.counts += counts.to(torch.int64)
+
+    def merge(self, other: LoadStats) -> None:
+        self.counts += other.counts
+        self.top1_counts += other.top1_counts
+        self.tokens += other.tokens
+        self.empty_slots += other.empty_slots
+
+    def compute(self) -> dict[str, Any]:
+        out = imbalance_figures(self.counts, self.cold_eps)
+        out["assignments"] = int(self.counts.sum())
+        out["empty_slots"] = self.empty_slots
+        return out
+
+
+class StepLoadStats:
+    """Load per training step (``tokens.step``) or per recorded step of count-only data."""
+
+    def __init__(self, num_experts: int) -> None:
+        self.num_experts = num_experts
+        self.by_step: dict[int, torch.Tensor] = {}
+
+    def _add(self, step: int, counts: torch.Tensor) -> None:
+        if step in self.by_step:
+            self.by_step[step] = self.by_step[step] + counts
+        else:
+            self.by_step[step] = counts.clone()
+
+    def update(self, batch: LayerBatch) -> None:
+        if batch.step is None or len(batch) == 0:
+            return
+        steps, inverse = torch.unique(batch.step, return_inverse=True)
+        k = batch.ids.shape[1]
+        e = self.num_experts
+        flat_ids = batch.ids.reshape(-1)
+        flat_step = inverse.repeat_interleave(k)
+        ok = flat_ids >= 0
+        counts = torch.bincount(flat_step[ok] * e + flat_ids[ok], minlength=steps.numel() * e)
+        counts = counts.view(steps.numel(), e).to(torch.int64)
+        for i, s in enumerate(steps.tolist()):
+            self._add(int(s), counts[i])
+
+    def add_rows(self, counts: torch.Tensor, first_step: int = 0) -> None:
+        for i in range(counts.shape[0]):
+            self._add(first_step + i, counts[i].to(torch.int64))
+
+    def merge(self, other: StepLoadStats) -> None:
+        for s, c in other.by_step.items():
+            self._add(s, c)
+
+    def compute(self) -> dict[str, Any] | None:
+        if not self.by_step:
+            return None
+        from moediag.stats.imbalance import cv, max_vio
+
+        steps = sorted(self.by_step)
+        return {
+            "steps": steps,
+            "load": [self.by_step[s].tolist() for s in steps],
+            "max_vio": [max_vio(self.by_step[s]) for s in steps],
+            "cv": [cv(self.by_step[s]) for s in steps],
+        }

@@ -1,0 +1,131 @@
+"""Router behaviour and losses from logits: aux loss sums, z-loss, entropy, confidence, margins.
+
+State is sums over valid tokens (float64) and fixed-bin histograms, so merges are exact up to float64
+rounding. The aux loss needs the layer's load counts too; :class:`LayerStats` combines them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from moediag.stats.batch import LayerBatch
+from moediag.stats.load import bincount
+
+#: margin histogram: MARGIN_BINS equal bins over [0, MARGIN_MAX]; values outside go to under/over counts
+MARGIN_BINS = 200
+MARGIN_MAX = 1.0
+#: share of tokens whose margin is below each of these is reported exactly
+MARGIN_THRESHOLDS = (0.001, 0.01, 0.05, 0.1)
+
+
+class RouterStats:
+    def __init__(self, num_experts: int, top_k: int) -> None:
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.tokens = 0  # tokens with logits
+        self.prob_sum = torch.zeros(num_experts, dtype=torch.float64)  # sum_t p_{t,i}
+        self.lse_sq_sum = 0.0  # sum_t logsumexp(z_t)^2
+        self.entropy_sum = 0.0  # sum_t H(p_t) in nats
+        self.confidence_sum = 0.0  # sum_t max_i p_{t,i}
+        self.hf_counts = torch.zeros(num_experts, dtype=torch.int64)  # softmax -> top-k, as transformers
+        self.softmax_sum = torch.zeros(num_experts, dtype=torch.float64)
+        self.margin_tokens = 0
+        self.margin_sum = 0.0
+        self.margin_hist = torch.zeros(MARGIN_BINS, dtype=torch.int64)
+        self.margin_under = 0
+        self.margin_over = 0
+        self.margin_below = torch.zeros(len(MARGIN_THRESHOLDS), dtype=torch.int64)
+
+    def update(self, batch: LayerBatch) -> None:
+        if batch.logits is None or batch.probs is None or len(batch) == 0:
+            return
+        z = batch.logits
+        p = batch.probs
+        self.tokens += len(batch)
+        self.prob_sum += p.sum(0, dtype=torch.float64)
+        lse = torch.logsumexp(z, dim=-1).double()
+        self.lse_sq_sum += float((lse * lse).sum())
+        plogp = torch.where(p > 0, p * p.clamp_min(1e-30).log(), torch.zeros_like(p))
+        self.entropy_sum += float(-plogp.sum(-1, dtype=torch.float64).sum())
+        self.confidence_sum += float(p.max(-1).values.sum(dtype=torch.float64))
+        softmax = torch.softmax(z, dim=-1)
+        self.softmax_sum += softmax.sum(0, dtype=torch.float64)
+        if batch.hf_ids is not None:
+            self.hf_counts += bincount(batch.hf_ids, self.num_experts)
+        if batch.margin is not None:
+            m = batch.margin[~torch.isnan(batch.margin)].double()
+            self.margin_tokens += m.numel()
+            self.margin_sum += float(m.sum())
+            self.margin_under += int((m < 0).sum())
+            self.margin_over += int((m > MARGIN_MAX).sum())
+            inside = m[(m >= 0) & (m <= MARGIN_MAX)]
+            idx = (inside / MARGIN_MAX * MARGIN_BINS).long().clamp_max(MARGIN_BINS - 1)
+            self.margin_hist += torch.bincount(idx, minlength=MARGIN_BINS)
+            for i, th in enumerate(MARGIN_THRESHOLDS):
+                self.margin_below[i] += int((m < th).sum())
+
+    def merge(self, other: RouterStats) -> None:
+        for name in ("tokens", "lse_sq_sum", "entropy_sum", "confidence_sum", "margin_tokens", "margin_sum",
+                     "margin_under", "margin_over"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("prob_sum", "hf_counts", "softmax_sum", "margin_hist", "margin_below"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def aux_loss(self, counts: torch.Tensor) -> float | None:
+        """E * sum_i f_i P_i with f_i = c_i / sum c and P_i the mean probability (balanced = 1)."""
+        total = float(counts.sum())
+        if self.tokens == 0 or total == 0:
+            return None
+        f = counts.double() / total
+        p = self.prob_sum / self.tokens
+        return float(self.num_experts * (f * p).sum())
+
+    def margin_quantile(self, q: float) -> float | None:
+        """Quantile from the histogram (resolution MARGIN_MAX / MARGIN_BINS); None without margins."""
+        if self.margin_tokens == 0:
+            return None
+        target = q * self.margin_tokens
+        seen = self.margin_under
+        if seen >= target and self.margin_under:
+            return 0.0
+        width = MARGIN_MAX / MARGIN_BINS
+        for i, c in enumerate(self.margin_hist.tolist()):
+            if seen + c >= target and c:
+                return (i + (target - seen) / c) * width
+            seen += c
+        return MARGIN_MAX
+
+    def compute(self, counts: torch.Tensor) -> dict[str, Any]:
+        n = self.tokens
+        has = n > 0
+        log_e = math.log(self.num_experts) if self.num_experts > 1 else None
+        entropy = self.entropy_sum / n if has else None
+        margins = self.margin_tokens > 0
+        return {
+            "aux_loss": self.aux_loss(counts),
+            "z_loss": self.lse_sq_sum / n if has else None,
+            "router_entropy": entropy,
+            "router_entropy_norm": entropy / log_e if entropy is not None and log_e else None,
+            "confidence": self.confidence_sum / n if has else None,
+            "margin_mean": self.margin_sum / self.margin_tokens if margins else None,
+            "margin_median": self.margin_quantile(0.5),
+            "margin_p10": self.margin_quantile(0.1),
+            "margin_below": (
+                {str(th): int(c) / self.margin_tokens for th, c in zip(MARGIN_THRESHOLDS, self.margin_below.tolist())}
+                if margins
+                else None
+            ),
+        }
+
+    def margin_histogram(self) -> dict[str, Any] | None:
+        if self.margin_tokens == 0:
+            return None
+        return {
+            "bin_width": MARGIN_MAX / MARGIN_BINS,
+            "counts": self.margin_hist.tolist(),
+            "below_zero": self.margin_under,
+            "above_max": self.margin_over,
+        }

@@ -1,0 +1,120 @@
+"""Statistics over groups of consecutive tokens (sequences, capacity groups) that merge exactly.
+
+A group is a run of consecutive tokens with the same group id. A chunk, shard or machine sees a span of
+tokens whose first and last runs may continue beyond it, so a :class:`RunAccumulator` keeps those two
+runs open (their raw rows) and finalises every run known to be complete. ``merge(other)`` joins the last
+open run of ``self`` with the first open run of ``other`` when their ids match (``other`` follows ``self``
+in token order). Memory is bounded by two runs (two sequences, or two capacity groups) per accumulator.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Run:
+    gid: int
+    rows: dict[str, torch.Tensor]
+
+    def join(self, other: Run) -> Run:
+        return Run(self.gid, {k: torch.cat([v, other.rows[k]]) for k, v in self.rows.items()})
+
+    def __len__(self) -> int:
+        return int(next(iter(self.rows.values())).shape[0])
+
+
+def run_bounds(gids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start offsets and lengths of the runs of equal consecutive values."""
+    n = gids.numel()
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    change = torch.nonzero(gids[1:] != gids[:-1]).flatten() + 1
+    starts = torch.cat([torch.zeros(1, dtype=torch.int64), change])
+    ends = torch.cat([change, torch.tensor([n], dtype=torch.int64)])
+    return starts, ends - starts
+
+
+class RunAccumulator:
+    """Base class: subclasses implement ``_finalize(rows, lengths)`` to add complete runs to their sums,
+    ``_merge_sums(other)`` and ``_result(sums_owner)``; open runs stay raw until complete."""
+
+    def __init__(self) -> None:
+        self.head: Run | None = None  # first run of the span (may continue before it)
+        self.tail: Run | None = None  # last run, when the span has more than one
+
+    # -- to implement ----------------------------------------------------------------------------
+    def _finalize(self, rows: dict[str, torch.Tensor], lengths: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _merge_sums(self, other: RunAccumulator) -> None:
+        raise NotImplementedError
+
+    # -- machinery -------------------------------------------------------------------------------
+    def _finalize_runs(self, runs: list[Run]) -> None:
+        if runs:
+            rows = {k: torch.cat([r.rows[k] for r in runs]) for k in runs[0].rows}
+            self._finalize(rows, torch.tensor([len(r) for r in runs], dtype=torch.int64))
+
+    def update_rows(self, gids: torch.Tensor, rows: dict[str, torch.Tensor]) -> None:
+        """Add a chunk of consecutive tokens with group ids ``gids``."""
+        starts, lengths = run_bounds(gids)
+        r = starts.numel()
+        if r == 0:
+            return
+        first = Run(int(gids[0]), {k: v[: int(lengths[0])] for k, v in rows.items()})
+        self._push(first)
+        if r == 1:
+            return
+        if r >= 3:
+            a, b = int(starts[1]), int(starts[-1])
+            self._close_tail()
+            self._finalize({k: v[a:b] for k, v in rows.items()}, lengths[1:-1])
+        last = Run(int(gids[int(starts[-1])]), {k: v[int(starts[-1]) :] for k, v in rows.items()})
+        if r >= 3:
+            self.tail = last  # not contiguous with the head even if the ids repeat
+        else:
+            self._push(last)
+
+    def _close_tail(self) -> None:
+        if self.tail is not None:
+            self._finalize_runs([self.tail])
+            self.tail = None
+
+    def _push(self, run: Run) -> None:
+        """Append a run that follows everything seen so far."""
+        if self.head is None:
+            self.head = run
+        elif self.tail is None:
+            if self.head.gid == run.gid:
+                self.head = self.head.join(run)
+            else:
+                self.tail = run
+        elif self.tail.gid == run.gid:
+            self.tail = self.tail.join(run)
+        else:
+            self._close_tail()
+            self.tail = run
+
+    def merge(self, other: RunAccumulator) -> None:
+        """Fold in ``other``, whose tokens come after this accumulator's."""
+        self._merge_sums(other)
+        if other.head is None:
+            return
+        self._push(other.head)
+        if other.tail is not None:
+            if self.tail is not None:
+                self._close_tail()
+            self.tail = other.tail
+
+    def finalized(self) -> RunAccumulator:
+        """A copy with the open runs finalised (for compute(); self is unchanged)."""
+        done = copy.deepcopy(self)
+        open_runs = [r for r in (done.head, done.tail) if r is not None]
+        done.head = done.tail = None
+        for run in open_runs:
+            done._finalize_runs([run])
+        return done
