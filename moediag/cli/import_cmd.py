@@ -1,0 +1,60 @@
+"""``moediag import FORMAT SRC -o TRACE``: another system's routing dump -> a moediag trace."""
+
+from __future__ import annotations
+
+import typer
+
+from moediag.cli.app import app, echo_err
+from moediag.errors import UsageError
+from moediag.importers import ImportFormat, import_routing, parse_format
+
+_FORMATS = ", ".join(f.value for f in ImportFormat)
+
+
+def _parse_layers(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise UsageError(f"--layers takes comma-separated layer indices, got {value!r}") from None
+
+
+@app.command("import")
+def import_command(
+    format: str = typer.Argument(..., metavar="FORMAT", help=f"Source format: {_FORMATS}."),
+    src: list[str] = typer.Argument(..., metavar="SRC...", help="Dump file(s), folder(s) or a quoted glob."),
+    output: str = typer.Option(
+        ..., "-o", "--output", help="Trace to write: a folder of shards, or one file if it ends in .safetensors."
+    ),
+    num_experts: int | None = typer.Option(None, "--num-experts", help="Experts per layer, when the source lacks it."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Experts chosen per token, when the source lacks it."),
+    score_function: str | None = typer.Option(
+        None, "--score-function", help="softmax, sigmoid or topk_softmax, when the source has logits but not this."
+    ),
+    layers: str | None = typer.Option(
+        None, "--layers", help="Model layer index of each MoE layer, in source order (hf, vllm), e.g. 1,3,5."
+    ),
+) -> None:
+    """Convert another system's routing dump into a moediag trace.
+
+    Example: moediag import sglang dumps/ -o trace/ ; moediag import hf logits.pt -o t.safetensors --top-k 2
+    --score-function softmax. See docs/importers.md for what each format reads and assumes.
+    """
+    fmt = parse_format(format)
+    result = import_routing(
+        fmt,
+        list(src),
+        output,
+        num_experts=num_experts,
+        top_k=top_k,
+        score_function=score_function,
+        layer_ids=_parse_layers(layers),
+    )
+    what = f"{result.num_tokens} tokens" if result.per_token else f"{result.num_steps} steps of counts"
+    echo_err(
+        f"moediag: imported {fmt.value} ({result.kind}): {len(result.layers)} MoE layers, "
+        f"{result.num_experts} experts, {what} from {len(result.files)} file(s) -> {result.output}"
+    )
+    for note in result.notes:
+        echo_err(f"  note: {note}")
