@@ -10,9 +10,9 @@ import sys
 import traceback
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from moediag.errors import ExitCode, MoediagError
 
@@ -25,13 +25,13 @@ def is_debug() -> bool:
 
 def echo_err(message: str) -> None:
     """Human-facing text goes to stderr so stdout stays pure data (JSON, tables on request)."""
-    click.echo(message, err=True)
+    typer.echo(message, err=True)
 
 
 class MoediagGroup(TyperGroup):
     """Catches moediag's errors once: one line on stderr, exit 2; anything else is exit 3."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except MoediagError as exc:
@@ -39,7 +39,7 @@ class MoediagGroup(TyperGroup):
                 traceback.print_exc()
             echo_err(f"moediag: error: {exc}")
             raise typer.Exit(int(ExitCode.INVALID_INPUT)) from None
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, TyperException):
             raise
         except KeyboardInterrupt:
             echo_err("moediag: interrupted")
