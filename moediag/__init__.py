@@ -23,4 +23,14 @@ __all__ = [
     "MoediagError",
     "UnsupportedLayoutError",
     "UsageError",
+    "Recorder",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Lazy exports: ``moediag.Recorder`` imports the recording code (and torch) only when used."""
+    if name == "Recorder":
+        from moediag.record import Recorder
+
+        return Recorder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

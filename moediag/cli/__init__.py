@@ -9,6 +9,7 @@ import sys
 
 from moediag.cli import import_cmd as _import_cmd  # noqa: F401
 from moediag.cli import inspect as _inspect  # noqa: F401  (registers `inspect`)
+from moediag.cli import record as _record  # noqa: F401
 from moediag.cli.app import app, main
 
 __all__ = ["app", "main", "run"]
