@@ -1,0 +1,324 @@
+"""What a checkpoint holds, from headers alone: its files, shards, index, config and tensors.
+
+A checkpoint is one of
+
+* a folder with ``config.json`` and ``model.safetensors``, or shards plus ``*.safetensors.index.json``;
+* a single ``.safetensors`` file (a ``config.json`` beside it is used when present);
+* an index ``.json`` file (``weight_map`` names the shards, relative to the index).
+
+Opening reads only the 8-byte length and JSON header of each file (through
+:class:`moediag.io.safetensors_file.SafetensorsFile`); no tensor data is touched. Every problem that makes
+the checkpoint unreadable raises :class:`~moediag.errors.InvalidInputError` naming the file; problems
+that leave it readable (a tensor in a shard that the index does not list) become warnings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moediag.errors import InvalidInputError, UnsupportedLayoutError
+from moediag.io.safetensors_file import SafetensorsFile, TensorInfo, looks_like_safetensors
+
+__all__ = ["Inventory", "TensorRef", "is_checkpoint", "open_inventory"]
+
+_TRACE_NAME = re.compile(r"^layers\.\d+\.(?:router_logits|topk_ids|expert_counts)$")
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor of the checkpoint: its header entry and the file that holds it."""
+
+    info: TensorInfo
+    file: SafetensorsFile
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def dtype(self) -> str:
+        return self.info.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.info.shape
+
+    @property
+    def numel(self) -> int:
+        return self.info.numel
+
+
+@dataclass
+class Inventory:
+    """Every tensor of a checkpoint (by name), the files they live in, and the parsed config."""
+
+    path: Path
+    files: list[SafetensorsFile]
+    tensors: dict[str, TensorRef]
+    config: dict[str, Any] | None = None
+    config_path: Path | None = None
+    index_path: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def __getitem__(self, name: str) -> TensorRef:
+        return self.tensors[name]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.info.nbytes for t in self.tensors.values())
+
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Rows ``[a, b)`` of a tensor (all of it when ``rows`` is None), read by byte range."""
+        ref = self.tensors[name]
+        return ref.file.read(name, rows=rows)
+
+    def read_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements ``[start, stop)`` of a tensor in memory order, as a 1-D tensor of its own dtype.
+
+        Any contiguous span can be read this way (one expert's slice of a fused tensor, a block of
+        rows), so memory stays bounded by what the caller asks for.
+        """
+        return read_flat(self.tensors[name], start, stop)
+
+
+def read_flat(ref: TensorRef, start: int, stop: int) -> torch.Tensor:
+    """Elements ``[start, stop)`` of ``ref`` in memory order (see :meth:`Inventory.read_flat`)."""
+    from moediag.io.safetensors_file import DTYPES, itemsize
+
+    info = ref.info
+    if info.dtype not in DTYPES:
+        raise InvalidInputError(
+            f"tensor {info.name!r} has dtype {info.dtype}, which this torch cannot read", ref.file.path
+        )
+    if not 0 <= start <= stop <= info.numel:
+        raise IndexError(f"elements {start}:{stop} outside {info.name} ({info.numel} elements)")
+    size = itemsize(info.dtype)
+    nbytes = (stop - start) * size
+    if nbytes == 0:
+        return torch.empty(0, dtype=DTYPES[info.dtype])
+    buf = bytearray(nbytes)
+    with open(ref.file.path, "rb") as fh:
+        fh.seek(info.start + start * size)
+        got = fh.readinto(buf)
+    if got != nbytes:
+        raise InvalidInputError(f"truncated while reading tensor {info.name!r}", ref.file.path)
+    return torch.frombuffer(buf, dtype=DTYPES[info.dtype])
+
+
+# -- detection --------------------------------------------------------------------------------------
+
+
+def _is_trace_header(sf: SafetensorsFile) -> bool:
+    if sf.metadata.get("format") == "moediag-trace":
+        return True
+    return any(_TRACE_NAME.match(name) for name in sf.tensors)
+
+
+def _safetensors_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+
+
+def _indexes_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.safetensors.index.json") if p.is_file())
+
+
+def is_checkpoint(path: Path) -> bool:
+    """True when ``path`` looks like a model checkpoint rather than a moediag trace.
+
+    A folder with ``config.json``, ``model*.safetensors`` or a ``*.safetensors.index.json``; an index
+    ``.json`` file; or a ``.safetensors`` file whose header is not a trace (traces carry
+    ``__metadata__["format"] == "moediag-trace"`` or tensors named ``layers.N.router_logits`` /
+    ``topk_ids`` / ``expert_counts``). A file whose header cannot be read is not claimed (False).
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "config.json").is_file() or _indexes_in(path):
+            return True
+        files = _safetensors_in(path)
+        if any(p.name.startswith("model") for p in files):
+            return True
+        if files:
+            try:
+                return not _is_trace_header(SafetensorsFile(files[0]))
+            except InvalidInputError:
+                return False
+        return False
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return path.name.endswith(".safetensors.index.json")
+        return isinstance(data, dict) and "weight_map" in data
+    if path.is_file() and looks_like_safetensors(path):
+        try:
+            return not _is_trace_header(SafetensorsFile(path))
+        except InvalidInputError:
+            return False
+    return False
+
+
+# -- opening ----------------------------------------------------------------------------------------
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"config is not valid JSON ({exc})", path) from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read config ({exc.strerror or exc})", path) from None
+    if not isinstance(data, dict):
+        raise InvalidInputError("config is not a JSON object", path)
+    return data
+
+
+def _load_index(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"index is not valid JSON ({exc})", path) from None
+    except FileNotFoundError:
+        raise InvalidInputError("no such file", path) from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read index ({exc.strerror or exc})", path) from None
+    wm = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+        raise InvalidInputError('not a safetensors index: expected a "weight_map" of tensor -> file', path)
+    return wm
+
+
+def _unsupported_folder(folder: Path) -> UnsupportedLayoutError | None:
+    if (folder / ".metadata").is_file() or any(folder.glob("*.distcp")):
+        return UnsupportedLayoutError(
+            "Megatron-Core torch_dist checkpoint (*.distcp + .metadata), not safetensors; convert it to "
+            "safetensors first (e.g. with Megatron-Bridge's export to Hugging Face format)",
+            folder,
+        )
+    pt = [p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    if pt:
+        return UnsupportedLayoutError(
+            f"holds only pickled torch weights ({pt[0].name}); moediag reads safetensors checkpoints "
+            "(re-save with save_pretrained(..., safe_serialization=True))",
+            folder,
+        )
+    return None
+
+
+def open_inventory(path: str | os.PathLike[str]) -> Inventory:
+    """Open a checkpoint (folder, ``.safetensors`` file, or index ``.json``) reading headers only."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError("no such file or directory", path)
+    config_path: Path | None = None
+    index_path: Path | None = None
+    warnings: list[str] = []
+    if path.is_dir():
+        folder = path
+        if (folder / "config.json").is_file():
+            config_path = folder / "config.json"
+        indexes = _indexes_in(folder)
+        if indexes:
+            preferred = [p for p in indexes if p.name == "model.safetensors.index.json"]
+            index_path = preferred[0] if preferred else indexes[0]
+            if len(indexes) > 1:
+                warnings.append(f"{len(indexes)} index files in the folder; using {index_path.name}")
+            shard_files: list[Path] = []
+        else:
+            shard_files = _safetensors_in(folder)
+            if not shard_files:
+                err = _unsupported_folder(folder)
+                if err:
+                    raise err
+                raise InvalidInputError(
+                    "no .safetensors files and no safetensors index in this folder", folder
+                )
+    elif path.suffix == ".json":
+        index_path = path
+        folder = path.parent
+        if (folder / "config.json").is_file() and path.name != "config.json":
+            config_path = folder / "config.json"
+        shard_files = []
+    else:
+        folder = path.parent
+        shard_files = [path]
+        if (folder / "config.json").is_file():
+            config_path = folder / "config.json"
+
+    config = _load_config(config_path) if config_path else None
+
+    files: list[SafetensorsFile] = []
+    tensors: dict[str, TensorRef] = {}
+    dups: list[str] = []
+    if index_path is not None:
+        weight_map = _load_index(index_path)
+        by_file: dict[str, list[str]] = {}
+        for name, fname in weight_map.items():
+            by_file.setdefault(fname, []).append(name)
+        for fname in sorted(by_file):
+            fpath = index_path.parent / fname
+            if not fpath.is_file():
+                raise InvalidInputError(
+                    f"shard {fname!r} named in the index is missing ({len(by_file[fname])} tensors); "
+                    "download it or point moediag at a complete checkpoint",
+                    index_path,
+                )
+            sf = SafetensorsFile(fpath)
+            files.append(sf)
+            for name in by_file[fname]:
+                if name not in sf.tensors:
+                    raise InvalidInputError(
+                        f"the index places tensor {name!r} in this shard, but the shard does not hold it",
+                        fpath,
+                    )
+            unlisted = [n for n in sf.tensors if n not in weight_map]
+            if unlisted:
+                warnings.append(
+                    f"{fname}: {len(unlisted)} tensors not listed in {index_path.name} "
+                    f"(e.g. {unlisted[0]!r}); "
+                    "counted anyway"
+                )
+            for name, info in sf.tensors.items():
+                if name in weight_map and weight_map[name] != fname:
+                    continue
+                _add(tensors, name, TensorRef(info, sf), dups)
+    else:
+        for fpath in shard_files:
+            sf = SafetensorsFile(fpath)
+            if _is_trace_header(sf):
+                raise InvalidInputError("this is a moediag trace, not a checkpoint", fpath)
+            files.append(sf)
+            for name, info in sf.tensors.items():
+                _add(tensors, name, TensorRef(info, sf), dups)
+    if dups:
+        warnings.append(
+            f"{len(dups)} tensor names appear in more than one file (e.g. {dups[0]!r}; a model-parallel "
+            "split?); the first file's copy is used"
+        )
+    if not tensors:
+        raise InvalidInputError("checkpoint holds no tensors", path)
+    return Inventory(
+        path=path,
+        files=files,
+        tensors=tensors,
+        config=config,
+        config_path=config_path,
+        index_path=index_path,
+        warnings=warnings,
+    )
+
+
+def _add(tensors: dict[str, TensorRef], name: str, ref: TensorRef, dups: list[str]) -> None:
+    if name in tensors:
+        dups.append(name)
+        return
+    tensors[name] = ref

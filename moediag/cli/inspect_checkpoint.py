@@ -1,0 +1,48 @@
+"""``moediag inspect CHECKPOINT``: the checkpoint half of ``inspect`` (dispatched from cli/inspect.py).
+
+A thin adapter: call :func:`moediag.checkpoint.analyze_checkpoint`, show a progress bar on stderr while
+weights are read, print warnings to stderr, and render a table or JSON to stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from moediag.checkpoint import analyze_checkpoint, check_weights
+from moediag.errors import ExitCode
+
+
+def inspect_checkpoint_command(
+    path: Path,
+    *,
+    as_json: bool,
+    layer: int | None,
+    weights: bool,
+    redundancy_threshold: float,
+    console_width: int | None = None,
+    chunk_mib: int = 64,
+) -> int:
+    """Inspect a checkpoint; returns the exit code (0). Bad input raises a MoediagError (exit 2).
+
+    Example: moediag inspect ./Qwen1.5-MoE-A2.7B --no-weights
+    """
+    from moediag.cli.common import print_json, progress_bar, stdout_console
+
+    analysis = analyze_checkpoint(path, weights=False, layer=layer, redundancy_threshold=redundancy_threshold)
+    if weights:
+        with progress_bar("reading expert weights", analysis.weight_bytes()) as advance:
+            check_weights(analysis, chunk_bytes=max(1, chunk_mib) * 1024 * 1024, progress=advance)
+    for w in analysis.warnings:
+        sys.stderr.write(f"moediag: warning: {os.fspath(path)}: {w}\n")
+    if as_json:
+        print_json(analysis.to_dict())
+        return int(ExitCode.OK)
+    from moediag.render.checkpoint_table import render_checkpoint
+
+    console = stdout_console()
+    if console_width is not None:
+        console.width = console_width
+    render_checkpoint(analysis, console)
+    return int(ExitCode.OK)
