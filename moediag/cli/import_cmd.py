@@ -25,12 +25,21 @@ def import_command(
     format: str = typer.Argument(..., metavar="FORMAT", help=f"Source format: {_FORMATS}."),
     src: list[str] = typer.Argument(..., metavar="SRC...", help="Dump file(s), folder(s) or a quoted glob."),
     output: str = typer.Option(
-        ..., "-o", "--output", help="Trace to write: a folder of shards, or one file if it ends in .safetensors."
+        ...,
+        "-o",
+        "--output",
+        help="Trace to write: a folder of shards, or one file if it ends in .safetensors.",
     ),
-    num_experts: int | None = typer.Option(None, "--num-experts", help="Experts per layer, when the source lacks it."),
-    top_k: int | None = typer.Option(None, "--top-k", help="Experts chosen per token, when the source lacks it."),
+    num_experts: int | None = typer.Option(
+        None, "--num-experts", help="Experts per layer, when the source lacks it."
+    ),
+    top_k: int | None = typer.Option(
+        None, "--top-k", help="Experts chosen per token, when the source lacks it."
+    ),
     score_function: str | None = typer.Option(
-        None, "--score-function", help="softmax, sigmoid or topk_softmax, when the source has logits but not this."
+        None,
+        "--score-function",
+        help="softmax, sigmoid or topk_softmax, when the source has logits but not this.",
     ),
     layers: str | None = typer.Option(
         None, "--layers", help="Model layer index of each MoE layer, in source order (hf, vllm), e.g. 1,3,5."

@@ -47,9 +47,9 @@ class ImportOptions:
             raise UsageError(
                 f"--score-function must be one of {', '.join(SCORE_FUNCTIONS)}, got {self.score_function!r}"
             )
-        if self.layer_ids is not None:
-            if len(set(self.layer_ids)) != len(self.layer_ids) or any(i < 0 for i in self.layer_ids):
-                raise UsageError(f"--layers must be distinct non-negative integers, got {self.layer_ids}")
+        ids = self.layer_ids
+        if ids is not None and (len(set(ids)) != len(ids) or any(i < 0 for i in ids)):
+            raise UsageError(f"--layers must be distinct non-negative integers, got {self.layer_ids}")
 
 
 @dataclass
@@ -117,7 +117,9 @@ def expand_source(src: str | os.PathLike[str]) -> list[Path]:
     raise InvalidInputError("no such file or folder", s)
 
 
-def files_in(paths: Iterable[Path], pattern: str, *, required: bool = True, where: Path | None = None) -> list[Path]:
+def files_in(
+    paths: Iterable[Path], pattern: str, *, required: bool = True, where: Path | None = None
+) -> list[Path]:
     """Expand folders to the files in them whose names match ``pattern`` (a regex, full match)."""
     rx = re.compile(pattern)
     out: list[Path] = []
@@ -127,7 +129,9 @@ def files_in(paths: Iterable[Path], pattern: str, *, required: bool = True, wher
         else:
             out.append(p)
     if required and not out:
-        raise InvalidInputError(f"no input files (expected names matching {pattern})", where or next(iter(paths)))
+        raise InvalidInputError(
+            f"no input files (expected names matching {pattern})", where or next(iter(paths))
+        )
     return out
 
 
@@ -159,7 +163,8 @@ def require_num_experts(found: int | None, options: ImportOptions, where: Path, 
     if options.num_experts is not None:
         if found is not None and found != options.num_experts:
             raise InvalidInputError(
-                f"--num-experts {options.num_experts} contradicts the source, which has {found} experts ({what})",
+                f"--num-experts {options.num_experts} contradicts the source, which has {found} "
+                f"experts ({what})",
                 where,
             )
         return options.num_experts

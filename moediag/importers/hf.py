@@ -49,7 +49,8 @@ def _entries(obj: Any, path: Path) -> list[_Entry]:
     if isinstance(obj, dict):
         if "router_logits" not in obj:
             raise InvalidInputError(
-                f"expected a tuple or list of per-layer router logits; this dict has keys {sorted(map(str, obj))[:6]}",
+                "expected a tuple or list of per-layer router logits; this dict has keys "
+                f"{sorted(map(str, obj))[:6]}",
                 path,
             )
         obj = obj["router_logits"]
@@ -69,7 +70,8 @@ def _entries(obj: Any, path: Path) -> list[_Entry]:
                 continue  # dense-layer placeholder
             if len(item) != 2 or not isinstance(item[1], torch.Tensor):
                 raise InvalidInputError(
-                    f"entry {pos}: expected (router_logits, expert_index) as Switch Transformers returns", path
+                    f"entry {pos}: expected (router_logits, expert_index) as Switch Transformers returns",
+                    path,
                 )
             item, ids = item
         if not isinstance(item, torch.Tensor):
@@ -77,9 +79,13 @@ def _entries(obj: Any, path: Path) -> list[_Entry]:
         if item.dim() < 2:
             continue  # dense-layer placeholder
         if not item.is_floating_point():
-            raise InvalidInputError(f"entry {pos}: router logits must be floating point, found {item.dtype}", path)
+            raise InvalidInputError(
+                f"entry {pos}: router logits must be floating point, found {item.dtype}", path
+            )
         if item.dim() > 3:
-            raise InvalidInputError(f"entry {pos}: router logits have shape {list(item.shape)}; expected 2 or 3 dims", path)
+            raise InvalidInputError(
+                f"entry {pos}: router logits have shape {list(item.shape)}; expected 2 or 3 dims", path
+            )
         batch = item.shape[0] if item.dim() == 3 else None
         logits = item.reshape(-1, item.shape[-1])
         if ids is not None:
@@ -92,7 +98,9 @@ def _entries(obj: Any, path: Path) -> list[_Entry]:
             ids = ids.reshape(-1, 1).to(torch.int64)
         out.append(_Entry(pos, logits, ids, batch))
     if not out:
-        raise InvalidInputError("no MoE router logits in this file (empty, or only dense-layer placeholders)", path)
+        raise InvalidInputError(
+            "no MoE router logits in this file (empty, or only dense-layer placeholders)", path
+        )
     return out
 
 
@@ -109,17 +117,16 @@ def import_hf(sources: list[Path], out: Path, options: ImportOptions) -> ImportR
     first = _entries(torch_load(files[0]), files[0])
     positions = [e.position for e in first]
     has_placeholders = positions != list(range(len(first)))
-    if options.layer_ids is not None:
-        layers = resolve_layer_ids(len(first), options, files[0])
-    else:
-        layers = positions  # real indices when placeholders keep dense layers' places, else MoE ordinals
+    # positions are real layer indices when placeholders keep dense layers' places, else MoE ordinals
+    layers = positions if options.layer_ids is None else resolve_layer_ids(len(first), options, files[0])
     widths = {e.logits.shape[1] for e in first}
     if len(widths) != 1:
         raise InvalidInputError(f"MoE layers disagree on the number of experts: {sorted(widths)}", files[0])
     num_experts = widths.pop()
     if options.num_experts is not None and options.num_experts != num_experts:
         raise InvalidInputError(
-            f"--num-experts {options.num_experts} contradicts the router logits, which have {num_experts} columns",
+            f"--num-experts {options.num_experts} contradicts the router logits, which have "
+            f"{num_experts} columns",
             files[0],
         )
     switch = [e.ids is not None for e in first]
@@ -127,6 +134,7 @@ def import_hf(sources: list[Path], out: Path, options: ImportOptions) -> ImportR
         raise InvalidInputError("some layers carry expert indices and some do not", files[0])
     probs = [_is_prob(e.logits) for e in first]
     notes: list[str] = []
+    score: str | None
     if any(probs):
         score = "softmax"
         if options.score_function not in (None, "softmax"):
@@ -149,7 +157,9 @@ def import_hf(sources: list[Path], out: Path, options: ImportOptions) -> ImportR
         )
     top_k = 1 if all(switch) else options.top_k
     if all(switch) and options.top_k not in (None, 1):
-        raise InvalidInputError(f"Switch expert indices are top-1, but --top-k {options.top_k} was given", files[0])
+        raise InvalidInputError(
+            f"Switch expert indices are top-1, but --top-k {options.top_k} was given", files[0]
+        )
     if top_k is None:
         raise MissingMetadataError(
             "top-k unknown: transformers router logits do not record it; pass --top-k", files[0]
@@ -157,7 +167,9 @@ def import_hf(sources: list[Path], out: Path, options: ImportOptions) -> ImportR
     if top_k > num_experts:
         raise UsageError(f"--top-k {top_k} exceeds the number of experts {num_experts}")
     if not has_placeholders and options.layer_ids is None:
-        notes.append("layer indices are MoE-layer ordinals (dense layers not counted); pass --layers to renumber")
+        notes.append(
+            "layer indices are MoE-layer ordinals (dense layers not counted); pass --layers to renumber"
+        )
     three_d = first[0].batch is not None
     dropped = 0
     seq_offset = 0
@@ -182,17 +194,17 @@ def import_hf(sources: list[Path], out: Path, options: ImportOptions) -> ImportR
                 )
             n = entries[0].logits.shape[0]
             batch: dict[str, torch.Tensor] = {}
-            for layer, e, is_prob in zip(layers, entries, probs):
+            for layer, e, is_prob in zip(layers, entries, probs, strict=True):
                 if e.logits.shape != (n, num_experts):
                     raise InvalidInputError(
-                        f"layer {layer}: router logits have shape {list(e.logits.shape)}, expected [{n}, {num_experts}]",
+                        f"layer {layer}: router logits have shape {list(e.logits.shape)}, expected "
+                        f"[{n}, {num_experts}]",
                         path,
                     )
                 if _is_prob(e.logits) != is_prob and n:
+                    here, there = ("probabilities", "logits") if not is_prob else ("logits", "probabilities")
                     raise InvalidInputError(
-                        f"layer {layer}: router outputs are {'probabilities' if not is_prob else 'logits'} here "
-                        f"but {'logits' if not is_prob else 'probabilities'} in {files[0].name}",
-                        path,
+                        f"layer {layer}: router outputs are {here} here but {there} in {files[0].name}", path
                     )
                 if is_prob:
                     batch[f"layers.{layer}.router_logits"] = torch.log(e.logits.float().clamp_min(PROB_FLOOR))
@@ -201,7 +213,9 @@ def import_hf(sources: list[Path], out: Path, options: ImportOptions) -> ImportR
                 if e.ids is not None:
                     ids = e.ids.clone()
                     if n and (int(ids.max()) >= num_experts or int(ids.min()) < 0):
-                        raise InvalidInputError(f"layer {layer}: expert_index outside 0..{num_experts - 1}", path)
+                        raise InvalidInputError(
+                            f"layer {layer}: expert_index outside 0..{num_experts - 1}", path
+                        )
                     # Switch drops tokens over capacity: their one-hot mask row is zero, so argmax gives 0.
                     # A 0 where the router's own argmax is another expert is such a dropped token.
                     gone = (ids[:, 0] == 0) & (e.logits.argmax(-1) != 0)
@@ -214,7 +228,9 @@ def import_hf(sources: list[Path], out: Path, options: ImportOptions) -> ImportR
                 b = entries[0].batch
                 assert b is not None
                 s = n // b if b else 0
-                batch["tokens.sequence_ids"] = (torch.arange(b).repeat_interleave(s) + seq_offset).to(torch.int64)
+                batch["tokens.sequence_ids"] = (torch.arange(b).repeat_interleave(s) + seq_offset).to(
+                    torch.int64
+                )
                 batch["tokens.positions"] = torch.arange(s).repeat(b).to(torch.int64)
                 seq_offset += b
             if n:

@@ -4,8 +4,8 @@ Router trace (per token): ``router_trace_rank{r}.jsonl``, one JSON object per st
 ``{"step","stage","block","layer","rank","num_tokens","topk","top_indices":[[...]]}`` (``layer`` is the index
 in ``decoder.layers``; MTP records carry ``block="mtp"`` and ``mtp_idx``). With logit / hidden-state capture a
 record also has ``logit_offset``, ``logit_bytes``, ``logit_shape`` ([tokens, experts]) into
-``logits_rank{r}.bin`` and ``hs_offset``, ``hs_bytes``, ``hs_shape`` into ``hidden_states_rank{r}.bin``, both raw
-bfloat16. With ``dump_router_weights`` there is ``router_state_rank{r}.pt``: ``{layer: {"weight",
+``logits_rank{r}.bin`` and ``hs_offset``, ``hs_bytes``, ``hs_shape`` into ``hidden_states_rank{r}.bin``,
+both raw bfloat16. With ``dump_router_weights`` there is ``router_state_rank{r}.pt``: ``{layer: {"weight",
 "expert_bias", "score_function", "topk"}}``. The JSONL is read line by line and the sidecars by offset, so
 memory holds one step at a time.
 
@@ -46,7 +46,7 @@ _TRACE = "router_trace_rank"
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise InvalidInputError(f"cannot read ({exc.strerror})", path) from None
     with fh:
@@ -105,15 +105,21 @@ class _Sidecar:
         self._fh: BinaryIO | None = None
 
     def read(self, offset: int, nbytes: int, shape: list[int], context: str) -> torch.Tensor:
-        if not isinstance(shape, list) or len(shape) != 2 or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 2
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+        ):
             raise InvalidInputError(f"{context}: shape {shape!r} is not [tokens, width]", self.path)
         if nbytes != math.prod(shape) * 2:
             raise InvalidInputError(f"{context}: {nbytes} bytes cannot hold bfloat16 {shape}", self.path)
         if self._fh is None:
             try:
-                self._fh = open(self.path, "rb")
+                self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open across reads; close()
             except FileNotFoundError:
-                raise InvalidInputError(f"sidecar file referenced by {context} is missing", self.path) from None
+                raise InvalidInputError(
+                    f"sidecar file referenced by {context} is missing", self.path
+                ) from None
         self._fh.seek(offset)
         data = self._fh.read(nbytes)
         if len(data) != nbytes:
@@ -151,7 +157,9 @@ def _router_state(files: list[Path]) -> dict[int, dict[str, Any]]:
         if p.is_file():
             obj = torch_load(p)
             if not isinstance(obj, dict):
-                raise InvalidInputError("expected a dict {layer: {weight, expert_bias, score_function, topk}}", p)
+                raise InvalidInputError(
+                    "expected a dict {layer: {weight, expert_bias, score_function, topk}}", p
+                )
             return {int(k): v for k, v in obj.items() if isinstance(v, dict)}
     return {}
 
@@ -166,10 +174,12 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
     if not decoder:
         raise InvalidInputError("no decoder-layer records in the first step", files[0])
     layers = sorted({_int(r, "layer", files[0], n) for n, r in decoder})
-    topk = {layer: None for layer in layers}
+    topk: dict[int, int | None] = {layer: None for layer in layers}
     for n, r in decoder:
         topk[r["layer"]] = _int(r, "topk", files[0], n)
     has_logits = all("logit_offset" in r for _, r in decoder)
+    if any(v is None for v in topk.values()):  # pragma: no cover - every layer came from a record
+        raise InvalidInputError("a layer has no topk", files[0])
     has_hs = all("hs_offset" in r for _, r in decoder)
     ks = set(topk.values())
     if len(ks) != 1:
@@ -188,7 +198,8 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
     num_experts = options.num_experts or found_e
     if options.num_experts is not None and found_e is not None and options.num_experts != found_e:
         raise InvalidInputError(
-            f"--num-experts {options.num_experts} contradicts the router, which has {found_e} experts", files[0]
+            f"--num-experts {options.num_experts} contradicts the router, which has {found_e} experts",
+            files[0],
         )
     if num_experts is None:
         raise MissingMetadataError(
@@ -203,7 +214,8 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
             score = fn
     if has_logits and score is None:
         raise MissingMetadataError(
-            "score function unknown (no router_state_rank*.pt); pass --score-function softmax|sigmoid|topk_softmax",
+            "score function unknown (no router_state_rank*.pt); pass --score-function "
+            "softmax|sigmoid|topk_softmax",
             files[0],
         )
     notes: list[str] = ["layer = index in decoder.layers as Megatron's tracer records it"]
@@ -212,7 +224,12 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
     if has_hs:
         notes.append("router_input from the bfloat16 hidden-states sidecar")
     meta = trace_metadata(
-        "megatron", num_experts=num_experts, top_k=top_k, score_function=score, files=files, notes=notes,
+        "megatron",
+        num_experts=num_experts,
+        top_k=top_k,
+        score_function=score,
+        files=files,
+        notes=notes,
     )
     mtp = 0
     ranks: list[int] = []
@@ -234,13 +251,15 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                             mtp += 1
                             continue
                         layer = _int(rec, "layer", path, lineno)
-                        r = _int(rec, "rank", path, lineno)
+                        rec_rank = _int(rec, "rank", path, lineno)
                         if file_rank is None:
-                            file_rank = r
-                            logits_bin = _Sidecar(path.parent / f"logits_rank{r}.bin")
-                            hs_bin = _Sidecar(path.parent / f"hidden_states_rank{r}.bin")
-                        elif r != file_rank:
-                            raise InvalidInputError(f"line {lineno}: rank {r} in a file of rank {file_rank}", path)
+                            file_rank = rec_rank
+                            logits_bin = _Sidecar(path.parent / f"logits_rank{rec_rank}.bin")
+                            hs_bin = _Sidecar(path.parent / f"hidden_states_rank{rec_rank}.bin")
+                        elif rec_rank != file_rank:
+                            raise InvalidInputError(
+                                f"line {lineno}: rank {rec_rank} in a file of rank {file_rank}", path
+                            )
                         by_layer.setdefault(layer, []).append((lineno, rec))
                     if not by_layer:
                         continue
@@ -268,20 +287,25 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                             k = _int(rec, "topk", path, lineno)
                             if k != top_k:
                                 raise InvalidInputError(
-                                    f"{where}: topk={k} but {files[0].name} has {top_k} (ranks are inconsistent)", path
+                                    f"{where}: topk={k} but {files[0].name} has {top_k} (ranks are "
+                                    "inconsistent)",
+                                    path,
                                 )
                             if n_ref is None:
                                 n_ref = n
                             elif n != n_ref:
                                 raise InvalidInputError(
-                                    f"{where}: layer {layer} has {n} tokens but layer {layers[0]} has {n_ref} in "
+                                    f"{where}: layer {layer} has {n} tokens but layer {layers[0]} has "
+                                    f"{n_ref} in "
                                     f"step {step}",
                                     path,
                                 )
                             try:
                                 ids = torch.tensor(rec["top_indices"], dtype=torch.int64).reshape(-1, k)
                             except (KeyError, TypeError, ValueError, RuntimeError):
-                                raise InvalidInputError(f"{where}: top_indices is not a [tokens, topk] list", path) from None
+                                raise InvalidInputError(
+                                    f"{where}: top_indices is not a [tokens, topk] list", path
+                                ) from None
                             if ids.shape[0] != n:
                                 raise InvalidInputError(
                                     f"{where}: top_indices has {ids.shape[0]} rows but num_tokens={n}", path
@@ -290,25 +314,37 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                             batch[f"layers.{layer}.topk_ids"] = ids.to(torch.int32)
                             if has_logits:
                                 if "logit_offset" not in rec:
-                                    raise InvalidInputError(f"{where}: no logit_offset, unlike earlier records", path)
+                                    raise InvalidInputError(
+                                        f"{where}: no logit_offset, unlike earlier records", path
+                                    )
                                 lg = logits_bin.read(
-                                    _int(rec, "logit_offset", path, lineno), _int(rec, "logit_bytes", path, lineno),
-                                    rec.get("logit_shape"), f"{path.name} {where}",
+                                    _int(rec, "logit_offset", path, lineno),
+                                    _int(rec, "logit_bytes", path, lineno),
+                                    rec.get("logit_shape") or [],
+                                    f"{path.name} {where}",
                                 )
                                 if tuple(lg.shape) != (n, num_experts):
                                     raise InvalidInputError(
-                                        f"{where}: logit_shape {list(lg.shape)}, expected [{n}, {num_experts}]", path
+                                        f"{where}: logit_shape {list(lg.shape)}, expected [{n}, "
+                                        f"{num_experts}]",
+                                        path,
                                     )
                                 batch[f"layers.{layer}.router_logits"] = lg
                             if has_hs:
                                 if "hs_offset" not in rec:
-                                    raise InvalidInputError(f"{where}: no hs_offset, unlike earlier records", path)
+                                    raise InvalidInputError(
+                                        f"{where}: no hs_offset, unlike earlier records", path
+                                    )
                                 hs = hs_bin.read(
-                                    _int(rec, "hs_offset", path, lineno), _int(rec, "hs_bytes", path, lineno),
-                                    rec.get("hs_shape"), f"{path.name} {where}",
+                                    _int(rec, "hs_offset", path, lineno),
+                                    _int(rec, "hs_bytes", path, lineno),
+                                    rec.get("hs_shape") or [],
+                                    f"{path.name} {where}",
                                 )
                                 if hs.shape[0] != n:
-                                    raise InvalidInputError(f"{where}: hs_shape {list(hs.shape)} has not {n} rows", path)
+                                    raise InvalidInputError(
+                                        f"{where}: hs_shape {list(hs.shape)} has not {n} rows", path
+                                    )
                                 batch[f"layers.{layer}.router_input"] = hs
                         assert n_ref is not None
                         if n_ref == 0:
@@ -319,8 +355,8 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                 for sc in (logits_bin, hs_bin):
                     if sc is not None:
                         sc.close()
-            r = file_rank if file_rank is not None else rank_of(path)
-            ranks.append(r if r is not None else len(ranks))
+            known = file_rank if file_rank is not None else rank_of(path)
+            ranks.append(known if known is not None else len(ranks))
         if len(set(ranks)) != len(ranks):
             raise InvalidInputError(f"two files hold the same rank ({sorted(ranks)})", files[0])
         if sink.tokens == 0:
@@ -330,8 +366,16 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
         sink.close()
         total = sink.tokens
     return ImportResult(
-        format="megatron", output=out, per_token=True, layers=layers, num_experts=num_experts, top_k=top_k,
-        num_tokens=total, files=files, ranks=sorted(ranks), notes=notes,
+        format="megatron",
+        output=out,
+        per_token=True,
+        layers=layers,
+        num_experts=num_experts,
+        top_k=top_k,
+        num_tokens=total,
+        files=files,
+        ranks=sorted(ranks),
+        notes=notes,
     )
 
 
@@ -359,7 +403,9 @@ def _import_tpe(files: list[Path], out: Path, options: ImportOptions) -> ImportR
             if width is None:
                 width = rows.shape[1]
             elif rows.shape[1] != width:
-                raise InvalidInputError(f"line {lineno}: tpe rows have {rows.shape[1]} experts, earlier {width}", path)
+                raise InvalidInputError(
+                    f"line {lineno}: tpe rows have {rows.shape[1]} experts, earlier {width}", path
+                )
             if rows.numel() and int(rows.min()) < 0:
                 raise InvalidInputError(f"line {lineno}: negative counts", path)
             key = (it, layer)
@@ -400,15 +446,27 @@ def _import_tpe(files: list[Path], out: Path, options: ImportOptions) -> ImportR
     if mtp:
         notes.append(f"{mtp} MTP records left out")
     meta = trace_metadata(
-        "megatron", num_experts=num_experts, top_k=options.top_k, score_function=options.score_function,
-        files=files, notes=notes,
+        "megatron",
+        num_experts=num_experts,
+        top_k=options.top_k,
+        score_function=options.score_function,
+        files=files,
+        notes=notes,
     )
     write_counts(out, counts, meta)
     ranks = [rank_of(p, i) or 0 for i, p in enumerate(files)]
     return ImportResult(
-        format="megatron", output=out, per_token=False, layers=layers, num_experts=num_experts,
-        top_k=options.top_k, num_tokens=0, num_steps=counts[layers[0]].shape[0], files=files,
-        ranks=sorted(ranks), notes=notes,
+        format="megatron",
+        output=out,
+        per_token=False,
+        layers=layers,
+        num_experts=num_experts,
+        top_k=options.top_k,
+        num_tokens=0,
+        num_steps=counts[layers[0]].shape[0],
+        files=files,
+        ranks=sorted(ranks),
+        notes=notes,
     )
 
 
@@ -417,4 +475,3 @@ def import_megatron(sources: list[Path], out: Path, options: ImportOptions) -> I
     if kind == "trace":
         return _import_trace(files, out, options)
     return _import_tpe(files, out, options)
-

@@ -40,8 +40,8 @@ IMPORTERS: dict[ImportFormat, Importer] = {
 
 DESCRIPTIONS: dict[ImportFormat, str] = {
     ImportFormat.HF: "transformers router logits saved with torch.save (tuple/list per MoE layer)",
-    ImportFormat.SGLANG: "SGLang expert distribution recorder dumps (stat, per_pass, per_token) or legacy CSV",
-    ImportFormat.MEGATRON: "Megatron-Core router trace JSONL (+ logits/hidden-state sidecars) or tokens-per-expert JSONL",
+    ImportFormat.SGLANG: "SGLang expert distribution recorder (stat, per_pass, per_token) or legacy CSV",
+    ImportFormat.MEGATRON: "Megatron-Core router trace JSONL (+ sidecars) or tokens-per-expert JSONL",
     ImportFormat.TRTLLM: "TensorRT-LLM expert statistics folder (meta_info.json + rank*.safetensors)",
     ImportFormat.VLLM: "vLLM routed experts [tokens, layers, top_k] (.npy/.npz/.pt/.json/.jsonl)",
 }

@@ -59,10 +59,13 @@ def _mode(obj: Any, path: Path) -> str:
             raise InvalidInputError("'records' is not a list", path)
         if "last_physical_to_logical_map" not in obj:
             raise InvalidInputError("per-pass dump without 'last_physical_to_logical_map'", path)
-        return "per_token" if any(isinstance(r, dict) and "topk_ids_of_layer" in r for r in recs) else "per_pass"
+        return (
+            "per_token" if any(isinstance(r, dict) and "topk_ids_of_layer" in r for r in recs) else "per_pass"
+        )
     keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
     raise InvalidInputError(
-        f"not an SGLang expert distribution dump (expected a dict with 'logical_count' or 'records'; found {keys})",
+        "not an SGLang expert distribution dump (expected a dict with 'logical_count' or 'records'; "
+        f"found {keys})",
         path,
     )
 
@@ -96,7 +99,9 @@ def _dense_note(total: int, kept: list[int]) -> list[str]:
     dense = [i for i in range(total) if i not in kept]
     if not dense:
         return []
-    return [f"layers {','.join(map(str, dense))} have no routed tokens (dense layers; left out, not dead experts)"]
+    return [
+        f"layers {','.join(map(str, dense))} have no routed tokens (dense layers; left out, not dead experts)"
+    ]
 
 
 def _p2l(obj: dict[str, Any], path: Path) -> torch.Tensor:
@@ -150,17 +155,33 @@ def _import_stat(files: list[Path], first: Any, out: Path, options: ImportOption
     notes = _dense_note(counts.shape[1], layers)
     if empty_slots:
         notes.append(f"{empty_slots} empty circular-buffer slots dropped (zeros; not recorded steps)")
-    notes.append("stat mode: logical_count is already summed over ranks; step order in a wrapped buffer is not chronological")
+    notes.append(
+        "stat mode: logical_count is already summed over ranks; step order in a wrapped buffer is not "
+        "chronological"
+    )
     meta = trace_metadata(
-        "sglang", num_experts=num_experts, top_k=options.top_k, score_function=options.score_function,
-        files=files, notes=notes, extra={"sglang_mode": "stat"},
+        "sglang",
+        num_experts=num_experts,
+        top_k=options.top_k,
+        score_function=options.score_function,
+        files=files,
+        notes=notes,
+        extra={"sglang_mode": "stat"},
     )
     write_counts(out, {layer: counts[:, layer, :] for layer in layers}, meta)
     total = int(counts[:, layers, :].sum())
     return ImportResult(
-        format="sglang", output=out, per_token=False, layers=layers, num_experts=num_experts,
-        top_k=options.top_k, num_tokens=total // len(layers) // (options.top_k or 1) if options.top_k else 0,
-        num_steps=counts.shape[0], files=files, ranks=[int(first.get("rank", 0))], notes=notes,
+        format="sglang",
+        output=out,
+        per_token=False,
+        layers=layers,
+        num_experts=num_experts,
+        top_k=options.top_k,
+        num_tokens=total // len(layers) // (options.top_k or 1) if options.top_k else 0,
+        num_steps=counts.shape[0],
+        files=files,
+        ranks=[int(first.get("rank", 0))],
+        notes=notes,
     )
 
 
@@ -181,7 +202,8 @@ def _import_per_pass(files: list[Path], first: Any, out: Path, options: ImportOp
             p2l_ref = p2l
         elif not torch.equal(p2l, p2l_ref):
             raise InvalidInputError(
-                f"last_physical_to_logical_map differs from {files[0].name}'s: ranks are not from the same run",
+                f"last_physical_to_logical_map differs from {files[0].name}'s: ranks are not from the "
+                "same run",
                 path,
             )
         file_rank: int | None = None
@@ -191,7 +213,8 @@ def _import_per_pass(files: list[Path], first: Any, out: Path, options: ImportOp
             gpc = _tensor(rec["global_physical_count"], f"record {j} global_physical_count", path, 2)
             if tuple(gpc.shape) != tuple(p2l.shape):
                 raise InvalidInputError(
-                    f"record {j} global_physical_count has shape {list(gpc.shape)} but the physical-to-logical "
+                    f"record {j} global_physical_count has shape {list(gpc.shape)} but the "
+                    "physical-to-logical "
                     f"map has {list(p2l.shape)}",
                     path,
                 )
@@ -205,7 +228,9 @@ def _import_per_pass(files: list[Path], first: Any, out: Path, options: ImportOp
                 slot[rank] = gpc.to(torch.int64)
         ranks.append(file_rank if file_rank is not None else (rank_of(path, i) or 0))
     if len(set(ranks)) != len(ranks):
-        raise InvalidInputError(f"two files hold the same rank ({sorted(ranks)}): pass each rank's file once", files[0])
+        raise InvalidInputError(
+            f"two files hold the same rank ({sorted(ranks)}): pass each rank's file once", files[0]
+        )
     assert p2l_ref is not None
     num_experts = _num_logical(p2l_ref, options, files[0])
     if not by_pass:
@@ -229,13 +254,26 @@ def _import_per_pass(files: list[Path], first: Any, out: Path, options: ImportOp
     if deduped:
         notes.append(f"{deduped} forward passes identical on every rank (tensor parallel) counted once")
     meta = trace_metadata(
-        "sglang", num_experts=num_experts, top_k=options.top_k, score_function=options.score_function,
-        files=files, notes=notes, extra={"sglang_mode": "per_pass", "ranks": sorted(ranks)},
+        "sglang",
+        num_experts=num_experts,
+        top_k=options.top_k,
+        score_function=options.score_function,
+        files=files,
+        notes=notes,
+        extra={"sglang_mode": "per_pass", "ranks": sorted(ranks)},
     )
     write_counts(out, {layer: counts[:, layer, :] for layer in layers}, meta)
     return ImportResult(
-        format="sglang", output=out, per_token=False, layers=layers, num_experts=num_experts,
-        top_k=options.top_k, num_tokens=0, num_steps=counts.shape[0], files=files, ranks=sorted(ranks),
+        format="sglang",
+        output=out,
+        per_token=False,
+        layers=layers,
+        num_experts=num_experts,
+        top_k=options.top_k,
+        num_tokens=0,
+        num_steps=counts.shape[0],
+        files=files,
+        ranks=sorted(ranks),
         notes=notes,
     )
 
@@ -267,14 +305,23 @@ def _import_per_token(files: list[Path], first: Any, out: Path, options: ImportO
             top_k = int(filled[layers].sum(-1).max())
         break
     if not layers:
-        raise InvalidInputError("no routed tokens in the first rank's records (every topk_ids slot is -1)", files[0])
+        raise InvalidInputError(
+            "no routed tokens in the first rank's records (every topk_ids slot is -1)", files[0]
+        )
     assert top_k is not None
     notes = _dense_note(num_layers, layers)
     notes.append("expert ids mapped physical -> logical with last_physical_to_logical_map")
-    notes.append("sequence ids number the sequences of each forward pass (SGLang does not record request ids)")
+    notes.append(
+        "sequence ids number the sequences of each forward pass (SGLang does not record request ids)"
+    )
     meta = trace_metadata(
-        "sglang", num_experts=num_experts, top_k=top_k, score_function=options.score_function,
-        files=files, notes=notes, extra={"sglang_mode": "per_token"},
+        "sglang",
+        num_experts=num_experts,
+        top_k=top_k,
+        score_function=options.score_function,
+        files=files,
+        notes=notes,
+        extra={"sglang_mode": "per_token"},
     )
     seen: dict[int, str] = {}
     duplicates = 0
@@ -285,22 +332,28 @@ def _import_per_token(files: list[Path], first: Any, out: Path, options: ImportO
         for fi, path in enumerate(files):
             obj = first if fi == 0 else torch_load(path)
             if _mode(obj, path) != "per_token":
-                raise InvalidInputError(f"is a {_mode(obj, path)} dump but {files[0].name} is a per_token dump", path)
+                raise InvalidInputError(
+                    f"is a {_mode(obj, path)} dump but {files[0].name} is a per_token dump", path
+                )
             p2l = _p2l(obj, path)
             if not torch.equal(p2l, p2l_ref):
                 raise InvalidInputError(
-                    f"last_physical_to_logical_map differs from {files[0].name}'s: ranks are not from the same run",
+                    f"last_physical_to_logical_map differs from {files[0].name}'s: ranks are not from "
+                    "the same run",
                     path,
                 )
             file_rank = rank_of(path, fi) or 0
             for j, rec in enumerate(obj["records"]):
                 where = f"record {j}"
                 file_rank = int(rec.get("rank", file_rank))
-                topk = _tensor(rec.get("topk_ids_of_layer"), f"{where} topk_ids_of_layer", path, 3).to(torch.int64)
+                topk = _tensor(rec.get("topk_ids_of_layer"), f"{where} topk_ids_of_layer", path, 3).to(
+                    torch.int64
+                )
                 n = topk.shape[1]
                 if topk.shape[0] != num_layers:
                     raise InvalidInputError(
-                        f"{where}: topk_ids_of_layer has {topk.shape[0]} layers, the map has {num_layers}", path
+                        f"{where}: topk_ids_of_layer has {topk.shape[0]} layers, the map has {num_layers}",
+                        path,
                     )
                 input_ids = rec.get("input_ids")
                 positions = rec.get("positions")
@@ -324,14 +377,16 @@ def _import_per_token(files: list[Path], first: Any, out: Path, options: ImportO
                 dense_hit = [i for i in range(num_layers) if i not in layers and bool((topk[i] != -1).any())]
                 if dense_hit:
                     raise InvalidInputError(
-                        f"{where}: layer {dense_hit[0]} has routed tokens here but none in {files[0].name}'s first "
+                        f"{where}: layer {dense_hit[0]} has routed tokens here but none in "
+                        f"{files[0].name}'s first "
                         "record (inconsistent ranks or records)",
                         path,
                     )
                 phys = topk[:, :, :top_k]
                 if int(phys.max()) >= num_physical:
                     raise InvalidInputError(
-                        f"{where}: physical expert id {int(phys.max())} >= {num_physical} physical experts", path
+                        f"{where}: physical expert id {int(phys.max())} >= {num_physical} physical experts",
+                        path,
                     )
                 batch: dict[str, torch.Tensor] = {}
                 for layer in layers:
@@ -362,8 +417,16 @@ def _import_per_token(files: list[Path], first: Any, out: Path, options: ImportO
         sink.close()
         total = sink.tokens
     return ImportResult(
-        format="sglang", output=out, per_token=True, layers=layers, num_experts=num_experts, top_k=top_k,
-        num_tokens=total, files=files, ranks=sorted(ranks), notes=notes,
+        format="sglang",
+        output=out,
+        per_token=True,
+        layers=layers,
+        num_experts=num_experts,
+        top_k=top_k,
+        num_tokens=total,
+        files=files,
+        ranks=sorted(ranks),
+        notes=notes,
     )
 
 
@@ -375,7 +438,11 @@ def _read_csv(path: Path) -> dict[tuple[int, int], int]:
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
-            if reader.fieldnames is None or [f.strip() for f in reader.fieldnames] != ["layer_id", "expert_id", "count"]:
+            if reader.fieldnames is None or [f.strip() for f in reader.fieldnames] != [
+                "layer_id",
+                "expert_id",
+                "count",
+            ]:
                 raise InvalidInputError(
                     f"expected the header layer_id,expert_id,count, found {reader.fieldnames}", path
                 )
@@ -414,26 +481,42 @@ def _import_csv(files: list[Path], out: Path, options: ImportOptions) -> ImportR
     num_experts = options.num_experts
     if num_experts is None:
         raise MissingMetadataError(
-            f"number of experts unknown: the CSV only lists experts that received tokens (largest id {max_id}); "
+            "number of experts unknown: the CSV only lists experts that received tokens (largest id "
+            f"{max_id}); "
             "pass --num-experts",
             files[0],
         )
     if max_id >= num_experts:
-        raise InvalidInputError(f"expert id {max_id} is out of range for --num-experts {num_experts}", files[0])
+        raise InvalidInputError(
+            f"expert id {max_id} is out of range for --num-experts {num_experts}", files[0]
+        )
     layers = sorted({layer for layer, _ in merged})
     counts = {layer: torch.zeros(1, num_experts, dtype=torch.int64) for layer in layers}
     for (layer, e), c in merged.items():
         counts[layer][0, e] += c
     notes.append("legacy CSV: expert ids are logical; one step covering the whole recording")
     meta = trace_metadata(
-        "sglang", num_experts=num_experts, top_k=options.top_k, score_function=options.score_function,
-        files=files, notes=notes, extra={"sglang_mode": "csv"},
+        "sglang",
+        num_experts=num_experts,
+        top_k=options.top_k,
+        score_function=options.score_function,
+        files=files,
+        notes=notes,
+        extra={"sglang_mode": "csv"},
     )
     write_counts(out, counts, meta)
     return ImportResult(
-        format="sglang", output=out, per_token=False, layers=layers, num_experts=num_experts,
-        top_k=options.top_k, num_tokens=0, num_steps=1, files=files,
-        ranks=sorted(rank_of(p, i) or 0 for i, p in enumerate(files)), notes=notes,
+        format="sglang",
+        output=out,
+        per_token=False,
+        layers=layers,
+        num_experts=num_experts,
+        top_k=options.top_k,
+        num_tokens=0,
+        num_steps=1,
+        files=files,
+        ranks=sorted(rank_of(p, i) or 0 for i, p in enumerate(files)),
+        notes=notes,
     )
 
 
@@ -442,7 +525,9 @@ def import_sglang(sources: list[Path], out: Path, options: ImportOptions) -> Imp
     csvs = [p for p in files if p.suffix == ".csv"]
     if csvs:
         if len(csvs) != len(files):
-            raise InvalidInputError("mixes legacy CSV files and .pt dumps; import one kind at a time", files[0])
+            raise InvalidInputError(
+                "mixes legacy CSV files and .pt dumps; import one kind at a time", files[0]
+            )
         return _import_csv(files, out, options)
     first = torch_load(files[0])
     mode = _mode(first, files[0])

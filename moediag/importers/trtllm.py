@@ -97,10 +97,13 @@ def import_trtllm(sources: list[Path], out: Path, options: ImportOptions) -> Imp
             if not m:
                 raise InvalidInputError(f"tensor {name!r} is not named '{{iter}}_{{layer}}'", path)
             if info.dtype not in ("I64", "I32", "I16", "U8", "I8"):
-                raise InvalidInputError(f"tensor {name!r} has dtype {info.dtype}; expected integer counts", path)
+                raise InvalidInputError(
+                    f"tensor {name!r} has dtype {info.dtype}; expected integer counts", path
+                )
             if info.shape != (num_experts,):
                 raise InvalidInputError(
-                    f"tensor {name!r} has shape {list(info.shape)}; expected [{num_experts}] (num_experts)", path
+                    f"tensor {name!r} has shape {list(info.shape)}; expected [{num_experts}] (num_experts)",
+                    path,
                 )
             key = (int(m.group(1)), int(m.group(2)))
             keys.add(key)
@@ -143,14 +146,28 @@ def import_trtllm(sources: list[Path], out: Path, options: ImportOptions) -> Imp
     if meta_path is None:
         notes.append("no meta_info.json: num_experts from --num-experts")
     md = trace_metadata(
-        "trtllm", num_experts=num_experts, top_k=top_k, score_function=options.score_function, files=files,
-        notes=notes, extra={"iterations": [iters[0], iters[-1]], "ranks": sorted(ranks)},
+        "trtllm",
+        num_experts=num_experts,
+        top_k=top_k,
+        score_function=options.score_function,
+        files=files,
+        notes=notes,
+        extra={"iterations": [iters[0], iters[-1]], "ranks": sorted(ranks)},
     )
     write_counts(out, counts_by_layer, md)
     tokens = 0
     if top_k:
         tokens = int(counts_by_layer[layers[0]].sum()) // top_k
     return ImportResult(
-        format="trtllm", output=out, per_token=False, layers=layers, num_experts=num_experts, top_k=top_k,
-        num_tokens=tokens, num_steps=len(iters), files=files, ranks=sorted(ranks), notes=notes,
+        format="trtllm",
+        output=out,
+        per_token=False,
+        layers=layers,
+        num_experts=num_experts,
+        top_k=top_k,
+        num_tokens=tokens,
+        num_steps=len(iters),
+        files=files,
+        ranks=sorted(ranks),
+        notes=notes,
     )

@@ -58,7 +58,9 @@ def _as_tensor(obj: Any, path: Path, where: str) -> torch.Tensor:
         try:
             obj = np.load(io.BytesIO(base64.b64decode(obj, validate=True)), allow_pickle=False)
         except (binascii.Error, ValueError, OSError) as exc:
-            raise InvalidInputError(f"{where}: routed_experts is not a base64 .npy payload ({exc})", path) from None
+            raise InvalidInputError(
+                f"{where}: routed_experts is not a base64 .npy payload ({exc})", path
+            ) from None
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in "iu":
             raise InvalidInputError(f"{where}: routed_experts has dtype {obj.dtype}, expected integers", path)
@@ -71,13 +73,17 @@ def _as_tensor(obj: Any, path: Path, where: str) -> torch.Tensor:
         try:
             t = torch.tensor(obj, dtype=torch.int64)
         except (TypeError, ValueError, RuntimeError):
-            raise InvalidInputError(f"{where}: routed_experts is not a [tokens, layers, top_k] list", path) from None
+            raise InvalidInputError(
+                f"{where}: routed_experts is not a [tokens, layers, top_k] list", path
+            ) from None
         if t.numel() == 0:
             t = t.reshape(0, 0, 0)
     else:
         raise InvalidInputError(f"{where}: routed_experts is {type(obj).__name__}", path)
     if t.dim() != 3:
-        raise InvalidInputError(f"{where}: routed_experts has shape {list(t.shape)}, expected [tokens, layers, top_k]", path)
+        raise InvalidInputError(
+            f"{where}: routed_experts has shape {list(t.shape)}, expected [tokens, layers, top_k]", path
+        )
     return t
 
 
@@ -101,7 +107,11 @@ def _from_json_obj(obj: Any, path: Path, where: str) -> Iterator[_Request]:
                     "--enable-return-routed-experts?)",
                     path,
                 )
-            yield _Request(_as_tensor(choice["routed_experts"], path, where), _token_ids(obj, choice), f"{where} choice {ci}")
+            yield _Request(
+                _as_tensor(choice["routed_experts"], path, where),
+                _token_ids(obj, choice),
+                f"{where} choice {ci}",
+            )
     elif obj.get("routed_experts") is not None:
         yield _Request(_as_tensor(obj["routed_experts"], path, where), _token_ids(obj, obj), where)
     else:
@@ -151,7 +161,8 @@ def _requests(path: Path) -> Iterator[_Request]:
 
 
 def _placeholder(slab: torch.Tensor) -> bool:
-    """[tokens, top_k] of one layer: all -1, or all 0 with top_k > 1 (a token never picks one expert twice)."""
+    """[tokens, top_k] of one layer: all -1, or all 0 with top_k > 1 (a token never picks one expert "
+    "twice)."""
     if bool((slab == -1).all()):
         return True
     return slab.shape[-1] > 1 and bool((slab == 0).all())
@@ -191,7 +202,11 @@ def import_vllm(sources: list[Path], out: Path, options: ImportOptions) -> Impor
     notes.append("one sequence per request")
     layers = [all_ids[i] for i in kept]
     meta = trace_metadata(
-        "vllm", num_experts=num_experts, top_k=top_k, score_function=options.score_function, files=files,
+        "vllm",
+        num_experts=num_experts,
+        top_k=top_k,
+        score_function=options.score_function,
+        files=files,
         notes=notes,
     )
     has_ids: bool | None = None
@@ -204,7 +219,8 @@ def import_vllm(sources: list[Path], out: Path, options: ImportOptions) -> Impor
             r = req.routed
             if r.shape[1:] != (n_layers, top_k):
                 raise InvalidInputError(
-                    f"{req.where}: routed_experts has shape {list(r.shape)}, expected [tokens, {n_layers}, {top_k}] "
+                    f"{req.where}: routed_experts has shape {list(r.shape)}, expected [tokens, "
+                    f"{n_layers}, {top_k}] "
                     "like the first request",
                     path,
                 )
@@ -214,11 +230,17 @@ def import_vllm(sources: list[Path], out: Path, options: ImportOptions) -> Impor
             for i in range(n_layers):
                 if i not in kept and not _placeholder(r[:, i, :]):
                     raise InvalidInputError(
-                        f"{req.where}: layer {all_ids[i]} holds routing here but was empty in the first request", path
+                        f"{req.where}: layer {all_ids[i]} holds routing here but was empty in the "
+                        "first request",
+                        path,
                     )
             check_ids(r[:, kept, :], num_experts, path, req.where)
-            batch = {f"layers.{all_ids[i]}.topk_ids": r[:, i, :].to(torch.int16 if num_experts < 32768 else torch.int32)
-                     for i in kept}
+            batch = {
+                f"layers.{all_ids[i]}.topk_ids": r[:, i, :].to(
+                    torch.int16 if num_experts < 32768 else torch.int32
+                )
+                for i in kept
+            }
             ids = req.token_ids
             if has_ids is None:
                 has_ids = ids is not None
@@ -240,6 +262,13 @@ def import_vllm(sources: list[Path], out: Path, options: ImportOptions) -> Impor
         sink.close()
         total = sink.tokens
     return ImportResult(
-        format="vllm", output=out, per_token=True, layers=layers, num_experts=num_experts, top_k=top_k,
-        num_tokens=total, files=files, notes=notes,
+        format="vllm",
+        output=out,
+        per_token=True,
+        layers=layers,
+        num_experts=num_experts,
+        top_k=top_k,
+        num_tokens=total,
+        files=files,
+        notes=notes,
     )

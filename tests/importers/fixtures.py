@@ -79,7 +79,9 @@ def sglang_per_token_record(
     )
 
 
-def write_sglang_detail(folder: Path, rank: int, records: list[dict[str, Any]], p2l: torch.Tensor, t: float) -> Path:
+def write_sglang_detail(
+    folder: Path, rank: int, records: list[dict[str, Any]], p2l: torch.Tensor, t: float
+) -> Path:
     """_DetailAccumulator.dump: expert_distribution_recorder_{time}_{rank}.pt."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"expert_distribution_recorder_{t}_{rank}.pt"
@@ -113,7 +115,9 @@ def write_sglang_csv(folder: Path, rank: int, counts: dict[int, dict[int, int]])
 # -- TensorRT-LLM (tensorrt_llm/tools/layer_wise_benchmarks / expert_statistic.py) -----------------------
 
 
-def write_trtllm(folder: Path, rank: int, records: dict[tuple[int, int], torch.Tensor], meta: dict[str, int] | None) -> Path:
+def write_trtllm(
+    folder: Path, rank: int, records: dict[tuple[int, int], torch.Tensor], meta: dict[str, int] | None
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0 and meta is not None:
         with open(folder / "meta_info.json", "w") as f:
@@ -146,11 +150,24 @@ class MegatronTracerWriter:
         self._ho = 0
         self.records: list[dict[str, Any]] = []
 
-    def record(self, step: int, layer: int, top: torch.Tensor, lg: torch.Tensor | None, hs: torch.Tensor | None,
-               block: str = "decoder", mtp_idx: int | None = None) -> None:
+    def record(
+        self,
+        step: int,
+        layer: int,
+        top: torch.Tensor,
+        lg: torch.Tensor | None,
+        hs: torch.Tensor | None,
+        block: str = "decoder",
+        mtp_idx: int | None = None,
+    ) -> None:
         rec: dict[str, Any] = {
-            "step": step, "stage": "pre_dispatch", "block": block, "layer": layer, "rank": self.rank,
-            "num_tokens": int(top.shape[0]), "topk": int(top.shape[1]),
+            "step": step,
+            "stage": "pre_dispatch",
+            "block": block,
+            "layer": layer,
+            "rank": self.rank,
+            "num_tokens": int(top.shape[0]),
+            "topk": int(top.shape[1]),
         }
         if mtp_idx is not None:
             rec["mtp_idx"] = mtp_idx

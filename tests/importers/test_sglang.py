@@ -38,10 +38,18 @@ def _records(rank: int, seed: int, p2l: torch.Tensor) -> tuple[list[dict], list[
     ):
         lg = _logical(len(ids), seed * 10 + fp)
         logical.append(lg)
-        recs.append(sglang_per_token_record(
-            forward_pass_id=fp, rank=rank, logical_topk=lg, p2l=p2l, input_ids=[i + 100 * rank for i in ids],
-            positions=pos, extend_seq_lens=lens, seed=seed * 100 + fp,
-        ))
+        recs.append(
+            sglang_per_token_record(
+                forward_pass_id=fp,
+                rank=rank,
+                logical_topk=lg,
+                p2l=p2l,
+                input_ids=[i + 100 * rank for i in ids],
+                positions=pos,
+                extend_seq_lens=lens,
+                seed=seed * 100 + fp,
+            )
+        )
     return recs, logical
 
 
