@@ -141,14 +141,17 @@ def _requests(path: Path) -> Iterator[_Request]:
         for i, item in enumerate(items):
             yield _Request(_as_tensor(item, path, f"item {i}"), None, f"item {i}")
     elif suffix == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if line.strip():
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise InvalidInputError(f"line {lineno}: not valid JSON ({exc.msg})", path) from None
-                    yield from _from_json_obj(obj, path, f"line {lineno}")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise InvalidInputError("not UTF-8 text", path) from None
+        for lineno, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InvalidInputError(f"line {lineno}: not valid JSON ({exc.msg})", path) from None
+                yield from _from_json_obj(obj, path, f"line {lineno}")
     elif suffix == ".json":
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
