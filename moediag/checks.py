@@ -191,6 +191,8 @@ def _min_accuracy(key: str, what: str) -> Callable[[Any, CheckConfig], tuple[flo
     def extract(entries: Any, config: CheckConfig) -> tuple[float | None, str | None]:
         if entries is None:
             return None, f"needs {key} (a trace with tokens.correct)"
+        if key == "paths" and not any(e.get("accuracy") is not None for e in entries):
+            return None, "needs paths with accuracy (a trace with tokens.correct)"
         floor = int(config["accuracy_min_tokens"])
         accs = [
             float(e["accuracy"])
@@ -774,7 +776,7 @@ def input_kind(doc: Mapping[str, Any]) -> str:
 
 def selected_layers(doc: Mapping[str, Any], config: CheckConfig) -> list[Mapping[str, Any]]:
     """The rows of the layers the config selects; raises ConfigValueError for a layer the input lacks."""
-    rows = list(doc.get("layers") or [])
+    rows = [r for r in doc.get("layers") or [] if not r.get("mtp")]
     wanted = config["layers"]
     if wanted is None:
         return rows
@@ -797,14 +799,22 @@ def _aggregate(values: list[float], how: str) -> float:
     return sum(values) / len(values)
 
 
-def model_paths(doc: Mapping[str, Any]) -> Any:
-    """Per-path accuracy entries: top-level ``paths`` or ``summary.paths`` (list or dict)."""
+def model_paths(doc: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    """Per-path accuracy rows: ``summary.paths`` (a list of path windows, each with ``frequent`` rows) or a
+    top-level ``paths``; None when the input has none."""
     paths = doc.get("paths")
     if paths is None:
         paths = (doc.get("summary") or {}).get("paths")
-    if isinstance(paths, Mapping):
-        paths = paths.get("paths", paths.get("frequent"))
-    return paths
+    if paths is None:
+        return None
+    windows = [paths] if isinstance(paths, Mapping) else list(paths)
+    rows: list[Mapping[str, Any]] = []
+    for window in windows:
+        if isinstance(window, Mapping) and "frequent" in window:
+            rows.extend(window["frequent"] or [])
+        elif isinstance(window, Mapping):
+            rows.append(window)
+    return rows
 
 
 def rule_figures(
