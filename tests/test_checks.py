@@ -374,3 +374,11 @@ def test_report_json_has_schema_and_every_rule() -> None:
     assert d["exit_code"] == 0 and d["status"] == "pass"
     assert set(d["figures"]["model"]) == set(RULES_BY_NAME)
     assert d["rules"][0]["worst"]["shown"] is not None
+
+
+def test_every_key_is_documented_under_an_anchor() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "checks.md").read_text()
+    for name, key in KEYS.items():
+        assert f'<a id="{name}"></a>`{name}` / `{key.flag}' in text, name
