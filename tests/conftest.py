@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,3 +135,22 @@ def np_softmax(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64)
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def assert_same(a: Any, b: Any, where: str = "", rel: float = 1e-9) -> None:
+    """Integers (and lists of them) exactly; floats to ``rel`` relative; None only where None."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}", rel)
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
+            assert_same(x, y, f"{where}[{i}]", rel)
+    elif isinstance(a, (bool, int)) or a is None or isinstance(a, str):
+        assert a == b and type(a) is type(b), f"{where}: {a!r} != {b!r}"
+    elif isinstance(a, float):
+        assert isinstance(b, float), f"{where}: {a!r} vs {b!r}"
+        assert math.isclose(a, b, rel_tol=rel, abs_tol=rel * 1e-3), f"{where}: {a!r} != {b!r}"
+    else:  # pragma: no cover
+        raise AssertionError(f"{where}: unexpected {type(a)}")

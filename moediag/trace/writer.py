@@ -15,8 +15,9 @@ from pathlib import Path
 from types import TracebackType
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+from moediag.io.safetensors_file import SafetensorsFile
 from moediag.trace.schema import LAYER_RE, PER_TOKEN_LAYER_TENSORS, TOKEN_RE
 
 
@@ -68,8 +69,10 @@ class TraceWriter:
     ...     w.set_constant("layers.0.selection_bias", bias)
 
     Every batch must carry the same per-token tensor names. Constant tensors (``selection_bias``,
-    ``expert_counts``) are written into every shard. ``shard_tokens`` bounds memory: a shard is flushed
-    when it holds that many tokens.
+    ``expert_counts``) are written into every shard (shards must hold the same names), also into shards
+    flushed before ``set_constant`` was called; ``expert_counts`` are summed over shards by the reader, so
+    only the first shard holds the counts and later ones an empty ``[0, E]`` tensor. ``shard_tokens``
+    bounds memory: a shard is flushed when it holds that many tokens.
     """
 
     def __init__(
@@ -122,7 +125,7 @@ class TraceWriter:
         if not self._pending_tokens and (self._shards or not self._constants):
             return
         tensors = {k: torch.cat(v) for k, v in self._pending.items()}
-        tensors.update(self._constants)
+        tensors.update(self._shard_constants(self._shards))
         shard = self._tmp / f"part-{self._shards:05d}.safetensors"
         save_file(_contiguous(tensors), str(shard), metadata=self.metadata)
         self.bytes_written += shard.stat().st_size
@@ -130,6 +133,24 @@ class TraceWriter:
         self._shards += 1
         self._pending.clear()
         self._pending_tokens = 0
+
+    def _shard_constants(self, index: int) -> dict[str, torch.Tensor]:
+        """The constant tensors of shard ``index`` (counts only in the first shard: the reader sums them)."""
+        later = index > 0
+        return {k: (v[:0] if later and k.endswith(".expert_counts") else v) for k, v in self._constants.items()}
+
+    def _backfill_constants(self) -> None:
+        """Add constants set after a shard was written to that shard (one shard in memory at a time)."""
+        for index in range(self._shards):
+            shard = self._tmp / f"part-{index:05d}.safetensors"
+            constants = self._shard_constants(index)
+            missing = set(constants) - set(SafetensorsFile(shard).tensors)
+            if missing:
+                tensors = load_file(str(shard))
+                tensors.update({k: constants[k] for k in missing})
+                self.bytes_written -= shard.stat().st_size
+                save_file(_contiguous(tensors), str(shard), metadata=self.metadata)
+                self.bytes_written += shard.stat().st_size
 
     def close(self) -> Path:
         """Flush and move the folder into place. Returns the final path."""
@@ -139,6 +160,7 @@ class TraceWriter:
         if self._shards == 0:
             self.abort()
             raise ValueError("nothing was written: no tokens and no constant tensors")
+        self._backfill_constants()
         replace_dir(self._tmp, self.path)
         self._closed = True
         return self.path

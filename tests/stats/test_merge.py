@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,26 +14,7 @@ from hypothesis import strategies as st
 from moediag.analysis import add_count_layers, trace_stats
 from moediag.stats import ModelStats
 from moediag.trace import open_trace
-from tests.conftest import trace_metadata, write_raw
-
-
-def assert_same(a: Any, b: Any, where: str = "", rel: float = 1e-9) -> None:
-    """Integers (and lists of them) exactly; floats to ``rel`` relative; None only where None."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            assert_same(a[key], b[key], f"{where}.{key}", rel)
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=False)):
-            assert_same(x, y, f"{where}[{i}]", rel)
-    elif isinstance(a, (bool, int)) or a is None or isinstance(a, str):
-        assert a == b and type(a) is type(b), f"{where}: {a!r} != {b!r}"
-    elif isinstance(a, float):
-        assert isinstance(b, float), f"{where}: {a!r} vs {b!r}"
-        assert math.isclose(a, b, rel_tol=rel, abs_tol=rel * 1e-3), f"{where}: {a!r} != {b!r}"
-    else:  # pragma: no cover
-        raise AssertionError(f"{where}: unexpected {type(a)}")
+from tests.conftest import assert_same, trace_metadata, write_raw
 
 
 @st.composite
