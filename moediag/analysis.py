@@ -106,6 +106,12 @@ def layer_batch(chunk: Chunk, info: LayerInfo, bias: torch.Tensor | None, valid:
         if t is not None:
             t = t.to(torch.int64)
             setattr(batch, name, t if sel_idx is None else t[sel_idx])
+    for name, dtype in (("correct", torch.bool), ("loss", torch.float64), ("domain", torch.int64),
+                        ("input_ids", torch.int64)):
+        t = chunk.token(name)
+        if t is not None:
+            t = t.to(dtype)
+            setattr(batch, name, t if sel_idx is None else t[sel_idx])
     _ = take
     return batch, nonfinite
 
@@ -131,6 +137,7 @@ def trace_stats(
         stats.layer(layer, info.num_experts, info.spec.top_k)
     for chunk in chunks:
         valid = chunk_mask(chunk)
+        paths = stats.chunk_paths(chunk.start, len(chunk))
         for layer in wanted:
             info = trace.layers[layer]
             if info.count_only:
@@ -139,6 +146,10 @@ def trace_stats(
             target = stats.layers[layer]
             target.excluded_nonfinite += nonfinite
             target.update(batch)
+            if paths is not None:
+                paths.add(layer, batch)
+        if paths is not None:
+            stats.update_paths(paths)
         if progress is not None:
             progress(len(chunk))
     return stats

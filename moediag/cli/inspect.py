@@ -76,3 +76,6 @@ def inspect_cmd(
     from moediag.render.trace_table import render_trace
 
     render_trace(analysis, stdout_console(), worst=worst, layer=layer, sort_key=sort)
+    from moediag.render.accuracy_table import render_accuracy
+
+    render_accuracy(analysis, stdout_console())

@@ -28,6 +28,10 @@ class LayerBatch:
     sequence_ids: torch.Tensor | None = None  # [n]
     positions: torch.Tensor | None = None  # [n]
     step: torch.Tensor | None = None  # [n]
+    correct: torch.Tensor | None = None  # [n] bool, tokens.correct
+    loss: torch.Tensor | None = None  # [n] float64, tokens.loss
+    domain: torch.Tensor | None = None  # [n] int64, tokens.domain
+    input_ids: torch.Tensor | None = None  # [n] int64, tokens.input_ids
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -35,7 +39,8 @@ class LayerBatch:
     def select(self, keep: torch.Tensor) -> LayerBatch:
         """The rows where ``keep`` is true."""
         out = LayerBatch(self.num_experts, self.top_k, self.ids[keep], self.top1[keep], self.index[keep])
-        for name in ("weights", "logits", "probs", "margin", "hf_ids", "sequence_ids", "positions", "step"):
+        for name in ("weights", "logits", "probs", "margin", "hf_ids", "sequence_ids", "positions", "step",
+                     "correct", "loss", "domain", "input_ids"):
             value = getattr(self, name)
             setattr(out, name, None if value is None else value[keep])
         return out

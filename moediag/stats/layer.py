@@ -11,13 +11,16 @@ from typing import Any
 
 import torch
 
+from moediag.stats.accuracy import ExpertAccuracyStats
 from moediag.stats.batch import LayerBatch
 from moediag.stats.capacity import CAPACITY_FACTORS, DEFAULT_GROUP_TOKENS, CapacityStats
 from moediag.stats.coactivation import CoactivationStats
 from moediag.stats.imbalance import cv, entropy_norm, gini, max_mean, max_vio, min_mean
 from moediag.stats.load import LoadStats, StepLoadStats
+from moediag.stats.paths import DEFAULT_CAPACITY, ChunkPaths, PathStats, windows
 from moediag.stats.router import RouterStats
 from moediag.stats.sequences import ConsecutiveStats, SeqAuxStats
+from moediag.stats.specialisation import DEFAULT_VOCAB_CAPACITY, SpecialisationStats
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,10 @@ class StatsOptions:
     cold_eps: float = 0.1
     capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
     capacity_group_tokens: int = DEFAULT_GROUP_TOKENS
+    #: extra path windows ``(first, last)`` of MoE layers, inclusive (the full depth is always computed)
+    path_windows: tuple[tuple[int, int], ...] = ()
+    path_capacity: int = DEFAULT_CAPACITY
+    vocab_capacity: int = DEFAULT_VOCAB_CAPACITY
 
 
 class LayerStats:
@@ -45,6 +52,8 @@ class LayerStats:
         self.seq_aux = SeqAuxStats(num_experts, k)
         self.consecutive = ConsecutiveStats(num_experts)
         self.coactivation = CoactivationStats(num_experts)
+        self.accuracy = ExpertAccuracyStats(num_experts)
+        self.specialisation = SpecialisationStats(num_experts, k, self.options.vocab_capacity)
         self.count_only = False
         self.has_logits = False
         self.excluded_nonfinite = 0
@@ -59,6 +68,8 @@ class LayerStats:
         self.seq_aux.update(batch)
         self.consecutive.update(batch)
         self.coactivation.update(batch)
+        self.accuracy.update(batch)
+        self.specialisation.update(batch)
 
     def update_counts(self, counts: torch.Tensor) -> None:
         """Count-only data: ``expert_counts`` [S, E] rows."""
@@ -74,6 +85,8 @@ class LayerStats:
         self.seq_aux.merge(other.seq_aux)
         self.consecutive.merge(other.consecutive)
         self.coactivation.merge(other.coactivation)
+        self.accuracy.merge(other.accuracy)
+        self.specialisation.merge(other.specialisation)
         self.count_only = self.count_only or other.count_only
         self.has_logits = self.has_logits or other.has_logits
         self.excluded_nonfinite += other.excluded_nonfinite
@@ -93,6 +106,14 @@ class LayerStats:
             out.update(self.seq_aux.compute())
             out.update(self.capacity.compute())
             out.update(self.consecutive.compute())
+        out.update(self.accuracy.compute())
+        if self.count_only:
+            out["specialisation"] = None
+        else:
+            spec = self.specialisation.compute()
+            spec["consecutive_same_rate"] = out["consecutive_same_rate"]
+            spec["consecutive_same_baseline"] = out["consecutive_same_baseline"]
+            out["specialisation"] = spec
         out["excluded_nonfinite"] = self.excluded_nonfinite
         return out
 
@@ -113,6 +134,18 @@ class ModelStats:
     def __init__(self, options: StatsOptions | None = None) -> None:
         self.options = options or StatsOptions()
         self.layers: dict[int, LayerStats] = {}
+        #: path window (its layers) -> frequent top-1 paths over it
+        self.paths: dict[tuple[int, ...], PathStats] = {}
+
+    def chunk_paths(self, start: int, n: int) -> ChunkPaths:
+        """A collector for one chunk's first choices; pass it to :meth:`update_paths` after every layer."""
+        return ChunkPaths(start, n)
+
+    def update_paths(self, chunk: ChunkPaths) -> None:
+        for window in windows(sorted(chunk.top1), self.options.path_windows):
+            if window not in self.paths:
+                self.paths[window] = PathStats(list(window), self.options.path_capacity)
+            self.paths[window].update(chunk)
 
     def layer(self, layer: int, num_experts: int, top_k: int | None) -> LayerStats:
         if layer not in self.layers:
@@ -125,6 +158,11 @@ class ModelStats:
                 self.layers[layer].merge(stats)
             else:
                 self.layers[layer] = stats
+        for window, paths in other.paths.items():
+            if window in self.paths:
+                self.paths[window].merge(paths)
+            else:
+                self.paths[window] = paths
 
     def hf_aux_loss(self) -> float | None:
         """transformers' ``load_balancing_loss_func`` over all layers' logits pooled along tokens
@@ -164,4 +202,10 @@ class ModelStats:
         summary["dead_experts"] = sum(len(x["dead_experts"]) for x in layers)
         summary["cold_experts"] = sum(len(x["cold_experts"]) for x in layers)
         summary["excluded_nonfinite"] = sum(x["excluded_nonfinite"] for x in layers)
+        accs = [(x["accuracy"], x["layer"]) for x in layers if x.get("accuracy") is not None]
+        summary["accuracy"] = accs[0][0] if accs else None
+        flagged = [r for x in layers for r in (x.get("expert_accuracy") or []) if r["below_overall"]]
+        summary["below_overall_experts"] = len(flagged) if accs else None
+        windows_by_depth = sorted(self.paths, key=lambda w: (-len(w), w))
+        summary["paths"] = [self.paths[w].compute() for w in windows_by_depth] or None
         return {"summary": summary, "layers": layers}

@@ -1,0 +1,42 @@
+"""``moediag compare A B``: two traces (or two checkpoints) side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from moediag.cli.app import app, echo_err
+from moediag.cli.common import print_json, stdout_console
+from moediag.errors import UsageError
+
+
+@app.command("compare")
+def compare_cmd(
+    a: Path = typer.Argument(..., help="The reference: a trace or a checkpoint."),
+    b: Path = typer.Argument(..., help="The one to compare with A (same kind as A)."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the machine-readable result (docs/accuracy.md)."
+    ),
+    chunk_tokens: int | None = typer.Option(
+        None, "--chunk-tokens", help="Tokens read per chunk (memory bound)."
+    ),
+) -> None:
+    """Router saturation, load shift and accuracy shift between two traces; router-row cosine and
+    selection-bias change between two checkpoints.
+
+    Example: moediag compare before.safetensors after.safetensors --json
+    """
+    from moediag.compare import compare
+
+    if chunk_tokens is not None and chunk_tokens < 1:
+        raise UsageError("--chunk-tokens must be positive")
+    result = compare(a, b, chunk_tokens=chunk_tokens)
+    for note in result.notes:
+        echo_err(f"moediag: note: {note}")
+    if as_json:
+        print_json(result.to_dict())
+        return
+    from moediag.render.compare_table import render_compare
+
+    render_compare(result, stdout_console())

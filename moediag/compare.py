@@ -1,0 +1,421 @@
+"""``moediag compare A B``: what changed between two traces (or two checkpoints).
+
+Traces
+    - On the same tokens (equal token counts and, when both have ``tokens.input_ids``, equal ids):
+      router saturation per layer, streaming both traces chunk by chunk in lockstep (bounded memory):
+      ``top1_agreement`` = share of tokens whose first choice is the same in A and B (random baseline 1/E)
+      and ``topk_overlap`` = mean over tokens of |topk_A ∩ topk_B| / k (random baseline k/E; OLMoE's
+      "router saturation"). A token excluded in either trace (mask, non-finite logits) is left out.
+    - On any two traces: ``load_js_divergence`` = Jensen-Shannon divergence, base 2 (0 = same load shares,
+      1 = disjoint), between the two load distributions; ``max_vio_delta`` and ``cv_delta`` (B - A); and,
+      when both have ``tokens.correct``, the accuracy shift per expert (top-1 attribution) and per frequent
+      path: the difference B - A with a Newcombe hybrid-score 95% interval; ``shifted`` when it excludes 0.
+Checkpoints
+    Router-row cosine per expert (A's row i against B's row i) and the selection-bias change per expert
+    (``e_score_correction_bias`` / ``expert_bias``), found by :mod:`moediag.checkpoint.layouts`.
+
+Layers are matched by the model's layer index; layers in only one input are left out (and listed in
+``summary``). A layer whose expert count differs is an error (exit 2).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as _dt
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from moediag import __version__
+from moediag.errors import InvalidInputError, UsageError
+from moediag.stats.accuracy import newcombe
+
+#: JSON schema version of ``compare --json`` (``meta.format``). History: 1 = first release.
+COMPARE_JSON_FORMAT = 1
+PATH_SHIFT_TOP = 20
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> float | None:
+    """Jensen-Shannon divergence, base 2, between two count (or probability) vectors; None if one is empty."""
+    sp, sq = float(p.sum()), float(q.sum())
+    if sp <= 0 or sq <= 0:
+        return None
+    a = p.double() / sp
+    b = q.double() / sq
+    m = 0.5 * (a + b)
+
+    def kl(x: torch.Tensor) -> float:
+        nz = x > 0
+        return float((x[nz] * torch.log2(x[nz] / m[nz])).sum())
+
+    return max(0.0, 0.5 * kl(a) + 0.5 * kl(b))
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
+def _shift_row(ca: int, na: int, cb: int, nb: int) -> dict[str, Any]:
+    d, lo, hi = newcombe(ca, na, cb, nb)
+    return {
+        "tokens_a": na,
+        "correct_a": ca,
+        "accuracy_a": ca / na if na else None,
+        "tokens_b": nb,
+        "correct_b": cb,
+        "accuracy_b": cb / nb if nb else None,
+        "delta": d,
+        "delta_ci_low": lo,
+        "delta_ci_high": hi,
+        "shifted": bool(lo is not None and hi is not None and (lo > 0 or hi < 0)),
+    }
+
+
+@dataclass
+class Comparison:
+    """The result of a compare: per-layer rows, a summary and notes (what was left out and why)."""
+
+    a: str
+    b: str
+    inputs: str  # "traces" | "checkpoints"
+    layers: list[dict[str, Any]]
+    summary: dict[str, Any]
+    paths: list[dict[str, Any]] | None = None
+    notes: list[str] = field(default_factory=list)
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "meta": {
+                "format": COMPARE_JSON_FORMAT,
+                "moediag_version": __version__,
+                "kind": "compare",
+                "inputs": self.inputs,
+                "a": self.a,
+                "b": self.b,
+                "created": self.created,
+            },
+            "summary": self.summary | {"notes": list(self.notes)},
+            "layers": self.layers,
+            "paths": self.paths,
+        }
+
+
+# -- traces -------------------------------------------------------------------------------------------
+
+
+def aligned_chunks(ta: Any, tb: Any, size: int) -> Iterator[tuple[Any, Any]]:
+    """Chunks of A and B over the same token ranges; a range never spans a shard of either trace."""
+    from moediag.trace import Chunk
+
+    n = ta.num_tokens
+    starts_a = [0]
+    for x in ta.shard_tokens:
+        starts_a.append(starts_a[-1] + x)
+    starts_b = [0]
+    for x in tb.shard_tokens:
+        starts_b.append(starts_b[-1] + x)
+    cuts = sorted(set(starts_a) | set(starts_b) | set(range(0, n, size)) | {n})
+    for s, e in zip(cuts, cuts[1:], strict=False):
+        if e <= s:
+            continue
+        ia = bisect.bisect_right(starts_a, s) - 1
+        ib = bisect.bisect_right(starts_b, s) - 1
+        yield (
+            Chunk(ta, ia, (s - starts_a[ia], e - starts_a[ia]), s),
+            Chunk(tb, ib, (s - starts_b[ib], e - starts_b[ib]), s),
+        )
+
+
+def _full(batch: Any, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ids and top-1 spread back onto the chunk's rows (-1 where the row was excluded)."""
+    rows = batch.index - start
+    ids = torch.full((n, batch.ids.shape[1]), -1, dtype=torch.int64)
+    ids[rows] = batch.ids
+    top1 = torch.full((n,), -1, dtype=torch.int64)
+    top1[rows] = batch.top1
+    return ids, top1
+
+
+def saturation(
+    ta: Any,
+    tb: Any,
+    layers: list[int],
+    chunk_tokens: int | None = None,
+) -> tuple[dict[int, dict[str, Any]] | None, str | None]:
+    """Per layer ``top1_agreement`` and ``topk_overlap`` on the same tokens, or (None, reason)."""
+    from moediag.analysis import chunk_mask, layer_batch
+
+    if ta.num_tokens != tb.num_tokens:
+        return None, f"token counts differ ({ta.num_tokens} vs {tb.num_tokens}): no router saturation"
+    size = chunk_tokens or min(ta.default_chunk_tokens(), tb.default_chunk_tokens())
+    bias_a = {x: ta.selection_bias(x) for x in layers}
+    bias_b = {x: tb.selection_bias(x) for x in layers}
+    acc = {x: {"tokens": 0, "agree": 0, "overlap": 0} for x in layers}
+    for ca, cb in aligned_chunks(ta, tb, size):
+        ia, ib = ca.token("input_ids"), cb.token("input_ids")
+        if ia is not None and ib is not None and not torch.equal(ia.to(torch.int64), ib.to(torch.int64)):
+            row = int(torch.nonzero(ia.to(torch.int64) != ib.to(torch.int64))[0])
+            return None, f"tokens.input_ids differ at token {ca.start + row}: no router saturation"
+        va, vb = chunk_mask(ca), chunk_mask(cb)
+        valid = va if vb is None else (vb if va is None else va & vb)
+        n = len(ca)
+        for layer in layers:
+            ba, _ = layer_batch(ca, ta.layers[layer], bias_a[layer], valid)
+            bb, _ = layer_batch(cb, tb.layers[layer], bias_b[layer], valid)
+            ids_a, top1_a = _full(ba, ca.start, n)
+            ids_b, top1_b = _full(bb, cb.start, n)
+            ok = (top1_a >= 0) & (top1_b >= 0)
+            ids_a, ids_b = ids_a[ok], ids_b[ok]
+            hit = (ids_a.unsqueeze(2) == ids_b.unsqueeze(1)) & (ids_a >= 0).unsqueeze(2)
+            a = acc[layer]
+            a["tokens"] += int(ok.sum())
+            a["agree"] += int((top1_a[ok] == top1_b[ok]).sum())
+            a["overlap"] += int(hit.any(dim=2).sum())
+    out: dict[int, dict[str, Any]] = {}
+    for layer in layers:
+        a = acc[layer]
+        e = ta.layers[layer].num_experts
+        k = ta.layers[layer].spec.top_k
+        t = a["tokens"]
+        out[layer] = {
+            "tokens_compared": t,
+            "top1_agreement": a["agree"] / t if t else None,
+            "top1_agreement_baseline": 1 / e,
+            "topk_overlap": a["overlap"] / (k * t) if t and k else None,
+            "topk_overlap_baseline": k / e if k else None,
+        }
+    return out, None
+
+
+def _path_shift(sa: Any, sb: Any, min_support: int) -> list[dict[str, Any]] | None:
+    """Accuracy shift of the full-depth paths tracked in both A and B with >= min_support tokens each."""
+    if not sa.paths or not sb.paths:
+        return None
+    wa = max(sa.paths, key=len)
+    if wa not in sb.paths:
+        return None
+    pa, pb = sa.paths[wa], sb.paths[wa]
+    if not (pa.has_correct and pb.has_correct):
+        return None
+    ka, kb = pa.sketch, pb.sketch
+    index_b = {tuple(r): i for i, r in enumerate(kb.keys.tolist())}
+    rows = []
+    for i, key in enumerate(ka.keys.tolist()):
+        j = index_b.get(tuple(key))
+        if j is None:
+            continue
+        na, nb = int(ka.values["tokens"][i]), int(kb.values["tokens"][j])
+        if na < min_support or nb < min_support:
+            continue
+        ca, cb = int(ka.values["correct"][i]), int(kb.values["correct"][j])
+        rows.append(
+            {
+                "layers": list(wa),
+                "path": key,
+                "share_a": na / pa.tokens,
+                "share_b": nb / pb.tokens,
+                **_shift_row(ca, na, cb, nb),
+            }
+        )
+    rows.sort(key=lambda r: (not r["shifted"], -(r["tokens_a"] + r["tokens_b"])))
+    return rows[:PATH_SHIFT_TOP]
+
+
+def compare_traces(
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
+    *,
+    chunk_tokens: int | None = None,
+    min_support: int = 10,
+) -> Comparison:
+    """Compare two traces (see the module docstring for every figure)."""
+    from moediag.analysis import analyze_trace
+    from moediag.stats.imbalance import cv, max_vio
+    from moediag.trace import open_trace
+
+    ta, tb = open_trace(a), open_trace(b)
+    notes: list[str] = []
+    common = sorted(set(ta.layers) & set(tb.layers))
+    only_a = sorted(set(ta.layers) - set(tb.layers))
+    only_b = sorted(set(tb.layers) - set(ta.layers))
+    if not common:
+        raise UsageError(
+            f"{a} and {b} have no MoE layer in common (A: {sorted(ta.layers)}, B: {sorted(tb.layers)})"
+        )
+    if only_a or only_b:
+        notes.append(
+            f"layer sets differ; comparing the {len(common)} common layer(s) "
+            f"(only in A: {only_a or 'none'}, only in B: {only_b or 'none'})"
+        )
+    for layer in common:
+        ea, eb = ta.layers[layer].num_experts, tb.layers[layer].num_experts
+        if ea != eb:
+            raise InvalidInputError(
+                f"layer {layer} has {ea} experts in {a} but {eb} in {b}; cannot compare", b
+            )
+    per_token = [x for x in common if not ta.layers[x].count_only and not tb.layers[x].count_only]
+    sat, why = saturation(ta, tb, per_token, chunk_tokens) if per_token else (None, None)
+    if why:
+        notes.append(why)
+    res_a = analyze_trace(ta, chunk_tokens=chunk_tokens, layers=common)
+    res_b = analyze_trace(tb, chunk_tokens=chunk_tokens, layers=common)
+    rows = []
+    for layer in common:
+        sa, sb = res_a.stats.layers[layer], res_b.stats.layers[layer]
+        la, lb = res_a.layer(layer), res_b.layer(layer)
+        s = (sat or {}).get(layer, {})
+        e = sa.num_experts
+        k = ta.layers[layer].spec.top_k
+        row: dict[str, Any] = {
+            "layer": layer,
+            "num_experts": e,
+            "top_k": k,
+            "tokens_compared": s.get("tokens_compared"),
+            "top1_agreement": s.get("top1_agreement"),
+            "top1_agreement_baseline": 1 / e,
+            "topk_overlap": s.get("topk_overlap"),
+            "topk_overlap_baseline": (k / e) if k else None,
+            "load_js_divergence": js_divergence(sa.load.counts, sb.load.counts),
+            "max_vio_a": max_vio(sa.load.counts) if int(sa.load.counts.sum()) else None,
+            "max_vio_b": max_vio(sb.load.counts) if int(sb.load.counts.sum()) else None,
+            "cv_a": cv(sa.load.counts),
+            "cv_b": cv(sb.load.counts),
+        }
+        row["max_vio_delta"] = _delta(row["max_vio_a"], row["max_vio_b"])
+        row["cv_delta"] = _delta(row["cv_a"], row["cv_b"])
+        row["accuracy_a"], row["accuracy_b"] = la.get("accuracy"), lb.get("accuracy")
+        row["accuracy_delta"] = _delta(row["accuracy_a"], row["accuracy_b"])
+        ea_, eb_ = la.get("expert_accuracy"), lb.get("expert_accuracy")
+        if ea_ and eb_ and ea_[0]["correct"] is not None and eb_[0]["correct"] is not None:
+            row["expert_accuracy_shift"] = [
+                {"expert": i, **_shift_row(x["correct"], x["tokens"], y["correct"], y["tokens"])}
+                for i, (x, y) in enumerate(zip(ea_, eb_, strict=False))
+            ]
+        else:
+            row["expert_accuracy_shift"] = None
+        rows.append(row)
+
+    def stat(key: str, worst: str = "max") -> dict[str, Any]:
+        vals = [(r[key], r["layer"]) for r in rows if r[key] is not None]
+        if not vals:
+            return {"mean": None, "worst": None, "worst_layer": None}
+        pick = max(vals) if worst == "max" else min(vals)
+        return {"mean": sum(v for v, _ in vals) / len(vals), "worst": pick[0], "worst_layer": pick[1]}
+
+    acc_a, acc_b = res_a.summary.get("accuracy"), res_b.summary.get("accuracy")
+    summary = {
+        "tokens_a": ta.num_tokens,
+        "tokens_b": tb.num_tokens,
+        "tokens_match": sat is not None,
+        "layers_compared": common,
+        "layers_only_in_a": only_a,
+        "layers_only_in_b": only_b,
+        "top1_agreement": stat("top1_agreement", "min"),
+        "topk_overlap": stat("topk_overlap", "min"),
+        "load_js_divergence": stat("load_js_divergence"),
+        "max_vio_delta": stat("max_vio_delta"),
+        "cv_delta": stat("cv_delta"),
+        "accuracy_a": acc_a,
+        "accuracy_b": acc_b,
+        "accuracy_delta": _delta(acc_a, acc_b),
+        "shifted_experts": sum(
+            sum(1 for x in r["expert_accuracy_shift"] if x["shifted"])
+            for r in rows
+            if r["expert_accuracy_shift"]
+        ),
+    }
+    paths = _path_shift(res_a.stats, res_b.stats, min_support)
+    return Comparison(str(a), str(b), "traces", rows, summary, paths, notes)
+
+
+# -- checkpoints --------------------------------------------------------------------------------------
+
+
+def _routers(path: str | os.PathLike[str]) -> tuple[Any, dict[tuple[str, int], Any]]:
+    from moediag.checkpoint.config import normalise_config
+    from moediag.checkpoint.inventory import open_inventory
+    from moediag.checkpoint.layouts import detect_layout
+
+    inv = open_inventory(path)
+    layout = detect_layout(inv, normalise_config(inv.config))
+    return inv, {(blk.stack, blk.layer): blk for blk in layout.blocks if blk.router is not None}
+
+
+def compare_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> Comparison:
+    """Router-row cosine and selection-bias change per expert, per MoE layer present in both."""
+    inv_a, ra = _routers(a)
+    inv_b, rb = _routers(b)
+    notes: list[str] = []
+    common = sorted(set(ra) & set(rb), key=lambda x: (x[0], x[1]))
+    if not common:
+        raise UsageError(f"{a} and {b} have no MoE router in common")
+    if set(ra) != set(rb):
+        notes.append(f"router sets differ; comparing the {len(common)} common layer(s)")
+    rows: list[dict[str, Any]] = []
+    for key in common:
+        blk_a, blk_b = ra[key], rb[key]
+        wa = inv_a.read(blk_a.router).double()
+        wb = inv_b.read(blk_b.router).double()
+        if wa.shape != wb.shape:
+            raise InvalidInputError(
+                f"layer {key[1]}: router {blk_a.router} is {list(wa.shape)} in {a} "
+                f"but {list(wb.shape)} in {b}",
+                b,
+            )
+        cos = torch.nn.functional.cosine_similarity(wa, wb, dim=1)
+        bias_delta = None
+        if blk_a.selection_bias and blk_b.selection_bias:
+            bias_delta = inv_b.read(blk_b.selection_bias).double() - inv_a.read(blk_a.selection_bias).double()
+        rows.append(
+            {
+                "layer": key[1],
+                "stack": key[0],
+                "num_experts": int(wa.shape[0]),
+                "router_cosine": [float(x) for x in cos.tolist()],
+                "router_cosine_min": float(cos.min()),
+                "router_cosine_mean": float(cos.mean()),
+                "router_cosine_min_expert": int(cos.argmin()),
+                "selection_bias_delta": None if bias_delta is None else bias_delta.tolist(),
+                "selection_bias_delta_max_abs": None if bias_delta is None else float(bias_delta.abs().max()),
+                "top1_agreement": None,
+                "topk_overlap": None,
+                "load_js_divergence": None,
+                "max_vio_delta": None,
+                "cv_delta": None,
+            }
+        )
+    cosines = [r["router_cosine_min"] for r in rows]
+    summary = {
+        "layers_compared": [r["layer"] for r in rows],
+        "router_cosine_min": min(cosines),
+        "router_cosine_mean": sum(r["router_cosine_mean"] for r in rows) / len(rows),
+        "selection_bias_delta_max_abs": max(
+            (
+                r["selection_bias_delta_max_abs"]
+                for r in rows
+                if r["selection_bias_delta_max_abs"] is not None
+            ),
+            default=None,
+        ),
+    }
+    return Comparison(str(a), str(b), "checkpoints", rows, summary, None, notes)
+
+
+def compare(
+    a: str | os.PathLike[str], b: str | os.PathLike[str], *, chunk_tokens: int | None = None
+) -> Comparison:
+    """Compare two traces or two checkpoints (whichever they are; mixing the two is an error)."""
+    from moediag.inputs import detect_kind
+
+    ka, kb = detect_kind(a), detect_kind(b)
+    if ka != kb:
+        raise UsageError(f"compare needs two traces or two checkpoints: {a} is a {ka}, {b} is a {kb}")
+    if ka == "checkpoint":
+        return compare_checkpoints(a, b)
+    return compare_traces(a, b, chunk_tokens=chunk_tokens)

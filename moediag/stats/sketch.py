@@ -1,0 +1,128 @@
+"""A mergeable Misra-Gries heavy-hitter sketch over tensor keys, with exact tallies per tracked key.
+
+Keys are rows of an int64 tensor ``[m, W]`` (a routing path of W layers, or W = 1 for a token id). Each
+tracked key carries a Misra-Gries counter (``count``) that decides what stays, plus exact tallies
+(``values``: tokens, hits, loss sums, per-expert counts ...) of the tokens seen *while the key was tracked*.
+
+Bounded memory: at most ``capacity`` keys survive each update or merge. When more are present, the
+(capacity+1)-th largest counter ``c*`` is subtracted from every counter and keys at or below zero are
+dropped; ``c*`` is added to ``decrement``. This is the mergeable Misra-Gries summary of Agarwal et al.
+("Mergeable summaries", PODS 2012): for every key, ``true - decrement <= tallied tokens <= true``, and
+``decrement <= N / (capacity + 1)`` for N tokens in all. While fewer than ``capacity + 1`` distinct keys
+have been seen, nothing is ever subtracted and every tally is exact.
+
+Order matters only for ties at the pruning threshold; ``merge(other)`` folds in a sketch of tokens that
+come after (as every accumulator in moediag.stats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+class KeyedSketch:
+    """Misra-Gries over int64 key rows with named per-key tallies (``values[name]``: [m, ...])."""
+
+    def __init__(
+        self, width: int, capacity: int, shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("sketch capacity must be positive")
+        self.width = width
+        self.capacity = capacity
+        self.shapes = shapes
+        self.keys = torch.zeros(0, width, dtype=torch.int64)
+        self.count = torch.zeros(0, dtype=torch.int64)
+        self.values = {name: torch.zeros((0, *shape), dtype=dtype) for name, (shape, dtype) in shapes.items()}
+        self.decrement = 0  # sum of the thresholds subtracted: the bound on any key's undercount
+        self.total = 0  # tokens offered to the sketch
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    def add(self, keys: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        """Add one token per row of ``keys`` [n, W]; ``values[name]`` [n, ...] are its tallies."""
+        if int(keys.shape[0]) == 0:
+            return
+        uniq, inverse, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
+
+        def tallies(keep: torch.Tensor) -> dict[str, torch.Tensor]:
+            slot = torch.cumsum(keep.to(torch.int64), 0) - 1
+            rows = keep[inverse]
+            target = slot[inverse][rows]
+            m = int(keep.sum())
+            out = {}
+            for name, (shape, dtype) in self.shapes.items():
+                acc = torch.zeros((m, *shape), dtype=dtype)
+                out[name] = acc.index_add_(0, target, values[name][rows].to(dtype))
+            return out
+
+        self.add_grouped(uniq, counts.to(torch.int64), tallies)
+
+    def add_grouped(
+        self,
+        keys: torch.Tensor,
+        counts: torch.Tensor,
+        tallies: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    ) -> None:
+        """Add tokens already grouped by distinct key: ``counts[j]`` tokens of ``keys[j]``.
+
+        ``tallies(keep)`` returns the tallies of the kept keys only (``keep`` is a bool mask over ``keys``),
+        so a caller never materialises per-key tallies for keys the sketch would drop at once.
+        """
+        if int(keys.shape[0]) == 0:
+            return
+        other = KeyedSketch(self.width, self.capacity, self.shapes)
+        other.total = int(counts.sum())
+        threshold = 0
+        keep = torch.ones(keys.shape[0], dtype=torch.bool)
+        if keys.shape[0] > self.capacity:
+            threshold = int(torch.topk(counts, self.capacity + 1).values[-1])
+            keep = counts > threshold
+        other.keys = keys[keep]
+        other.count = counts[keep] - threshold
+        other.values = tallies(keep)
+        other.decrement = threshold
+        self.merge(other)
+
+    def merge(self, other: KeyedSketch) -> None:
+        """Fold in ``other`` (same width, tallies and capacity)."""
+        self.total += other.total
+        self.decrement += other.decrement
+        if len(other) == 0:
+            return
+        if len(self) == 0:
+            self.keys, self.count = other.keys.clone(), other.count.clone()
+            self.values = {k: v.clone() for k, v in other.values.items()}
+            return
+        keys = torch.cat([self.keys, other.keys])
+        uniq, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        m = uniq.shape[0]
+        self.count = torch.zeros(m, dtype=torch.int64).index_add_(
+            0, inverse, torch.cat([self.count, other.count])
+        )
+        for name, v in self.values.items():
+            both = torch.cat([v, other.values[name]])
+            self.values[name] = torch.zeros((m, *both.shape[1:]), dtype=both.dtype).index_add_(
+                0, inverse, both
+            )
+        self.keys = uniq
+        self._prune()
+
+    def _prune(self) -> None:
+        if len(self) <= self.capacity:
+            return
+        threshold = int(torch.topk(self.count, self.capacity + 1).values[-1])
+        self.count = self.count - threshold
+        keep = self.count > 0
+        self.keys = self.keys[keep]
+        self.count = self.count[keep]
+        self.values = {k: v[keep] for k, v in self.values.items()}
+        self.decrement += threshold
+
+    @property
+    def exact(self) -> bool:
+        """True while nothing has been pruned: every tally is the key's true total."""
+        return self.decrement == 0
