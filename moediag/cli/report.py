@@ -1,0 +1,107 @@
+"""``moediag report PATH... -o report.html``: one self-contained HTML report (trace, checkpoint, or both)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from moediag.cli.app import app, echo_err
+from moediag.cli.common import progress_bar
+from moediag.errors import UsageError
+
+
+def _checks(doc: dict[str, Any], config_file: Path | None) -> dict[str, Any] | None:
+    """``moediag check`` results when thresholds are configured (a config file found or given), else None."""
+    try:
+        from moediag.checks import run_checks
+        from moediag.config import load_config
+    except ImportError:  # pragma: no cover - the gate ships with moediag; kept optional for the renderer
+        return None
+    config = load_config(config_file)
+    if config.file is None:
+        return None
+    return run_checks(doc, config).to_dict()
+
+
+@app.command("report")
+def report_cmd(
+    paths: list[Path] = typer.Argument(..., help="A trace, a checkpoint, or one of each."),
+    output: Path = typer.Option(..., "--output", "-o", help="The HTML file to write."),
+    title: str | None = typer.Option(None, "--title", help="Page title (default: from the input's name)."),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="Check thresholds (moediag.toml or pyproject.toml); "
+        "without it the one found from the working directory is used, if any.",
+    ),
+    num_experts: int | None = typer.Option(
+        None, "--num-experts", help="Experts per layer, if the trace lacks it."
+    ),
+    top_k: int | None = typer.Option(None, "--top-k", help="Experts per token, if the trace lacks it."),
+    score_function: str | None = typer.Option(
+        None, "--score-function", help="softmax | sigmoid | topk_softmax, if the trace lacks it."
+    ),
+    cold_eps: float = typer.Option(0.1, "--cold-eps", help="An expert is cold when its share < eps / E."),
+    capacity_group: int = typer.Option(
+        4096, "--capacity-group", help="Tokens per capacity group when the trace has no sequence ids."
+    ),
+    weights: bool = typer.Option(
+        True,
+        "--weights/--no-weights",
+        help="Checkpoints: read weights for router and redundancy diagnostics.",
+    ),
+) -> None:
+    """Write one self-contained HTML report: verdict, overview, per-layer table and figures.
+
+    The file has no external references (no network, no other files); open it in any browser.
+
+    Example: moediag report sample_traces/imbalanced.safetensors -o report.html
+    """
+    from moediag.inputs import detect_kind
+
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"-o {output}: the report is HTML; name it something.html")
+    if cold_eps <= 0 or capacity_group < 1:
+        raise UsageError("--cold-eps and --capacity-group must be positive")
+    by_kind: dict[str, Path] = {}
+    for p in paths:
+        kind = detect_kind(p)
+        if kind in by_kind:
+            raise UsageError(f"{p}: a report takes at most one trace and one checkpoint (two {kind}s given)")
+        by_kind[kind] = p
+    analysis = checkpoint = None
+    doc: dict[str, Any] | None = None
+    if "trace" in by_kind:
+        from moediag.analysis import analyze_trace
+        from moediag.cli.inspect import routing_overrides
+        from moediag.stats import StatsOptions
+        from moediag.trace import open_trace
+
+        trace = open_trace(by_kind["trace"], overrides=routing_overrides(num_experts, top_k, score_function))
+        with progress_bar("analysing trace", trace.num_tokens) as advance:
+            analysis = analyze_trace(
+                trace,
+                options=StatsOptions(cold_eps=cold_eps, capacity_group_tokens=capacity_group),
+                progress=advance,
+            )
+        doc = analysis.to_dict()
+    if "checkpoint" in by_kind:
+        from moediag.checkpoint import analyze_checkpoint, check_weights
+
+        checkpoint = analyze_checkpoint(by_kind["checkpoint"], weights=False)
+        if weights:
+            with progress_bar("reading expert weights", checkpoint.weight_bytes()) as advance:
+                check_weights(checkpoint, progress=advance)
+        for w in checkpoint.warnings:
+            echo_err(f"moediag: warning: {by_kind['checkpoint']}: {w}")
+        if doc is None:
+            doc = checkpoint.to_dict()
+    assert doc is not None
+    checks = _checks(doc, config)
+    from moediag.render.html import render_report, write_report
+
+    page = render_report(analysis, checkpoint, checks=checks, title=title)
+    write_report(output, page)
+    echo_err(f"moediag: wrote {output} ({len(page.encode('utf-8')) / 1e6:.1f} MB)")
