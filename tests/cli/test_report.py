@@ -1,0 +1,45 @@
+"""``moediag report``: writes one self-contained file; bad input is one line and exit 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from moediag.cli import app
+from tests.render._traces import report_trace
+
+runner = CliRunner()
+
+
+def test_report_writes_one_html_file(tmp_path: Path) -> None:
+    trace = report_trace(tmp_path / "in" / "t.safetensors", layers=2, tokens=400, correct=False)
+    out = tmp_path / "out" / "report.html"
+    result = runner.invoke(app, ["report", str(trace), "-o", str(out), "--title", "My run"])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert "<title>My run</title>" in page and '<section id="load-heatmap">' in page
+    assert "http://" not in page and "https://" not in page
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]
+
+
+def test_report_errors_leave_nothing(tmp_path: Path) -> None:
+    trace = report_trace(tmp_path / "t.safetensors", layers=2, tokens=200, steps=False, correct=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    cases = [
+        ([str(trace), "-o", str(out / "r.txt")], "html"),
+        ([str(tmp_path / "missing.safetensors"), "-o", str(out / "r.html")], "no such file"),
+        ([str(trace), str(trace), "-o", str(out / "r.html")], "at most one trace"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["report", *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert list(out.iterdir()) == []
+
+
+def test_report_help_lists_usage() -> None:
+    result = runner.invoke(app, ["report", "--help"])
+    assert result.exit_code == 0 and "--output" in result.output
