@@ -82,14 +82,18 @@ def gini(counts: torch.Tensor) -> float | None:
 
 
 def dead_experts(counts: torch.Tensor) -> list[int]:
+    """Experts with no assignment. A layer with no assignments at all (a dense layer recorded as zeros, or
+    every token masked) has no dead experts: there is nothing to judge them by."""
+    if int(counts.sum()) == 0:
+        return []
     return torch.nonzero(counts == 0).flatten().tolist()
 
 
 def cold_experts(counts: torch.Tensor, eps: float) -> list[int]:
-    """Experts whose share is below eps / E (includes dead ones)."""
+    """Experts whose share is below eps / E (includes dead ones); none for a layer without assignments."""
     total = float(counts.sum())
     if total == 0:
-        return list(range(counts.numel()))
+        return []
     share = _f64(counts) / total
     return torch.nonzero(share < eps / counts.numel()).flatten().tolist()
 
