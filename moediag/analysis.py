@@ -35,6 +35,7 @@ def layer_batch(chunk: Chunk, info: LayerInfo, bias: torch.Tensor | None, valid:
     logits = chunk.layer_tensor(info.layer, "router_logits")
     ids = chunk.layer_tensor(info.layer, "topk_ids")
     weights = chunk.layer_tensor(info.layer, "topk_weights")
+    recorded_ids = ids
     n = len(chunk)
     keep = torch.ones(n, dtype=torch.bool) if valid is None else valid.clone()
     nonfinite = 0
@@ -65,30 +66,47 @@ def layer_batch(chunk: Chunk, info: LayerInfo, bias: torch.Tensor | None, valid:
                 )
     sel_idx = keep if bool((~keep).any()) else None
 
-    def take(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None or sel_idx is None else t[sel_idx]
-
     if sel_idx is not None:
         logits, ids, weights = (t if t is None else t[sel_idx] for t in (logits, ids, weights))
     index = chunk.index if sel_idx is None else chunk.index[sel_idx]
-    batch_probs = margin = hf_ids = None
+    batch_probs = margin = hf_ids = log_probs = lse = None
     if logits is not None:
         sf = spec.score_function
         assert sf is not None
-        sel = routing.selection_scores(logits, sf, bias)
-        if ids is None:
-            ids = routing.select(sel, k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf)
+        # one pass for the softmax family: logsumexp, log-softmax, softmax (shared by losses and entropy)
+        lse = torch.logsumexp(logits, dim=-1)
+        log_softmax = logits - lse.unsqueeze(1)
+        softmax = log_softmax.exp()
+        plain = bias is None and not (spec.n_group and spec.topk_group and spec.n_group > 1)
+        margin_scores = softmax if sf in ("softmax", "topk_softmax") else routing.scores(logits, sf)
+        if bias is not None:
+            margin_scores = margin_scores + bias
+        if ids is None and plain and k < e:
+            # plain top-k: the (k+1)-th score gives the margin without a second pass
+            vals, idx = margin_scores.topk(k + 1, dim=-1)
+            ids = idx[:, :k]
+            margin = vals[:, k - 1] - vals[:, k]
+            top1 = ids[:, 0]
+        else:
+            if ids is None:
+                sel = margin_scores if sf != "topk_softmax" else routing.selection_scores(logits, sf, bias)
+                ids = routing.select(sel, k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf)
+            margin = routing.margin(margin_scores, ids)
+            chosen = margin_scores.gather(1, ids.clamp_min(0)).masked_fill(ids < 0, float("-inf"))
+            top1 = ids.gather(1, chosen.argmax(dim=1, keepdim=True)).squeeze(1)
         if weights is None:
             weights = routing.weights(logits, ids.clamp_min(0), sf, spec.norm_topk_prob)
-        margin_scores = sel if sf != "topk_softmax" else routing.selection_scores(logits, "softmax", bias)
-        margin = routing.margin(margin_scores, ids)
-        batch_probs = routing.distribution(logits, sf)
-        hf_ids = torch.softmax(logits, dim=-1).topk(k, dim=-1).indices
-        chosen = margin_scores.gather(1, ids.clamp_min(0)).masked_fill(ids < 0, float("-inf"))
-        top1 = ids.gather(1, chosen.argmax(dim=1, keepdim=True)).squeeze(1)
+        if sf == "sigmoid":
+            batch_probs = routing.distribution(logits, sf)
+        else:
+            batch_probs, log_probs = softmax, log_softmax
+        # transformers' aux loss always routes softmax -> top-k, whatever the model does
+        hf_ids = ids if (sf == "softmax" and plain and recorded_ids is None) else softmax.topk(k, dim=-1).indices
+        softmax_for_hf = softmax
     else:
         assert ids is not None
         top1 = ids[:, 0]
+        softmax_for_hf = None
     batch = LayerBatch(
         num_experts=e,
         top_k=k,
@@ -100,6 +118,9 @@ def layer_batch(chunk: Chunk, info: LayerInfo, bias: torch.Tensor | None, valid:
         probs=batch_probs,
         margin=margin,
         hf_ids=hf_ids,
+        log_probs=log_probs,
+        lse=lse,
+        softmax=softmax_for_hf,
     )
     for name in ("sequence_ids", "positions", "step"):
         t = chunk.token(name)
@@ -112,7 +133,6 @@ def layer_batch(chunk: Chunk, info: LayerInfo, bias: torch.Tensor | None, valid:
         if t is not None:
             t = t.to(dtype)
             setattr(batch, name, t if sel_idx is None else t[sel_idx])
-    _ = take
     return batch, nonfinite
 
 

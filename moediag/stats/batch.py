@@ -25,6 +25,9 @@ class LayerBatch:
     probs: torch.Tensor | None = None  # [n, E] distribution over experts (losses, entropy)
     margin: torch.Tensor | None = None  # [n] top-k boundary margin
     hf_ids: torch.Tensor | None = None  # [n, k] softmax-then-top-k of the logits, as transformers' aux loss
+    log_probs: torch.Tensor | None = None  # [n, E] log of ``probs`` when it is a softmax (saves a log pass)
+    lse: torch.Tensor | None = None  # [n] logsumexp of the logits
+    softmax: torch.Tensor | None = None  # [n, E] softmax of the logits (transformers' aux loss)
     sequence_ids: torch.Tensor | None = None  # [n]
     positions: torch.Tensor | None = None  # [n]
     step: torch.Tensor | None = None  # [n]
@@ -39,7 +42,7 @@ class LayerBatch:
     def select(self, keep: torch.Tensor) -> LayerBatch:
         """The rows where ``keep`` is true."""
         out = LayerBatch(self.num_experts, self.top_k, self.ids[keep], self.top1[keep], self.index[keep])
-        for name in ("weights", "logits", "probs", "margin", "hf_ids", "sequence_ids", "positions", "step",
+        for name in ("weights", "logits", "probs", "margin", "hf_ids", "log_probs", "lse", "softmax", "sequence_ids", "positions", "step",
                      "correct", "loss", "domain", "input_ids"):
             value = getattr(self, name)
             setattr(out, name, None if value is None else value[keep])

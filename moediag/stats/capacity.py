@@ -95,25 +95,29 @@ class CapacityStats(RunAccumulator):
         edges = torch.tensor(POSITION_EDGES[1:], dtype=torch.int64)
         bucket = torch.bucketize(pos.clamp_min(0), edges, right=True)
         flat_ids = ids.reshape(-1)
-        valid = flat_ids >= 0
-        a_run = run.repeat_interleave(k)[valid]
-        a_bucket = bucket.repeat_interleave(k)[valid]
-        a_ids = flat_ids[valid]
-        key = a_run * e + a_ids
+        a_run = run.repeat_interleave(k)
+        a_bucket = bucket.repeat_interleave(k)
+        weights = rows["weights"].reshape(-1)
+        if bool((flat_ids < 0).any()):
+            valid = flat_ids >= 0
+            a_run, a_bucket, flat_ids, weights = a_run[valid], a_bucket[valid], flat_ids[valid], weights[valid]
+        key = a_run * e + flat_ids
         self.assignments += torch.bincount(a_bucket, minlength=len(POSITION_EDGES))
-        # capacity per run and factor, in exact integer arithmetic: ceil(CF * k * n_g / E)
         for policy in POLICIES:
             if policy == "position":
+                # flattened rows are in token order, so a stable sort by key orders each expert by position
                 order = torch.sort(key, stable=True).indices
             else:
-                w = rows["weights"].reshape(-1)[valid]
-                by_weight = torch.sort(-w.double(), stable=True).indices
-                order = by_weight[torch.sort(key[by_weight], stable=True).indices]
+                # one sort on (key, descending weight): weights scaled into [0, 1) below the key's unit
+                w = weights.double()
+                span = float(w.max() - w.min()) if w.numel() else 0.0
+                frac = (w.max() - w) / (span * 1.000001) if span > 0 else torch.zeros_like(w)
+                order = torch.sort(key.double() + frac, stable=True).indices
             ranks = _ranks_within_key(key, order)
             for j, cf in enumerate(self.capacity_factors):
-                frac = Fraction(cf).limit_denominator(10_000)
-                num = frac.numerator * k * lengths
-                den = frac.denominator * e
+                frac_cf = Fraction(cf).limit_denominator(10_000)
+                num = frac_cf.numerator * k * lengths
+                den = frac_cf.denominator * e
                 capacity = (num + den - 1) // den
                 dropped = ranks >= capacity[a_run]
                 self.dropped[policy][j] += torch.bincount(a_bucket[dropped], minlength=len(POSITION_EDGES))

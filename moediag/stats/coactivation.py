@@ -21,17 +21,18 @@ class CoactivationStats:
         ids = batch.ids
         e = self.num_experts
         k = ids.shape[1]
-        flat = torch.zeros(e * e, dtype=torch.int64)
-        for a in range(k):
-            ia = ids[:, a]
-            ok = ia >= 0
-            flat += torch.bincount(ia[ok] * e + ia[ok], minlength=e * e)
-            for b in range(a + 1, k):
-                ib = ids[:, b]
-                ok2 = ok & (ib >= 0)
-                flat += torch.bincount(ia[ok2] * e + ib[ok2], minlength=e * e)
-                flat += torch.bincount(ib[ok2] * e + ia[ok2], minlength=e * e)
-        self.pairs += flat.view(e, e)
+        if ids.numel() == 0:
+            return
+        a_idx, b_idx = torch.triu_indices(k, k, offset=1)
+        a, b = ids[:, a_idx].reshape(-1), ids[:, b_idx].reshape(-1)
+        diag = ids.reshape(-1)
+        if bool((diag < 0).any()):
+            ok = (a >= 0) & (b >= 0)
+            a, b = a[ok], b[ok]
+            diag = diag[diag >= 0]
+        lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+        upper = torch.bincount(lo * e + hi, minlength=e * e).view(e, e)
+        self.pairs += upper + upper.T + torch.diag(torch.bincount(diag, minlength=e))
 
     def merge(self, other: CoactivationStats) -> None:
         self.pairs += other.pairs

@@ -46,12 +46,12 @@ class RouterStats:
         p = batch.probs
         self.tokens += len(batch)
         self.prob_sum += p.sum(0, dtype=torch.float64)
-        lse = torch.logsumexp(z, dim=-1).double()
+        lse = (batch.lse if batch.lse is not None else torch.logsumexp(z, dim=-1)).double()
         self.lse_sq_sum += float((lse * lse).sum())
-        plogp = torch.where(p > 0, p * p.clamp_min(1e-30).log(), torch.zeros_like(p))
-        self.entropy_sum += float(-plogp.sum(-1, dtype=torch.float64).sum())
+        logp = batch.log_probs if batch.log_probs is not None else p.clamp_min(1e-30).log()
+        self.entropy_sum += float(-(p * logp).sum(-1, dtype=torch.float64).sum())
         self.confidence_sum += float(p.max(-1).values.sum(dtype=torch.float64))
-        softmax = torch.softmax(z, dim=-1)
+        softmax = batch.softmax if batch.softmax is not None else torch.softmax(z, dim=-1)
         self.softmax_sum += softmax.sum(0, dtype=torch.float64)
         if batch.hf_ids is not None:
             self.hf_counts += bincount(batch.hf_ids, self.num_experts)
