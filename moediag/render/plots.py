@@ -339,7 +339,7 @@ def load_histograms(analysis: TraceAnalysis, layer: int | None = None) -> Figure
             height = 0.9 + 1.2 * nrows
             fig = Figure(figsize=(min(16.0, 2.0 * ncols), height))
             fig.subplots_adjust(
-                left=0.06, right=0.99, bottom=0.55 / height, top=1 - 0.45 / height, hspace=0.45, wspace=0.08
+                left=0.06, right=0.99, bottom=0.55 / height, top=1 - 0.8 / height, hspace=0.45, wspace=0.08
             )
         axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
         top = max((max(_ratio(r["load"]), default=0.0) for r in rows), default=1.0)
