@@ -52,6 +52,30 @@ def _ranks_within_key(key: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def flat_ids_valid_mask(ids: torch.Tensor) -> torch.Tensor:
+    return ids.reshape(-1) >= 0
+
+
+def _position_ranks(ids: torch.Tensor, lengths: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Rank of each assignment among its expert's assignments in the same run, in token order.
+
+    A running count per expert (cumulative sum of the one-hot choices) minus the count at the run's
+    start: O(n E) memory-bound work instead of a sort (chunks are sized so n E stays ~16M).
+    """
+    n, k = ids.shape
+    onehot = torch.zeros(n + 1, num_experts, dtype=torch.int32)
+    rows = torch.arange(1, n + 1).unsqueeze(1).expand(n, k)
+    ok = ids >= 0
+    onehot[rows[ok], ids[ok]] = 1
+    running = torch.cumsum(onehot, dim=0)  # running[t + 1, e] = choices of e among tokens 0..t
+    starts = torch.cumsum(lengths, 0) - lengths
+    run = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+    base = running[starts[run]]  # [n, E] counts before each token's run
+    safe = ids.clamp_min(0)
+    rank = running[1:].gather(1, safe) - base.gather(1, safe) - 1
+    return rank.reshape(-1).to(torch.int64)
+
+
 class CapacityStats(RunAccumulator):
     def __init__(
         self,
@@ -105,15 +129,16 @@ class CapacityStats(RunAccumulator):
         self.assignments += torch.bincount(a_bucket, minlength=len(POSITION_EDGES))
         for policy in POLICIES:
             if policy == "position":
-                # flattened rows are in token order, so a stable sort by key orders each expert by position
-                order = torch.sort(key, stable=True).indices
+                ranks = _position_ranks(ids, lengths, e)
+                if ranks.numel() != key.numel():
+                    ranks = ranks[flat_ids_valid_mask(ids)]
             else:
                 # one sort on (key, descending weight): weights scaled into [0, 1) below the key's unit
                 w = weights.double()
                 span = float(w.max() - w.min()) if w.numel() else 0.0
                 frac = (w.max() - w) / (span * 1.000001) if span > 0 else torch.zeros_like(w)
                 order = torch.sort(key.double() + frac, stable=True).indices
-            ranks = _ranks_within_key(key, order)
+                ranks = _ranks_within_key(key, order)
             for j, cf in enumerate(self.capacity_factors):
                 frac_cf = Fraction(cf).limit_denominator(10_000)
                 num = frac_cf.numerator * k * lengths
