@@ -21,7 +21,7 @@ from tests.conftest import assert_same, trace_metadata, write_raw
 def traces(draw: st.DrawFn) -> dict[str, Any]:
     e = draw(st.integers(2, 9))
     k = draw(st.integers(1, min(e, 3)))
-    t = draw(st.integers(1, 48))
+    t = draw(st.integers(1, 40))
     seed = draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
     tensors: dict[str, torch.Tensor] = {}
@@ -103,7 +103,7 @@ def _finish(trace, stats: ModelStats) -> dict[str, Any]:
     return out
 
 
-@settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=traces(), data=st.data())
 def test_streaming_equals_one_shot_equals_merge(case: dict[str, Any], data: st.DataObject) -> None:
     from moediag.stats import StatsOptions
