@@ -683,14 +683,18 @@ def _intermediate(
 
 def _family_hint(tensors: dict[str, TensorRef], blocks: list[MoEBlock]) -> str | None:
     """A family guess from tensor names alone (used when there is no config.json)."""
-    names = list(tensors)
+    if not blocks:
+        return None
+    # the first MoE layer and the top-level tensors are enough to recognise a family
+    first = blocks[0]
+    names = [
+        n for n in tensors if (sp := split_layer(n)) is None or (sp[0], sp[1]) == (first.stack, first.layer)
+    ]
 
     def has(rx: str) -> bool:
         r = re.compile(rx)
         return any(r.search(n) for n in names)
 
-    if not blocks:
-        return None
     if has(r"\.experts\.mlp\.w1$"):
         return "dbrx"
     if has(r"experts\.expert_\d+\.wi\.weight$"):

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from moediag.checkpoint.inventory import Inventory, read_flat
+from moediag.checkpoint.inventory import Inventory, TensorRef, read_flat
 from moediag.checkpoint.layouts import ExpertMatrix, MoEBlock
+from moediag.errors import InvalidInputError
 
 __all__ = [
     "ExpertSimilarity",
@@ -95,6 +96,8 @@ class _Reader:
     cols: int
     read: Callable[[int, int, int], torch.Tensor]
     bytes_per_row: int
+    #: for plain float data: where rows [r0, r1) of expert e lie, as (tensor, first element, stop element)
+    span: Callable[[int, int, int], tuple[TensorRef, int, int]] | None = None
 
 
 def _fp8_block(
@@ -164,7 +167,11 @@ def _reader(inv: Inventory, block: MoEBlock, m: ExpertMatrix) -> _Reader | str:
                 return dequant_fp8(w, s, blk, r0)
             return w.float()
 
-        return _Reader(rows, cols, read_pe, cols * _itemsize(first.dtype))
+        def span_pe(e: int, r0: int, r1: int) -> tuple[TensorRef, int, int]:
+            return t[m.names[e]], r0 * cols, r1 * cols  # type: ignore[index]
+
+        plain = m.quant is None
+        return _Reader(rows, cols, read_pe, cols * _itemsize(first.dtype), span_pe if plain else None)
 
     assert m.fused is not None
     ref = t[m.fused]
@@ -192,7 +199,13 @@ def _reader(inv: Inventory, block: MoEBlock, m: ExpertMatrix) -> _Reader | str:
         and not ((len(fsref.shape) == 3 and fsref.shape[0] == e_count) or fsref.numel == 1)
     ):
         return f"FP8 scale {fsref.shape} of {m.fused} has an unknown layout; not dequantised"
-    return _Reader(rows, cols, read_fused, cols * _itemsize(ref.dtype))
+
+    def span_fused(e: int, r0: int, r1: int) -> tuple[TensorRef, int, int]:
+        return ref, e * per + r0 * cols, e * per + r1 * cols
+
+    return _Reader(
+        rows, cols, read_fused, cols * _itemsize(ref.dtype), span_fused if m.quant is None else None
+    )
 
 
 def _itemsize(dtype: str) -> int:
@@ -218,23 +231,28 @@ def matrix_bytes(inv: Inventory, block: MoEBlock) -> int:
 
 
 def _robust_outliers(x: torch.Tensor) -> list[tuple[int, float, str]]:
-    """Indices far from the rest, with direction: robust z-score ``0.6745 (x - median) / MAD`` above 3.5
-    *and* at least 25% away from the median (so the natural spread of small random routers is not
-    flagged). Needs at least 4 values."""
-    if x.numel() < 4:
+    """Values far from the rest, with direction ("low"/"high"). A value is flagged when
+
+    * it is below half or above twice the median of the *other* values (works for a handful of experts), or
+    * its robust z-score ``0.6745 (x - median) / MAD`` exceeds 3.5 and it lies at least 25% from the
+      median (so the natural spread of small random routers is not flagged).
+
+    Needs at least 4 values.
+    """
+    n = x.numel()
+    if n < 4:
         return []
     xd = x.double()
-    med = xd.median()
-    mad = (xd - med).abs().median()
-    out: list[tuple[int, float, str]] = []
+    med = xd.quantile(0.5)
+    mad = (xd - med).abs().quantile(0.5)
     far = (xd - med).abs() > OUTLIER_REL * med.abs().clamp_min(1e-30)
-    if mad <= 1e-12 * max(float(med.abs()), 1e-30):
-        idx = torch.nonzero(far).flatten().tolist()
-    else:
-        z = 0.6745 * (xd - med) / mad
-        idx = torch.nonzero((z.abs() > OUTLIER_Z) & far).flatten().tolist()
-    for i in idx:
-        out.append((int(i), float(x[i]), "low" if float(xd[i]) < float(med) else "high"))
+    z = 0.6745 * (xd - med) / mad if float(mad) > 0 else torch.zeros_like(xd)
+    out: list[tuple[int, float, str]] = []
+    for i in range(n):
+        others = torch.cat((xd[:i], xd[i + 1 :])).quantile(0.5)
+        ratio = float(xd[i] / others) if float(others) > 0 else 1.0
+        if ratio < 0.5 or ratio > 2.0 or (abs(float(z[i])) > OUTLIER_Z and bool(far[i])):
+            out.append((i, float(x[i]), "low" if float(xd[i]) < float(med) else "high"))
     return out
 
 
@@ -337,16 +355,45 @@ def expert_similarity(
     res = ExpertSimilarity(cosine=None)
     cos_min: torch.Tensor | None = None
     sq = torch.zeros(n, dtype=torch.float64)
+    with _Files() as files:
+        cos_min = _grams(inv, block, ids, chunk_bytes, progress, res, sq, files)
+    if cos_min is None:
+        return res
+    _finish(res, cos_min, sq, ids, threshold)
+    return res
+
+
+def _grams(
+    inv: Inventory,
+    block: MoEBlock,
+    ids: list[int],
+    chunk_bytes: int,
+    progress: Progress | None,
+    res: ExpertSimilarity,
+    sq: torch.Tensor,
+    files: _Files,
+) -> torch.Tensor | None:
+    n = len(ids)
+    cos_min: torch.Tensor | None = None
     for m in block.matrices:
         rd = _reader(inv, block, m)
         if isinstance(rd, str):
             res.skipped.append(f"{m.key}: {rd}")
             continue
         gram = torch.zeros(n, n, dtype=torch.float64)
+        buf: torch.Tensor | None = None
         for r0, r1 in _chunks(rd.rows, rd.cols, n, chunk_bytes):
-            x = torch.empty(n, (r1 - r0) * rd.cols, dtype=torch.float32)
-            for i, e in enumerate(ids):
-                x[i] = rd.read(e, r0, r1).reshape(-1)
+            width = (r1 - r0) * rd.cols
+            if buf is None or buf.shape[1] != width:
+                buf = torch.empty(n, width, dtype=torch.float32)  # reused: no fresh pages per chunk
+            x = buf
+            if rd.span is not None:
+                # raw bytes of every expert into one buffer, then one conversion (many small
+                # conversions are slow: each may wake the thread pool)
+                files.read_rows(x, [rd.span(e, r0, r1) for e in ids])
+            else:
+                for i, e in enumerate(ids):
+                    x[i] = rd.read(e, r0, r1).reshape(-1)
             gram += (x @ x.T).double()
             nb = (r1 - r0) * rd.bytes_per_row * n
             res.bytes_read += nb
@@ -358,8 +405,13 @@ def expert_similarity(
         c = torch.where(denom > 0, gram / denom.clamp_min(1e-300), torch.zeros_like(gram))
         cos_min = c if cos_min is None else torch.minimum(cos_min, c)
         res.matrices.append(m.key)
-    if cos_min is None:
-        return res
+    return cos_min
+
+
+def _finish(
+    res: ExpertSimilarity, cos_min: torch.Tensor, sq: torch.Tensor, ids: list[int], threshold: float
+) -> None:
+    n = len(ids)
     cos_min.fill_diagonal_(1.0)
     res.cosine = cos_min
     res.norms = [float(v) for v in torch.sqrt(sq)]
@@ -380,7 +432,45 @@ def expert_similarity(
                 parent[find(a)] = find(b)
     res.pairs.sort(key=lambda p: (-p[2], p[0], p[1]))
     res.distinct = len({find(a) for a in range(n)})
-    return res
+
+
+class _Files:
+    """Open file handles and one scratch buffer, kept for a whole pass (no reopen or realloc per read)."""
+
+    def __init__(self) -> None:
+        self._fh: dict[str, Any] = {}
+        self._scratch = bytearray()
+
+    def __enter__(self) -> _Files:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fh in self._fh.values():
+            fh.close()
+        self._fh.clear()
+
+    def read_rows(self, dest: torch.Tensor, spans: list[tuple[TensorRef, int, int]]) -> None:
+        """Row ``i`` of float32 ``dest`` := elements ``spans[i]`` (same dtype and length for every span)."""
+        from moediag.io.safetensors_file import DTYPES
+
+        dtype = spans[0][0].dtype
+        size = _itemsize(dtype)
+        width = dest.shape[1]
+        total = width * size * len(spans)
+        if len(self._scratch) < total:
+            self._scratch = bytearray(total)
+        mv = memoryview(self._scratch)
+        for i, (ref, start, stop) in enumerate(spans):
+            nbytes = (stop - start) * size
+            path = str(ref.file.path)
+            fh = self._fh.get(path)
+            if fh is None:
+                fh = self._fh[path] = open(path, "rb")  # noqa: SIM115 - closed in __exit__
+            fh.seek(ref.info.start + start * size)
+            if fh.readinto(mv[i * width * size : i * width * size + nbytes]) != nbytes:
+                raise InvalidInputError(f"truncated while reading tensor {ref.name!r}", ref.file.path)
+        raw = torch.frombuffer(self._scratch, dtype=DTYPES[dtype], count=width * len(spans))
+        dest.copy_(raw.view(len(spans), width))
 
 
 def load_tensor_f32(inv: Inventory, name: str) -> torch.Tensor:

@@ -1,0 +1,289 @@
+"""Formats transformers does not write: FP8 block scales, MXFP4, DeepSeek's inference format, MTP layers,
+Megatron-Core names. Built by hand from a real tiny model's tensors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from moediag.checkpoint import analyze_checkpoint, router_specs
+
+from .conftest import Factory, fp8_quantise, mxfp4_quantise, write_checkpoint
+
+
+def _config(built_path: Path) -> dict:
+    return json.loads((built_path / "config.json").read_text())
+
+
+def test_fp8_deepseek_v3_with_planted_duplicate(ckpt: Factory, tmp_path: Path) -> None:
+    built = ckpt("deepseek_v3")
+    sd = load_file(str(built.path / "model.safetensors"))
+    cfg = _config(built.path)
+    cfg["quantization_config"] = {
+        "quant_method": "fp8",
+        "fmt": "e4m3",
+        "weight_block_size": [8, 16],
+        "activation_scheme": "dynamic",
+    }
+    rx = re.compile(r"\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+    names = [n for n in sd if rx.search(n)]
+    for name in names:
+        if ".layers.2.mlp.experts.6." in name:  # expert 6 of layer 2 := expert 1
+            sd[name] = sd[name.replace(".experts.6.", ".experts.1.")].clone()
+    for name in names:
+        q, s = fp8_quantise(sd[name], (8, 16))
+        sd[name] = q
+        sd[name[: -len("weight")] + "weight_scale_inv"] = s
+    path = write_checkpoint(tmp_path / "fp8", sd, cfg)
+    d = analyze_checkpoint(path).to_dict()
+    s = d["summary"]
+    assert (
+        s["total_params"] == built.total and s["active_params"] == built.active
+    )  # scales hold no parameters
+    assert s["quantization"] == {"method": "fp8", "expert_tensors": {"fp8": 6}}
+    layer2 = next(x for x in d["layers"] if x["layer"] == 2)
+    assert [p[:2] for p in layer2["redundant_pairs"]] == [[1, 6]]
+    assert layer2["distinct_experts"] == 7 and layer2["weights_note"] is None
+    assert layer2["quantization"] == ["fp8"]
+    assert next(x for x in d["layers"] if x["layer"] == 1)["redundant_pairs"] == []
+
+
+def test_mxfp4_gpt_oss_with_planted_duplicate(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    e, h, i = 4, 64, 32  # MXFP4 groups of 32 along the input dimension
+    tensors: dict[str, torch.Tensor] = {
+        "model.embed_tokens.weight": torch.randn(16, h),
+        "lm_head.weight": torch.randn(16, h),
+        "model.norm.weight": torch.ones(h),
+    }
+    for L in range(2):
+        p = f"model.layers.{L}.mlp."
+        gu = torch.randn(e, 2 * i, h)
+        dn = torch.randn(e, h, i)
+        if L == 1:
+            gu[3], dn[3] = gu[0], dn[0]
+        gb, gs = mxfp4_quantise(gu)
+        db, ds = mxfp4_quantise(dn)
+        tensors.update(
+            {
+                p + "router.weight": torch.randn(e, h),
+                p + "router.bias": torch.randn(e),
+                p + "experts.gate_up_proj_blocks": gb,
+                p + "experts.gate_up_proj_scales": gs,
+                p + "experts.gate_up_proj_bias": torch.randn(e, 2 * i),
+                p + "experts.down_proj_blocks": db,
+                p + "experts.down_proj_scales": ds,
+                p + "experts.down_proj_bias": torch.randn(e, h),
+                f"model.layers.{L}.input_layernorm.weight": torch.ones(h),
+            }
+        )
+    cfg = {
+        "model_type": "gpt_oss",
+        "hidden_size": h,
+        "intermediate_size": i,
+        "num_hidden_layers": 2,
+        "num_local_experts": e,
+        "num_experts_per_tok": 2,
+        "quantization_config": {
+            "quant_method": "mxfp4",
+            "modules_to_not_convert": ["model.layers.*.mlp.router"],
+        },
+    }
+    path = write_checkpoint(tmp_path / "mxfp4", tensors, cfg)
+    d = analyze_checkpoint(path).to_dict()
+    s = d["summary"]
+    per_expert = 2 * i * h + h * i + 2 * i + h  # blocks hold two parameters a byte; scales hold none
+    assert s["expert_params"] == 2 * e * per_expert
+    assert s["expert_intermediate_size"] == i
+    assert s["active_params"] == s["total_params"] - 2 * (e - 2) * per_expert
+    l1 = next(x for x in d["layers"] if x["layer"] == 1)
+    assert [p[:2] for p in l1["redundant_pairs"]] == [[0, 3]] and l1["distinct_experts"] == 3
+    assert l1["quantization"] == ["mxfp4"]
+    assert next(x for x in d["layers"] if x["layer"] == 0)["redundant_pairs"] == []
+
+
+def test_unsupported_quantisation_is_a_note_not_a_crash(tmp_path: Path) -> None:
+    e, h, i = 4, 32, 24
+    t = {"model.embed_tokens.weight": torch.randn(8, h)}
+    for j in range(e):
+        for proj, shape in (("gate_proj", (i // 8, h)), ("up_proj", (i // 8, h)), ("down_proj", (h // 8, i))):
+            t[f"model.layers.0.mlp.experts.{j}.{proj}.qweight"] = torch.randint(
+                0, 100, shape, dtype=torch.int32
+            )
+            t[f"model.layers.0.mlp.experts.{j}.{proj}.scales"] = torch.rand(1, shape[1])
+    t["model.layers.0.mlp.gate.weight"] = torch.randn(e, h)
+    path = write_checkpoint(
+        tmp_path / "gptq",
+        t,
+        {
+            "model_type": "qwen3_moe",
+            "num_experts": e,
+            "num_experts_per_tok": 2,
+            "hidden_size": h,
+            "quantization_config": {"quant_method": "gptq", "bits": 4},
+        },
+    )
+    d = analyze_checkpoint(path).to_dict()
+    layer = d["layers"][0]
+    assert layer["redundant_pairs"] is None and "not" in layer["weights_note"]
+    assert layer["router_norms"] is not None
+    assert d["summary"]["expert_params"] == e * 3 * (i * h // 8) * 8  # qweight packs 8 int4 values
+
+
+def test_deepseek_inference_format(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    e, h, i, n = 8, 32, 24, 3
+    t: dict[str, torch.Tensor] = {
+        "embed.weight": torch.randn(16, h),
+        "head.weight": torch.randn(16, h),
+        "norm.weight": torch.ones(h),
+    }
+    for L in range(n):
+        t[f"layers.{L}.attn.wq.weight"] = torch.randn(h, h)
+        if L == 0:
+            for w, shape in (("w1", (40, h)), ("w2", (h, 40)), ("w3", (40, h))):
+                t[f"layers.{L}.ffn.{w}.weight"] = torch.randn(*shape)
+            continue
+        t[f"layers.{L}.ffn.gate.weight"] = torch.randn(e, h)
+        t[f"layers.{L}.ffn.gate.bias"] = torch.randn(e)
+        for j in range(e):
+            for w, shape in (("w1", (i, h)), ("w2", (h, i)), ("w3", (i, h))):
+                t[f"layers.{L}.ffn.experts.{j}.{w}.weight"] = torch.randn(*shape)
+        for w, shape in (("w1", (i, h)), ("w2", (h, i)), ("w3", (i, h))):
+            t[f"layers.{L}.ffn.shared_experts.{w}.weight"] = torch.randn(*shape)
+    cfg = {
+        "vocab_size": 16,
+        "dim": h,
+        "inter_dim": 40,
+        "moe_inter_dim": i,
+        "n_layers": n,
+        "n_dense_layers": 1,
+        "n_heads": 4,
+        "n_routed_experts": e,
+        "n_shared_experts": 1,
+        "n_activated_experts": 2,
+        "n_expert_groups": 2,
+        "n_limited_groups": 1,
+        "route_scale": 2.5,
+        "score_func": "sigmoid",
+    }
+    folder = tmp_path / "dsnative"
+    folder.mkdir()
+    from safetensors.torch import save_file
+
+    save_file(t, str(folder / "model0-mp1.safetensors"))
+    (folder / "config.json").write_text(json.dumps(cfg))
+    d = analyze_checkpoint(folder).to_dict()
+    s = d["summary"]
+    assert s["family"] == "deepseek-native"
+    assert s["stacks"] == [{"name": "", "moe_layers": [1, 2], "dense_layers": [0], "mtp_layers": []}]
+    assert (s["num_experts"], s["top_k"], s["shared_experts"], s["score_function"]) == (8, 2, 1, "sigmoid")
+    assert (s["n_group"], s["topk_group"], s["routed_scaling_factor"]) == (2, 1, 2.5)
+    assert d["layers"][0]["selection_bias_tensor"] == "layers.1.ffn.gate.bias"
+    assert d["layers"][0]["router_bias_tensor"] is None and d["layers"][0]["bias"]["kind"] == "selection"
+    total = sum(v.numel() for k, v in t.items() if not k.endswith("gate.bias"))
+    assert s["total_params"] == total
+    assert s["active_params"] == total - 2 * (e - 2) * 3 * i * h
+    assert s["warnings"] == []
+    spec = router_specs(folder)[0]
+    assert spec.selection_bias == "layers.1.ffn.gate.bias" and spec.logit_bias is None
+
+
+def test_mtp_layer_reported_apart(ckpt: Factory, tmp_path: Path) -> None:
+    built = ckpt("deepseek_v3")
+    sd = load_file(str(built.path / "model.safetensors"))
+    cfg = _config(built.path)
+    mtp = {
+        k.replace("model.layers.2.", "model.layers.3."): v.clone() for k, v in sd.items() if ".layers.2." in k
+    }
+    mtp.update(
+        {
+            "model.layers.3.enorm.weight": torch.ones(32),
+            "model.layers.3.hnorm.weight": torch.ones(32),
+            "model.layers.3.eh_proj.weight": torch.randn(32, 64),
+            "model.layers.3.shared_head.norm.weight": torch.ones(32),
+        }
+    )
+    path = write_checkpoint(tmp_path / "mtp", {**sd, **mtp}, cfg)
+    d = analyze_checkpoint(path).to_dict()
+    s = d["summary"]
+    assert s["mtp_layers"] == 1 and s["stacks"][0]["mtp_layers"] == [3]
+    assert s["total_params"] == built.total and s["active_params"] == built.active
+    assert s["mtp_params"] == sum(
+        v.numel() for k, v in mtp.items() if not k.endswith("e_score_correction_bias")
+    )
+    assert s["moe_layers"] == 2
+    mtp_layers = [x for x in d["layers"] if x["mtp"]]
+    assert [x["layer"] for x in mtp_layers] == [3]
+    assert not any("multi-token" in n for n in s["notes"])
+
+
+def test_megatron_sequential_mlp_names(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    e, h, f = 4, 32, 24
+    t: dict[str, torch.Tensor] = {
+        "embedding.word_embeddings.weight": torch.randn(16, h),
+        "output_layer.weight": torch.randn(16, h),
+    }
+    for L in range(2):
+        p = f"decoder.layers.{L}.mlp."
+        t[p + "router.weight"] = torch.randn(e, h)
+        t[p + "router.expert_bias"] = torch.zeros(e)
+        for j in range(e):
+            t[p + f"experts.local_experts.{j}.linear_fc1.weight"] = torch.randn(2 * f, h)
+            t[p + f"experts.local_experts.{j}.linear_fc2.weight"] = torch.randn(h, f)
+        t[p + "shared_experts.linear_fc1.weight"] = torch.randn(2 * f, h)
+        t[p + "shared_experts.linear_fc2.weight"] = torch.randn(h, f)
+        t[f"decoder.layers.{L}.pre_mlp_layernorm.weight"] = torch.ones(h)
+    cfg = {
+        "num_layers": 2,
+        "hidden_size": h,
+        "num_moe_experts": e,
+        "moe_router_topk": 2,
+        "moe_ffn_hidden_size": f,
+        "moe_router_score_function": "sigmoid",
+        "moe_router_enable_expert_bias": True,
+    }
+    path = write_checkpoint(tmp_path / "megatron", t, cfg)
+    d = analyze_checkpoint(path).to_dict()
+    s = d["summary"]
+    assert s["family"] == "megatron" and s["moe_layers"] == 2 and s["num_experts"] == e and s["top_k"] == 2
+    assert s["score_function"] == "sigmoid" and s["selection_bias"] is True and s["shared_experts"] == 1
+    assert s["expert_intermediate_size"] == f
+    assert d["layers"][0]["selection_bias_tensor"] == "decoder.layers.0.mlp.router.expert_bias"
+
+
+def test_no_config_guesses_from_names(ckpt: Factory, tmp_path: Path) -> None:
+    built = ckpt("mixtral")
+    sd = load_file(str(built.path / "model.safetensors"))
+    path = write_checkpoint(tmp_path / "noconf", sd, None) / "model.safetensors"
+    d = analyze_checkpoint(path, weights=False).to_dict()
+    s = d["summary"]
+    assert s["family"] == "mixtral-like" and s["family_source"] == "tensor names"
+    assert s["num_experts"] == 4 and s["top_k"] is None and s["active_params"] is None
+    assert s["total_params"] == built.total
+    assert any("top-k" in w for w in s["warnings"])
+    assert d["meta"]["config"] is None
+
+
+@pytest.mark.parametrize("e_cfg", [8])
+def test_config_tensor_disagreement_is_a_warning(ckpt: Factory, tmp_path: Path, e_cfg: int) -> None:
+    built = ckpt("qwen2_moe")
+    sd = load_file(str(built.path / "model.safetensors"))
+    cfg = _config(built.path)
+    cfg["num_experts"] = e_cfg
+    cfg["mlp_only_layers"] = []
+    cfg["moe_intermediate_size"] = 99
+    path = write_checkpoint(tmp_path / "disagree", sd, cfg)
+    s = analyze_checkpoint(path, weights=False).to_dict()["summary"]
+    assert s["num_experts"] == 4  # tensors win
+    joined = " | ".join(s["warnings"])
+    assert "config says 8 experts" in joined
+    assert "dense-layer rule disagrees" in joined and "1 (MoE by config, dense in tensors)" in joined
+    assert "intermediate size 99" in joined
+    assert s["total_params"] == built.total
