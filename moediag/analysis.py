@@ -26,7 +26,9 @@ JSON_FORMAT = 1
 ProgressFn = Callable[[int], None]
 
 
-def layer_batch(chunk: Chunk, info: LayerInfo, bias: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[LayerBatch, int]:
+def layer_batch(
+    chunk: Chunk, info: LayerInfo, bias: torch.Tensor | None, valid: torch.Tensor | None
+) -> tuple[LayerBatch, int]:
     """Route one chunk of one layer. Returns the batch of valid rows and the count of non-finite rows."""
     spec = info.spec
     e = info.num_experts
@@ -90,7 +92,9 @@ def layer_batch(chunk: Chunk, info: LayerInfo, bias: torch.Tensor | None, valid:
         else:
             if ids is None:
                 sel = margin_scores if sf != "topk_softmax" else routing.selection_scores(logits, sf, bias)
-                ids = routing.select(sel, k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf)
+                ids = routing.select(
+                    sel, k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf
+                )
             margin = routing.margin(margin_scores, ids)
             chosen = margin_scores.gather(1, ids.clamp_min(0)).masked_fill(ids < 0, float("-inf"))
             top1 = ids.gather(1, chosen.argmax(dim=1, keepdim=True)).squeeze(1)
@@ -101,7 +105,9 @@ def layer_batch(chunk: Chunk, info: LayerInfo, bias: torch.Tensor | None, valid:
         else:
             batch_probs, log_probs = softmax, log_softmax
         # transformers' aux loss always routes softmax -> top-k, whatever the model does
-        hf_ids = ids if (sf == "softmax" and plain and recorded_ids is None) else softmax.topk(k, dim=-1).indices
+        hf_ids = (
+            ids if (sf == "softmax" and plain and recorded_ids is None) else softmax.topk(k, dim=-1).indices
+        )
         softmax_for_hf = softmax
     else:
         assert ids is not None
@@ -127,8 +133,12 @@ def layer_batch(chunk: Chunk, info: LayerInfo, bias: torch.Tensor | None, valid:
         if t is not None:
             t = t.to(torch.int64)
             setattr(batch, name, t if sel_idx is None else t[sel_idx])
-    for name, dtype in (("correct", torch.bool), ("loss", torch.float64), ("domain", torch.int64),
-                        ("input_ids", torch.int64)):
+    for name, dtype in (
+        ("correct", torch.bool),
+        ("loss", torch.float64),
+        ("domain", torch.int64),
+        ("input_ids", torch.int64),
+    ):
         t = chunk.token(name)
         if t is not None:
             t = t.to(dtype)
@@ -190,7 +200,9 @@ class TraceAnalysis:
     stats: ModelStats
     options: StatsOptions
     trace_meta: dict[str, Any] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
     _computed: dict[str, Any] | None = None
 
     def computed(self) -> dict[str, Any]:
@@ -213,7 +225,7 @@ class TraceAnalysis:
         raise KeyError(layer)
 
     def to_dict(self, detail: bool = False) -> dict[str, Any]:
-        """The ``--json`` document. ``detail`` adds matrices: co-activation, per-step load, margin histogram."""
+        """The ``--json`` document; ``detail`` adds co-activation, per-step load and margin histograms."""
         computed = self.computed()
         layers = []
         for row in computed["layers"]:
@@ -262,7 +274,8 @@ def analyze_trace(
         missing = [x for x in layers if x not in trace.layers]
         if missing:
             raise InvalidInputError(
-                f"layer {missing[0]} is not in the trace (layers: {', '.join(map(str, sorted(trace.layers)))})",
+                f"layer {missing[0]} is not in the trace "
+                f"(layers: {', '.join(map(str, sorted(trace.layers)))})",
                 trace.path,
             )
     stats = trace_stats(trace, trace.iter_chunks(chunk_tokens), options, progress, layers)

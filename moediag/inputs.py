@@ -18,9 +18,14 @@ def _is_trace_file(path: Path) -> bool:
     if header.metadata.get("format") == FORMAT_NAME:
         return True
     names = list(header.tensors)
-    return bool(names) and all(n.startswith(("layers.", "tokens.")) for n in names) and any(
-        (m := LAYER_RE.match(n)) is not None and m.group(2) in ("router_logits", "topk_ids", "expert_counts")
-        for n in names
+    return (
+        bool(names)
+        and all(n.startswith(("layers.", "tokens.")) for n in names)
+        and any(
+            (m := LAYER_RE.match(n)) is not None
+            and m.group(2) in ("router_logits", "topk_ids", "expert_counts")
+            for n in names
+        )
     )
 
 

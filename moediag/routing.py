@@ -39,7 +39,7 @@ def distribution(logits: torch.Tensor, score_function: str) -> torch.Tensor:
 
 
 def scores(logits: torch.Tensor, score_function: str) -> torch.Tensor:
-    """The per-expert scores the model computes before choosing (softmax or sigmoid; logits for topk_softmax)."""
+    """Per-expert scores before choosing: softmax or sigmoid (the logits themselves for topk_softmax)."""
     z = logits.float()
     if score_function == "softmax":
         return torch.softmax(z, dim=-1)

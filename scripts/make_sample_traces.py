@@ -75,9 +75,15 @@ def make(kind: str, out: Path) -> Path:
             "tokens.domain": domain.to(torch.int8),
         }
     )
-    meta = build_metadata(num_experts=E, top_k=K, score_function="softmax", norm_topk_prob=True,
-                          model=f"synthetic-{kind}", domains=DOMAINS,
-                          extra={"generator": "scripts/make_sample_traces.py"})
+    meta = build_metadata(
+        num_experts=E,
+        top_k=K,
+        score_function="softmax",
+        norm_topk_prob=True,
+        model=f"synthetic-{kind}",
+        domains=DOMAINS,
+        extra={"generator": "scripts/make_sample_traces.py"},
+    )
     return write_trace(out / f"{kind}.safetensors", tensors, meta)
 
 

@@ -14,7 +14,9 @@ from moediag.trace import SCORE_FUNCTIONS, RoutingSpec
 SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "z_loss", "max_mean")
 
 
-def routing_overrides(num_experts: int | None, top_k: int | None, score_function: str | None) -> RoutingSpec | None:
+def routing_overrides(
+    num_experts: int | None, top_k: int | None, score_function: str | None
+) -> RoutingSpec | None:
     if score_function is not None and score_function not in SCORE_FUNCTIONS:
         raise UsageError(f"--score-function must be one of {', '.join(SCORE_FUNCTIONS)}")
     if num_experts is None and top_k is None and score_function is None:
@@ -26,23 +28,38 @@ def routing_overrides(num_experts: int | None, top_k: int | None, score_function
 def inspect_cmd(
     path: Path = typer.Argument(..., help="A trace (.safetensors or folder of shards) or a checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print the machine-readable result (docs/json.md)."),
-    detail: bool = typer.Option(False, "--detail", help="With --json: add co-activation, per-step load, "
-                                "margin histogram and drop rate by position."),
+    detail: bool = typer.Option(
+        False,
+        "--detail",
+        help="With --json: add co-activation, per-step load, margin histogram and drop rate by position.",
+    ),
     layer: int | None = typer.Option(None, "--layer", "-l", help="Show the load histogram of this layer."),
     worst: int | None = typer.Option(None, "--worst", help="Show only the N worst layers, worst first."),
-    sort: str = typer.Option("max_vio", "--sort", help=f"Figure that ranks layers for --worst: {', '.join(SORT_KEYS)}."),
-    num_experts: int | None = typer.Option(None, "--num-experts", help="Experts per layer, if the trace lacks it."),
+    sort: str = typer.Option(
+        "max_vio", "--sort", help=f"Figure that ranks layers for --worst: {', '.join(SORT_KEYS)}."
+    ),
+    num_experts: int | None = typer.Option(
+        None, "--num-experts", help="Experts per layer, if the trace lacks it."
+    ),
     top_k: int | None = typer.Option(None, "--top-k", help="Experts per token, if the trace lacks it."),
-    score_function: str | None = typer.Option(None, "--score-function",
-                                              help="softmax | sigmoid | topk_softmax, if the trace lacks it."),
+    score_function: str | None = typer.Option(
+        None, "--score-function", help="softmax | sigmoid | topk_softmax, if the trace lacks it."
+    ),
     cold_eps: float = typer.Option(0.1, "--cold-eps", help="An expert is cold when its share < eps / E."),
-    capacity_group: int = typer.Option(4096, "--capacity-group",
-                                       help="Tokens per capacity group when the trace has no sequence ids."),
-    chunk_tokens: int | None = typer.Option(None, "--chunk-tokens", help="Tokens read per chunk (memory bound)."),
-    weights: bool = typer.Option(True, "--weights/--no-weights",
-                                 help="Checkpoints: read weights for router and redundancy diagnostics."),
-    redundancy_threshold: float = typer.Option(0.99, "--redundancy-threshold",
-                                               help="Checkpoints: cosine above which two experts are duplicates."),
+    capacity_group: int = typer.Option(
+        4096, "--capacity-group", help="Tokens per capacity group when the trace has no sequence ids."
+    ),
+    chunk_tokens: int | None = typer.Option(
+        None, "--chunk-tokens", help="Tokens read per chunk (memory bound)."
+    ),
+    weights: bool = typer.Option(
+        True,
+        "--weights/--no-weights",
+        help="Checkpoints: read weights for router and redundancy diagnostics.",
+    ),
+    redundancy_threshold: float = typer.Option(
+        0.99, "--redundancy-threshold", help="Checkpoints: cosine above which two experts are duplicates."
+    ),
 ) -> None:
     """Print what a trace or checkpoint says about routing: a verdict, an overview, one row per layer.
 
@@ -57,8 +74,11 @@ def inspect_cmd(
     if detect_kind(path) == "checkpoint":
         from moediag.cli.inspect_checkpoint import inspect_checkpoint_command
 
-        finish(inspect_checkpoint_command(path, as_json=as_json, layer=layer, weights=weights,
-                                          redundancy_threshold=redundancy_threshold))
+        finish(
+            inspect_checkpoint_command(
+                path, as_json=as_json, layer=layer, weights=weights, redundancy_threshold=redundancy_threshold
+            )
+        )
         return
     from moediag.analysis import analyze_trace
     from moediag.stats import StatsOptions
@@ -66,7 +86,9 @@ def inspect_cmd(
 
     trace = open_trace(path, overrides=routing_overrides(num_experts, top_k, score_function))
     if layer is not None and layer not in trace.layers:
-        raise UsageError(f"--layer {layer}: not in the trace (layers: {', '.join(map(str, sorted(trace.layers)))})")
+        raise UsageError(
+            f"--layer {layer}: not in the trace (layers: {', '.join(map(str, sorted(trace.layers)))})"
+        )
     options = StatsOptions(cold_eps=cold_eps, capacity_group_tokens=capacity_group)
     with progress_bar("analysing", trace.num_tokens) as advance:
         analysis = analyze_trace(trace, options=options, chunk_tokens=chunk_tokens, progress=advance)

@@ -38,8 +38,13 @@ DTYPES: dict[str, torch.dtype] = {
 }
 # Present in real checkpoints (FP8, unsigned ints); readable as raw bytes, sized here.
 _EXTRA_ITEMSIZE = {"U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1}
-for _name, _attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"), ("F8_E4M3", "float8_e4m3fn"),
-                     ("F8_E5M2", "float8_e5m2")):
+for _name, _attr in (
+    ("U16", "uint16"),
+    ("U32", "uint32"),
+    ("U64", "uint64"),
+    ("F8_E4M3", "float8_e4m3fn"),
+    ("F8_E5M2", "float8_e5m2"),
+):
     if hasattr(torch, _attr):
         DTYPES[_name] = getattr(torch, _attr)
 
@@ -121,7 +126,9 @@ class SafetensorsFile:
         try:
             header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._fail(f"not a safetensors file: header is not valid JSON ({exc.__class__.__name__})") from None
+            raise self._fail(
+                f"not a safetensors file: header is not valid JSON ({exc.__class__.__name__})"
+            ) from None
         if not isinstance(header, dict):
             raise self._fail("malformed safetensors header: expected a JSON object")
         data_start = 8 + n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -32,11 +33,19 @@ def verdict(analysis: TraceAnalysis) -> tuple[str, str]:
     worst_vio = s["max_vio"]["worst"]
     worst_layer = s["max_vio"]["worst_layer"]
     if dead:
-        return (f"UNHEALTHY: {dead} dead expert(s); worst MaxVio {worst_vio:.2f} at layer {worst_layer}", "bold red")
+        return (
+            f"UNHEALTHY: {dead} dead expert(s); worst MaxVio {worst_vio:.2f} at layer {worst_layer}",
+            "bold red",
+        )
     if worst_vio is not None and worst_vio > 1.0:
-        return (f"IMBALANCED: worst MaxVio {worst_vio:.2f} at layer {worst_layer} (balanced = 0)", "bold yellow")
-    return ("HEALTHY: no dead experts" + (f"; worst MaxVio {worst_vio:.2f}" if worst_vio is not None else ""),
-            "bold green")
+        return (
+            f"IMBALANCED: worst MaxVio {worst_vio:.2f} at layer {worst_layer} (balanced = 0)",
+            "bold yellow",
+        )
+    return (
+        "HEALTHY: no dead experts" + (f"; worst MaxVio {worst_vio:.2f}" if worst_vio is not None else ""),
+        "bold green",
+    )
 
 
 def overview_table(analysis: TraceAnalysis) -> Table:
@@ -51,13 +60,20 @@ def overview_table(analysis: TraceAnalysis) -> Table:
     t.add_row("tokens", _fmt(s["tokens"]))
     t.add_row("MoE layers", _fmt(s["layers"]))
     t.add_row("experts / top-k", f"{_fmt(s['num_experts'])} / {_fmt(s['top_k'])}")
-    for key, label in (("max_vio", "MaxVio"), ("cv", "CV"), ("entropy_norm", "load entropy (norm.)"),
-                       ("aux_loss", "aux loss (balanced=1)"), ("z_loss", "z-loss")):
+    for key, label in (
+        ("max_vio", "MaxVio"),
+        ("cv", "CV"),
+        ("entropy_norm", "load entropy (norm.)"),
+        ("aux_loss", "aux loss (balanced=1)"),
+        ("z_loss", "z-loss"),
+    ):
         fig = s[key]
         if fig["mean"] is None:
             t.add_row(label, "—")
         else:
-            t.add_row(label, f"mean {_fmt(fig['mean'])}, worst {_fmt(fig['worst'])} (layer {fig['worst_layer']})")
+            t.add_row(
+                label, f"mean {_fmt(fig['mean'])}, worst {_fmt(fig['worst'])} (layer {fig['worst_layer']})"
+            )
     t.add_row("HF aux loss (pooled, balanced=k)", _fmt(s["hf_aux_loss"]))
     t.add_row("dead / cold experts", f"{s['dead_experts']} / {s['cold_experts']}")
     if s["excluded_nonfinite"]:
@@ -69,14 +85,22 @@ def layer_table(analysis: TraceAnalysis, worst: int | None = None, sort_key: str
     rows = analysis.layers
     title = "Layers"
     if worst is not None:
-        rows = sorted(rows, key=lambda r: -(r.get(sort_key) if r.get(sort_key) is not None else float("-inf")))
+
+        def badness(row: dict[str, Any]) -> float:
+            value = row.get(sort_key)
+            return float("-inf") if value is None else float(value)
+
+        rows = sorted(rows, key=badness, reverse=True)
         rows = rows[:worst]
         title = f"Worst {len(rows)} layers by {sort_key}"
-    t = Table(title=title)
-    for col, justify in (("layer", "right"), ("MaxVio", "right"), ("CV", "right"), ("H/logE", "right"),
-                         ("dead", "right"), ("cold", "right"), ("aux", "right"), ("z-loss", "right"),
-                         ("conf.", "right"), ("drop@1.0", "right"), ("same-next", "right")):
-        t.add_column(col, justify=justify)  # type: ignore[arg-type]
+    t = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 0, 0, 1),
+    )
+    for col in ("layer", "MaxVio", "CV", "H", "dead", "cold", "aux", "z-loss", "conf", "drop", "same"):
+        t.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         drop = r.get("drop_rate")
         drop1 = None if not drop else drop["position"].get("1.0")
@@ -128,16 +152,31 @@ def histogram_table(analysis: TraceAnalysis, layer: int, width: int = 40, max_ro
         if len(bar) < mean_col:
             bar = bar.ljust(mean_col) + "│"
         label = "dead" if i in dead else ""
-        t.add_row(str(i), str(load[i]), f"{100 * load[i] / total:.2f}%", Text(bar + (" " + label if label else ""),
-                  style="red" if i in dead else "cyan"))
+        t.add_row(
+            str(i),
+            str(load[i]),
+            f"{100 * load[i] / total:.2f}%",
+            Text(bar + (" " + label if label else ""), style="red" if i in dead else "cyan"),
+        )
     return t
 
 
-def render_trace(analysis: TraceAnalysis, console: Console, *, worst: int | None = None,
-                 layer: int | None = None, sort_key: str = "max_vio") -> None:
+def render_trace(
+    analysis: TraceAnalysis,
+    console: Console,
+    *,
+    worst: int | None = None,
+    layer: int | None = None,
+    sort_key: str = "max_vio",
+) -> None:
     text, style = verdict(analysis)
     console.print(Text(text, style=style))
     console.print(overview_table(analysis))
     console.print(layer_table(analysis, worst, sort_key))
+    console.print(
+        "H = load entropy / log E; drop = drop rate at capacity factor 1.0 (position policy); "
+        "same = next token keeps its first-choice expert",
+        style="dim",
+    )
     if layer is not None:
         console.print(histogram_table(analysis, layer))

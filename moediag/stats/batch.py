@@ -42,8 +42,23 @@ class LayerBatch:
     def select(self, keep: torch.Tensor) -> LayerBatch:
         """The rows where ``keep`` is true."""
         out = LayerBatch(self.num_experts, self.top_k, self.ids[keep], self.top1[keep], self.index[keep])
-        for name in ("weights", "logits", "probs", "margin", "hf_ids", "log_probs", "lse", "softmax", "sequence_ids", "positions", "step",
-                     "correct", "loss", "domain", "input_ids"):
+        for name in (
+            "weights",
+            "logits",
+            "probs",
+            "margin",
+            "hf_ids",
+            "log_probs",
+            "lse",
+            "softmax",
+            "sequence_ids",
+            "positions",
+            "step",
+            "correct",
+            "loss",
+            "domain",
+            "input_ids",
+        ):
             value = getattr(self, name)
             setattr(out, name, None if value is None else value[keep])
         return out

@@ -124,7 +124,12 @@ class CapacityStats(RunAccumulator):
         weights = rows["weights"].reshape(-1)
         if bool((flat_ids < 0).any()):
             valid = flat_ids >= 0
-            a_run, a_bucket, flat_ids, weights = a_run[valid], a_bucket[valid], flat_ids[valid], weights[valid]
+            a_run, a_bucket, flat_ids, weights = (
+                a_run[valid],
+                a_bucket[valid],
+                flat_ids[valid],
+                weights[valid],
+            )
         key = a_run * e + flat_ids
         self.assignments += torch.bincount(a_bucket, minlength=len(POSITION_EDGES))
         for policy in POLICIES:

@@ -39,7 +39,9 @@ class StatsOptions:
 class LayerStats:
     """All statistics of one MoE layer."""
 
-    def __init__(self, layer: int, num_experts: int, top_k: int | None, options: StatsOptions | None = None) -> None:
+    def __init__(
+        self, layer: int, num_experts: int, top_k: int | None, options: StatsOptions | None = None
+    ) -> None:
         self.layer = layer
         self.num_experts = num_experts
         self.top_k = top_k
@@ -48,7 +50,9 @@ class LayerStats:
         self.load = LoadStats(num_experts, self.options.cold_eps)
         self.steps = StepLoadStats(num_experts)
         self.router = RouterStats(num_experts, k)
-        self.capacity = CapacityStats(num_experts, k, self.options.capacity_factors, self.options.capacity_group_tokens)
+        self.capacity = CapacityStats(
+            num_experts, k, self.options.capacity_factors, self.options.capacity_group_tokens
+        )
         self.seq_aux = SeqAuxStats(num_experts, k)
         self.consecutive = ConsecutiveStats(num_experts)
         self.coactivation = CoactivationStats(num_experts)
@@ -99,8 +103,14 @@ class LayerStats:
         router = self.router.compute(self.load.counts)
         if self.count_only:
             out.update({key: None for key in router})
-            out.update({"seq_aux_loss": None, "drop_rate": None, "consecutive_same_rate": None,
-                        "consecutive_same_baseline": None})
+            out.update(
+                {
+                    "seq_aux_loss": None,
+                    "drop_rate": None,
+                    "consecutive_same_rate": None,
+                    "consecutive_same_baseline": None,
+                }
+            )
         else:
             out.update(router)
             out.update(self.seq_aux.compute())
@@ -172,7 +182,9 @@ class ModelStats:
             return None
         n = sum(s.router.tokens for s in with_logits)
         hf = sum((s.router.hf_counts for s in with_logits), torch.zeros_like(with_logits[0].router.hf_counts))
-        q = sum((s.router.softmax_sum for s in with_logits), torch.zeros_like(with_logits[0].router.softmax_sum))
+        q = sum(
+            (s.router.softmax_sum for s in with_logits), torch.zeros_like(with_logits[0].router.softmax_sum)
+        )
         e = with_logits[0].num_experts
         return float(e * ((hf.double() / n) * (q / n)).sum())
 
@@ -190,7 +202,11 @@ class ModelStats:
                 summary[key] = summary[key][0]
             elif not summary[key]:
                 summary[key] = None
-        figures = dict.fromkeys(_IMBALANCE, None) | {"aux_loss": "max", "seq_aux_loss": "max", "z_loss": "max"}
+        figures = dict.fromkeys(_IMBALANCE, None) | {
+            "aux_loss": "max",
+            "seq_aux_loss": "max",
+            "z_loss": "max",
+        }
         for key in list(_IMBALANCE) + ["aux_loss", "seq_aux_loss", "z_loss"]:
             worst_is = _IMBALANCE[key][1] if key in _IMBALANCE else figures[key]
             vals = [(x[key], x["layer"]) for x in layers if x.get(key) is not None]
@@ -198,7 +214,11 @@ class ModelStats:
                 summary[key] = {"mean": None, "worst": None, "worst_layer": None}
                 continue
             pick = max(vals) if worst_is == "max" else min(vals)
-            summary[key] = {"mean": sum(v for v, _ in vals) / len(vals), "worst": pick[0], "worst_layer": pick[1]}
+            summary[key] = {
+                "mean": sum(v for v, _ in vals) / len(vals),
+                "worst": pick[0],
+                "worst_layer": pick[1],
+            }
         summary["dead_experts"] = sum(len(x["dead_experts"]) for x in layers)
         summary["cold_experts"] = sum(len(x["cold_experts"]) for x in layers)
         summary["excluded_nonfinite"] = sum(x["excluded_nonfinite"] for x in layers)

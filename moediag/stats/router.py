@@ -68,8 +68,16 @@ class RouterStats:
                 self.margin_below[i] += int((m < th).sum())
 
     def merge(self, other: RouterStats) -> None:
-        for name in ("tokens", "lse_sq_sum", "entropy_sum", "confidence_sum", "margin_tokens", "margin_sum",
-                     "margin_under", "margin_over"):
+        for name in (
+            "tokens",
+            "lse_sq_sum",
+            "entropy_sum",
+            "confidence_sum",
+            "margin_tokens",
+            "margin_sum",
+            "margin_under",
+            "margin_over",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("prob_sum", "hf_counts", "softmax_sum", "margin_hist", "margin_below"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -114,7 +122,10 @@ class RouterStats:
             "margin_median": self.margin_quantile(0.5),
             "margin_p10": self.margin_quantile(0.1),
             "margin_below": (
-                {str(th): int(c) / self.margin_tokens for th, c in zip(MARGIN_THRESHOLDS, self.margin_below.tolist())}
+                {
+                    str(th): int(c) / self.margin_tokens
+                    for th, c in zip(MARGIN_THRESHOLDS, self.margin_below.tolist(), strict=True)
+                }
                 if margins
                 else None
             ),

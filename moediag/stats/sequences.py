@@ -33,7 +33,9 @@ class SeqAuxStats(RunAccumulator):
         run = torch.repeat_interleave(torch.arange(r), lengths)
         flat = ids.reshape(-1)
         ok = flat >= 0
-        counts = torch.bincount(run.repeat_interleave(k)[ok] * e + flat[ok], minlength=r * e).view(r, e).double()
+        counts = (
+            torch.bincount(run.repeat_interleave(k)[ok] * e + flat[ok], minlength=r * e).view(r, e).double()
+        )
         psum = torch.zeros(r, e, dtype=torch.float64).index_add_(0, run, probs.double())
         n = lengths.double().unsqueeze(1)
         f = counts / (k * n)
@@ -92,7 +94,12 @@ class ConsecutiveStats:
     def merge(self, other: ConsecutiveStats) -> None:
         if other.first is None:
             return
-        if self.last is not None and self.last[0] == other.first[0] and self.last[1] >= 0 and other.first[1] >= 0:
+        if (
+            self.last is not None
+            and self.last[0] == other.first[0]
+            and self.last[1] >= 0
+            and other.first[1] >= 0
+        ):
             self.pairs += 1
             self.same += int(self.last[1] == other.first[1])
         self.pairs += other.pairs

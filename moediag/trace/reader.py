@@ -188,7 +188,7 @@ class Trace:
         for name, info in shard.tensors.items():
             m = LAYER_RE.match(name)
             kind = m.group(2) if m else TOKEN_RE.match(name).group(1)  # type: ignore[union-attr]
-            family, rank = (LAYER_TENSORS[kind] if m else (TOKEN_TENSORS[kind], 1))
+            family, rank = LAYER_TENSORS[kind] if m else (TOKEN_TENSORS[kind], 1)
             if info.dtype not in _DTYPE_FAMILIES[family]:
                 raise InvalidInputError(
                     f"tensor {name!r} has dtype {info.dtype}; expected a {family} dtype", shard.path
@@ -209,7 +209,8 @@ class Trace:
         for layer, kinds in layer_kinds.items():
             if "expert_counts" in kinds and kinds & set(PER_TOKEN_LAYER_TENSORS):
                 raise InvalidInputError(
-                    f"layer {layer} has both expert_counts and per-token tensors; a layer is one or the other",
+                    f"layer {layer} has both expert_counts and per-token tensors; "
+                    "a layer is one or the other",
                     shard.path,
                 )
             if not kinds & {"router_logits", "topk_ids", "expert_counts"}:
@@ -239,12 +240,15 @@ class Trace:
         widths = {k: width(k) for k in ("router_logits", "expert_counts", "selection_bias") if k in kinds}
         experts = set(widths.values())
         if len(experts) > 1:
-            raise InvalidInputError(f"layer {layer}: tensors disagree on the number of experts {widths}", where)
+            raise InvalidInputError(
+                f"layer {layer}: tensors disagree on the number of experts {widths}", where
+            )
         if experts:
             e = experts.pop()
             if spec.num_experts is not None and spec.num_experts != e:
                 raise InvalidInputError(
-                    f"layer {layer}: tensors have {e} experts but metadata says num_experts={spec.num_experts}",
+                    f"layer {layer}: tensors have {e} experts but metadata says "
+                    f"num_experts={spec.num_experts}",
                     where,
                 )
             spec.num_experts = e
@@ -284,7 +288,8 @@ class Trace:
         if spec.n_group is not None and spec.topk_group is not None:
             if spec.n_group < 1 or spec.num_experts % spec.n_group:
                 raise InvalidInputError(
-                    f"layer {layer}: n_group={spec.n_group} does not divide num_experts={spec.num_experts}", where
+                    f"layer {layer}: n_group={spec.n_group} does not divide num_experts={spec.num_experts}",
+                    where,
                 )
             if not 1 <= spec.topk_group <= spec.n_group:
                 raise InvalidInputError(f"layer {layer}: topk_group must be in 1..n_group", where)
@@ -334,7 +339,9 @@ class Trace:
         """``layers.L.expert_counts`` of all shards, stacked along steps: int64 [S, E]."""
         name = f"layers.{layer}.expert_counts"
         parts = [shard.read(name).to(torch.int64) for shard in self.shards]
-        counts = torch.cat(parts) if parts else torch.zeros(0, self.layers[layer].num_experts, dtype=torch.int64)
+        counts = (
+            torch.cat(parts) if parts else torch.zeros(0, self.layers[layer].num_experts, dtype=torch.int64)
+        )
         if (counts < 0).any():
             raise InvalidInputError(f"{name} has negative counts", self.path)
         return counts

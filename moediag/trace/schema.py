@@ -98,7 +98,9 @@ def parse_metadata(meta: dict[str, str]) -> TraceMeta:
         raise ValueError(f"not a moediag trace: metadata format={fmt!r}, expected {FORMAT_NAME!r}")
     version = meta.get("version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"unsupported trace version {version!r}; this moediag reads version {FORMAT_VERSION}")
+        raise ValueError(
+            f"unsupported trace version {version!r}; this moediag reads version {FORMAT_VERSION}"
+        )
     routing = RoutingSpec(**{k: _parse_value(k, meta[k]) for k in LAYER_OVERRIDABLE if k in meta})
     overrides: dict[int, dict[str, Any]] = {}
     for key, value in meta.items():
@@ -113,8 +115,9 @@ def parse_metadata(meta: dict[str, str]) -> TraceMeta:
             raise ValueError("metadata domains is not a JSON list of names") from None
         if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
             raise ValueError("metadata domains is not a JSON list of names")
-    return TraceMeta(routing=routing, model=meta.get("model"), domains=domains, layer_overrides=overrides,
-                     raw=dict(meta))
+    return TraceMeta(
+        routing=routing, model=meta.get("model"), domains=domains, layer_overrides=overrides, raw=dict(meta)
+    )
 
 
 def build_metadata(
@@ -131,8 +134,12 @@ def build_metadata(
 ) -> dict[str, str]:
     """The ``__metadata__`` dict of a v1 trace (all values strings, as safetensors requires)."""
     meta: dict[str, str] = {"format": FORMAT_NAME, "version": FORMAT_VERSION}
-    for key, value in (("num_experts", num_experts), ("top_k", top_k), ("n_group", n_group),
-                       ("topk_group", topk_group)):
+    for key, value in (
+        ("num_experts", num_experts),
+        ("top_k", top_k),
+        ("n_group", n_group),
+        ("topk_group", topk_group),
+    ):
         if value is not None:
             meta[key] = str(int(value))
     if score_function is not None:

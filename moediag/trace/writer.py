@@ -25,7 +25,9 @@ def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
-def write_trace(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
+def write_trace(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> Path:
     """Write one trace file atomically. Returns the path written."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +139,9 @@ class TraceWriter:
     def _shard_constants(self, index: int) -> dict[str, torch.Tensor]:
         """The constant tensors of shard ``index`` (counts only in the first shard: the reader sums them)."""
         later = index > 0
-        return {k: (v[:0] if later and k.endswith(".expert_counts") else v) for k, v in self._constants.items()}
+        return {
+            k: (v[:0] if later and k.endswith(".expert_counts") else v) for k, v in self._constants.items()
+        }
 
     def _backfill_constants(self) -> None:
         """Add constants set after a shard was written to that shard (one shard in memory at a time)."""

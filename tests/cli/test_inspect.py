@@ -114,8 +114,11 @@ def test_worst_layers_first(good: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "Worst 1 layers by max_vio" in r.stdout
     table = r.stdout.split("Worst 1 layers")[1]
-    body = [line for line in table.splitlines() if line.startswith("│")]
-    assert len(body) == 1 and body[0].split("│")[1].strip() == "5"
+    lines = table.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.strip().startswith("─"))
+    body = [line for line in lines[rule + 1 :] if line.strip()][:1]
+    assert body and body[0].split()[0] == "5"
+    assert lines[rule + 2].strip() == ""  # exactly one row
 
 
 @pytest.mark.parametrize(
