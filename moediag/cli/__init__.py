@@ -13,6 +13,7 @@ from moediag.cli import import_cmd as _import_cmd  # noqa: F401
 from moediag.cli import inspect as _inspect  # noqa: F401  (registers `inspect`)
 from moediag.cli import plot as _plot  # noqa: F401
 from moediag.cli import record as _record  # noqa: F401
+from moediag.cli import replay as _replay  # noqa: F401
 from moediag.cli import report as _report  # noqa: F401
 from moediag.cli.app import app, main
 

@@ -1,0 +1,104 @@
+"""Terminal tables for ``moediag replay`` (rich is imported only by renderers).
+
+Takes the ``--json`` document (:meth:`moediag.replay.ReplayResult.to_dict`), so what people read and
+what machines read are the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def headline(doc: dict[str, Any]) -> tuple[str, str]:
+    """The verdict: do the trace and the checkpoint belong together?"""
+    s = doc["summary"]
+    meta = doc["meta"]
+    where = f"{s['layers']} layer(s), {s['tokens']} tokens, {meta['device']} {meta['dtype']}"
+    if s["match"] is None:
+        return f"replayed {where}; the trace records no routing to compare with", "bold"
+    if s["match"]:
+        return f"MATCH: replay reproduces the recorded top-k exactly ({where})", "bold green"
+    ties = s["mismatched_near_ties"]
+    tie_note = f", {ties} of them near-ties" if ties else ""
+    return (
+        f"MISMATCH: top-k agreement {_pct(s['topk_agreement'], 2)} "
+        f"({s['mismatched_tokens']} token-layers differ{tie_note}; {where})",
+        "bold red" if s["mismatched_tokens"] > ties else "bold yellow",
+    )
+
+
+def layer_table(doc: dict[str, Any]) -> Table:
+    settings = doc["meta"]["settings"]
+    layers = doc["layers"]
+    t = Table(
+        caption="agree: same top-k set as recorded; kept: share of those choices a what-if keeps",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
+    )
+    cols = ["layer", "E", "k", "top-1", "agree", "MaxVio"]
+    whatif = any("whatif_topk_overlap" in r for r in layers)
+    if whatif:
+        cols.append("kept")
+    if settings["capacity_factor"] is not None:
+        cols.append(f"drop@{settings['capacity_factor']:g}")
+    if settings["noise"] is not None:
+        cols.append("flip")
+    if settings["ep_size"] is not None:
+        cols.append("EP bal")
+    for c in cols:
+        t.add_column(c, justify="right", no_wrap=True)
+    for r in layers:
+        k = str(r["top_k"]) if r["whatif_top_k"] == r["top_k"] else f"{r['top_k']}→{r['whatif_top_k']}"
+        row = [
+            str(r["layer"]),
+            str(r["num_experts"]),
+            k,
+            _pct(r["top1_agreement"]),
+            _pct(r["topk_agreement"]),
+            _f(r["stats"]["max_vio"]),
+        ]
+        if whatif:
+            row.append(_pct(r.get("whatif_topk_overlap")))
+        if "capacity" in r:
+            row.append(_pct(r["capacity"]["drop_rate"]))
+        if "noise" in r:
+            row.append(_pct(r["noise"]["flip_share"]))
+        if "ep" in r:
+            ep = r["ep"]
+            row.append(f"{_f(ep['balancedness_before'])}→{_f(ep['balancedness_after'])}")
+        t.add_row(*row)
+    return t
+
+
+def render_replay(doc: dict[str, Any], console: Console) -> None:
+    text, style = headline(doc)
+    console.print(Text(text, style=style))
+    console.print(layer_table(doc))
+    s = doc["summary"]
+    if "balancedness_after_mean" in s:
+        settings = doc["meta"]["settings"]
+        console.print(
+            f"EP {settings['ep_size']} ranks, placement {settings['placement']}: balancedness mean "
+            f"{_f(s['balancedness_before_mean'], 3)} (contiguous) → {_f(s['balancedness_after_mean'], 3)}"
+        )
+    for skip in doc["skipped"]:
+        console.print(f"skipped layer {skip['layer']}: {skip['reason']}")

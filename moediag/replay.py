@@ -1,0 +1,862 @@
+"""Router replay: recompute routing from recorded ``layers.L.router_input`` with a checkpoint's routers.
+
+>>> from moediag.replay import replay                                   # doctest: +SKIP
+>>> r = replay("tiny-mixtral/", "trace/", top_k=3, capacity_factor=1.25)
+>>> r.to_dict()["layers"][0]["topk_agreement"]                          # doctest: +SKIP
+1.0
+
+For every MoE layer of the trace that holds router inputs, the checkpoint's router (weight, logit bias,
+selection bias, score function, groups, renormalisation; found with the layout detection of ``inspect``)
+routes the recorded hidden states again, in chunks, on the chosen device and in the chosen dtype:
+
+* **agreement**: the replay with the checkpoint's own settings against what the trace recorded (its
+  ``topk_ids``, else its ``router_logits`` routed with the trace's settings). 100% in fp32 says the trace
+  and the checkpoint belong together.
+* **what-ifs**: another top-k, no or another selection bias, routing noise, a capacity limit with a drop
+  policy, and an expert-parallel placement. Loads, imbalance and drops of the routing in effect are the
+  statistics of ``inspect`` (:class:`moediag.stats.ModelStats`).
+
+Policies are those of :mod:`moediag.routing`. Llama 4 (top-k on the logits, then a sigmoid of each) is the
+``sigmoid`` policy without renormalisation: the sigmoid is monotonic, so the choice is the same.
+
+The library imports no CLI code; ``moediag replay`` renders :meth:`ReplayResult.to_dict`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moediag import __version__, routing
+from moediag.checkpoint import (
+    RouterSpec,
+    load_router_bias,
+    load_router_weight,
+    load_selection_bias,
+    open_inventory,
+    router_specs,
+)
+from moediag.errors import InvalidInputError, UsageError
+from moediag.placement import PlacementFile, balanced, balancedness, contiguous, load_placement, rank_loads
+from moediag.stats import LayerBatch, ModelStats, StatsOptions
+from moediag.stats.capacity import DEFAULT_GROUP_TOKENS, POLICIES
+from moediag.trace import Chunk, Trace, open_trace
+
+__all__ = [
+    "DTYPES",
+    "MARGIN_EDGES",
+    "TIE_EPS",
+    "LayerReplay",
+    "ReplayResult",
+    "load_bias_file",
+    "replay",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+#: JSON schema version of ``moediag replay --json`` (``meta.format``). History: 1 = first release.
+JSON_FORMAT = 1
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+#: a disagreement whose replayed top-k margin is at most this (selection-score units) is a near-tie
+TIE_EPS = 1e-6
+#: lower edges of the margin buckets of the noise what-if (selection-score units; last is open-ended)
+MARGIN_EDGES = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
+#: figures of ``inspect``'s layer rows repeated under each replayed layer's ``stats``
+STAT_KEYS = (
+    "load",
+    "load_share",
+    "max_vio",
+    "max_mean",
+    "min_mean",
+    "cv",
+    "gini",
+    "entropy_norm",
+    "effective_experts",
+    "dead_experts",
+    "cold_experts",
+    "aux_loss",
+    "z_loss",
+    "router_entropy_norm",
+    "confidence",
+    "margin_mean",
+    "margin_median",
+    "margin_p10",
+    "drop_rate",
+)
+SUMMARY_STAT_KEYS = ("max_vio", "max_mean", "min_mean", "cv", "gini", "entropy_norm", "aux_loss", "z_loss")
+
+BiasArg = str | torch.Tensor | Mapping[int, torch.Tensor] | None
+PlacementArg = str | os.PathLike[str] | PlacementFile
+ProgressFn = Callable[[int], None]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` = CUDA when available, else the CPU; ``cuda`` without CUDA is a usage error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        return torch.device(device)
+    raise UsageError(f"--device {device!r}: expected auto, cpu or cuda")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """The dtype of the router GEMM (scores are always formed in float32). None = float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise UsageError(f"dtype {dtype} is not one of fp32, bf16, fp16")
+        return dtype
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: expected fp32, bf16 or fp16")
+    return DTYPES[dtype]
+
+
+def load_bias_file(path: str | os.PathLike[str]) -> dict[int, torch.Tensor]:
+    """Selection biases for ``--bias FILE``: a .safetensors holding ``layers.L.selection_bias`` [E] (a trace
+    or a file written for the purpose), or JSON ``{"L": [E numbers], ...}`` (key ``"*"`` = every layer,
+    stored under -1)."""
+    p = Path(path)
+    where = os.fspath(path)
+    if not p.is_file():
+        raise InvalidInputError("bias file not found", where)
+    out: dict[int, torch.Tensor] = {}
+    if p.suffix == ".json":
+        import json
+
+        try:
+            doc = json.loads(p.read_text())
+        except ValueError as exc:
+            raise InvalidInputError(f"bias file is not valid JSON: {exc}", where) from None
+        if not isinstance(doc, dict):
+            raise InvalidInputError('bias file must be an object {"layer": [E numbers]}', where)
+        for key, value in doc.items():
+            try:
+                layer = -1 if key == "*" else int(key)
+                out[layer] = torch.tensor(value, dtype=torch.float32).reshape(-1)
+            except (ValueError, TypeError):
+                raise InvalidInputError(
+                    f"bias file: entry {key!r} is not a layer with a list of numbers", where
+                ) from None
+        return out
+    from moediag.io.safetensors_file import SafetensorsFile
+
+    try:
+        f = SafetensorsFile(p)
+    except InvalidInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+        raise InvalidInputError(f"bias file is neither JSON nor safetensors: {exc}", where) from None
+    for name in f.tensors:
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == "layers" and parts[2] == "selection_bias" and parts[1].isdigit():
+            out[int(parts[1])] = f.read(name).float().reshape(-1)
+    if not out:
+        raise InvalidInputError("bias file holds no layers.L.selection_bias tensor", where)
+    return out
+
+
+# -- per-layer accumulators ------------------------------------------------------------------------
+
+
+@dataclass
+class _Router:
+    """One layer's router, ready on the device."""
+
+    layer: int
+    spec: RouterSpec
+    weight: torch.Tensor  # [E, H] in the compute dtype, on the device
+    logit_bias: torch.Tensor | None  # [E] float32
+    selection_bias: torch.Tensor | None  # [E] float32, the checkpoint's
+    whatif_bias: torch.Tensor | None  # [E] float32, the what-if's (= selection_bias unless changed)
+    top_k: int  # the routing the model did (trace top_k, else the checkpoint's)
+    whatif_top_k: int
+    recorded_bias: torch.Tensor | None  # trace's layers.L.selection_bias, to route recorded logits
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.weight.shape[0])
+
+
+@dataclass
+class LayerReplay:
+    """Sufficient statistics of one replayed layer (sums and counts; ``merge`` adds)."""
+
+    layer: int
+    num_experts: int
+    top_k: int
+    whatif_top_k: int
+    tokens: int = 0
+    compared: int = 0
+    top1_hits: int = 0
+    topk_hits: int = 0
+    overlap_sum: int = 0
+    mismatched_near_ties: int = 0
+    logits_compared: int = 0
+    logits_max_abs_diff: float = 0.0
+    excluded_nonfinite: int = 0
+    whatif_changed: int = 0
+    whatif_overlap_sum: int = 0
+    load_before: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    load_after: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    noise_tokens: torch.Tensor = field(
+        default_factory=lambda: torch.zeros(len(MARGIN_EDGES), dtype=torch.int64)
+    )
+    noise_flips: torch.Tensor = field(
+        default_factory=lambda: torch.zeros(len(MARGIN_EDGES), dtype=torch.int64)
+    )
+
+    def __post_init__(self) -> None:
+        if self.load_before.numel() == 0:
+            self.load_before = torch.zeros(self.num_experts, dtype=torch.int64)
+        if self.load_after.numel() == 0:
+            self.load_after = torch.zeros(self.num_experts, dtype=torch.int64)
+
+    def merge(self, other: LayerReplay) -> None:
+        for name in (
+            "tokens",
+            "compared",
+            "top1_hits",
+            "topk_hits",
+            "overlap_sum",
+            "mismatched_near_ties",
+            "logits_compared",
+            "excluded_nonfinite",
+            "whatif_changed",
+            "whatif_overlap_sum",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.logits_max_abs_diff = max(self.logits_max_abs_diff, other.logits_max_abs_diff)
+        self.load_before += other.load_before
+        self.load_after += other.load_after
+        self.noise_tokens += other.noise_tokens
+        self.noise_flips += other.noise_flips
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return None if b == 0 else a / b
+
+
+def _membership(ids: torch.Tensor, e: int) -> torch.Tensor:
+    """Boolean [n, E]: expert in the token's top-k (-1 slots ignored)."""
+    m = torch.zeros(ids.shape[0], e, dtype=torch.bool, device=ids.device)
+    m.scatter_(1, ids.clamp_min(0), ids >= 0)
+    return m
+
+
+def _bincount(ids: torch.Tensor, e: int) -> torch.Tensor:
+    flat = ids.reshape(-1)
+    flat = flat[flat >= 0]
+    return torch.bincount(flat, minlength=e).to("cpu", torch.int64)
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+
+def _pick_spec(specs: list[RouterSpec], layer: int) -> RouterSpec | None:
+    """The checkpoint router of trace layer L: the feed-forward, non-MTP block of that index."""
+    cands = [s for s in specs if s.layer == layer and s.kind == "ffn" and not s.mtp]
+    cands = cands or [s for s in specs if s.layer == layer]
+    return cands[0] if cands else None
+
+
+def _whatif_bias(bias: BiasArg, layer: int, e: int, ckpt_bias: torch.Tensor | None) -> torch.Tensor | None:
+    if isinstance(bias, str):
+        if bias != "checkpoint":
+            raise UsageError(f"bias={bias!r}: expected 'checkpoint', None, a tensor or a mapping")
+        return ckpt_bias
+    if bias is None:
+        return None
+    if isinstance(bias, torch.Tensor):
+        t = bias
+    else:
+        got = bias.get(layer, bias.get(-1))
+        if got is None:
+            return ckpt_bias
+        t = got
+    t = t.float().reshape(-1)
+    if t.numel() != e:
+        raise UsageError(f"bias for layer {layer} has {t.numel()} values but the layer has {e} experts")
+    return t
+
+
+def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def _margin(spec: RouterSpec, sel: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Top-k boundary margin within the groups the token may use (plain s_(k) - s_(k+1) without groups)."""
+    if spec.n_group and spec.topk_group and spec.n_group > 1:
+        allowed = routing.group_mask(sel, spec.n_group, spec.topk_group, spec.score_function)
+        sel = sel.masked_fill(~allowed, float("-inf"))
+    return routing.margin(sel, ids)
+
+
+def _check_groups(spec: RouterSpec, k: int, e: int, what: str) -> None:
+    if spec.n_group and spec.topk_group and spec.n_group > 1:
+        allowed = spec.topk_group * (e // spec.n_group)
+        if k > allowed:
+            raise UsageError(
+                f"{what} {k}: layer {spec.layer} routes within {spec.topk_group} of {spec.n_group} groups, "
+                f"{allowed} experts at most"
+            )
+
+
+class _Replayer:
+    def __init__(
+        self,
+        trace: Trace,
+        checkpoint: str | os.PathLike[str],
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        top_k: int | None,
+        bias: BiasArg,
+        noise: float | None,
+        samples: int,
+        seed: int,
+        options: StatsOptions,
+    ) -> None:
+        self.trace = trace
+        self.device = device
+        self.dtype = dtype
+        self.noise = noise
+        self.samples = samples
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.stats = ModelStats(options)
+        self.routers: dict[int, _Router] = {}
+        self.layers: dict[int, LayerReplay] = {}
+        self.skipped: list[dict[str, Any]] = []
+        inv = open_inventory(checkpoint)
+        specs = router_specs(inv)
+        self.whatif = top_k is not None or not (isinstance(bias, str) and bias == "checkpoint")
+        for layer, info in sorted(trace.layers.items()):
+            if "router_input" not in info.kinds:
+                self.skipped.append({"layer": layer, "reason": "no router_input in the trace"})
+                continue
+            spec = _pick_spec(specs, layer)
+            if spec is None:
+                self.skipped.append({"layer": layer, "reason": "no router for this layer in the checkpoint"})
+                continue
+            w = load_router_weight(inv, spec)
+            width = trace.shards[0].tensors[f"layers.{layer}.router_input"].shape[-1]
+            if width != w.shape[1]:
+                raise InvalidInputError(
+                    f"layers.{layer}.router_input has width {width} but the checkpoint's router of layer "
+                    f"{layer} ({spec.weight}) takes hidden size {w.shape[1]}: the trace was not recorded "
+                    "from this model",
+                    trace.shards[0].path,
+                )
+            e = int(w.shape[0])
+            if info.num_experts != e:
+                raise InvalidInputError(
+                    f"layer {layer}: the trace has {info.num_experts} experts but the checkpoint's router "
+                    f"has {e}",
+                    trace.shards[0].path,
+                )
+            k = info.spec.top_k or spec.top_k
+            if k is None:
+                raise UsageError(f"layer {layer}: top-k unknown in both trace and checkpoint; pass --top-k")
+            k_new = k if top_k is None else top_k
+            if not 1 <= k_new <= e:
+                raise UsageError(f"--top-k {k_new}: must be between 1 and the {e} experts of layer {layer}")
+            _check_groups(spec, k_new, e, "--top-k")
+            sel = load_selection_bias(inv, spec)
+            lb = load_router_bias(inv, spec)
+            self.routers[layer] = _Router(
+                layer=layer,
+                spec=spec,
+                weight=w.to(device=device, dtype=dtype),
+                logit_bias=None if lb is None else lb.to(device),
+                selection_bias=None if sel is None else sel.to(device),
+                whatif_bias=_to(_whatif_bias(bias, layer, e, sel), device),
+                top_k=k,
+                whatif_top_k=k_new,
+                recorded_bias=trace.selection_bias(layer),
+            )
+            self.layers[layer] = LayerReplay(layer, e, k, k_new)
+            self.stats.layer(layer, e, k_new)
+        if not self.routers:
+            reasons = "; ".join(f"layer {s['layer']}: {s['reason']}" for s in self.skipped) or "no layers"
+            raise InvalidInputError(f"nothing to replay ({reasons}); record with --router-inputs", trace.path)
+
+    # routing on the device ----------------------------------------------------------------------
+    def _route(self, r: _Router, logits: torch.Tensor, k: int, bias: torch.Tensor | None) -> torch.Tensor:
+        s = r.spec
+        sel = routing.selection_scores(logits, s.score_function, bias)
+        return routing.select(
+            sel, k, n_group=s.n_group, topk_group=s.topk_group, score_function=s.score_function
+        )
+
+    def run_chunk(self, chunk: Chunk) -> None:
+        mask = chunk.token("mask")
+        valid = None if mask is None else mask.to(torch.bool)
+        for r in self.routers.values():
+            self._layer_chunk(chunk, r, valid)
+
+    def _layer_chunk(self, chunk: Chunk, r: _Router, valid: torch.Tensor | None) -> None:
+        acc = self.layers[r.layer]
+        x = chunk.layer_tensor(r.layer, "router_input")
+        assert x is not None
+        keep = torch.isfinite(x).all(dim=-1)
+        if valid is not None:
+            acc.excluded_nonfinite += int((valid & ~keep).sum())
+            keep &= valid
+        else:
+            acc.excluded_nonfinite += int((~keep).sum())
+        subset = not bool(keep.all())
+        if subset:
+            x = x[keep]
+        n = x.shape[0]
+        if n == 0:
+            return
+        e = r.num_experts
+        xd = x.to(self.device, non_blocking=True).to(self.dtype)
+        logits = (xd @ r.weight.T).float()
+        if r.logit_bias is not None:
+            logits = logits + r.logit_bias
+        spec = r.spec
+        sf = spec.score_function
+        # the routing the checkpoint does, compared with the recorded one
+        base_sel = routing.selection_scores(logits, sf, r.selection_bias)
+        base_ids = routing.select(
+            base_sel, r.top_k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf
+        )
+        acc.tokens += n
+        self._agreement(chunk, r, acc, keep if subset else None, logits, base_sel, base_ids)
+        acc.load_before += _bincount(base_ids, e)
+        # the routing in effect (what-ifs applied)
+        if self.whatif:
+            sel = routing.selection_scores(logits, sf, r.whatif_bias)
+            ids = routing.select(
+                sel, r.whatif_top_k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf
+            )
+            a, b = _membership(base_ids, e), _membership(ids, e)
+            inter = (a & b).sum(dim=1)
+            acc.whatif_overlap_sum += int(inter.sum())
+            acc.whatif_changed += int((a != b).any(dim=1).sum())
+        else:
+            sel, ids = base_sel, base_ids
+        acc.load_after += _bincount(ids, e)
+        if self.noise:
+            self._noise(r, acc, logits, sel, ids)
+        self._stats(chunk, r, keep if subset else None, logits, sel, ids)
+
+    def _agreement(
+        self,
+        chunk: Chunk,
+        r: _Router,
+        acc: LayerReplay,
+        keep: torch.Tensor | None,
+        logits: torch.Tensor,
+        sel: torch.Tensor,
+        ids: torch.Tensor,
+    ) -> None:
+        rec_logits = chunk.layer_tensor(r.layer, "router_logits")
+        rec_ids = chunk.layer_tensor(r.layer, "topk_ids")
+        if keep is not None:
+            rec_logits = None if rec_logits is None else rec_logits[keep]
+            rec_ids = None if rec_ids is None else rec_ids[keep]
+        if rec_logits is not None:
+            diff = (rec_logits.to(self.device).float() - logits).abs()
+            finite = torch.isfinite(diff)
+            if bool(finite.any()):
+                acc.logits_max_abs_diff = max(acc.logits_max_abs_diff, float(diff[finite].max()))
+            acc.logits_compared += int(logits.shape[0])
+        if rec_ids is None and rec_logits is not None:
+            tspec = self.trace.layers[r.layer].spec
+            sf = tspec.score_function or r.spec.score_function
+            rsel = routing.selection_scores(rec_logits.to(self.device), sf, r.recorded_bias)
+            rec_ids = routing.select(
+                rsel, r.top_k, n_group=tspec.n_group, topk_group=tspec.topk_group, score_function=sf
+            )
+        if rec_ids is None:
+            return
+        rec = rec_ids.to(self.device, torch.int64)
+        if rec.shape[1] != ids.shape[1]:
+            return
+        e = r.num_experts
+        a, b = _membership(rec, e), _membership(ids, e)
+        same = ~(a != b).any(dim=1)
+        acc.compared += int(ids.shape[0])
+        acc.topk_hits += int(same.sum())
+        acc.top1_hits += int((rec[:, 0] == ids[:, 0]).sum())
+        acc.overlap_sum += int((a & b).sum())
+        if not bool(same.all()):
+            m = _margin(r.spec, sel[~same], ids[~same])
+            acc.mismatched_near_ties += int((m.abs() <= TIE_EPS).sum())
+
+    def _noise(
+        self, r: _Router, acc: LayerReplay, logits: torch.Tensor, sel: torch.Tensor, ids: torch.Tensor
+    ) -> None:
+        assert self.noise is not None
+        m = _margin(r.spec, sel, ids)
+        edges = torch.tensor(MARGIN_EDGES[1:], device=m.device, dtype=m.dtype)
+        bucket = torch.bucketize(m.nan_to_num(float("inf")).clamp_min(0), edges, right=True)
+        base = _membership(ids, r.num_experts)
+        flips = torch.zeros(ids.shape[0], dtype=torch.int64, device=ids.device)
+        for _ in range(self.samples):
+            z = logits + self.noise * torch.randn(
+                logits.shape, generator=self.generator, device=logits.device, dtype=logits.dtype
+            )
+            noisy = self._route(r, z, ids.shape[1], r.whatif_bias)
+            flips += (_membership(noisy, r.num_experts) != base).any(dim=1)
+        nb = len(MARGIN_EDGES)
+        acc.noise_tokens += torch.bincount(bucket, minlength=nb).cpu() * self.samples
+        acc.noise_flips += torch.bincount(bucket, weights=flips.double(), minlength=nb).cpu().to(torch.int64)
+
+    def _stats(
+        self,
+        chunk: Chunk,
+        r: _Router,
+        keep: torch.Tensor | None,
+        logits: torch.Tensor,
+        sel: torch.Tensor,
+        ids: torch.Tensor,
+    ) -> None:
+        spec = r.spec
+        sf = spec.score_function
+        k = ids.shape[1]
+        z = logits.cpu()
+        ids_c = ids.cpu()
+        lse = torch.logsumexp(z, dim=-1)
+        log_softmax = z - lse.unsqueeze(1)
+        softmax = log_softmax.exp()
+        w = routing.weights(z, ids_c, sf, spec.norm_topk_prob)
+        probs, log_probs = (routing.distribution(z, sf), None) if sf == "sigmoid" else (softmax, log_softmax)
+        index = chunk.index if keep is None else chunk.index[keep]
+        batch = LayerBatch(
+            num_experts=r.num_experts,
+            top_k=k,
+            ids=ids_c,
+            top1=ids_c[:, 0],
+            index=index,
+            weights=w,
+            logits=z,
+            probs=probs,
+            margin=_margin(spec, sel, ids).cpu(),
+            hf_ids=softmax.topk(k, dim=-1).indices,
+            log_probs=log_probs,
+            lse=lse,
+            softmax=softmax,
+        )
+        for name in ("sequence_ids", "positions", "step"):
+            t = chunk.token(name)
+            if t is not None:
+                t = t.to(torch.int64)
+                setattr(batch, name, t if keep is None else t[keep])
+        self.stats.layers[r.layer].update(batch)
+
+
+# -- the result -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayResult:
+    """What a replay found; :meth:`to_dict` is the ``--json`` document (docs/replay.md)."""
+
+    checkpoint: str
+    trace: str
+    device: str
+    dtype: str
+    layers: dict[int, LayerReplay]
+    stats: dict[str, Any]
+    skipped: list[dict[str, Any]]
+    settings: dict[str, Any]
+    ep: dict[int, dict[str, Any]] = field(default_factory=dict)
+    placement: dict[int, list[list[int]]] = field(default_factory=dict)
+    seconds: float = 0.0
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
+
+    def layer_dict(self, layer: int) -> dict[str, Any]:
+        acc = self.layers[layer]
+        s = self.settings
+        stats_row = next(x for x in self.stats["layers"] if x["layer"] == layer)
+        row: dict[str, Any] = {
+            "layer": layer,
+            "num_experts": acc.num_experts,
+            "top_k": acc.top_k,
+            "whatif_top_k": acc.whatif_top_k,
+            "tokens": acc.tokens,
+            "excluded_nonfinite": acc.excluded_nonfinite,
+            "compared": acc.compared,
+            "top1_agreement": _ratio(acc.top1_hits, acc.compared),
+            "topk_agreement": _ratio(acc.topk_hits, acc.compared),
+            "topk_overlap": _ratio(acc.overlap_sum, acc.compared * acc.top_k),
+            "mismatched_tokens": acc.compared - acc.topk_hits,
+            "mismatched_near_ties": acc.mismatched_near_ties,
+            "logits_max_abs_diff": acc.logits_max_abs_diff if acc.logits_compared else None,
+            "load_before": acc.load_before.tolist(),
+            "max_vio_before": _max_vio(acc.load_before),
+        }
+        if s["whatif"]:
+            row["whatif_changed_share"] = _ratio(acc.whatif_changed, acc.tokens)
+            row["whatif_topk_overlap"] = _ratio(
+                acc.whatif_overlap_sum, acc.tokens * min(acc.top_k, acc.whatif_top_k)
+            )
+        row["stats"] = {key: stats_row.get(key) for key in STAT_KEYS}
+        cf = s["capacity_factor"]
+        if cf is not None:
+            rate = stats_row["drop_rate"]
+            by_pos = stats_row["drop_rate_by_position"]
+            row["capacity"] = {
+                "capacity_factor": cf,
+                "drop_policy": s["drop_policy"],
+                "drop_rate": rate[s["drop_policy"]][str(cf)],
+                "drop_rate_other_policy": {p: rate[p][str(cf)] for p in POLICIES if p != s["drop_policy"]},
+                "drop_rate_by_position": {
+                    "buckets": by_pos["buckets"],
+                    "assignments": by_pos["assignments"],
+                    "rate": by_pos["rate"][s["drop_policy"]][str(cf)],
+                },
+            }
+        if s["noise"] is not None:
+            tok, fl = acc.noise_tokens, acc.noise_flips
+            row["noise"] = {
+                "sigma": s["noise"],
+                "samples": s["samples"],
+                "flip_share": _ratio(float(fl.sum()), float(tok.sum())),
+                "by_margin": {
+                    "edges": list(MARGIN_EDGES),
+                    "token_samples": tok.tolist(),
+                    "flip_share": [_ratio(float(f), float(t)) for f, t in zip(fl, tok, strict=True)],
+                },
+            }
+        if layer in self.ep:
+            row["ep"] = self.ep[layer]
+        return row
+
+    def to_dict(self) -> dict[str, Any]:
+        layers = [self.layer_dict(layer) for layer in sorted(self.layers)]
+        compared = sum(a.compared for a in self.layers.values())
+        summary: dict[str, Any] = {
+            "layers": len(layers),
+            "skipped": len(self.skipped),
+            "tokens": max((a.tokens for a in self.layers.values()), default=0),
+            "compared": compared,
+            "top1_agreement": _ratio(sum(a.top1_hits for a in self.layers.values()), compared),
+            "topk_agreement": _ratio(sum(a.topk_hits for a in self.layers.values()), compared),
+            "topk_agreement_min": min(
+                (x["topk_agreement"] for x in layers if x["topk_agreement"] is not None), default=None
+            ),
+            "mismatched_tokens": sum(x["mismatched_tokens"] for x in layers),
+            "mismatched_near_ties": sum(x["mismatched_near_ties"] for x in layers),
+            "match": None if compared == 0 else all(x["mismatched_tokens"] == 0 for x in layers),
+            "stats": {key: self.stats["summary"].get(key) for key in SUMMARY_STAT_KEYS},
+        }
+        if self.settings["capacity_factor"] is not None:
+            rates = [x["capacity"]["drop_rate"] for x in layers if x["capacity"]["drop_rate"] is not None]
+            summary["drop_rate_mean"] = sum(rates) / len(rates) if rates else None
+            summary["drop_rate_max"] = max(rates, default=None)
+        if self.settings["noise"] is not None:
+            shares = [x["noise"]["flip_share"] for x in layers if x["noise"]["flip_share"] is not None]
+            summary["noise_flip_share_mean"] = sum(shares) / len(shares) if shares else None
+        if self.ep:
+            before = [
+                v["balancedness_before"] for v in self.ep.values() if v["balancedness_before"] is not None
+            ]
+            after = [v["balancedness_after"] for v in self.ep.values() if v["balancedness_after"] is not None]
+            summary["balancedness_before_mean"] = sum(before) / len(before) if before else None
+            summary["balancedness_after_mean"] = sum(after) / len(after) if after else None
+            summary["balancedness_before_min"] = min(before, default=None)
+            summary["balancedness_after_min"] = min(after, default=None)
+        return {
+            "meta": {
+                "format": JSON_FORMAT,
+                "moediag_version": __version__,
+                "kind": "replay",
+                "checkpoint": self.checkpoint,
+                "trace": self.trace,
+                "device": self.device,
+                "dtype": self.dtype,
+                "created": self.created,
+                "seconds": round(self.seconds, 3),
+                "settings": {k: v for k, v in self.settings.items() if k != "whatif"},
+            },
+            "summary": summary,
+            "layers": layers,
+            "skipped": self.skipped,
+        }
+
+    def placement_document(self) -> dict[str, Any] | None:
+        """The proposed placement as a placement file (None without ``ep_size``)."""
+        if not self.placement:
+            return None
+        from moediag.placement import placement_document
+
+        return placement_document(self.settings["ep_size"], self.placement, self.settings["replicas"])
+
+
+def _max_vio(load: torch.Tensor) -> float | None:
+    from moediag.stats.imbalance import max_vio
+
+    return max_vio(load)
+
+
+def _ep(
+    layers: dict[int, LayerReplay], ep_size: int, placement: PlacementArg, replicas: int
+) -> tuple[dict[int, dict[str, Any]], dict[int, list[list[int]]]]:
+    file: PlacementFile | None = None
+    if isinstance(placement, PlacementFile):
+        file = placement
+    elif str(placement) not in ("contiguous", "balanced"):
+        file = load_placement(placement)
+    if file is not None and file.ep_size != ep_size:
+        raise UsageError(f"--ep-size {ep_size} but the placement file has ep_size {file.ep_size}")
+    name = "file" if file is not None else str(placement)
+    out: dict[int, dict[str, Any]] = {}
+    proposed: dict[int, list[list[int]]] = {}
+    for layer, acc in sorted(layers.items()):
+        loads = acc.load_after
+        before = contiguous(acc.num_experts, ep_size)
+        if file is not None:
+            after = file.for_layer(layer, acc.num_experts)
+        elif name == "balanced":
+            after = balanced(loads, ep_size, replicas)
+        else:
+            after = before
+        rb, ra = rank_loads(loads, before), rank_loads(loads, after)
+        out[layer] = {
+            "ep_size": ep_size,
+            "placement": name,
+            "replicas": sum(len(s) for s in after) - acc.num_experts,
+            "rank_load_before": rb.tolist(),
+            "rank_load_after": ra.tolist(),
+            "balancedness_before": balancedness(rb),
+            "balancedness_after": balancedness(ra),
+        }
+        proposed[layer] = after
+    return out, proposed
+
+
+def replay(
+    checkpoint: str | os.PathLike[str],
+    trace: str | os.PathLike[str] | Trace,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype | None = None,
+    top_k: int | None = None,
+    capacity_factor: float | None = None,
+    drop_policy: str = "position",
+    bias: BiasArg = "checkpoint",
+    noise: float | None = None,
+    samples: int = 8,
+    ep_size: int | None = None,
+    placement: PlacementArg = "contiguous",
+    replicas: int = 0,
+    chunk_tokens: int | None = None,
+    capacity_group: int = DEFAULT_GROUP_TOKENS,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> ReplayResult:
+    """Replay the routing of ``trace`` with the routers of ``checkpoint``; see the module docstring.
+
+    ``bias``: ``"checkpoint"`` (the checkpoint's selection bias), None (no selection bias), a tensor [E]
+    for every layer, or a mapping layer -> tensor (key -1 = every other layer; :func:`load_bias_file`).
+    ``placement``: ``"contiguous"``, ``"balanced"`` or a placement file path (needs ``ep_size``).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    if drop_policy not in POLICIES:
+        raise UsageError(f"--drop-policy {drop_policy!r}: expected {' or '.join(POLICIES)}")
+    if capacity_factor is not None and capacity_factor <= 0:
+        raise UsageError("--capacity-factor must be positive")
+    if noise is not None and noise < 0:
+        raise UsageError("--noise must be 0 or more")
+    if samples < 1:
+        raise UsageError("--samples must be at least 1")
+    if replicas < 0:
+        raise UsageError("--replicas must be 0 or more")
+    if ep_size is None and not (isinstance(placement, str) and placement == "contiguous"):
+        raise UsageError("--placement needs --ep-size")
+    if ep_size is not None and ep_size < 1:
+        raise UsageError("--ep-size must be positive")
+    if replicas and str(placement) != "balanced":
+        raise UsageError("--replicas needs --placement balanced")
+    if chunk_tokens is not None and chunk_tokens < 1:
+        raise UsageError("--chunk-tokens must be positive")
+    if capacity_group < 1:
+        raise UsageError("--capacity-group must be positive")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype)
+    tr = trace if isinstance(trace, Trace) else open_trace(trace)
+    factors = (capacity_factor,) if capacity_factor is not None else StatsOptions().capacity_factors
+    options = StatsOptions(capacity_factors=factors, capacity_group_tokens=capacity_group)
+    rp = _Replayer(
+        tr,
+        checkpoint,
+        device=dev,
+        dtype=dt,
+        top_k=top_k,
+        bias=bias,
+        noise=noise or None,
+        samples=samples,
+        seed=seed,
+        options=options,
+    )
+    if chunk_tokens is None:
+        width = max(int(r.weight.shape[1]) for r in rp.routers.values())
+        chunk_tokens = int(min(tr.default_chunk_tokens(), max(1024, (1 << 24) // max(1, width))))
+    with torch.inference_mode():
+        for chunk in tr.iter_chunks(chunk_tokens):
+            rp.run_chunk(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    stats = rp.stats.compute()
+    ep: dict[int, dict[str, Any]] = {}
+    proposed: dict[int, list[list[int]]] = {}
+    if ep_size is not None:
+        ep, proposed = _ep(rp.layers, ep_size, placement, replicas)
+    settings = {
+        "top_k": top_k,
+        "capacity_factor": capacity_factor,
+        "drop_policy": drop_policy,
+        "capacity_group_tokens": capacity_group,
+        "bias": bias if isinstance(bias, str) or bias is None else "given",
+        "noise": noise or None,
+        "samples": samples if noise else None,
+        "seed": seed,
+        "ep_size": ep_size,
+        "placement": None
+        if ep_size is None
+        else (str(placement) if not isinstance(placement, PlacementFile) else placement.path),
+        "replicas": replicas,
+        "chunk_tokens": chunk_tokens,
+        "whatif": rp.whatif,
+    }
+    return ReplayResult(
+        checkpoint=os.fspath(checkpoint),
+        trace=str(tr.path),
+        device=str(dev),
+        dtype=str(dt).replace("torch.", ""),
+        layers=rp.layers,
+        stats=stats,
+        skipped=rp.skipped,
+        settings=settings,
+        ep=ep,
+        placement=proposed,
+        seconds=time.perf_counter() - t0,
+    )
