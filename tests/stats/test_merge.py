@@ -103,7 +103,7 @@ def _finish(trace, stats: ModelStats) -> dict[str, Any]:
     return out
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=traces(), data=st.data())
 def test_streaming_equals_one_shot_equals_merge(case: dict[str, Any], data: st.DataObject) -> None:
     from moediag.stats import StatsOptions
@@ -129,7 +129,7 @@ def test_streaming_equals_one_shot_equals_merge(case: dict[str, Any], data: st.D
         assert_same(one, _finish(trace, merged), "merged", case["rel"])
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=traces(), data=st.data())
 def test_tree_merge_equals_one_shot(case: dict[str, Any], data: st.DataObject) -> None:
     """Merging is associative: ((a b) (c d)) in order gives the same figures as one pass."""
