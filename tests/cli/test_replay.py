@@ -1,0 +1,139 @@
+"""``moediag replay CHECKPOINT TRACE`` on the command line: table, --json keys, placement file, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from moediag.cli import main
+from moediag.placement import load_placement
+from tests.replay_helpers import identity_checkpoint, input_trace
+
+
+@pytest.fixture
+def case(tmp_path: Path) -> tuple[Path, Path]:
+    ckpt = identity_checkpoint(tmp_path / "ckpt", 4, top_k=1)
+    rows = [0] * 4 + [1] * 4 + [2, 3]
+    x = torch.nn.functional.one_hot(torch.tensor(rows), 4).float()
+    return ckpt, input_trace(tmp_path / "t.safetensors", x, top_k=1)
+
+
+def test_json_keys(case: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, trace = case
+    code = main(
+        [
+            "replay",
+            str(ckpt),
+            str(trace),
+            "--json",
+            "--device",
+            "cpu",
+            "--top-k",
+            "2",
+            "--capacity-factor",
+            "1.25",
+            "--noise",
+            "0.01",
+            "--samples",
+            "2",
+            "--ep-size",
+            "2",
+            "--placement",
+            "balanced",
+        ]
+    )
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["meta"]["kind"] == "replay" and doc["meta"]["format"] == 1 and doc["meta"]["device"] == "cpu"
+    s = doc["summary"]
+    for key in (
+        "top1_agreement",
+        "topk_agreement",
+        "match",
+        "drop_rate_mean",
+        "noise_flip_share_mean",
+        "balancedness_before_mean",
+        "balancedness_after_mean",
+        "stats",
+    ):
+        assert key in s
+    row = doc["layers"][0]
+    for key in (
+        "top1_agreement",
+        "topk_agreement",
+        "topk_overlap",
+        "whatif_topk_overlap",
+        "capacity",
+        "noise",
+        "ep",
+        "stats",
+        "load_before",
+    ):
+        assert key in row
+    assert row["ep"]["balancedness_before"] <= row["ep"]["balancedness_after"]
+
+
+def test_table_and_placement_out(
+    case: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt, trace = case
+    out = tmp_path / "placement.json"
+    code = main(
+        [
+            "replay",
+            str(ckpt),
+            str(trace),
+            "--ep-size",
+            "2",
+            "--placement",
+            "balanced",
+            "--placement-out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "MATCH" in text and "EP bal" in text and "0.62→1.00" in text
+    placed = load_placement(out)
+    assert placed.ep_size == 2 and placed.for_layer(0, 4) == [[0, 2], [1, 3]]
+    # the written file is a valid --placement input, and gives the same balancedness
+    assert main(["replay", str(ckpt), str(trace), "--json", "--ep-size", "2", "--placement", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["layers"][0]["ep"]["balancedness_after"] == 1.0
+
+
+def test_hidden_size_mismatch_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = identity_checkpoint(tmp_path / "ckpt", 4, 16)
+    trace = input_trace(tmp_path / "t.safetensors", torch.randn(5, 4), top_k=1)
+    assert main(["replay", str(ckpt), str(trace)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "t.safetensors" in err and "width 4" in err and "hidden size 16" in err
+
+
+def test_usage_errors_exit_2(case: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, trace = case
+    for extra in (
+        ["--no-bias", "--bias", "x.json"],
+        ["--drop-policy", "random"],
+        ["--device", "tpu"],
+        ["--replicas", "2"],
+        ["--ep-size", "3"],
+        ["--dtype", "int8"],
+    ):
+        assert main(["replay", str(ckpt), str(trace), *extra]) == 2, extra
+        assert capsys.readouterr().err.startswith("moediag: error:")
+
+
+def test_require_match(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = identity_checkpoint(tmp_path / "ckpt", 4)
+    x = torch.eye(4)
+    trace = input_trace(tmp_path / "t.safetensors", x, top_k=1, topk_ids=torch.tensor([[1], [1], [2], [3]]))
+    assert main(["replay", str(ckpt), str(trace)]) == 0
+    assert "MISMATCH" in capsys.readouterr().out
+    assert main(["replay", str(ckpt), str(trace), "--require-match"]) == 1

@@ -1,0 +1,97 @@
+"""EP placement: contiguous, greedy/EPLB-style balanced with replicas, files, balancedness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moediag.errors import InvalidInputError, UsageError
+from moediag.placement import (
+    balanced,
+    balancedness,
+    check_placement,
+    contiguous,
+    load_placement,
+    rank_loads,
+    save_placement,
+)
+
+
+def test_contiguous_and_rank_loads_hand_case() -> None:
+    assert contiguous(8, 4) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    loads = torch.tensor([6, 2, 1, 1, 0, 0, 3, 3])
+    rl = rank_loads(loads, contiguous(8, 4))
+    assert rl.tolist() == [8, 2, 0, 6]
+    assert balancedness(rl) == pytest.approx(4 / 8)
+    with pytest.raises(UsageError, match="does not divide"):
+        contiguous(8, 3)
+
+
+def test_greedy_hand_case() -> None:
+    loads = torch.tensor([6, 2, 1, 1, 0, 0, 3, 3])
+    ranks = balanced(loads, 4)
+    # heaviest first to the least-loaded rank with a free slot (ties: lower rank):
+    # 6:e0->r0, 3:e6->r1, 3:e7->r2, 2:e1->r3, 1:e2->r3, 1:e3->r1, 0:e4->r2, 0:e5->r0 (the only free slot)
+    assert ranks == [[0, 5], [3, 6], [4, 7], [1, 2]]
+    assert rank_loads(loads, ranks).tolist() == [6, 4, 3, 3]
+    assert balancedness(rank_loads(loads, ranks)) == pytest.approx(4 / 6)  # up from 4/8 contiguous
+
+
+def test_replicas_split_the_hot_expert() -> None:
+    """One expert with 3/4 of the load: 2 extra copies spread it over 3 ranks (EPLB's replicate step)."""
+    loads = torch.tensor([12, 1, 1, 1, 1, 0])
+    plain = balancedness(rank_loads(loads, balanced(loads, 2)))
+    ranks = balanced(loads, 4, replicas=2)
+    assert sum(len(r) for r in ranks) == 8 and all(len(r) == 2 for r in ranks)
+    assert sum(0 in r for r in ranks) == 3  # three copies of expert 0, on three ranks
+    rl = rank_loads(loads, ranks)
+    assert float(rl.sum()) == pytest.approx(16)
+    assert balancedness(rl) > plain
+    assert balancedness(rl) == pytest.approx(4 / 5)  # 4+1 | 4+1 | 4+0 | 1+1
+    with pytest.raises(UsageError, match="not a multiple"):
+        balanced(loads, 4, replicas=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    loads=st.lists(st.integers(0, 1000), min_size=8, max_size=8),
+    ep=st.sampled_from([1, 2, 4, 8]),
+    replicas=st.sampled_from([0, 8]),
+)
+def test_balanced_places_every_expert_on_equal_slots(loads: list[int], ep: int, replicas: int) -> None:
+    t = torch.tensor(loads)
+    ranks = balanced(t, ep, replicas)
+    check_placement(ranks, 8)
+    assert len(ranks) == ep and len({len(r) for r in ranks}) == 1
+    before = rank_loads(t, contiguous(8, ep))
+    after = rank_loads(t, ranks)
+    assert float(after.sum()) == pytest.approx(float(t.sum()))
+    assert float(before.sum()) == pytest.approx(float(t.sum()))
+    if replicas == 0:
+        assert sorted(x for r in ranks for x in r) == list(range(8))
+
+
+def test_file_round_trip_and_errors(tmp_path: Path) -> None:
+    p = tmp_path / "p.json"
+    save_placement(p, 2, {0: [[0, 3], [1, 2]], 4: [[0, 1], [2, 3]]})
+    f = load_placement(p)
+    assert f.ep_size == 2 and f.for_layer(4, 4) == [[0, 1], [2, 3]]
+    with pytest.raises(InvalidInputError, match="no placement for layer 1"):
+        f.for_layer(1, 4)
+    p.write_text(json.dumps({"ep_size": 2, "default": [[0, 1], [2, 3]]}))
+    assert load_placement(p).for_layer(7, 4) == [[0, 1], [2, 3]]
+    with pytest.raises(InvalidInputError, match="expert 3 is on no rank"):
+        check_placement([[0, 1], [2]], 4, str(p))
+    with pytest.raises(InvalidInputError, match="outside 0..3"):
+        check_placement([[0, 1], [2, 9]], 4)
+    p.write_text(json.dumps({"ep_size": 2, "default": [[0, 1]]}))
+    with pytest.raises(InvalidInputError, match="1 ranks but ep_size is 2"):
+        load_placement(p)
+    p.write_text("{not json")
+    with pytest.raises(InvalidInputError, match="not valid JSON"):
+        load_placement(p)
