@@ -229,7 +229,8 @@ def test_ep_balancedness_before_after_hand_case(tmp_path: Path) -> None:
     assert ep["rank_load_before"] == [8.0, 2.0] and ep["balancedness_before"] == 0.625
     assert ep["rank_load_after"] == [5.0, 5.0] and ep["balancedness_after"] == 1.0
     assert res.placement == {0: [[0, 2], [1, 3]]}
-    assert res.placement_document()["layers"] == {"0": [[0, 2], [1, 3]]}
+    pdoc = res.placement_document()
+    assert pdoc is not None and pdoc["layers"] == {"0": [[0, 2], [1, 3]]}
     contig = replay(ckpt, path, device="cpu", ep_size=2).to_dict()
     assert contig["summary"]["balancedness_after_mean"] == contig["summary"]["balancedness_before_mean"]
     with pytest.raises(UsageError, match="does not divide"):
