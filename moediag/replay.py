@@ -418,7 +418,12 @@ class _Replayer:
         acc = self.layers[r.layer]
         x = chunk.layer_tensor(r.layer, "router_input")
         assert x is not None
-        keep = torch.isfinite(x).all(dim=-1)
+        xd = x.to(self.device, non_blocking=True).to(self.dtype)
+        logits = (xd @ r.weight.T).float()
+        if r.logit_bias is not None:
+            logits = logits + r.logit_bias
+        # a non-finite input gives a non-finite logit row: checking [n, E] is cheaper than [n, H]
+        keep = torch.isfinite(logits).all(dim=-1).cpu()
         if valid is not None:
             acc.excluded_nonfinite += int((valid & ~keep).sum())
             keep &= valid
@@ -426,15 +431,11 @@ class _Replayer:
             acc.excluded_nonfinite += int((~keep).sum())
         subset = not bool(keep.all())
         if subset:
-            x = x[keep]
-        n = x.shape[0]
+            logits = logits[keep.to(logits.device)]
+        n = logits.shape[0]
         if n == 0:
             return
         e = r.num_experts
-        xd = x.to(self.device, non_blocking=True).to(self.dtype)
-        logits = (xd @ r.weight.T).float()
-        if r.logit_bias is not None:
-            logits = logits + r.logit_bias
         spec = r.spec
         sf = spec.score_function
         # the routing the checkpoint does, compared with the recorded one
