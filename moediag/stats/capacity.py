@@ -131,8 +131,21 @@ class CapacityStats(RunAccumulator):
                 weights[valid],
             )
         key = a_run * e + flat_ids
-        self.assignments += torch.bincount(a_bucket, minlength=len(POSITION_EDGES))
+        nb = len(POSITION_EDGES)
+        self.assignments += torch.bincount(a_bucket, minlength=nb)
+        # capacity per run and factor, in exact integer arithmetic: ceil(CF * k * n_g / E)
+        caps = []
+        for cf in self.capacity_factors:
+            frac_cf = Fraction(cf).limit_denominator(10_000)
+            num = frac_cf.numerator * k * lengths
+            den = frac_cf.denominator * e
+            caps.append((num + den - 1) // den)
+        capacity = torch.stack(caps, dim=1)  # [runs, factors]
+        monotone = bool(((bucket[1:] >= bucket[:-1]) | (run[1:] != run[:-1])).all()) if n > 1 else True
         for policy in POLICIES:
+            if policy == "position" and monotone:
+                self._add_position_drops(key, a_bucket, capacity, lengths.numel())
+                continue
             if policy == "position":
                 ranks = _position_ranks(ids, lengths, e)
                 if ranks.numel() != key.numel():
@@ -144,13 +157,26 @@ class CapacityStats(RunAccumulator):
                 frac = (w.max() - w) / (span * 1.000001) if span > 0 else torch.zeros_like(w)
                 order = torch.sort(key.double() + frac, stable=True).indices
                 ranks = _ranks_within_key(key, order)
-            for j, cf in enumerate(self.capacity_factors):
-                frac_cf = Fraction(cf).limit_denominator(10_000)
-                num = frac_cf.numerator * k * lengths
-                den = frac_cf.denominator * e
-                capacity = (num + den - 1) // den
-                dropped = ranks >= capacity[a_run]
-                self.dropped[policy][j] += torch.bincount(a_bucket[dropped], minlength=len(POSITION_EDGES))
+            # an assignment dropped at factor j is dropped at every smaller factor: count how many
+            dropped_at = (ranks.unsqueeze(1) >= capacity[a_run]).sum(dim=1)
+            nf = len(self.capacity_factors)
+            hist = torch.bincount(a_bucket * (nf + 1) + dropped_at, minlength=nb * (nf + 1)).view(nb, nf + 1)
+            # dropped at factor j  <=>  dropped_at > j
+            tail = hist.flip(1).cumsum(1).flip(1)  # tail[:, d] = sum over dropped_at >= d
+            self.dropped[policy] += tail[:, 1:].T.contiguous()
+
+    def _add_position_drops(self, key: torch.Tensor, a_bucket: torch.Tensor, capacity: torch.Tensor, runs: int) -> None:
+        """Position policy when buckets never go backwards inside a run (positions grow in token order):
+        each (run, expert) keeps its first C assignments, so the drops in a bucket follow from the counts
+        per (run, expert, bucket) and their running sum, with no per-assignment ranks."""
+        e, nb = self.num_experts, len(POSITION_EDGES)
+        counts = torch.bincount(key * nb + a_bucket, minlength=runs * e * nb).view(runs, e, nb)
+        hi = counts.cumsum(dim=2)
+        lo = hi - counts
+        for j in range(capacity.shape[1]):
+            c = capacity[:, j].view(runs, 1, 1)
+            dropped = (hi - c).clamp_min(0) - (lo - c).clamp_min(0)
+            self.dropped["position"][j] += dropped.sum(dim=(0, 1))
 
     def _merge_sums(self, other: RunAccumulator) -> None:
         assert isinstance(other, CapacityStats)

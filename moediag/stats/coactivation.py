@@ -23,6 +23,13 @@ class CoactivationStats:
         k = ids.shape[1]
         if ids.numel() == 0:
             return
+        if e * e <= 128 * k * k and ids.shape[0] < (1 << 24):
+            # small E: one-hot Gram matrix (exact in float32 while counts < 2^24, guaranteed by the row bound)
+            onehot = torch.zeros(ids.shape[0], e + 1, dtype=torch.float32)
+            onehot.scatter_(1, torch.where(ids < 0, e, ids), 1.0)
+            gram = onehot[:, :e].T @ onehot[:, :e]
+            self.pairs += gram.round().to(torch.int64)
+            return
         a_idx, b_idx = torch.triu_indices(k, k, offset=1)
         a, b = ids[:, a_idx].reshape(-1), ids[:, b_idx].reshape(-1)
         diag = ids.reshape(-1)

@@ -13,7 +13,8 @@ from moediag.stats.imbalance import imbalance_figures
 def bincount(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Counts of each expert id in ``ids`` (any shape; -1 entries ignored), int64 [E]."""
     flat = ids.reshape(-1)
-    flat = flat[flat >= 0]
+    if flat.numel() and int(flat.min()) < 0:
+        flat = flat[flat >= 0]
     return torch.bincount(flat, minlength=num_experts).to(torch.int64)
 
 

@@ -45,14 +45,15 @@ class RouterStats:
         z = batch.logits
         p = batch.probs
         self.tokens += len(batch)
-        self.prob_sum += p.sum(0, dtype=torch.float64)
+        p_sum = p.sum(0, dtype=torch.float64)
+        self.prob_sum += p_sum
         lse = (batch.lse if batch.lse is not None else torch.logsumexp(z, dim=-1)).double()
         self.lse_sq_sum += float((lse * lse).sum())
         logp = batch.log_probs if batch.log_probs is not None else p.clamp_min(1e-30).log()
         self.entropy_sum += float(-(p * logp).sum(-1, dtype=torch.float64).sum())
         self.confidence_sum += float(p.max(-1).values.sum(dtype=torch.float64))
         softmax = batch.softmax if batch.softmax is not None else torch.softmax(z, dim=-1)
-        self.softmax_sum += softmax.sum(0, dtype=torch.float64)
+        self.softmax_sum += p_sum if softmax is p else softmax.sum(0, dtype=torch.float64)
         if batch.hf_ids is not None:
             self.hf_counts += bincount(batch.hf_ids, self.num_experts)
         if batch.margin is not None:

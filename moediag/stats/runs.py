@@ -65,7 +65,7 @@ class RunAccumulator:
         r = starts.numel()
         if r == 0:
             return
-        first = Run(int(gids[0]), {k: v[: int(lengths[0])] for k, v in rows.items()})
+        first = Run(int(gids[0]), {k: v[: int(lengths[0])].clone() for k, v in rows.items()})
         self._push(first)
         if r == 1:
             return
@@ -73,7 +73,8 @@ class RunAccumulator:
             a, b = int(starts[1]), int(starts[-1])
             self._close_tail()
             self._finalize({k: v[a:b] for k, v in rows.items()}, lengths[1:-1])
-        last = Run(int(gids[int(starts[-1])]), {k: v[int(starts[-1]) :] for k, v in rows.items()})
+        # clone: an open run must not keep the whole chunk's tensors alive
+        last = Run(int(gids[int(starts[-1])]), {k: v[int(starts[-1]) :].clone() for k, v in rows.items()})
         if r >= 3:
             self.tail = last  # not contiguous with the head even if the ids repeat
         else:
