@@ -265,8 +265,17 @@ def analyze_trace(
     chunk_tokens: int | None = None,
     progress: ProgressFn | None = None,
     layers: Iterable[int] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    runner: Any = None,
+    unit_tokens: int | None = None,
 ) -> TraceAnalysis:
-    """Open (if needed) and analyse a whole trace, streaming in chunks."""
+    """Open (if needed) and analyse a whole trace, streaming in chunks.
+
+    ``workers=N`` runs on N local processes, ``scheduler="tcp://host:8786"`` on a Dask cluster (or pass
+    an open ``runner`` from :func:`moediag.parallel.open_runner`); the result is identical either way
+    (moediag.parallel: the trace is cut into units of ``unit_tokens`` that are merged in order).
+    """
     trace = path if isinstance(path, Trace) else open_trace(path, overrides=overrides)
     options = options or StatsOptions()
     if layers is not None:
@@ -278,7 +287,29 @@ def analyze_trace(
                 f"(layers: {', '.join(map(str, sorted(trace.layers)))})",
                 trace.path,
             )
-    stats = trace_stats(trace, trace.iter_chunks(chunk_tokens), options, progress, layers)
+    from moediag.parallel import open_runner, unit_stats
+
+    if runner is None and (workers is not None or scheduler is not None):
+        with open_runner(workers, scheduler) as own:
+            stats = unit_stats(
+                trace,
+                options=options,
+                chunk_tokens=chunk_tokens,
+                unit_tokens=unit_tokens,
+                layers=layers,
+                progress=progress,
+                runner=own,
+            )
+    else:
+        stats = unit_stats(
+            trace,
+            options=options,
+            chunk_tokens=chunk_tokens,
+            unit_tokens=unit_tokens,
+            layers=layers,
+            progress=progress,
+            runner=runner,
+        )
     add_count_layers(trace, stats, layers)
     meta = {
         "model": trace.meta.model,

@@ -233,8 +233,13 @@ def compare_traces(
     *,
     chunk_tokens: int | None = None,
     min_support: int = 10,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> Comparison:
-    """Compare two traces (see the module docstring for every figure)."""
+    """Compare two traces (see the module docstring for every figure).
+
+    ``workers`` / ``scheduler``: analyse each trace in parallel (moediag.parallel; same figures).
+    """
     from moediag.analysis import analyze_trace
     from moediag.stats.imbalance import cv, max_vio
     from moediag.trace import open_trace
@@ -263,8 +268,11 @@ def compare_traces(
     sat, why = saturation(ta, tb, per_token, chunk_tokens) if per_token else (None, None)
     if why:
         notes.append(why)
-    res_a = analyze_trace(ta, chunk_tokens=chunk_tokens, layers=common)
-    res_b = analyze_trace(tb, chunk_tokens=chunk_tokens, layers=common)
+    from moediag.parallel import open_runner
+
+    with open_runner(workers, scheduler) as runner:  # one pool or client for both traces
+        res_a = analyze_trace(ta, chunk_tokens=chunk_tokens, layers=common, runner=runner)
+        res_b = analyze_trace(tb, chunk_tokens=chunk_tokens, layers=common, runner=runner)
     rows = []
     for layer in common:
         sa, sb = res_a.stats.layers[layer], res_b.stats.layers[layer]
@@ -408,7 +416,12 @@ def compare_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str]) ->
 
 
 def compare(
-    a: str | os.PathLike[str], b: str | os.PathLike[str], *, chunk_tokens: int | None = None
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
+    *,
+    chunk_tokens: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> Comparison:
     """Compare two traces or two checkpoints (whichever they are; mixing the two is an error)."""
     from moediag.inputs import detect_kind
@@ -418,4 +431,4 @@ def compare(
         raise UsageError(f"compare needs two traces or two checkpoints: {a} is a {ka}, {b} is a {kb}")
     if ka == "checkpoint":
         return compare_checkpoints(a, b)
-    return compare_traces(a, b, chunk_tokens=chunk_tokens)
+    return compare_traces(a, b, chunk_tokens=chunk_tokens, workers=workers, scheduler=scheduler)

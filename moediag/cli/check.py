@@ -18,7 +18,7 @@ import typer
 
 from moediag.checks import KEYS, RULES, CheckConfig, CheckReport, ConfigValueError, run_checks
 from moediag.cli.app import app, echo_err, finish
-from moediag.cli.common import progress_bar, stdout_console
+from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar, stdout_console
 from moediag.errors import InvalidInputError, UsageError
 from moediag.render.check_formats import OutputFormat, render
 
@@ -32,6 +32,8 @@ _FIXED = (
     "top_k",
     "score_function",
     "chunk_tokens",
+    "workers",
+    "scheduler",
 )
 
 
@@ -42,6 +44,8 @@ def analysis_document(
     top_k: int | None = None,
     score_function: str | None = None,
     chunk_tokens: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """The ``inspect --json`` document of a trace or checkpoint, analysed with the check's settings."""
     from moediag.inputs import detect_kind
@@ -65,7 +69,13 @@ def analysis_document(
             raise UsageError(f"--layers: layer {missing[0]} is not in {path} (layers: {have})")
     with progress_bar("analysing", trace.num_tokens) as advance:
         analysis = analyze_trace(
-            trace, options=options, chunk_tokens=chunk_tokens, progress=advance, layers=wanted
+            trace,
+            options=options,
+            chunk_tokens=chunk_tokens,
+            progress=advance,
+            layers=wanted,
+            workers=workers,
+            scheduler=scheduler,
         )
     doc = analysis.to_dict()
     for row in doc["layers"]:
@@ -136,13 +146,17 @@ def run_check(
     top_k: int | None = None,
     score_function: str | None = None,
     chunk_tokens: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> CheckReport:
     """Resolve the settings, analyse ``path``, and run the rules (what the command does, minus output)."""
     from moediag.config import load_config
 
     config = load_config(config_file, flags or {})
     base = load_baseline(baseline, config) if baseline is not None else None
-    doc = analysis_document(path, config, num_experts, top_k, score_function, chunk_tokens)
+    doc = analysis_document(
+        path, config, num_experts, top_k, score_function, chunk_tokens, workers, scheduler
+    )
     doc.setdefault("meta", {})["path"] = str(path)
     try:
         return run_checks(doc, config, base, None if baseline is None else str(baseline))
@@ -172,6 +186,8 @@ def check_cmd(**kwargs: Any) -> None:
         top_k=kwargs.pop("top_k"),
         score_function=kwargs.pop("score_function"),
         chunk_tokens=kwargs.pop("chunk_tokens"),
+        workers=kwargs.pop("workers"),
+        scheduler=kwargs.pop("scheduler"),
         flags={name: kwargs.pop(name) for name in KEYS},
     )
     if fmt is OutputFormat.TABLE and output is None:
@@ -258,6 +274,16 @@ def _parameters() -> list[_inspect.Parameter]:
         ),
         param(
             "chunk_tokens", int | None, typer.Option(None, "--chunk-tokens", help="Tokens read per chunk.")
+        ),
+        param(
+            "workers",
+            int | None,
+            typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
+        ),
+        param(
+            "scheduler",
+            str | None,
+            typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
         ),
     ]
     for key in KEYS.values():

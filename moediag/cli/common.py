@@ -31,6 +31,13 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+WORKERS_HELP = "Analyse the trace's shards in N local processes (same result as one; docs/scale.md)."
+SCHEDULER_HELP = (
+    "Analyse on a Dask cluster: the scheduler's address (tcp://host:8786) or its scheduler file "
+    "(.json); needs moediag[dask] and the trace on a path every worker can read (docs/scale.md)."
+)
+
+
 @contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr, shown only when stderr is a terminal. Yields an ``advance(n)``."""

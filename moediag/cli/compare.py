@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from moediag.cli.app import app, echo_err
-from moediag.cli.common import print_json, stdout_console
+from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, print_json, stdout_console
 from moediag.errors import UsageError
 
 
@@ -21,6 +21,8 @@ def compare_cmd(
     chunk_tokens: int | None = typer.Option(
         None, "--chunk-tokens", help="Tokens read per chunk (memory bound)."
     ),
+    workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
+    scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
 ) -> None:
     """Router saturation, load shift and accuracy shift between two traces; router-row cosine and
     selection-bias change between two checkpoints.
@@ -31,7 +33,7 @@ def compare_cmd(
 
     if chunk_tokens is not None and chunk_tokens < 1:
         raise UsageError("--chunk-tokens must be positive")
-    result = compare(a, b, chunk_tokens=chunk_tokens)
+    result = compare(a, b, chunk_tokens=chunk_tokens, workers=workers, scheduler=scheduler)
     for note in result.notes:
         echo_err(f"moediag: note: {note}")
     if as_json:

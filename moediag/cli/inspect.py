@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from moediag.cli.app import app, finish
-from moediag.cli.common import print_json, progress_bar, stdout_console
+from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, print_json, progress_bar, stdout_console
 from moediag.errors import UsageError
 from moediag.trace import SCORE_FUNCTIONS, RoutingSpec
 
@@ -60,6 +60,8 @@ def inspect_cmd(
     redundancy_threshold: float = typer.Option(
         0.99, "--redundancy-threshold", help="Checkpoints: cosine above which two experts are duplicates."
     ),
+    workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
+    scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
 ) -> None:
     """Print what a trace or checkpoint says about routing: a verdict, an overview, one row per layer.
 
@@ -91,7 +93,14 @@ def inspect_cmd(
         )
     options = StatsOptions(cold_eps=cold_eps, capacity_group_tokens=capacity_group)
     with progress_bar("analysing", trace.num_tokens) as advance:
-        analysis = analyze_trace(trace, options=options, chunk_tokens=chunk_tokens, progress=advance)
+        analysis = analyze_trace(
+            trace,
+            options=options,
+            chunk_tokens=chunk_tokens,
+            progress=advance,
+            workers=workers,
+            scheduler=scheduler,
+        )
     if as_json:
         print_json(analysis.to_dict(detail=detail))
         return

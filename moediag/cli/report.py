@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from moediag.cli.app import app, echo_err
-from moediag.cli.common import progress_bar
+from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar
 from moediag.errors import UsageError
 
 
@@ -52,6 +52,8 @@ def report_cmd(
         "--weights/--no-weights",
         help="Checkpoints: read weights for router and redundancy diagnostics.",
     ),
+    workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
+    scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
 ) -> None:
     """Write one self-contained HTML report: verdict, overview, per-layer table and figures.
 
@@ -85,6 +87,8 @@ def report_cmd(
                 trace,
                 options=StatsOptions(cold_eps=cold_eps, capacity_group_tokens=capacity_group),
                 progress=advance,
+                workers=workers,
+                scheduler=scheduler,
             )
         doc = analysis.to_dict()
     if "checkpoint" in by_kind:

@@ -114,9 +114,18 @@ class Trace:
     ``--num-experts``, ``--top-k`` and ``--score-function`` onto it. Tensors stay the authority.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, overrides: RoutingSpec | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        overrides: RoutingSpec | None = None,
+        files: list[str | os.PathLike[str]] | None = None,
+    ) -> None:
         self.path = Path(path)
-        self.shards = [SafetensorsFile(p) for p in _shard_paths(self.path)]
+        # ``files``: open only these shards of the trace at ``path`` (a worker's part; moediag.parallel)
+        paths = _shard_paths(self.path) if files is None else [Path(f) for f in files]
+        self.shards = [SafetensorsFile(p) for p in paths]
+        self.overrides = overrides
         self.meta = self._read_meta(overrides)
         self.token_fields: frozenset[str] = frozenset()
         self.shard_tokens: list[int] = []

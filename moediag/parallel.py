@@ -1,0 +1,395 @@
+"""Analyse a trace in parallel: local worker processes (``workers=N``) or a Dask cluster (``scheduler=``).
+
+A trace is cut into **work units**: runs of consecutive chunks, in token order, each of roughly
+``unit_tokens`` tokens. A shard of at least half that size is a unit of its own (or several, split at chunk
+boundaries when it is bigger); smaller shards are packed together. The plan depends only on the trace,
+``chunk_tokens`` and ``unit_tokens`` -- never on how many workers run it.
+
+Each unit is reduced to a :class:`~moediag.stats.ModelStats` (sufficient statistics only: counts, sums,
+sketches, and the open sequence runs at its two ends) wherever it runs, and the states are merged **in
+unit order** (``merge(other)`` folds in the tokens that come after). A single-process run goes through the
+same units and the same merges, so the result is bit-for-bit the same with 1, 2 or 200 workers. (Floating
+sums depend on how tokens are grouped, and a torch reduction on how many threads it uses: the units fix
+the first, and every unit runs with the calling process's torch thread count, which fixes the second.)
+
+Workers open the shard files they are given by path, so every worker must see the trace at the same
+path: one machine, or a shared filesystem (NFS, Lustre, GPFS, a bucket mounted with a FUSE driver).
+Only the unit descriptions (paths, row ranges, options) go out and only the states come back.
+See docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from moediag.errors import InvalidInputError, MoediagError, UsageError
+from moediag.stats import ModelStats, StatsOptions
+from moediag.trace import Chunk, RoutingSpec, Trace
+
+#: Tokens per work unit (a shard of the benchmark trace is 131,072 tokens: one unit each).
+DEFAULT_UNIT_TOKENS = 1 << 17
+
+ProgressFn = Callable[[int], None]
+
+
+class WorkerError(MoediagError):
+    """A worker could not finish its unit: its process died, or the cluster lost it."""
+
+    slug = "worker"
+
+
+class SchedulerError(MoediagError):
+    """The Dask scheduler could not be reached (or Dask is not installed)."""
+
+    slug = "scheduler"
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Consecutive chunks of a trace: what one worker reduces to one :class:`ModelStats`."""
+
+    index: int
+    root: str  # the trace (file or folder), for messages and for re-opening
+    files: tuple[str, ...]  # absolute paths of the shards the unit reads, in order
+    #: (index into ``files``, first row, stop row, global index of the first token) per chunk
+    chunks: tuple[tuple[int, int, int, int], ...]
+    overrides: RoutingSpec | None
+    options: StatsOptions
+    layers: tuple[int, ...] | None
+    threads: int  # torch intra-op threads (the caller's): reductions then round identically
+
+    @property
+    def tokens(self) -> int:
+        return sum(b - a for _, a, b, _ in self.chunks)
+
+    def describe(self) -> str:
+        """Which shards (and rows) the unit covers, for messages."""
+        names = [Path(f).name for f in self.files]
+        _, a, _, _ = self.chunks[0]
+        _, _, b, _ = self.chunks[-1]
+        if len(names) == 1:
+            return f"shard {names[0]} rows {a}:{b}"
+        return f"shards {names[0]} .. {names[-1]}"
+
+
+def plan_units(
+    trace: Trace,
+    *,
+    chunk_tokens: int | None = None,
+    unit_tokens: int | None = None,
+    options: StatsOptions | None = None,
+    layers: Iterable[int] | None = None,
+) -> list[WorkUnit]:
+    """Cut ``trace`` into work units in token order (see the module docstring for the rule)."""
+    size = unit_tokens or DEFAULT_UNIT_TOKENS
+    if size < 1:
+        raise ValueError("unit_tokens must be positive")
+    options = options or StatsOptions()
+    wanted = None if layers is None else tuple(sorted(layers))
+    threads = torch.get_num_threads()
+    groups: list[list[Chunk]] = []
+    current: list[Chunk] = []
+    tokens = 0
+    for chunk in trace.iter_chunks(chunk_tokens):
+        current.append(chunk)
+        tokens += len(chunk)
+        shard_end = chunk.rows[1] == trace.shard_tokens[chunk.shard_index]
+        if tokens >= size or (shard_end and 2 * tokens >= size):
+            groups.append(current)
+            current, tokens = [], 0
+    if current:
+        groups.append(current)
+    units = []
+    for i, group in enumerate(groups):
+        shard_ids = sorted({c.shard_index for c in group})
+        local = {s: j for j, s in enumerate(shard_ids)}
+        units.append(
+            WorkUnit(
+                index=i,
+                root=os.path.abspath(trace.path),
+                files=tuple(os.path.abspath(trace.shards[s].path) for s in shard_ids),
+                chunks=tuple((local[c.shard_index], c.rows[0], c.rows[1], c.start) for c in group),
+                overrides=getattr(trace, "overrides", None),
+                options=options,
+                layers=wanted,
+                threads=threads,
+            )
+        )
+    return units
+
+
+def compute_unit(
+    unit: WorkUnit, progress: ProgressFn | None = None, current: dict[str, str] | None = None
+) -> ModelStats:
+    """Reduce one unit to its statistics (opens only the unit's shards; raises on bad input).
+
+    ``current["file"]`` is kept pointing at the shard being read, for error messages.
+    """
+    from moediag.analysis import trace_stats
+
+    before = torch.get_num_threads()
+    if before != unit.threads:
+        torch.set_num_threads(unit.threads)
+    try:
+        trace = Trace(unit.root, overrides=unit.overrides, files=list(unit.files))
+
+        def chunks() -> Iterator[Chunk]:
+            for i, a, b, start in unit.chunks:
+                if current is not None:
+                    current["file"] = unit.files[i]
+                yield Chunk(trace, i, (a, b), start)
+
+        return trace_stats(trace, chunks(), unit.options, progress, unit.layers)
+    finally:
+        if before != unit.threads:
+            torch.set_num_threads(before)
+
+
+def compact(obj: Any, _seen: set[int] | None = None) -> Any:
+    """``obj`` with every tensor view that keeps a larger buffer alive replaced by a copy of its own.
+
+    States hold slices of chunk tensors (the open sequence runs at a unit's ends); pickling a slice would
+    ship the whole chunk's buffer. Values are unchanged. Walks dicts, lists, tuples and moediag objects.
+    """
+    seen = set() if _seen is None else _seen
+    if isinstance(obj, torch.Tensor):
+        if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size():
+            return obj.clone()
+        return obj
+    if id(obj) in seen:
+        return obj
+    seen.add(id(obj))
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            obj[key] = compact(value, seen)
+    elif isinstance(obj, list):
+        obj[:] = [compact(v, seen) for v in obj]
+    elif isinstance(obj, tuple):
+        return tuple(compact(v, seen) for v in obj)
+    elif type(obj).__module__.startswith("moediag.") and hasattr(obj, "__dict__"):
+        for key, value in vars(obj).items():
+            obj.__dict__[key] = compact(value, seen)
+    return obj
+
+
+@dataclass
+class UnitResult:
+    """What comes back from a worker: the unit's state, or why it failed (picklable either way)."""
+
+    index: int
+    stats: ModelStats | None
+    error: str | None = None  # the message
+    error_path: str | None = None  # the shard at fault
+    internal: bool = False  # a bug rather than bad input
+
+
+def run_unit(unit: WorkUnit) -> UnitResult:
+    """The function workers run: never raises, so the failing shard is reported even across processes."""
+    current = {"file": unit.files[0]}
+    try:
+        return UnitResult(unit.index, compact(compute_unit(unit, None, current)))
+    except MoediagError as exc:
+        return UnitResult(unit.index, None, exc.message, exc.path or current["file"])
+    except OSError as exc:
+        return UnitResult(unit.index, None, f"cannot read: {exc.strerror or exc}", current["file"])
+    except Exception as exc:
+        return UnitResult(unit.index, None, f"{type(exc).__name__}: {exc}", current["file"], internal=True)
+
+
+class Runner(Protocol):
+    """Runs units somewhere and yields their results in unit order."""
+
+    def map(self, units: Sequence[WorkUnit]) -> Iterator[UnitResult]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalRunner:
+    """``workers`` processes on this machine (spawned: forking a process that has run torch is unsafe)."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise UsageError("--workers must be at least 1")
+        self.workers = workers
+        self._pool: Any = None
+
+    def _executor(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def map(self, units: Sequence[WorkUnit]) -> Iterator[UnitResult]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = self._executor()
+        todo = iter(units)
+        pending: deque[tuple[WorkUnit, Any]] = deque()
+
+        def submit() -> None:
+            unit = next(todo, None)
+            if unit is not None:
+                pending.append((unit, pool.submit(run_unit, unit)))
+
+        for _ in range(2 * self.workers):  # bounded look-ahead: finished states wait at most this long
+            submit()
+        try:
+            while pending:
+                unit, future = pending.popleft()
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    self.close()
+                    raise WorkerError(
+                        f"a worker process died while analysing {unit.describe()} (out of memory?); "
+                        "rerun with fewer --workers or a smaller --chunk-tokens",
+                        unit.files[0],
+                    ) from None
+                submit()
+                yield result
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class DaskRunner:
+    """Units as tasks on a Dask distributed cluster (``dask scheduler`` address or a scheduler file)."""
+
+    def __init__(self, address: str, timeout: float | None = None) -> None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise SchedulerError(
+                "--scheduler needs Dask distributed: pip install 'moediag[dask]'", address
+            ) from None
+        self.address = address
+        if timeout is None:  # seconds to wait for the scheduler
+            timeout = float(os.environ.get("MOEDIAG_DASK_TIMEOUT", "30"))
+        try:
+            if address.endswith(".json") and Path(address).is_file():
+                self.client = Client(scheduler_file=address, timeout=timeout)
+            else:
+                self.client = Client(address, timeout=timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise SchedulerError(f"cannot connect to the Dask scheduler: {exc}", address) from None
+
+    def map(self, units: Sequence[WorkUnit]) -> Iterator[UnitResult]:
+        if not units:
+            return
+        tag = uuid.uuid4().hex[:12]
+        futures = self.client.map(run_unit, units, key=[f"moediag-unit-{tag}-{u.index}" for u in units])
+        try:
+            for unit, future in zip(units, futures, strict=True):
+                try:
+                    result = future.result()
+                except Exception as exc:  # KilledWorker, CommClosedError, CancelledError ...
+                    raise WorkerError(
+                        f"the cluster lost the task for {unit.describe()}: {type(exc).__name__}: {exc}",
+                        unit.files[0],
+                    ) from None
+                future.release()
+                yield result
+        finally:
+            self.client.cancel([f for f in futures if not f.done()])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@contextmanager
+def open_runner(workers: int | None = None, scheduler: str | None = None) -> Iterator[Runner | None]:
+    """The runner for ``--workers`` / ``--scheduler`` (None: this process), closed on exit."""
+    if workers is not None and scheduler is not None:
+        raise UsageError("give --workers or --scheduler, not both (the cluster decides its own workers)")
+    if workers is not None and workers < 1:
+        raise UsageError("--workers must be at least 1")
+    runner: Runner | None = None
+    if scheduler is not None:
+        runner = DaskRunner(scheduler)
+    elif workers is not None and workers > 1:
+        runner = LocalRunner(workers)
+    try:
+        yield runner
+    finally:
+        if runner is not None:
+            runner.close()
+
+
+def _raise_failure(result: UnitResult, unit: WorkUnit, total: int) -> None:
+    where = f"(worker, unit {unit.index + 1} of {total}: {unit.describe()})"
+    if result.internal:
+        raise RuntimeError(f"{result.error_path}: {result.error} {where}")
+    raise InvalidInputError(f"{result.error} {where}", result.error_path)
+
+
+def fold(states: Iterable[ModelStats]) -> ModelStats | None:
+    """Merge states in order: the first one absorbs every later one."""
+    total: ModelStats | None = None
+    for state in states:
+        if total is None:
+            total = state
+        else:
+            total.merge(state)
+    return total
+
+
+def unit_stats(
+    trace: Trace,
+    *,
+    options: StatsOptions | None = None,
+    chunk_tokens: int | None = None,
+    unit_tokens: int | None = None,
+    layers: Iterable[int] | None = None,
+    progress: ProgressFn | None = None,
+    runner: Runner | None = None,
+) -> ModelStats:
+    """Per-token statistics of the whole trace, unit by unit, here (``runner`` None) or on ``runner``.
+
+    Count-only layers are registered but not filled (``analysis.add_count_layers`` does that once).
+    """
+    from moediag.analysis import trace_stats
+
+    options = options or StatsOptions()
+    layers = None if layers is None else list(layers)
+    units = plan_units(
+        trace, chunk_tokens=chunk_tokens, unit_tokens=unit_tokens, options=options, layers=layers
+    )
+    if runner is None:
+        total = fold(compute_unit(u, progress) for u in units)
+    else:
+        wanted = sorted(trace.layers) if layers is None else layers
+        for layer in wanted:  # shards must agree on it; each worker only sees its own shards
+            if not trace.layers[layer].count_only:
+                trace.selection_bias(layer)
+
+        def states() -> Iterator[ModelStats]:
+            results = runner.map(units)
+            try:
+                for unit, result in zip(units, results, strict=True):
+                    if result.stats is None:
+                        _raise_failure(result, unit, len(units))
+                    assert result.stats is not None
+                    if progress is not None:
+                        progress(unit.tokens)
+                    yield result.stats
+            finally:
+                results.close()  # type: ignore[attr-defined]
+
+        total = fold(states())
+    return total if total is not None else trace_stats(trace, [], options, None, layers)
