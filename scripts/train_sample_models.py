@@ -1,4 +1,4 @@
-"""Train a tiny Mixtral-style MoE twice on the CPU (with and without the auxiliary load-balancing loss)
+"""Train a tiny Mixtral-style MoE on the CPU with and without the auxiliary load-balancing loss
 and record both on held-out prose and code into sample_traces/.
 
 Data, all offline and shipped with Python itself:
@@ -9,11 +9,13 @@ Documents are split by name: every 8th topic and every 8th module (sorted) are h
 Tokens are UTF-8 bytes (vocabulary 256), the byte-level fallback ``moediag record`` uses for a model
 folder without tokenizer files, so the saved checkpoints record with no extra files.
 
-Run (about 5-10 minutes in all on 2 CPU cores):
-    python scripts/train_sample_models.py            # writes sample_traces/trained_{aux,noaux}.*
+Run (about 5-8 minutes per run on 2 CPU cores):
+    python scripts/train_sample_models.py            # writes sample_traces/trained_{aux,noaux,aux_layer}.*
     python scripts/train_sample_models.py --steps 50 --out /tmp/quick   # a smoke run
 
-Writes, per run R in {aux, noaux}:
+Three runs (--runs): "aux" uses transformers' own router aux loss (coefficient 0.02; it pools the router
+logits of all layers before balancing), "noaux" has none, "aux_layer" applies the same loss to each
+layer alone and averages. Writes, per run R:
   sample_traces/trained_R/                 the checkpoint (config.json + model.safetensors, ~3 MB)
   sample_traces/trained_R.safetensors      held-out trace: logits, top-k, router inputs, outcomes, domains
 and prints the figures (training loss, held-out loss/accuracy, load balance per layer).
@@ -35,6 +37,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+#: aux = transformers' own router aux loss (coefficient 0.02), which pools all layers' router logits before
+#: balancing; aux_layer = the same loss per layer, averaged; noaux = no balancing loss at all
+RUNS = ("aux", "noaux", "aux_layer")
 
 
 def corpus() -> dict[str, tuple[str, str]]:
@@ -79,9 +86,18 @@ def make_model(seed: int):  # type: ignore[no-untyped-def]
     return MixtralForCausalLM(cfg)
 
 
+def per_layer_aux(router_logits: tuple[torch.Tensor, ...], k: int) -> torch.Tensor:
+    """transformers' load-balancing loss computed for each layer alone, then averaged (balanced = k)."""
+    losses = []
+    for z in router_logits:
+        p = torch.softmax(z.float(), dim=-1)
+        chosen = torch.nn.functional.one_hot(p.topk(k, dim=-1).indices, p.shape[-1]).float()  # [T, k, E]
+        losses.append((chosen.mean(0) * p.mean(0)).sum() * p.shape[-1])
+    return torch.stack(losses).mean()
+
+
 def train(run: str, streams: dict[str, torch.Tensor], steps: int, seq_len: int, batch: int, seed: int):  # type: ignore[no-untyped-def]
     model = make_model(seed).train()
-    aux = run == "aux"
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
@@ -95,18 +111,26 @@ def train(run: str, streams: dict[str, torch.Tensor], steps: int, seq_len: int, 
             a = int(torch.randint(0, s.shape[0] - seq_len - 1, (1,), generator=gen))
             rows.append(s[a : a + seq_len])
         ids = torch.stack(rows)
-        out = model(input_ids=ids, labels=ids, output_router_logits=aux)
-        out.loss.backward()
+        out = model(input_ids=ids, labels=ids, output_router_logits=run != "noaux")
+        coef = model.config.router_aux_loss_coef
+        aux_value: torch.Tensor | None
+        if run == "aux_layer":  # the same loss, per layer, averaged over layers
+            lm_t = out.loss - coef * out.aux_loss
+            aux_value = per_layer_aux(out.router_logits, model.config.num_experts_per_tok)
+            loss = lm_t + coef * aux_value
+        else:  # transformers' own: aux pooled over all layers' router logits (or none)
+            loss = out.loss
+            lm_t = out.loss - coef * out.aux_loss if run == "aux" else out.loss
+            aux_value = out.aux_loss if run == "aux" else None
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        lm = float(out.loss.detach()) - (
-            model.config.router_aux_loss_coef * float(out.aux_loss.detach()) if aux else 0.0
-        )
+        lm = float(lm_t.detach())
         history.append(lm)
         if step % 100 == 0 or step == steps - 1:
-            extra = f" aux {float(out.aux_loss):.3f}" if aux else ""
+            extra = f" aux {float(aux_value.detach()):.3f}" if aux_value is not None else ""
             print(
                 f"[{run}] step {step:5d} lm loss {lm:.3f}{extra} ({time.perf_counter() - t0:.0f} s)",
                 flush=True,
@@ -136,6 +160,7 @@ def domain_figures(path: Path) -> dict[str, dict[str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--record-tokens", type=int, default=4096)
@@ -169,7 +194,7 @@ def main() -> None:
     )
 
     figures = {}
-    for run in ("aux", "noaux"):
+    for run in args.runs:
         model, train_loss, seconds = train(run, streams, args.steps, args.seq_len, args.batch, args.seed)
         ckpt = args.out / f"trained_{run}"
         if ckpt.exists():
@@ -221,7 +246,9 @@ def main() -> None:
         }
         print(json.dumps({run: figures[run]}, indent=1), flush=True)
     shutil.rmtree(held)
-    (args.out / "trained_figures.json").write_text(json.dumps(figures, indent=1) + "\n")
+    fig_path = args.out / "trained_figures.json"
+    old = json.loads(fig_path.read_text()) if fig_path.exists() else {}
+    fig_path.write_text(json.dumps({**old, **figures}, indent=1) + "\n")
     print(json.dumps(figures, indent=1))
 
 
