@@ -43,7 +43,10 @@ def layer_batch(
     nonfinite = 0
     if logits is not None:
         logits = logits.float()
-        finite = torch.isfinite(logits).all(dim=-1)
+        finite = torch.isfinite(logits.sum(dim=-1))  # NaN/Inf propagate; huge rows are rechecked below
+        if not bool(finite.all()):
+            suspect = ~finite
+            finite[suspect] = torch.isfinite(logits[suspect]).all(dim=-1)
         nonfinite = int((keep & ~finite).sum())
         keep &= finite
     if ids is not None:
@@ -76,9 +79,14 @@ def layer_batch(
         sf = spec.score_function
         assert sf is not None
         # one pass for the softmax family: logsumexp, log-softmax, softmax (shared by losses and entropy)
-        lse = torch.logsumexp(logits, dim=-1)
-        log_softmax = logits - lse.unsqueeze(1)
-        softmax = log_softmax.exp()
+        row_max = logits.max(dim=-1, keepdim=True).values
+        shifted = logits - row_max
+        exp = shifted.exp()
+        denom = exp.sum(dim=-1, keepdim=True)
+        softmax = exp.div_(denom)
+        log_denom = denom.log()
+        log_softmax = shifted.sub_(log_denom)
+        lse = (row_max + log_denom).squeeze(1)
         plain = bias is None and not (spec.n_group and spec.topk_group and spec.n_group > 1)
         margin_scores = softmax if sf in ("softmax", "topk_softmax") else routing.scores(logits, sf)
         if bias is not None:

@@ -50,8 +50,9 @@ class RouterStats:
         lse = (batch.lse if batch.lse is not None else torch.logsumexp(z, dim=-1)).double()
         self.lse_sq_sum += float((lse * lse).sum())
         logp = batch.log_probs if batch.log_probs is not None else p.clamp_min(1e-30).log()
-        self.entropy_sum += float(-(p * logp).sum(-1, dtype=torch.float64).sum())
-        self.confidence_sum += float(p.max(-1).values.sum(dtype=torch.float64))
+        # per-row reductions in float32 are the same whatever the chunking; the sums over rows are float64
+        self.entropy_sum += float(-(p * logp).sum(-1).double().sum())
+        self.confidence_sum += float(p.max(-1).values.double().sum())
         softmax = batch.softmax if batch.softmax is not None else torch.softmax(z, dim=-1)
         self.softmax_sum += p_sum if softmax is p else softmax.sum(0, dtype=torch.float64)
         if batch.hf_ids is not None:
