@@ -150,8 +150,27 @@ def layer_batch(
         t = chunk.token(name)
         if t is not None:
             t = t.to(dtype)
+            if name == "domain":
+                check_domains(chunk, t)
             setattr(batch, name, t if sel_idx is None else t[sel_idx])
     return batch, nonfinite
+
+
+#: without a ``domains`` list in the metadata, domain ids must stay below this
+MAX_UNNAMED_DOMAINS = 4096
+
+
+def check_domains(chunk: Chunk, domain: torch.Tensor) -> None:
+    """``tokens.domain`` indexes metadata ``domains``; a wild value must not size a table."""
+    if not domain.numel():
+        return
+    names = chunk.trace.meta.domains
+    limit = len(names) if names else MAX_UNNAMED_DOMAINS
+    low, high = int(domain.min()), int(domain.max())
+    if low < 0 or high >= limit:
+        bad = low if low < 0 else high
+        what = f"the {len(names)} names in metadata domains" if names else f"{limit} (no domains metadata)"
+        raise InvalidInputError(f"tokens.domain value {bad} is outside {what}", chunk.trace.file_for(chunk))
 
 
 def chunk_mask(chunk: Chunk) -> torch.Tensor | None:
@@ -169,7 +188,7 @@ def trace_stats(
     """Statistics of the given chunks of ``trace`` (count-only layers are added once, not per chunk)."""
     stats = ModelStats(options)
     wanted = sorted(trace.layers) if layers is None else sorted(layers)
-    biases = {layer: trace.selection_bias(layer) for layer in wanted if not trace.layers[layer].count_only}
+    biases: dict[tuple[int, int], torch.Tensor | None] = {}  # (shard, layer): the bias may move in training
     for layer in wanted:
         info = trace.layers[layer]
         stats.layer(layer, info.num_experts, info.spec.top_k)
@@ -180,7 +199,10 @@ def trace_stats(
             info = trace.layers[layer]
             if info.count_only:
                 continue
-            batch, nonfinite = layer_batch(chunk, info, biases[layer], valid)
+            key = (chunk.shard_index, layer)
+            if key not in biases:
+                biases[key] = trace.selection_bias(layer, chunk.shard_index)
+            batch, nonfinite = layer_batch(chunk, info, biases[key], valid)
             target = stats.layers[layer]
             target.excluded_nonfinite += nonfinite
             target.update(batch)

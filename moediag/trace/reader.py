@@ -333,15 +333,19 @@ class Trace:
                 yield Chunk(self, i, (a, b), start + a)
             start += n
 
-    def selection_bias(self, layer: int) -> torch.Tensor | None:
-        """``layers.L.selection_bias`` (from the first shard; shards must agree, checked here)."""
+    def selection_bias(self, layer: int, shard_index: int = 0) -> torch.Tensor | None:
+        """``layers.L.selection_bias`` of one shard (float32 [E]).
+
+        Shards may hold different biases (DeepSeek-V3's bias moves during training): tokens are routed
+        with the bias of the shard they are in.
+        """
         name = f"layers.{layer}.selection_bias"
-        if name not in self.shards[0].tensors:
+        shard = self.shards[shard_index]
+        if name not in shard.tensors:
             return None
-        bias = self.shards[0].read(name).float()
-        for shard in self.shards[1:]:
-            if not torch.equal(shard.read(name).float(), bias):
-                raise InvalidInputError(f"{name} differs from the first shard's", shard.path)
+        bias = shard.read(name).float()
+        if not bool(torch.isfinite(bias).all()):
+            raise InvalidInputError(f"{name} holds NaN or Inf", shard.path)
         return bias
 
     def expert_counts(self, layer: int) -> torch.Tensor:

@@ -337,3 +337,20 @@ def test_python_m_moediag_end_to_end(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert p.stdout == ""
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("moediag: error: ") and str(bad) in p.stderr
+
+
+@pytest.mark.parametrize(("domains", "value"), [(["prose", "code"], 2), (None, 1 << 40), (None, -1)])
+def test_domain_ids_out_of_range_exit_2(tmp_path: Path, domains: list[str] | None, value: int) -> None:
+    """A wild tokens.domain value is one clear line, not a table sized by it."""
+    meta = trace_metadata(4, 1)
+    if domains is not None:
+        meta["domains"] = json.dumps(domains)
+    path = write_raw(
+        tmp_path / "t.safetensors",
+        {"layers.0.router_logits": torch.randn(5, 4), "tokens.domain": torch.tensor([0, 1, 0, value, 1])},
+        meta,
+    )
+    r = invoke("inspect", str(path))
+    assert r.exit_code == 2, r.output
+    assert "tokens.domain value" in r.stderr and str(path) in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -104,15 +104,30 @@ def test_shards_must_agree(tmp_path: Path) -> None:
     write_raw(tmp_path / "b" / "p1.safetensors", t, trace_metadata(4, 1, "sigmoid"))
     with pytest.raises(InvalidInputError, match="metadata differs"):
         open_trace(tmp_path / "b")
-    bias = {**t, "layers.0.selection_bias": torch.zeros(4)}
-    write_raw(tmp_path / "c" / "p0.safetensors", bias, trace_metadata(4, 1))
+
+
+def test_selection_bias_may_move_between_shards(tmp_path: Path) -> None:
+    """A bias that moves during training (DeepSeek-V3) is applied shard by shard, not averaged or refused."""
+    logits = torch.zeros(6, 4)  # ties everywhere: the bias alone decides
+    meta = trace_metadata(4, 1, "sigmoid")
+    write_raw(
+        tmp_path / "c" / "p0.safetensors",
+        {"layers.0.router_logits": logits, "layers.0.selection_bias": torch.tensor([0.0, 0, 1, 0])},
+        meta,
+    )
     write_raw(
         tmp_path / "c" / "p1.safetensors",
-        {**bias, "layers.0.selection_bias": torch.ones(4)},
-        trace_metadata(4, 1),
+        {"layers.0.router_logits": logits, "layers.0.selection_bias": torch.tensor([0.0, 0, 0, 1])},
+        meta,
     )
-    with pytest.raises(InvalidInputError, match="selection_bias differs"):
-        analyze_trace(tmp_path / "c")
+    assert analyze_trace(tmp_path / "c").layer(0)["load"] == [0, 0, 6, 6]
+    write_raw(
+        tmp_path / "d" / "p0.safetensors",
+        {"layers.0.router_logits": logits, "layers.0.selection_bias": torch.full((4,), float("nan"))},
+        meta,
+    )
+    with pytest.raises(InvalidInputError, match="NaN or Inf"):
+        analyze_trace(tmp_path / "d")
 
 
 @pytest.mark.parametrize(
