@@ -6,11 +6,14 @@ boundaries when it is bigger); smaller shards are packed together. The plan depe
 ``chunk_tokens`` and ``unit_tokens`` -- never on how many workers run it.
 
 Each unit is reduced to a :class:`~moediag.stats.ModelStats` (sufficient statistics only: counts, sums,
-sketches, and the open sequence runs at its two ends) wherever it runs, and the states are merged **in
-unit order** (``merge(other)`` folds in the tokens that come after). A single-process run goes through the
-same units and the same merges, so the result is bit-for-bit the same with 1, 2 or 200 workers. (Floating
-sums depend on how tokens are grouped, and a torch reduction on how many threads it uses: the units fix
-the first, and every unit runs with the calling process's torch thread count, which fixes the second.)
+sketches, and the open sequence runs at its two ends) wherever it runs, and the states are merged in one
+fixed **binary tree over the units in order**: (0+1), (2+3), ... then pairs of those, an odd one out
+carried up a level (``merge(other)`` always folds in the tokens that come after). A single-process run
+goes through the same units and the same tree, so the result is bit-for-bit the same with 1, 2 or 200
+workers. (Floating sums depend on how tokens are grouped, and a torch reduction on how many threads it
+uses: the units and the tree fix the first, and every unit runs with the calling process's torch thread
+count, which fixes the second.) Locally the tree is folded in the calling process as results arrive (at
+most log2(units) states wait); on Dask the merges are tasks on the workers and only the root comes back.
 
 Workers open the shard files they are given by path, so every worker must see the trace at the same
 path: one machine, or a shared filesystem (NFS, Lustre, GPFS, a bucket mounted with a FUSE driver).
@@ -20,6 +23,7 @@ See docs/scale.md.
 
 from __future__ import annotations
 
+import copy as _copy
 import os
 import uuid
 from collections import deque
@@ -27,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 import torch
 
@@ -39,6 +43,7 @@ from moediag.trace import Chunk, RoutingSpec, Trace
 DEFAULT_UNIT_TOKENS = 1 << 17
 
 ProgressFn = Callable[[int], None]
+T = TypeVar("T")
 
 
 class WorkerError(MoediagError):
@@ -205,14 +210,6 @@ def run_unit(unit: WorkUnit) -> UnitResult:
         return UnitResult(unit.index, None, f"{type(exc).__name__}: {exc}", current["file"], internal=True)
 
 
-class Runner(Protocol):
-    """Runs units somewhere and yields their results in unit order."""
-
-    def map(self, units: Sequence[WorkUnit]) -> Iterator[UnitResult]: ...
-
-    def close(self) -> None: ...
-
-
 class LocalRunner:
     """``workers`` processes on this machine (spawned: forking a process that has run torch is unsafe)."""
 
@@ -289,27 +286,57 @@ class DaskRunner:
         except (OSError, TimeoutError, ValueError) as exc:
             raise SchedulerError(f"cannot connect to the Dask scheduler: {exc}", address) from None
 
-    def map(self, units: Sequence[WorkUnit]) -> Iterator[UnitResult]:
-        if not units:
-            return
+    def reduce(self, units: Sequence[WorkUnit], progress: ProgressFn | None = None) -> UnitResult:
+        """Run every unit and merge the states along the canonical tree, all on the cluster."""
+        from distributed import as_completed
+
         tag = uuid.uuid4().hex[:12]
-        futures = self.client.map(run_unit, units, key=[f"moediag-unit-{tag}-{u.index}" for u in units])
+        level = self.client.map(run_unit, units, key=[f"moediag-unit-{tag}-{u.index}" for u in units])
+        status = self.client.map(failure_of, level, key=[f"moediag-status-{tag}-{u.index}" for u in units])
+        depth = 0
+        while len(level) > 1:
+            depth += 1
+            nxt = [
+                self.client.submit(
+                    merge_results, level[i], level[i + 1], True, key=f"moediag-merge-{tag}-{depth}-{i // 2}"
+                )
+                for i in range(0, len(level) - 1, 2)
+            ]
+            if len(level) % 2:
+                nxt.append(level[-1])
+            level = nxt
+        root = level[0]
+        del level  # only the root and the small status tasks stay referenced here
+        by_key = {f.key: u for f, u in zip(status, units, strict=True)}
         try:
-            for unit, future in zip(units, futures, strict=True):
+            for future in as_completed(status):
+                unit = by_key[future.key]
                 try:
-                    result = future.result()
+                    failed = future.result()
                 except Exception as exc:  # KilledWorker, CommClosedError, CancelledError ...
                     raise WorkerError(
                         f"the cluster lost the task for {unit.describe()}: {type(exc).__name__}: {exc}",
                         unit.files[0],
                     ) from None
-                future.release()
-                yield result
+                if failed is not None:
+                    return failed
+                if progress is not None:
+                    progress(unit.tokens)
+            try:
+                result: UnitResult = root.result()
+            except Exception as exc:
+                raise WorkerError(
+                    f"the cluster lost a merge task: {type(exc).__name__}: {exc}", units[0].root
+                ) from None
+            return result
         finally:
-            self.client.cancel([f for f in futures if not f.done()])
+            self.client.cancel([root, *status])
 
     def close(self) -> None:
         self.client.close()
+
+
+Runner = LocalRunner | DaskRunner
 
 
 @contextmanager
@@ -338,15 +365,43 @@ def _raise_failure(result: UnitResult, unit: WorkUnit, total: int) -> None:
     raise InvalidInputError(f"{result.error} {where}", result.error_path)
 
 
-def fold(states: Iterable[ModelStats]) -> ModelStats | None:
-    """Merge states in order: the first one absorbs every later one."""
-    total: ModelStats | None = None
-    for state in states:
-        if total is None:
-            total = state
-        else:
-            total.merge(state)
-    return total
+def tree_fold(items: Iterable[T], merge: Callable[[T, T], T]) -> T | None:
+    """Merge ``items`` (in token order) along the canonical tree, streaming: pairs at each level, the odd
+    one out carried up -- the same tree :meth:`DaskRunner.reduce` builds level by level."""
+    stack: list[tuple[int, T]] = []
+    for item in items:
+        level = 0
+        while stack and stack[-1][0] == level:
+            item = merge(stack.pop()[1], item)
+            level += 1
+        stack.append((level, item))
+    if not stack:
+        return None
+    acc = stack.pop()[1]
+    while stack:
+        acc = merge(stack.pop()[1], acc)
+    return acc
+
+
+def _merge_stats(a: ModelStats, b: ModelStats) -> ModelStats:
+    a.merge(b)
+    return a
+
+
+def merge_results(a: UnitResult, b: UnitResult, copy: bool = False) -> UnitResult:
+    """The merge task: ``b`` follows ``a``; the first failure (in token order) wins."""
+    if a.stats is None:
+        return a
+    if b.stats is None:
+        return b
+    left = _copy.deepcopy(a.stats) if copy else a.stats  # Dask may share task inputs: do not mutate them
+    left.merge(b.stats)
+    return UnitResult(a.index, compact(left) if copy else left)
+
+
+def failure_of(result: UnitResult) -> UnitResult | None:
+    """A small task beside each unit: its failure (without a state), or None."""
+    return None if result.stats is not None else result
 
 
 def unit_stats(
@@ -371,25 +426,35 @@ def unit_stats(
         trace, chunk_tokens=chunk_tokens, unit_tokens=unit_tokens, options=options, layers=layers
     )
     if runner is None:
-        total = fold(compute_unit(u, progress) for u in units)
+        total = tree_fold((compute_unit(u, progress) for u in units), _merge_stats)
+        return total if total is not None else trace_stats(trace, [], options, None, layers)
+    wanted = sorted(trace.layers) if layers is None else layers
+    for layer in wanted:  # shards must agree on it; each worker only sees its own shards
+        if not trace.layers[layer].count_only:
+            trace.selection_bias(layer)
+    if not units:
+        return trace_stats(trace, [], options, None, layers)
+    if isinstance(runner, DaskRunner):
+        result = runner.reduce(units, progress)
     else:
-        wanted = sorted(trace.layers) if layers is None else layers
-        for layer in wanted:  # shards must agree on it; each worker only sees its own shards
-            if not trace.layers[layer].count_only:
-                trace.selection_bias(layer)
 
-        def states() -> Iterator[ModelStats]:
-            results = runner.map(units)
+        def results() -> Iterator[UnitResult]:
+            stream = runner.map(units)
             try:
-                for unit, result in zip(units, results, strict=True):
-                    if result.stats is None:
-                        _raise_failure(result, unit, len(units))
-                    assert result.stats is not None
+                for unit, res in zip(units, stream, strict=True):
+                    if res.stats is None:
+                        _raise_failure(res, unit, len(units))
                     if progress is not None:
                         progress(unit.tokens)
-                    yield result.stats
+                    yield res
             finally:
-                results.close()  # type: ignore[attr-defined]
+                stream.close()  # type: ignore[attr-defined]
 
-        total = fold(states())
-    return total if total is not None else trace_stats(trace, [], options, None, layers)
+        folded = tree_fold(results(), merge_results)
+        assert folded is not None
+        result = folded
+    if result.stats is None:
+        _raise_failure(result, units[result.index], len(units))
+    assert result.stats is not None
+    total = result.stats
+    return total

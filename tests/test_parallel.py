@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from moediag.analysis import analyze_trace
 from moediag.cli import app
 from moediag.compare import compare
-from moediag.parallel import compact, compute_unit, plan_units
+from moediag.parallel import compact, compute_unit, plan_units, tree_fold
 from moediag.trace import open_trace
 from tests.conftest import trace_metadata
 
@@ -114,6 +114,18 @@ def test_plan_units_cover_the_trace_in_order(trace: Path) -> None:
     # small shards are packed together; a unit never depends on the worker count
     packed = plan_units(t, chunk_tokens=CHUNK, unit_tokens=3000)
     assert [len(u.files) for u in packed] == [3]
+
+
+def test_tree_fold_is_the_level_by_level_tree_dask_builds() -> None:
+    def levels(xs: list[str]) -> str:
+        while len(xs) > 1:
+            pairs = [f"({xs[i]}+{xs[i + 1]})" for i in range(0, len(xs) - 1, 2)]
+            xs = pairs + xs[len(xs) - len(xs) % 2 :]
+        return xs[0]
+
+    for n in range(1, 40):
+        xs = [str(i) for i in range(n)]
+        assert tree_fold(xs, lambda a, b: f"({a}+{b})") == levels(xs)
 
 
 def test_state_round_trips_through_pickle_and_stays_small(trace: Path) -> None:
