@@ -1,11 +1,13 @@
 """1 worker vs N local worker processes on the benchmark trace: wall time, speed-up, per-unit overhead.
 
-Usage: python benchmarks/bench_parallel.py [TRACE] [--shards K] [--workers 1,2] [--json OUT]
+Usage: python benchmarks/bench_parallel.py [TRACE] [--shards K] [--workers 1,2] [--dask 2] [--json OUT]
 
 TRACE defaults to benchmarks/data/trace-2g (made by benchmarks/make_trace.py; a 256k-token one is made
 when it is absent). ``--shards K`` analyses only the first K shards (through a folder of symlinks).
 Every run must give the same ``to_dict(detail=True)`` (timestamps aside) as the 1-worker run; the script
-fails otherwise. Prints the load average beside the figures: on a shared machine they are upper bounds.
+fails otherwise. ``--dask N`` adds a run on a ``dask.distributed.LocalCluster`` of N single-threaded worker
+processes (cluster start-up timed separately). Prints the load average beside the figures: on a shared
+machine they are upper bounds.
 See docs/benchmarks.md (## parallel) and docs/scale.md (sizing).
 """
 
@@ -49,6 +51,7 @@ def main() -> None:
     ap.add_argument("trace", nargs="?", default="benchmarks/data/trace-2g")
     ap.add_argument("--shards", type=int, default=None)
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--dask", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     src = Path(args.trace)
@@ -123,6 +126,32 @@ def main() -> None:
             print(json.dumps(run), flush=True)
             if not same:
                 sys.exit(f"workers={w}: result differs from workers=1")
+        if args.dask:
+            from distributed import LocalCluster
+
+            t = time.perf_counter()
+            cluster = LocalCluster(
+                n_workers=args.dask, processes=True, threads_per_worker=1, dashboard_address=None
+            )
+            t_start = time.perf_counter() - t
+            load0 = os.getloadavg()
+            t = time.perf_counter()
+            doc = analyze_trace(path, scheduler=cluster.scheduler_address).to_dict(detail=True)
+            wall = time.perf_counter() - t
+            cluster.close()
+            same = reference is None or scrubbed(doc) == reference
+            run = {
+                "dask_workers": args.dask,
+                "seconds": wall,
+                "cluster_start_seconds": t_start,
+                "identical": same,
+                "load_before": load0,
+                "load_after": os.getloadavg(),
+            }
+            out["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            if not same:
+                sys.exit("dask: result differs from workers=1")
     base = out["runs"][0]["seconds"]
     for run in out["runs"]:
         run["speedup"] = base / run["seconds"]
