@@ -428,10 +428,6 @@ def unit_stats(
     if runner is None:
         total = tree_fold((compute_unit(u, progress) for u in units), _merge_stats)
         return total if total is not None else trace_stats(trace, [], options, None, layers)
-    wanted = sorted(trace.layers) if layers is None else layers
-    for layer in wanted:  # shards must agree on it; each worker only sees its own shards
-        if not trace.layers[layer].count_only:
-            trace.selection_bias(layer)
     if not units:
         return trace_stats(trace, [], options, None, layers)
     if isinstance(runner, DaskRunner):
