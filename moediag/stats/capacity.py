@@ -165,7 +165,9 @@ class CapacityStats(RunAccumulator):
             tail = hist.flip(1).cumsum(1).flip(1)  # tail[:, d] = sum over dropped_at >= d
             self.dropped[policy] += tail[:, 1:].T.contiguous()
 
-    def _add_position_drops(self, key: torch.Tensor, a_bucket: torch.Tensor, capacity: torch.Tensor, runs: int) -> None:
+    def _add_position_drops(
+        self, key: torch.Tensor, a_bucket: torch.Tensor, capacity: torch.Tensor, runs: int
+    ) -> None:
         """Position policy when buckets never go backwards inside a run (positions grow in token order):
         each (run, expert) keeps its first C assignments, so the drops in a bucket follow from the counts
         per (run, expert, bucket) and their running sum, with no per-assignment ranks."""
