@@ -151,12 +151,19 @@ class CapacityStats(RunAccumulator):
                 if ranks.numel() != key.numel():
                     ranks = ranks[flat_ids_valid_mask(ids)]
             else:
-                # one sort on (key, descending weight): weights scaled into [0, 1) below the key's unit
-                w = weights.double()
-                span = float(w.max() - w.min()) if w.numel() else 0.0
-                frac = (w.max() - w) / (span * 1.000001) if span > 0 else torch.zeros_like(w)
-                order = torch.sort(key.double() + frac, stable=True).indices
-                ranks = _ranks_within_key(key, order)
+                # only (run, expert) groups over the smallest capacity can drop anything: rank just those,
+                # with one sort on (key, descending weight), weights scaled into [0, 1) below the key's unit
+                runs = lengths.numel()
+                group_count = torch.bincount(key, minlength=runs * e)
+                at_risk = group_count[key] > capacity.min(dim=1).values[a_run]
+                ranks = torch.zeros_like(key)
+                if bool(at_risk.any()):
+                    sub_key = key[at_risk]
+                    w = weights[at_risk].double()
+                    span = float(w.max() - w.min())
+                    frac = (w.max() - w) / (span * 1.000001) if span > 0 else torch.zeros_like(w)
+                    order = torch.sort(sub_key.double() + frac, stable=True).indices
+                    ranks[at_risk] = _ranks_within_key(sub_key, order)
             # an assignment dropped at factor j is dropped at every smaller factor: count how many
             dropped_at = (ranks.unsqueeze(1) >= capacity[a_run]).sum(dim=1)
             nf = len(self.capacity_factors)
