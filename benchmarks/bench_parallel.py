@@ -1,10 +1,13 @@
 """1 worker vs N local worker processes on the benchmark trace: wall time, speed-up, per-unit overhead.
 
-Usage: python benchmarks/bench_parallel.py [TRACE] [--shards K] [--workers 1,2] [--dask 2] [--json OUT]
+Usage: python benchmarks/bench_parallel.py [TRACE] [--shards K] [--workers 1,2,0] [--dask 2] [--json OUT]
+
+``--workers``: 1 = one unit at a time in this process, N > 1 = N worker processes, 0 = the default
+(units side by side in threads of this process).
 
 TRACE defaults to benchmarks/data/trace-2g (made by benchmarks/make_trace.py; a 256k-token one is made
 when it is absent). ``--shards K`` analyses only the first K shards (through a folder of symlinks).
-Every run must give the same ``to_dict(detail=True)`` (timestamps aside) as the 1-worker run; the script
+Every run must give the same ``to_dict(detail=True)`` (timestamps aside) as the first run; the script
 fails otherwise. ``--dask N`` adds a run on a ``dask.distributed.LocalCluster`` of N single-threaded worker
 processes (cluster start-up timed separately). Prints the load average beside the figures: on a shared
 machine they are upper bounds.
@@ -26,7 +29,7 @@ from pathlib import Path
 import torch
 
 from moediag.analysis import analyze_trace
-from moediag.parallel import LocalRunner, compact, compute_unit, plan_units
+from moediag.parallel import LocalRunner, compact, compute_unit, pinned_threads, plan_units
 from moediag.trace import open_trace
 
 
@@ -50,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("trace", nargs="?", default="benchmarks/data/trace-2g")
     ap.add_argument("--shards", type=int, default=None)
-    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--workers", default="1,2,0")
     ap.add_argument("--dask", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -78,9 +81,10 @@ def main() -> None:
         # two small units of the same trace measure it cheaply.
         small = plan_units(trace, chunk_tokens=8192, unit_tokens=8192)
         t = time.perf_counter()
-        a = compact(compute_unit(small[1]))
-        t_unit = time.perf_counter() - t
-        b = compact(compute_unit(small[2]))
+        with pinned_threads(1):
+            a = compact(compute_unit(small[1]))
+            t_unit = time.perf_counter() - t
+            b = compact(compute_unit(small[2]))
         t = time.perf_counter()
         blob = pickle.dumps(a)
         a = pickle.loads(blob)
@@ -107,10 +111,12 @@ def main() -> None:
         print("overhead:", json.dumps(out["overhead"]), flush=True)
 
         reference = None
+        # 1 = one unit at a time in this process; N > 1 = N worker processes; 0 = the default (units side
+        # by side in threads of this process, as many as torch has threads, at most 8)
         for w in [int(x) for x in args.workers.split(",")]:
             load0 = os.getloadavg()
             t = time.perf_counter()
-            doc = analyze_trace(path, workers=w if w > 1 else None).to_dict(detail=True)
+            doc = analyze_trace(path, workers=w or None).to_dict(detail=True)
             wall = time.perf_counter() - t
             text = scrubbed(doc)
             same = reference is None or text == reference
@@ -131,7 +137,7 @@ def main() -> None:
 
             t = time.perf_counter()
             cluster = LocalCluster(
-                n_workers=args.dask, processes=True, threads_per_worker=1, dashboard_address=None
+                n_workers=args.dask, processes=True, threads_per_worker=1, dashboard_address=":0"
             )
             t_start = time.perf_counter() - t
             load0 = os.getloadavg()

@@ -302,7 +302,8 @@ def analyze_trace(
 ) -> TraceAnalysis:
     """Open (if needed) and analyse a whole trace, streaming in chunks.
 
-    ``workers=N`` runs on N local processes, ``scheduler="tcp://host:8786"`` on a Dask cluster (or pass
+    By default units run side by side in threads of this process; ``workers=1`` runs them one after
+    another, ``workers=N`` on N local processes, ``scheduler="tcp://host:8786"`` on a Dask cluster (or pass
     an open ``runner`` from :func:`moediag.parallel.open_runner`); the result is identical either way
     (moediag.parallel: the trace is cut into units of ``unit_tokens`` that are merged in order).
     """
@@ -329,6 +330,7 @@ def analyze_trace(
                 layers=layers,
                 progress=progress,
                 runner=own,
+                local_threads=1 if workers == 1 else None,
             )
     else:
         stats = unit_stats(
@@ -339,6 +341,7 @@ def analyze_trace(
             layers=layers,
             progress=progress,
             runner=runner,
+            local_threads=1 if workers == 1 else None,
         )
     add_count_layers(trace, stats, layers)
     meta = {

@@ -11,9 +11,12 @@ fixed **binary tree over the units in order**: (0+1), (2+3), ... then pairs of t
 carried up a level (``merge(other)`` always folds in the tokens that come after). A single-process run
 goes through the same units and the same tree, so the result is bit-for-bit the same with 1, 2 or 200
 workers. (Floating sums depend on how tokens are grouped, and a torch reduction on how many threads it
-uses: the units and the tree fix the first, and every unit runs with the calling process's torch thread
-count, which fixes the second.) Locally the tree is folded in the calling process as results arrive (at
-most log2(units) states wait); on Dask the merges are tasks on the workers and only the root comes back.
+uses: the units and the tree fix the first, and every unit runs with one torch thread, which fixes the
+second -- and makes the figures independent of the machine's core count too.) Parallelism comes from
+running units side by side instead: in threads of this process by default (torch releases the GIL),
+in worker processes with ``workers=N``, on a cluster with ``scheduler=``. Locally the tree is folded in
+the calling process as results arrive (at most log2(units) partial states wait); on Dask the merges are
+tasks on the workers and only the root comes back.
 
 Workers open the shard files they are given by path, so every worker must see the trace at the same
 path: one machine, or a shared filesystem (NFS, Lustre, GPFS, a bucket mounted with a FUSE driver).
@@ -27,7 +30,7 @@ import copy as _copy
 import os
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,11 @@ from moediag.trace import Chunk, RoutingSpec, Trace
 
 #: Tokens per work unit (a shard of the benchmark trace is 131,072 tokens: one unit each).
 DEFAULT_UNIT_TOKENS = 1 << 17
+#: torch threads per unit. Part of the result's definition: do not make it depend on the machine.
+UNIT_THREADS = 1
+#: Units analysed side by side in threads of the calling process (when no runner is given): at most this
+#: many, and no more than torch's thread count (the cores it would otherwise use).
+MAX_LOCAL_THREADS = 8
 
 ProgressFn = Callable[[int], None]
 T = TypeVar("T")
@@ -70,7 +78,7 @@ class WorkUnit:
     overrides: RoutingSpec | None
     options: StatsOptions
     layers: tuple[int, ...] | None
-    threads: int  # torch intra-op threads (the caller's): reductions then round identically
+    threads: int = 1  # torch intra-op threads while it runs: fixed, so reductions round identically
 
     @property
     def tokens(self) -> int:
@@ -100,7 +108,7 @@ def plan_units(
         raise ValueError("unit_tokens must be positive")
     options = options or StatsOptions()
     wanted = None if layers is None else tuple(sorted(layers))
-    threads = torch.get_num_threads()
+    threads = UNIT_THREADS
     groups: list[list[Chunk]] = []
     current: list[Chunk] = []
     tokens = 0
@@ -141,22 +149,54 @@ def compute_unit(
     """
     from moediag.analysis import trace_stats
 
+    if torch.get_num_threads() != unit.threads:
+        raise RuntimeError("compute_unit runs inside pinned_threads(unit.threads)")
+    trace = Trace(unit.root, overrides=unit.overrides, files=list(unit.files))
+
+    def chunks() -> Iterator[Chunk]:
+        for i, a, b, start in unit.chunks:
+            if current is not None:
+                current["file"] = unit.files[i]
+            yield Chunk(trace, i, (a, b), start)
+
+    return trace_stats(trace, chunks(), unit.options, progress, unit.layers)
+
+
+@contextmanager
+def pinned_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` for the block (process-wide), then restored."""
     before = torch.get_num_threads()
-    if before != unit.threads:
-        torch.set_num_threads(unit.threads)
+    if before != n:
+        torch.set_num_threads(n)
     try:
-        trace = Trace(unit.root, overrides=unit.overrides, files=list(unit.files))
-
-        def chunks() -> Iterator[Chunk]:
-            for i, a, b, start in unit.chunks:
-                if current is not None:
-                    current["file"] = unit.files[i]
-                yield Chunk(trace, i, (a, b), start)
-
-        return trace_stats(trace, chunks(), unit.options, progress, unit.layers)
+        yield
     finally:
-        if before != unit.threads:
+        if before != n:
             torch.set_num_threads(before)
+
+
+def ordered(
+    submit: Callable[[WorkUnit], Any], units: Sequence[WorkUnit], window: int
+) -> Generator[Any, None, None]:
+    """Futures' results in unit order, with at most ``window`` units in flight (finished states wait)."""
+    todo = iter(units)
+    pending: deque[Any] = deque()
+
+    def more() -> None:
+        unit = next(todo, None)
+        if unit is not None:
+            pending.append(submit(unit))
+
+    for _ in range(window):
+        more()
+    try:
+        while pending:
+            result = pending.popleft().result()
+            more()
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def compact(obj: Any, _seen: set[int] | None = None) -> Any:
@@ -201,7 +241,8 @@ def run_unit(unit: WorkUnit) -> UnitResult:
     """The function workers run: never raises, so the failing shard is reported even across processes."""
     current = {"file": unit.files[0]}
     try:
-        return UnitResult(unit.index, compact(compute_unit(unit, None, current)))
+        with pinned_threads(unit.threads):
+            return UnitResult(unit.index, compact(compute_unit(unit, None, current)))
     except MoediagError as exc:
         return UnitResult(unit.index, None, exc.message, exc.path or current["file"])
     except OSError as exc:
@@ -231,33 +272,22 @@ class LocalRunner:
         from concurrent.futures.process import BrokenProcessPool
 
         pool = self._executor()
-        todo = iter(units)
-        pending: deque[tuple[WorkUnit, Any]] = deque()
-
-        def submit() -> None:
-            unit = next(todo, None)
-            if unit is not None:
-                pending.append((unit, pool.submit(run_unit, unit)))
-
-        for _ in range(2 * self.workers):  # bounded look-ahead: finished states wait at most this long
-            submit()
+        stream = ordered(lambda u: pool.submit(run_unit, u), units, 2 * self.workers)
+        index = 0
         try:
-            while pending:
-                unit, future = pending.popleft()
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
-                    self.close()
-                    raise WorkerError(
-                        f"a worker process died while analysing {unit.describe()} (out of memory?); "
-                        "rerun with fewer --workers or a smaller --chunk-tokens",
-                        unit.files[0],
-                    ) from None
-                submit()
+            for result in stream:
+                index += 1
                 yield result
+        except BrokenProcessPool:
+            self.close()
+            unit = units[index]
+            raise WorkerError(
+                f"a worker process died while analysing {unit.describe()} (out of memory?); "
+                "rerun with fewer --workers or a smaller --chunk-tokens",
+                unit.files[0],
+            ) from None
         finally:
-            for _, future in pending:
-                future.cancel()
+            stream.close()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -413,10 +443,13 @@ def unit_stats(
     layers: Iterable[int] | None = None,
     progress: ProgressFn | None = None,
     runner: Runner | None = None,
+    local_threads: int | None = None,
 ) -> ModelStats:
     """Per-token statistics of the whole trace, unit by unit, here (``runner`` None) or on ``runner``.
 
     Count-only layers are registered but not filled (``analysis.add_count_layers`` does that once).
+    Without a runner, up to ``local_threads`` units run side by side in threads (default: torch's thread
+    count, at most :data:`MAX_LOCAL_THREADS`); 1 runs them one after another.
     """
     from moediag.analysis import trace_stats
 
@@ -426,8 +459,26 @@ def unit_stats(
         trace, chunk_tokens=chunk_tokens, unit_tokens=unit_tokens, options=options, layers=layers
     )
     if runner is None:
-        total = tree_fold((compute_unit(u, progress) for u in units), _merge_stats)
-        return total if total is not None else trace_stats(trace, [], options, None, layers)
+        if not units:
+            return trace_stats(trace, [], options, None, layers)
+        wanted_threads = local_threads or min(torch.get_num_threads(), MAX_LOCAL_THREADS)
+        side_by_side = max(1, min(wanted_threads, len(units)))
+        with pinned_threads(UNIT_THREADS):
+            if side_by_side == 1:
+                total = tree_fold((compute_unit(u, progress) for u in units), _merge_stats)
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(side_by_side, thread_name_prefix="moediag-unit") as pool:
+                    stream = ordered(
+                        lambda u: pool.submit(compute_unit, u, progress), units, 2 * side_by_side
+                    )
+                    try:
+                        total = tree_fold(stream, _merge_stats)
+                    finally:
+                        stream.close()
+        assert total is not None
+        return total
     if not units:
         return trace_stats(trace, [], options, None, layers)
     if isinstance(runner, DaskRunner):

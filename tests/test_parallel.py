@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from moediag.analysis import analyze_trace
 from moediag.cli import app
 from moediag.compare import compare
-from moediag.parallel import compact, compute_unit, plan_units, tree_fold
+from moediag.parallel import compact, compute_unit, pinned_threads, plan_units, tree_fold
 from moediag.trace import open_trace
 from tests.conftest import trace_metadata
 
@@ -82,7 +82,7 @@ def reference(trace: Path) -> dict[str, Any]:
 def cluster() -> Any:
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
     ) as c:
         yield c
 
@@ -130,7 +130,8 @@ def test_tree_fold_is_the_level_by_level_tree_dask_builds() -> None:
 
 def test_state_round_trips_through_pickle_and_stays_small(trace: Path) -> None:
     unit = plan_units(open_trace(trace), chunk_tokens=CHUNK, unit_tokens=UNIT)[1]
-    raw = compute_unit(unit)
+    with pinned_threads(unit.threads):
+        raw = compute_unit(unit)
     raw_size = len(pickle.dumps(raw))
     state = compact(raw)  # open runs are slices of whole chunks: copied so only their rows travel
     blob = pickle.dumps(state)
@@ -145,6 +146,10 @@ def test_compact_copies_views_that_pin_a_bigger_buffer() -> None:
     out = compact(state)
     assert out["head"][0].untyped_storage().nbytes() == 3 * 8 * 4
     assert out["whole"] is big
+
+
+def test_one_unit_at_a_time_equals_units_side_by_side(trace: Path, reference: dict[str, Any]) -> None:
+    assert analysis(trace, workers=1) == reference  # the reference ran units in threads of this process
 
 
 def test_two_local_workers_equal_one_process(trace: Path, reference: dict[str, Any]) -> None:
