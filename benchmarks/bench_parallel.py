@@ -133,7 +133,18 @@ def main() -> None:
             if not same:
                 sys.exit(f"workers={w}: result differs from workers=1")
         if args.dask:
+            import dask
             from distributed import LocalCluster
+
+            # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in workers, which turns off glibc's adaptive
+            # mmap threshold: every large tensor is then a fresh mmap (page faults), ~1.5x slower units.
+            # docs/scale.md recommends these two settings for workers.
+            dask.config.set(
+                {
+                    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1 << 30,
+                    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 1 << 25,
+                }
+            )
 
             t = time.perf_counter()
             cluster = LocalCluster(
