@@ -107,7 +107,7 @@ def layer_batch(
             chosen = margin_scores.gather(1, ids.clamp_min(0)).masked_fill(ids < 0, float("-inf"))
             top1 = ids.gather(1, chosen.argmax(dim=1, keepdim=True)).squeeze(1)
         if weights is None:
-            weights = routing.weights(logits, ids.clamp_min(0), sf, spec.norm_topk_prob)
+            weights = routing.weights(logits, ids.clamp_min(0), sf, spec.norm_topk_prob, softmax=softmax)
         if sf == "sigmoid":
             batch_probs = routing.distribution(logits, sf)
         else:

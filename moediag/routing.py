@@ -90,13 +90,23 @@ def select(
 
 
 def weights(
-    logits: torch.Tensor, ids: torch.Tensor, score_function: str, norm_topk_prob: bool | None
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    score_function: str,
+    norm_topk_prob: bool | None,
+    softmax: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The combine weights of the chosen experts (before any routed scaling factor)."""
+    """The combine weights of the chosen experts (before any routed scaling factor).
+
+    ``softmax``: the softmax of ``logits`` when the caller already has it (saves a pass).
+    """
     z = logits.float()
     if score_function == "topk_softmax":
         return torch.softmax(z.gather(1, ids), dim=-1)
-    w = scores(z, score_function).gather(1, ids)
+    if score_function == "softmax" and softmax is not None:
+        w = softmax.gather(1, ids)
+    else:
+        w = scores(z, score_function).gather(1, ids)
     if norm_topk_prob:
         w = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-20)
     return w
