@@ -52,6 +52,22 @@ def _ranks_within_key(key: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def _order_by_key_then_weight(key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Order by key, then by descending weight, then by position (a stable sort).
+
+    Non-negative float32 weights order like their bit patterns read as integers, so key and weight pack
+    exactly into one int64; other weights fall back to a float64 key with the weight scaled below 1.
+    """
+    w = weights.float()
+    if bool((w >= 0).all()) and bool(torch.isfinite(w).all()) and int(key.max()) < (1 << 30):
+        bits = torch.where(w > 0, w, torch.zeros_like(w)).view(torch.int32).to(torch.int64)
+        return torch.sort((key << 32) | (0x7FFFFFFF - bits), stable=True).indices
+    wd = weights.double()
+    span = float(wd.max() - wd.min())
+    frac = (wd.max() - wd) / (span * 1.000001) if span > 0 else torch.zeros_like(wd)
+    return torch.sort(key.double() + frac, stable=True).indices
+
+
 def flat_ids_valid_mask(ids: torch.Tensor) -> torch.Tensor:
     return ids.reshape(-1) >= 0
 
@@ -159,10 +175,7 @@ class CapacityStats(RunAccumulator):
                 ranks = torch.zeros_like(key)
                 if bool(at_risk.any()):
                     sub_key = key[at_risk]
-                    w = weights[at_risk].double()
-                    span = float(w.max() - w.min())
-                    frac = (w.max() - w) / (span * 1.000001) if span > 0 else torch.zeros_like(w)
-                    order = torch.sort(sub_key.double() + frac, stable=True).indices
+                    order = _order_by_key_then_weight(sub_key, weights[at_risk])
                     ranks[at_risk] = _ranks_within_key(sub_key, order)
             # an assignment dropped at factor j is dropped at every smaller factor: count how many
             dropped_at = (ranks.unsqueeze(1) >= capacity[a_run]).sum(dim=1)
