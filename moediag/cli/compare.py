@@ -23,6 +23,9 @@ def compare_cmd(
     ),
     workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
     scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
+    html: Path | None = typer.Option(
+        None, "--html", metavar="FILE", help="Also write a self-contained HTML page with the comparison."
+    ),
 ) -> None:
     """Router saturation, load shift and accuracy shift between two traces; router-row cosine and
     selection-bias change between two checkpoints.
@@ -33,9 +36,18 @@ def compare_cmd(
 
     if chunk_tokens is not None and chunk_tokens < 1:
         raise UsageError("--chunk-tokens must be positive")
+    if html is not None and html.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--html {html}: the page is HTML; name it something.html")
     result = compare(a, b, chunk_tokens=chunk_tokens, workers=workers, scheduler=scheduler)
     for note in result.notes:
         echo_err(f"moediag: note: {note}")
+    if html is not None:  # built in full before writing; the write is atomic (nothing left on failure)
+        from moediag.render.compare_html import render_compare_report
+        from moediag.render.html import write_report
+
+        page = render_compare_report(result)
+        write_report(html, page)
+        echo_err(f"moediag: wrote {html} ({len(page.encode('utf-8')) / 1e6:.1f} MB)")
     if as_json:
         print_json(result.to_dict())
         return
