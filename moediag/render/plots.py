@@ -327,47 +327,94 @@ def imbalance_bars(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
 def load_histograms(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
     """Load per expert, one small panel per layer (shared y); a dashed line marks the balanced load."""
     rows = _rows(analysis, layer)
-    n = len(rows)
-    ncols = 1 if n == 1 else min(8, n)
-    nrows = math.ceil(n / ncols)
+    if len(rows) > 1:
+        return _load_small_multiples(rows)
+    r = rows[0]
+    ratio = _ratio(r["load"])
+    e = len(ratio)
     with _rc():
-        if n == 1:
-            fig = _new_figure(8.0, 3.2)
-        else:  # constrained layout costs seconds with dozens of panels: fixed margins instead
-            from matplotlib.figure import Figure
+        fig = _new_figure(8.0, 3.2)
+        ax = fig.add_subplot()
+        ax.stairs(ratio, range(e + 1), fill=True, color=OKABE_ITO[0], linewidth=0)
+        ax.axhline(1.0, color=OKABE_ITO[3], linestyle="--", linewidth=0.8)
+        dead = len(r["dead_experts"])
+        ax.set_title(f"Layer {r['layer']}: load per expert ({dead} dead; dashed = balanced)")
+        ax.set_xlabel(f"expert (0..{e - 1})")
+        ax.set_ylabel("load ÷ balanced load")
+        ax.set_xlim(0, e)
+        ax.set_ylim(0, max(1.5, max(ratio, default=0.0) * 1.05))
+    return fig
 
-            height = 0.9 + 1.2 * nrows
-            fig = Figure(figsize=(min(16.0, 2.0 * ncols), height))
-            fig.subplots_adjust(
-                left=0.06, right=0.99, bottom=0.55 / height, top=1 - 0.8 / height, hspace=0.45, wspace=0.08
-            )
-        axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
-        top = max((max(_ratio(r["load"]), default=0.0) for r in rows), default=1.0)
-        for idx, ax in enumerate(axes.flat):
-            if idx >= n:
-                ax.set_axis_off()
-                continue
-            r = rows[idx]
-            ratio = _ratio(r["load"])
-            e = len(ratio)
-            ax.stairs(ratio, range(e + 1), fill=True, color=OKABE_ITO[0], linewidth=0)
-            ax.axhline(1.0, color=OKABE_ITO[3], linestyle="--", linewidth=0.8)
+
+def _load_small_multiples(rows: list[dict[str, Any]]) -> Figure:
+    """All panels in one axes, each a block of data coordinates: one polygon collection for the bars and
+    one line collection each for frames, grid and balanced lines, so 61 x 256 draws in a fraction of a
+    second (an axes per panel, with its ticks, costs seconds). Panel (i, j) spans x in
+    [j * pitch_x, j * pitch_x + E] and y in [base_i, base_i + top]; tick labels are plain text."""
+    import numpy as np
+    from matplotlib.collections import LineCollection, PolyCollection
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import offset_copy
+
+    n = len(rows)
+    ncols = min(8, n)
+    nrows = math.ceil(n / ncols)
+    e = max(len(r["load"]) for r in rows)
+    top = max(1.5, max((max(_ratio(r["load"]), default=0.0) for r in rows), default=1.0) * 1.05)
+    pitch_x = e * 1.08
+    pitch_y = top / 0.66  # the rest of each row holds the panel title and the x tick labels
+
+    def origin(idx: int) -> tuple[float, float]:
+        return (idx % ncols) * pitch_x, (nrows - 1 - idx // ncols) * pitch_y
+
+    yticks = [float(v) for v in MaxNLocator(nbins=3).tick_values(0, top) if 0 <= v <= top]
+    xticks = [int(v) for v in MaxNLocator(nbins=4, integer=True).tick_values(0, e - 1) if 0 <= v <= e - 1]
+    bars, frames, grid, balanced, xmarks = [], [], [], [], []
+    for idx, r in enumerate(rows):
+        x0, y0 = origin(idx)
+        ratio = np.asarray(_ratio(r["load"]), dtype=float)
+        k = len(ratio)
+        xs = x0 + np.repeat(np.arange(k + 1, dtype=float), 2)[1:-1]
+        ys = y0 + np.repeat(np.minimum(ratio, top), 2)
+        bars.append(np.column_stack([np.r_[x0, xs, x0 + k], np.r_[y0, ys, y0]]))
+        frames.append([(x0, y0), (x0 + e, y0), (x0 + e, y0 + top), (x0, y0 + top)])
+        grid += [[(x0, y0 + v), (x0 + e, y0 + v)] for v in yticks if 0 < v < top]
+        balanced.append([(x0, y0 + 1.0), (x0 + e, y0 + 1.0)])
+        if idx + ncols >= n:  # the lowest panel of its column: x tick marks
+            xmarks += [[(x0 + v + 0.5, y0), (x0 + v + 0.5, y0 - 0.04 * top)] for v in xticks]
+    with _rc():
+        height = max(2.8, 0.9 + 1.2 * nrows)  # room for the y label when there are few rows
+        fig = Figure(figsize=(min(16.0, 2.0 * ncols), height))
+        ax = fig.add_axes((0.06, 0.55 / height, 0.93, 1 - 1.35 / height))
+        ax.add_collection(LineCollection(grid, colors="0.85", linewidths=0.5))
+        ax.add_collection(PolyCollection(bars, facecolors=OKABE_ITO[0], edgecolors="none", linewidths=0))
+        ax.add_collection(LineCollection(balanced, colors=OKABE_ITO[3], linestyles="--", linewidths=0.8))
+        ax.add_collection(PolyCollection(frames, facecolors="none", edgecolors="black", linewidths=0.6))
+        ax.add_collection(LineCollection(xmarks, colors="black", linewidths=0.6))
+        ax.set_xlim(-0.02 * e, (ncols - 1) * pitch_x + e * 1.01)
+        ax.set_ylim(-0.12 * pitch_y, (nrows - 1) * pitch_y + top * 1.02)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        above = offset_copy(ax.transData, fig=fig, y=2, units="points")
+        left = offset_copy(ax.transData, fig=fig, x=-2, units="points")
+        below = offset_copy(ax.transData, fig=fig, y=-3, units="points")
+        for idx, r in enumerate(rows):
+            x0, y0 = origin(idx)
             dead = r["dead_experts"]
-            if n == 1:
-                ax.set_title(f"Layer {r['layer']}: load per expert ({len(dead)} dead; dashed = balanced)")
-                ax.set_xlabel(f"expert (0..{e - 1})")
-                ax.set_ylabel("load ÷ balanced load")
-            else:
-                ax.set_title(f"layer {r['layer']}" + (f" ({len(dead)} dead)" if dead else ""), fontsize=8)
-                ax.tick_params(labelsize=6)
-            ax.set_xlim(0, e)
-            ax.set_ylim(0, max(1.5, top * 1.05))
-            if n > 1:
-                ax.label_outer()
-        if n > 1:
-            fig.suptitle("Load per expert, one panel per layer (dashed line = balanced load)")
-            fig.supxlabel("expert")
-            fig.supylabel("load ÷ balanced (share × E)")
+            title = f"layer {r['layer']}" + (f" ({len(dead)} dead)" if dead else "")
+            ax.text(x0 + e / 2, y0 + top, title, transform=above, ha="center", va="bottom", fontsize=8)
+            if idx % ncols == 0:
+                for v in yticks:
+                    ax.text(x0, y0 + v, f"{v:g}", transform=left, ha="right", va="center", fontsize=6)
+            if idx + ncols >= n:
+                for v in xticks:
+                    ax.text(x0 + v + 0.5, y0, str(v), transform=below, ha="center", va="top", fontsize=6)
+        fig.suptitle("Load per expert, one panel per layer (dashed line = balanced load)")
+        fig.supxlabel("expert")
+        fig.supylabel("load ÷ balanced (share × E)")
     return fig
 
 
