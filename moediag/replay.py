@@ -42,6 +42,7 @@ from moediag.checkpoint import (
     open_inventory,
     router_specs,
 )
+from moediag.device import resolve_device
 from moediag.errors import InvalidInputError, UsageError
 from moediag.placement import PlacementFile, balanced, balancedness, contiguous, load_placement, rank_loads
 from moediag.stats import LayerBatch, ModelStats, StatsOptions
@@ -101,21 +102,6 @@ SUMMARY_STAT_KEYS = ("max_vio", "max_mean", "min_mean", "cv", "gini", "entropy_n
 BiasArg = str | torch.Tensor | Mapping[int, torch.Tensor] | None
 PlacementArg = str | os.PathLike[str] | PlacementFile
 ProgressFn = Callable[[int], None]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` = CUDA when available, else the CPU; ``cuda`` without CUDA is a usage error."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-        return torch.device(device)
-    raise UsageError(f"--device {device!r}: expected auto, cpu or cuda")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from moediag.device import resolve_device
 from moediag.errors import InvalidInputError, MoediagError, UnsupportedLayoutError, UsageError
 from moediag.record.batch import assemble, bytes_per_token
 from moediag.record.capture import RouterHooks
@@ -64,18 +65,6 @@ def _require_transformers() -> Any:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-        return torch.device(device)
-    raise UsageError(f"--device {device!r}: expected auto, cpu or cuda")
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> Any:
