@@ -37,21 +37,6 @@ def bucket_labels() -> list[str]:
     return labels
 
 
-def _ranks_within_key(key: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """For assignments sorted by ``order`` within equal keys, each assignment's rank in its key group."""
-    sorted_key = key[order]
-    n = key.numel()
-    pos = torch.arange(n, dtype=torch.int64)
-    is_start = torch.ones(n, dtype=torch.bool)
-    if n > 1:
-        is_start[1:] = sorted_key[1:] != sorted_key[:-1]
-    start_pos = torch.where(is_start, pos, torch.zeros_like(pos))
-    start_pos = torch.cummax(start_pos, dim=0).values
-    ranks = torch.empty(n, dtype=torch.int64)
-    ranks[order] = pos - start_pos
-    return ranks
-
-
 def _order_by_key_then_weight(key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Order by key, then by descending weight, then by position (a stable sort).
 
@@ -166,24 +151,40 @@ class CapacityStats(RunAccumulator):
                 ranks = _position_ranks(ids, lengths, e)
                 if ranks.numel() != key.numel():
                     ranks = ranks[flat_ids_valid_mask(ids)]
-            else:
-                # only (run, expert) groups over the smallest capacity can drop anything: rank just those,
-                # with one sort on (key, descending weight), weights scaled into [0, 1) below the key's unit
-                runs = lengths.numel()
-                group_count = torch.bincount(key, minlength=runs * e)
-                at_risk = group_count[key] > capacity.min(dim=1).values[a_run]
-                ranks = torch.zeros_like(key)
-                if bool(at_risk.any()):
-                    sub_key = key[at_risk]
-                    order = _order_by_key_then_weight(sub_key, weights[at_risk])
-                    ranks[at_risk] = _ranks_within_key(sub_key, order)
-            # an assignment dropped at factor j is dropped at every smaller factor: count how many
-            dropped_at = (ranks.unsqueeze(1) >= capacity[a_run]).sum(dim=1)
-            nf = len(self.capacity_factors)
-            hist = torch.bincount(a_bucket * (nf + 1) + dropped_at, minlength=nb * (nf + 1)).view(nb, nf + 1)
-            # dropped at factor j  <=>  dropped_at > j
-            tail = hist.flip(1).cumsum(1).flip(1)  # tail[:, d] = sum over dropped_at >= d
-            self.dropped[policy] += tail[:, 1:].T.contiguous()
+                self._add_ranked_drops(policy, ranks, a_run, a_bucket, capacity)
+                continue
+            # only (run, expert) groups over the smallest capacity can drop anything: rank just those,
+            # by descending weight within the group (ties: token order)
+            runs = lengths.numel()
+            group_count = torch.bincount(key, minlength=runs * e)
+            at_risk = group_count[key] > capacity.min(dim=1).values[a_run]
+            if not bool(at_risk.any()):
+                continue
+            sub_key = key[at_risk]
+            order = _order_by_key_then_weight(sub_key, weights[at_risk])
+            # rank = place in the sorted order minus where the group starts in it
+            sub_count = torch.bincount(sub_key, minlength=runs * e)
+            starts = torch.cumsum(sub_count, 0) - sub_count
+            sorted_key = sub_key[order]
+            ranks = torch.empty_like(sub_key)
+            ranks[order] = torch.arange(sub_key.numel(), dtype=torch.int64) - starts[sorted_key]
+            self._add_ranked_drops(policy, ranks, a_run[at_risk], a_bucket[at_risk], capacity)
+
+    def _add_ranked_drops(
+        self,
+        policy: str,
+        ranks: torch.Tensor,
+        a_run: torch.Tensor,
+        a_bucket: torch.Tensor,
+        capacity: torch.Tensor,
+    ) -> None:
+        """Add drops per bucket and factor for assignments with known ranks in their (run, expert) group."""
+        nb, nf = len(POSITION_EDGES), capacity.shape[1]
+        # an assignment dropped at factor j is dropped at every smaller factor: count at how many
+        dropped_at = (ranks.unsqueeze(1) >= capacity[a_run]).sum(dim=1)
+        hist = torch.bincount(a_bucket * (nf + 1) + dropped_at, minlength=nb * (nf + 1)).view(nb, nf + 1)
+        tail = hist.flip(1).cumsum(1).flip(1)  # tail[:, d] = assignments with dropped_at >= d
+        self.dropped[policy] += tail[:, 1:].T.contiguous()  # dropped at factor j <=> dropped_at > j
 
     def _add_position_drops(
         self, key: torch.Tensor, a_bucket: torch.Tensor, capacity: torch.Tensor, runs: int
