@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from moediag.checkpoint.config import TOPK_SOFTMAX_FAMILIES
 from moediag.errors import UnsupportedLayoutError
 
 #: module-path suffixes that name a router (the module that owns the weight)
@@ -37,8 +38,10 @@ LAYER_INDEX_RE = re.compile(r"(?:^|\.)(?:layers|blocks|block|h)\.(\d+)(?=\.|$)")
 #: attributes that hold a selection-only bias, on the router or on its MoE block
 SELECTION_BIAS_ATTRS = ("e_score_correction_bias", "expert_bias")
 
-#: model_type -> score function (shared/design/checkpoints.md); everything else is softmax
-TOPK_SOFTMAX_FAMILIES = frozenset({"gpt_oss", "granitemoe", "granitemoeshared", "granitemoehybrid", "jetmoe"})
+#: model_type -> score function (shared/design/checkpoints.md); everything else is softmax. The top-k
+#: softmax families are the checkpoint table's (TOPK_SOFTMAX_FAMILIES, imported above); the sigmoid set
+#: below is narrower than checkpoint.config.SIGMOID_FAMILIES (no afmoe, exaone_moe, kimi_linear,
+#: nemotron_h), so it stays separate until the two are reconciled.
 SIGMOID_FAMILIES = frozenset(
     {
         "deepseek_v3",
