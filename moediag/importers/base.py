@@ -306,3 +306,73 @@ def write_counts(
         for layer, c in sorted(counts.items()):
             sink.set_constant(f"layers.{layer}.expert_counts", c.to(torch.int64))
         return sink.close(metadata)
+
+
+def finish_per_token(
+    sink: TraceSink,
+    fmt: str,
+    out: Path,
+    *,
+    layers: list[int],
+    num_experts: int,
+    top_k: int | None,
+    files: list[Path],
+    notes: list[str],
+    ranks: Iterable[int] = (),
+) -> ImportResult:
+    """Close a per-token import's sink and describe what it wrote (``num_tokens`` = tokens added)."""
+    sink.close()
+    return ImportResult(
+        format=fmt,
+        output=out,
+        per_token=True,
+        layers=layers,
+        num_experts=num_experts,
+        top_k=top_k,
+        num_tokens=sink.tokens,
+        files=files,
+        ranks=sorted(ranks),
+        notes=notes,
+    )
+
+
+def import_counts(
+    fmt: str,
+    out: Path,
+    counts: Mapping[int, torch.Tensor],
+    *,
+    num_experts: int,
+    top_k: int | None,
+    score_function: str | None,
+    files: list[Path],
+    notes: list[str],
+    ranks: Iterable[int],
+    num_tokens: int = 0,
+    extra: Mapping[str, Any] | None = None,
+) -> ImportResult:
+    """Write a counts-only trace (:func:`write_counts`, one [steps, experts] tensor per layer, every layer
+    the same number of steps) with the import's metadata, and describe it."""
+    meta = trace_metadata(
+        fmt,
+        num_experts=num_experts,
+        top_k=top_k,
+        score_function=score_function,
+        files=files,
+        notes=notes,
+        extra=extra,
+    )
+    write_counts(out, counts, meta)
+    layers = sorted(counts)
+    return ImportResult(
+        format=fmt,
+        output=out,
+        per_token=False,
+        layers=layers,
+        num_experts=num_experts,
+        top_k=top_k,
+        num_tokens=num_tokens,
+        num_steps=counts[layers[0]].shape[0],
+        files=files,
+        ranks=sorted(ranks),
+        notes=notes,
+    )

@@ -27,6 +27,7 @@ from moediag.importers.base import (
     ImportResult,
     TraceSink,
     files_in,
+    finish_per_token,
     natural_key,
     resolve_layer_ids,
     torch_load,
@@ -240,16 +241,13 @@ def import_hf(sources: list[Path], out: Path, options: ImportOptions) -> ImportR
         if dropped:
             notes.append(f"{dropped} Switch token-layer choices were capacity drops (stored as -1)")
             # metadata is fixed at begin() for folders; the count goes to the result only
-        sink.close()
-        total = sink.tokens
-    return ImportResult(
-        format="hf",
-        output=out,
-        per_token=True,
-        layers=sorted(layers),
-        num_experts=num_experts,
-        top_k=top_k,
-        num_tokens=total,
-        files=files,
-        notes=notes,
-    )
+        return finish_per_token(
+            sink,
+            "hf",
+            out,
+            layers=sorted(layers),
+            num_experts=num_experts,
+            top_k=top_k,
+            files=files,
+            notes=notes,
+        )

@@ -34,11 +34,12 @@ from moediag.importers.base import (
     ImportResult,
     TraceSink,
     check_ids,
+    finish_per_token,
+    import_counts,
     natural_key,
     rank_of,
     torch_load,
     trace_metadata,
-    write_counts,
 )
 
 _TRACE = "router_trace_rank"
@@ -363,20 +364,17 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
             raise InvalidInputError("no tokens in any record", files[0])
         if mtp:
             notes.append(f"{mtp} MTP records left out")
-        sink.close()
-        total = sink.tokens
-    return ImportResult(
-        format="megatron",
-        output=out,
-        per_token=True,
-        layers=layers,
-        num_experts=num_experts,
-        top_k=top_k,
-        num_tokens=total,
-        files=files,
-        ranks=sorted(ranks),
-        notes=notes,
-    )
+        return finish_per_token(
+            sink,
+            "megatron",
+            out,
+            layers=layers,
+            num_experts=num_experts,
+            top_k=top_k,
+            files=files,
+            notes=notes,
+            ranks=ranks,
+        )
 
 
 def _import_tpe(files: list[Path], out: Path, options: ImportOptions) -> ImportResult:
@@ -445,28 +443,16 @@ def _import_tpe(files: list[Path], out: Path, options: ImportOptions) -> ImportR
     ]
     if mtp:
         notes.append(f"{mtp} MTP records left out")
-    meta = trace_metadata(
+    return import_counts(
         "megatron",
+        out,
+        counts,
         num_experts=num_experts,
         top_k=options.top_k,
         score_function=options.score_function,
         files=files,
         notes=notes,
-    )
-    write_counts(out, counts, meta)
-    ranks = [rank_of(p, i) or 0 for i, p in enumerate(files)]
-    return ImportResult(
-        format="megatron",
-        output=out,
-        per_token=False,
-        layers=layers,
-        num_experts=num_experts,
-        top_k=options.top_k,
-        num_tokens=0,
-        num_steps=counts[layers[0]].shape[0],
-        files=files,
-        ranks=sorted(ranks),
-        notes=notes,
+        ranks=[rank_of(p, i) or 0 for i, p in enumerate(files)],
     )
 
 

@@ -39,12 +39,13 @@ from moediag.importers.base import (
     TraceSink,
     check_ids,
     files_in,
+    finish_per_token,
+    import_counts,
     natural_key,
     rank_of,
     require_num_experts,
     torch_load,
     trace_metadata,
-    write_counts,
 )
 
 _FILES = r"(expert_distribution.*\.(pt|csv))|(.*\.csv)"
@@ -159,29 +160,19 @@ def _import_stat(files: list[Path], first: Any, out: Path, options: ImportOption
         "stat mode: logical_count is already summed over ranks; step order in a wrapped buffer is not "
         "chronological"
     )
-    meta = trace_metadata(
+    total = int(counts[:, layers, :].sum())
+    return import_counts(
         "sglang",
+        out,
+        {layer: counts[:, layer, :] for layer in layers},
         num_experts=num_experts,
         top_k=options.top_k,
         score_function=options.score_function,
         files=files,
         notes=notes,
-        extra={"sglang_mode": "stat"},
-    )
-    write_counts(out, {layer: counts[:, layer, :] for layer in layers}, meta)
-    total = int(counts[:, layers, :].sum())
-    return ImportResult(
-        format="sglang",
-        output=out,
-        per_token=False,
-        layers=layers,
-        num_experts=num_experts,
-        top_k=options.top_k,
-        num_tokens=total // len(layers) // (options.top_k or 1) if options.top_k else 0,
-        num_steps=counts.shape[0],
-        files=files,
         ranks=[int(first.get("rank", 0))],
-        notes=notes,
+        num_tokens=total // len(layers) // (options.top_k or 1) if options.top_k else 0,
+        extra={"sglang_mode": "stat"},
     )
 
 
@@ -253,28 +244,17 @@ def _import_per_pass(files: list[Path], first: Any, out: Path, options: ImportOp
     notes.append("physical experts folded onto logical experts with last_physical_to_logical_map")
     if deduped:
         notes.append(f"{deduped} forward passes identical on every rank (tensor parallel) counted once")
-    meta = trace_metadata(
+    return import_counts(
         "sglang",
+        out,
+        {layer: counts[:, layer, :] for layer in layers},
         num_experts=num_experts,
         top_k=options.top_k,
         score_function=options.score_function,
         files=files,
         notes=notes,
+        ranks=ranks,
         extra={"sglang_mode": "per_pass", "ranks": sorted(ranks)},
-    )
-    write_counts(out, {layer: counts[:, layer, :] for layer in layers}, meta)
-    return ImportResult(
-        format="sglang",
-        output=out,
-        per_token=False,
-        layers=layers,
-        num_experts=num_experts,
-        top_k=options.top_k,
-        num_tokens=0,
-        num_steps=counts.shape[0],
-        files=files,
-        ranks=sorted(ranks),
-        notes=notes,
     )
 
 
@@ -414,20 +394,17 @@ def _import_per_token(files: list[Path], first: Any, out: Path, options: ImportO
             raise InvalidInputError("no tokens in any record", files[0])
         if duplicates:
             notes.append(f"{duplicates} records identical to another rank's (tensor parallel) kept once")
-        sink.close()
-        total = sink.tokens
-    return ImportResult(
-        format="sglang",
-        output=out,
-        per_token=True,
-        layers=layers,
-        num_experts=num_experts,
-        top_k=top_k,
-        num_tokens=total,
-        files=files,
-        ranks=sorted(ranks),
-        notes=notes,
-    )
+        return finish_per_token(
+            sink,
+            "sglang",
+            out,
+            layers=layers,
+            num_experts=num_experts,
+            top_k=top_k,
+            files=files,
+            notes=notes,
+            ranks=ranks,
+        )
 
 
 # -- legacy CSV ----------------------------------------------------------------------------------
@@ -495,28 +472,17 @@ def _import_csv(files: list[Path], out: Path, options: ImportOptions) -> ImportR
     for (layer, e), c in merged.items():
         counts[layer][0, e] += c
     notes.append("legacy CSV: expert ids are logical; one step covering the whole recording")
-    meta = trace_metadata(
+    return import_counts(
         "sglang",
+        out,
+        counts,
         num_experts=num_experts,
         top_k=options.top_k,
         score_function=options.score_function,
         files=files,
         notes=notes,
+        ranks=[rank_of(p, i) or 0 for i, p in enumerate(files)],
         extra={"sglang_mode": "csv"},
-    )
-    write_counts(out, counts, meta)
-    return ImportResult(
-        format="sglang",
-        output=out,
-        per_token=False,
-        layers=layers,
-        num_experts=num_experts,
-        top_k=options.top_k,
-        num_tokens=0,
-        num_steps=1,
-        files=files,
-        ranks=sorted(rank_of(p, i) or 0 for i, p in enumerate(files)),
-        notes=notes,
     )
 
 

@@ -21,10 +21,9 @@ from moediag.errors import InvalidInputError, MissingMetadataError
 from moediag.importers.base import (
     ImportOptions,
     ImportResult,
+    import_counts,
     natural_key,
     rank_of,
-    trace_metadata,
-    write_counts,
 )
 from moediag.io.safetensors_file import SafetensorsFile
 
@@ -145,29 +144,19 @@ def import_trtllm(sources: list[Path], out: Path, options: ImportOptions) -> Imp
         notes.append(f"{missing} (iteration, layer) pairs absent from every rank: stored as zero counts")
     if meta_path is None:
         notes.append("no meta_info.json: num_experts from --num-experts")
-    md = trace_metadata(
+    tokens = 0
+    if top_k:
+        tokens = int(counts_by_layer[layers[0]].sum()) // top_k
+    return import_counts(
         "trtllm",
+        out,
+        counts_by_layer,
         num_experts=num_experts,
         top_k=top_k,
         score_function=options.score_function,
         files=files,
         notes=notes,
-        extra={"iterations": [iters[0], iters[-1]], "ranks": sorted(ranks)},
-    )
-    write_counts(out, counts_by_layer, md)
-    tokens = 0
-    if top_k:
-        tokens = int(counts_by_layer[layers[0]].sum()) // top_k
-    return ImportResult(
-        format="trtllm",
-        output=out,
-        per_token=False,
-        layers=layers,
-        num_experts=num_experts,
-        top_k=top_k,
+        ranks=ranks,
         num_tokens=tokens,
-        num_steps=len(iters),
-        files=files,
-        ranks=sorted(ranks),
-        notes=notes,
+        extra={"iterations": [iters[0], iters[-1]], "ranks": sorted(ranks)},
     )

@@ -37,6 +37,7 @@ from moediag.importers.base import (
     TraceSink,
     check_ids,
     files_in,
+    finish_per_token,
     natural_key,
     resolve_layer_ids,
     torch_load,
@@ -262,16 +263,6 @@ def import_vllm(sources: list[Path], out: Path, options: ImportOptions) -> Impor
             add(path, req)
         for path, req in stream:
             add(path, req)
-        sink.close()
-        total = sink.tokens
-    return ImportResult(
-        format="vllm",
-        output=out,
-        per_token=True,
-        layers=layers,
-        num_experts=num_experts,
-        top_k=top_k,
-        num_tokens=total,
-        files=files,
-        notes=notes,
-    )
+        return finish_per_token(
+            sink, "vllm", out, layers=layers, num_experts=num_experts, top_k=top_k, files=files, notes=notes
+        )
