@@ -23,6 +23,7 @@ from torch import nn
 
 from moediag.checkpoint.config import TOPK_SOFTMAX_FAMILIES
 from moediag.errors import UnsupportedLayoutError
+from moediag.trace.schema import build_metadata
 
 #: module-path suffixes that name a router (the module that owns the weight)
 ROUTER_SUFFIXES: tuple[tuple[str, ...], ...] = (
@@ -209,6 +210,22 @@ class RoutingInfo:
     model_type: str | None
     extra: dict[str, Any]
     layer_overrides: dict[str, str]
+
+    def metadata(
+        self, *, model: str | None, domains: list[str] | None, extra: dict[str, Any]
+    ) -> dict[str, str]:
+        """The trace metadata of a recording with this routing (``extra`` is stored as given)."""
+        return build_metadata(
+            num_experts=self.num_experts,
+            top_k=self.top_k,
+            score_function=self.score_function,
+            norm_topk_prob=self.norm_topk_prob,
+            n_group=self.n_group,
+            topk_group=self.topk_group,
+            model=model,
+            domains=domains,
+            extra=extra,
+        )
 
 
 def routing_info(

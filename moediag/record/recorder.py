@@ -38,7 +38,7 @@ from moediag.errors import MoediagError, UnsupportedLayoutError, UsageError
 from moediag.record.batch import IGNORE_INDEX, assemble, bytes_per_token
 from moediag.record.capture import RouterHooks
 from moediag.record.discover import RouterSite, find_routers, routing_info
-from moediag.trace.schema import SCORE_FUNCTIONS, build_metadata
+from moediag.trace.schema import SCORE_FUNCTIONS
 from moediag.trace.writer import TraceWriter
 
 DEFAULT_MAX_BYTES = 1 << 30
@@ -137,17 +137,7 @@ class Recorder:
             **info.extra,
             **info.layer_overrides,
         }
-        self._meta = build_metadata(
-            num_experts=info.num_experts,
-            top_k=info.top_k,
-            score_function=info.score_function,
-            norm_topk_prob=info.norm_topk_prob,
-            n_group=info.n_group,
-            topk_group=info.topk_group,
-            model=str(name) if name else None,
-            domains=self.domains,
-            extra=extra,
-        )
+        self._meta = info.metadata(model=str(name) if name else None, domains=self.domains, extra=extra)
         self._hooks = RouterHooks(self._sites, router_inputs=self.router_inputs)
         self._hooks.install()
         self._handles = [

@@ -25,7 +25,6 @@ from moediag.record.batch import assemble, bytes_per_token
 from moediag.record.capture import RouterHooks
 from moediag.record.discover import RouterSite, find_routers, routing_info
 from moediag.record.text import TextTokenizer, Window, load_tokenizer, read_text, windows
-from moediag.trace.schema import build_metadata
 from moediag.trace.writer import TraceWriter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -245,13 +244,7 @@ def record(
             )
             if writer is None:
                 extra["logits_source"] = {str(k): v for k, v in sorted(hooks.logits_source.items())}
-                meta = build_metadata(
-                    num_experts=info.num_experts,
-                    top_k=info.top_k,
-                    score_function=info.score_function,
-                    norm_topk_prob=info.norm_topk_prob,
-                    n_group=info.n_group,
-                    topk_group=info.topk_group,
+                meta = info.metadata(
                     model=Path(model_dir).name if model_dir else getattr(model.config, "name_or_path", None),
                     domains=domains,
                     extra=extra,
