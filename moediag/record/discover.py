@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from moediag.checkpoint.config import TOPK_SOFTMAX_FAMILIES
+from moediag.checkpoint.config import RENORM_TRUE_FAMILIES, TOPK_SOFTMAX_FAMILIES
+from moediag.checkpoint.config import SIGMOID_FAMILIES as CHECKPOINT_SIGMOID_FAMILIES
 from moediag.errors import UnsupportedLayoutError
 from moediag.trace.schema import build_metadata
 
@@ -39,26 +40,11 @@ LAYER_INDEX_RE = re.compile(r"(?:^|\.)(?:layers|blocks|block|h)\.(\d+)(?=\.|$)")
 #: attributes that hold a selection-only bias, on the router or on its MoE block
 SELECTION_BIAS_ATTRS = ("e_score_correction_bias", "expert_bias")
 
-#: model_type -> score function (shared/design/checkpoints.md); everything else is softmax. The top-k
-#: softmax families are the checkpoint table's (TOPK_SOFTMAX_FAMILIES, imported above); the sigmoid set
-#: below is narrower than checkpoint.config.SIGMOID_FAMILIES (no afmoe, exaone_moe, kimi_linear,
-#: nemotron_h), so it stays separate until the two are reconciled.
-SIGMOID_FAMILIES = frozenset(
-    {
-        "deepseek_v3",
-        "deepseek_v32",
-        "kimi_k2",
-        "glm4_moe",
-        "glm4_moe_lite",
-        "glm4v_moe",
-        "dots1",
-        "llama4",
-        "llama4_text",
-        "minimax_m2",
-    }
-)
-#: families that always renormalise the top-k weights (no config key)
-RENORMALISING_FAMILIES = frozenset({"mixtral", "minimax", "phimoe", "hunyuan_v1_moe", "ernie4_5_moe"})
+#: model_type -> score function and renormalisation: one table for the whole tool, in
+#: checkpoint.config (shared/design/checkpoints.md); everything else is softmax. Families that always
+#: renormalise the top-k weights have no config key for it.
+SIGMOID_FAMILIES = CHECKPOINT_SIGMOID_FAMILIES
+RENORMALISING_FAMILIES = RENORM_TRUE_FAMILIES
 TOP_K_KEYS = (
     "num_experts_per_tok",
     "experts_per_token",
@@ -301,8 +287,6 @@ _SOFTMAX_FAMILIES = frozenset(
         "hunyuan_v1_moe",
         "ernie4_5_moe",
         "lfm2_moe",
-        "exaone_moe",
-        "afmoe",
         "longcat_flash",
         "switch_transformers",
         "nllb-moe",
