@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from moediag.errors import InvalidInputError, UsageError
+from moediag.io.atomic import write_atomic
 from moediag.stats.imbalance import balancedness
 
 __all__ = [
@@ -215,6 +216,4 @@ def save_placement(
 ) -> None:
     """Write a placement file that :func:`load_placement` reads back (atomic replace)."""
     target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(placement_document(ep_size, layers, replicas), indent=1) + "\n")
-    os.replace(tmp, target)
+    write_atomic(target, json.dumps(placement_document(ep_size, layers, replicas), indent=1) + "\n")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import inspect as _inspect
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from moediag.checks import KEYS, RULES, CheckConfig, CheckReport, ConfigValueErr
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar, stdout_console
 from moediag.errors import InvalidInputError, UsageError
+from moediag.io import atomic
 from moediag.render.check_formats import OutputFormat, render
 
 _FIXED = (
@@ -125,15 +124,7 @@ def load_baseline(path: Path, config: CheckConfig) -> dict[str, Any]:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder, replaced in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_atomic(path, text)
 
 
 def run_check(

@@ -17,6 +17,7 @@ from types import TracebackType
 import torch
 from safetensors.torch import load_file, save_file
 
+from moediag.io.atomic import publish, write_atomic_with
 from moediag.io.safetensors_file import SafetensorsFile
 from moediag.trace.schema import LAYER_RE, PER_TOKEN_LAYER_TENSORS, TOKEN_RE
 
@@ -30,15 +31,7 @@ def write_trace(
 ) -> Path:
     """Write one trace file atomically. Returns the path written."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(_contiguous(tensors), tmp, metadata=dict(metadata))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic_with(target, lambda tmp: save_file(_contiguous(tensors), tmp, metadata=dict(metadata)))
     return target
 
 
@@ -54,13 +47,13 @@ def replace_dir(tmp: Path, target: Path) -> None:
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
-        os.replace(tmp, target)
+        publish(tmp, target)
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
     else:
-        os.replace(tmp, target)
+        publish(tmp, target)
 
 
 class TraceWriter:
