@@ -6,6 +6,7 @@ thin adapter: parse options, call the library, render the result, return an exit
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from typing import Any
@@ -90,6 +91,9 @@ def finish(code: int | ExitCode) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
+    if hasattr(signal, "SIGPIPE"):
+        # `moediag inspect ... | head` : end quietly like other Unix tools when the reader goes away
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         app(args=argv, prog_name="moediag")
     except SystemExit as exc:

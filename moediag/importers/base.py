@@ -95,9 +95,11 @@ def torch_load(path: Path) -> Any:
         raise InvalidInputError("no such file", path) from None
     except IsADirectoryError:
         raise InvalidInputError("is a directory, expected a torch.save file", path) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # torch.load raises KeyError, RuntimeError, ... on files it can't parse
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidInputError(f"not a readable torch.save file ({msg[:160]})", path) from None
+        raise InvalidInputError(
+            f"not a readable torch.save file ({type(exc).__name__}: {msg[:160]})", path
+        ) from None
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")

@@ -354,3 +354,22 @@ def test_domain_ids_out_of_range_exit_2(tmp_path: Path, domains: list[str] | Non
     assert r.exit_code == 2, r.output
     assert "tokens.domain value" in r.stderr and str(path) in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGPIPE is POSIX")
+@pytest.mark.parametrize(
+    "command", ["report --help", "inspect sample_traces/trained_aux.safetensors", "inspect --help"]
+)
+def test_closed_pipe_ends_quietly(command: str) -> None:
+    """`moediag ... | head -1`: no traceback, no 'internal error', never exit 1 (= checks failed) or 3."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        f"{sys.executable} -m moediag {command} | head -1 >/dev/null; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert proc.returncode in (0, 141), proc.stderr
+    assert "error" not in proc.stderr

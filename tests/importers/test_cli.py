@@ -108,3 +108,14 @@ def test_end_to_end_subprocess(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and "weights_only" in p.stderr
     assert "Traceback" not in p.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["hf", "vllm"])
+def test_text_file_named_pt_is_a_clean_error(tmp_path: Path, fmt: str) -> None:
+    """torch.load raises KeyError on some non-pickle bytes: still one line and exit 2."""
+    src = tmp_path / "bogus.pt"
+    src.write_text("hi\n")
+    out = tmp_path / "out.safetensors"
+    _assert_bad(
+        _invoke(fmt, str(src), "-o", str(out), "--num-experts", "4", "--top-k", "1"), out, "torch.save"
+    )
