@@ -40,11 +40,15 @@ def verdict(analysis: CheckpointAnalysis) -> tuple[str, str]:
         return (f"DENSE: no MoE layers; {human(s['total_params'])} parameters", "bold")
     k = s["top_k"] if s["top_k"] else "?"
     what = f"{s['moe_layers']} MoE layers x {s['num_experts']} experts, top-{k}"
+    later = "; routing health (loads, dead experts) needs a trace: moediag record, then inspect the trace"
     if h["status"] == "warn":
-        return (f"CHECK: {what}; " + "; ".join(h["findings"]), "bold yellow")
+        return (f"WEIGHTS: CHECK: {what}; " + "; ".join(h["findings"]) + later, "bold yellow")
     if h["status"] == "unknown":
         return (f"STRUCTURE ONLY: {what}; weights not read (--no-weights)", "bold")
-    return (f"HEALTHY: {what}; no duplicates or router outliers", "bold green")
+    return (
+        f"WEIGHTS LOOK HEALTHY: {what}; no duplicate experts or router-norm outliers" + later,
+        "bold green",
+    )
 
 
 def overview_table(analysis: CheckpointAnalysis) -> Table:

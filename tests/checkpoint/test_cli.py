@@ -95,7 +95,7 @@ def test_table_fits_80_columns(ckpt: Factory, capsys: pytest.CaptureFixture[str]
         assert "\x1b[" not in out  # not a terminal: plain text
     _, out, _ = _run(ckpt("mixtral:dup").path, capsys)
     first = out.splitlines()[0]
-    assert first.startswith("CHECK:") and "duplicate" in first
+    assert first.startswith("WEIGHTS: CHECK:") and "duplicate" in first
     assert "1=3" in out
     _, out, _ = _run(ckpt("llama_dense").path, capsys)
     assert out.startswith("DENSE: no MoE layers")
