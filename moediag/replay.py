@@ -600,9 +600,8 @@ class ReplayResult:
         }
         if s["whatif"]:
             row["whatif_changed_share"] = _ratio(acc.whatif_changed, acc.tokens)
-            row["whatif_topk_overlap"] = _ratio(
-                acc.whatif_overlap_sum, acc.tokens * min(acc.top_k, acc.whatif_top_k)
-            )
+            # share of the model's own choices the what-if keeps (k -> 1 keeps at most 1/k of them)
+            row["whatif_topk_overlap"] = _ratio(acc.whatif_overlap_sum, acc.tokens * acc.top_k)
         row["stats"] = {key: stats_row.get(key) for key in STAT_KEYS}
         cf = s["capacity_factor"]
         if cf is not None:

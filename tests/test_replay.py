@@ -155,6 +155,8 @@ def test_top_k_what_if_hand_case(tmp_path: Path) -> None:
     assert row["stats"]["load"] == [2, 2, 2, 2]
     assert row["whatif_top_k"] == 2 and row["whatif_changed_share"] == 1.0
     assert row["whatif_topk_overlap"] == 1.0  # every first choice is kept
+    shrink = replay(ckpt, input_trace(tmp_path / "t2.safetensors", x, top_k=2), device="cpu", top_k=1)
+    assert shrink.to_dict()["layers"][0]["whatif_topk_overlap"] == 0.5  # k 2 -> 1 keeps half the choices
     assert row["stats"]["max_vio"] == 0.0 and row["max_vio_before"] == pytest.approx(2 / 1 - 1)
     with pytest.raises(UsageError, match="--top-k 5"):
         replay(ckpt, path, device="cpu", top_k=5)
