@@ -52,7 +52,8 @@ def plot_cmd(
     trace = open_trace(path, overrides=routing_overrides(num_experts, top_k, score_function))
     if layer is not None and layer not in trace.layers:
         raise UsageError(
-            f"--layer {layer}: not in the trace (layers: {', '.join(map(str, sorted(trace.layers)))})"
+            f"--layer {layer}: not in the trace (layers: {', '.join(map(str, sorted(trace.layers)))})",
+            path,
         )
     with progress_bar("analysing", trace.num_tokens) as advance:
         analysis = analyze_trace(trace, progress=advance)

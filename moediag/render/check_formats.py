@@ -47,6 +47,8 @@ def outcome_cells(outcome: RuleOutcome) -> tuple[str, str, str, str, str]:
         strict = [r for r in outcome.failures if r.value is None]
         if failed:
             detail = f"fails in layer{'s' if len(failed) > 1 else ''} {_fold(failed)}"
+            if strict:  # --strict failures carry no value: say why, not just where
+                detail += f" ({strict[0].reason})"
         elif strict:
             detail = strict[0].reason or ""
         if outcome.kind == "baseline" and worst is not None and worst.reason:
