@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from moediag.cli.app import app, finish
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, print_json, progress_bar, stdout_console
 from moediag.errors import UsageError
-from moediag.trace import SCORE_FUNCTIONS, RoutingSpec
+
+if TYPE_CHECKING:
+    from moediag.trace import RoutingSpec
 
 SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "z_loss", "max_mean")
 
@@ -17,6 +20,11 @@ SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "z_loss", "max_mean")
 def routing_overrides(
     num_experts: int | None, top_k: int | None, score_function: str | None
 ) -> RoutingSpec | None:
+    from moediag.trace import (  # torch: loaded when a command runs, not for --help
+        SCORE_FUNCTIONS,
+        RoutingSpec,
+    )
+
     if score_function is not None and score_function not in SCORE_FUNCTIONS:
         raise UsageError(f"--score-function must be one of {', '.join(SCORE_FUNCTIONS)}")
     if num_experts is None and top_k is None and score_function is None:

@@ -12,10 +12,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from moediag.errors import UsageError
-from moediag.importers.base import ImportOptions, ImportResult, expand_source
-from moediag.importers.registry import IMPORTERS, ImportFormat
+from moediag.importers.formats import ImportFormat
+
+if TYPE_CHECKING:
+    from moediag.importers.base import ImportOptions, ImportResult
+
+
+def __getattr__(name: str) -> Any:
+    """The importers themselves load torch: import them on first use, so `moediag --help` stays fast."""
+    if name == "IMPORTERS":
+        from moediag.importers.registry import IMPORTERS
+
+        return IMPORTERS
+    if name in ("ImportOptions", "ImportResult"):
+        from moediag.importers import base
+
+        return getattr(base, name)
+    raise AttributeError(name)
 
 
 def parse_format(name: str | ImportFormat) -> ImportFormat:
@@ -45,6 +61,9 @@ def import_routing(
     ``out`` ending in ``.safetensors`` is written as one file; anything else as a folder of shards (streamed).
     Nothing is left at ``out`` when the import fails. Raises :class:`~moediag.errors.MoediagError` subclasses.
     """
+    from moediag.importers.base import ImportOptions, expand_source
+    from moediag.importers.registry import IMPORTERS
+
     fmt = parse_format(format)
     options = ImportOptions(
         num_experts=num_experts,
