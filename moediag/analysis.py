@@ -7,6 +7,7 @@ what parallel and distributed runs merge.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 from collections.abc import Callable, Iterable
@@ -320,19 +321,8 @@ def analyze_trace(
             )
     from moediag.parallel import open_runner, unit_stats
 
-    if runner is None and (workers is not None or scheduler is not None):
-        with open_runner(workers, scheduler) as own:
-            stats = unit_stats(
-                trace,
-                options=options,
-                chunk_tokens=chunk_tokens,
-                unit_tokens=unit_tokens,
-                layers=layers,
-                progress=progress,
-                runner=own,
-                local_threads=1 if workers == 1 else None,
-            )
-    else:
+    own = runner is None and (workers is not None or scheduler is not None)
+    with open_runner(workers, scheduler) if own else contextlib.nullcontext(runner) as active:
         stats = unit_stats(
             trace,
             options=options,
@@ -340,7 +330,7 @@ def analyze_trace(
             unit_tokens=unit_tokens,
             layers=layers,
             progress=progress,
-            runner=runner,
+            runner=active,
             local_threads=1 if workers == 1 else None,
         )
     add_count_layers(trace, stats, layers)
