@@ -213,7 +213,11 @@ class ModelStats:
             if not vals:
                 summary[key] = {"mean": None, "worst": None, "worst_layer": None}
                 continue
-            pick = max(vals) if worst_is == "max" else min(vals)
+            # figures come from float32 scores whose last bits can differ with the chunk shape (vectorised
+            # exp): values equal to 6 significant digits are a tie, given to the lowest layer, so the
+            # worst layer does not depend on chunking
+            sign = 1 if worst_is == "max" else -1
+            pick = max(vals, key=lambda t: (sign * float(f"{t[0]:.6g}"), -t[1]))
             summary[key] = {
                 "mean": sum(v for v, _ in vals) / len(vals),
                 "worst": pick[0],
