@@ -79,15 +79,12 @@ def layer_batch(
     if logits is not None:
         sf = spec.score_function
         assert sf is not None
-        # one pass for the softmax family: logsumexp, log-softmax, softmax (shared by losses and entropy)
-        row_max = logits.max(dim=-1, keepdim=True).values
-        shifted = logits - row_max
-        exp = shifted.exp()
-        denom = exp.sum(dim=-1, keepdim=True)
-        softmax = exp.div_(denom)
-        log_denom = denom.log()
-        log_softmax = shifted.sub_(log_denom)
-        lse = (row_max + log_denom).squeeze(1)
+        # log-softmax and softmax once, shared by losses and entropy; fused kernels, and amax rather than
+        # max(): without indices the reduction is ~10x faster. log_softmax = z - max - log(sum exp(z - max))
+        # peaks at 0 - log(sum ...) on the arg-max, so logsumexp = max(z) - max(log_softmax).
+        log_softmax = torch.log_softmax(logits, dim=-1)
+        softmax = torch.softmax(logits, dim=-1)
+        lse = logits.amax(dim=-1) - log_softmax.amax(dim=-1)
         plain = bias is None and not (spec.n_group and spec.topk_group and spec.n_group > 1)
         margin_scores = softmax if sf in ("softmax", "topk_softmax") else routing.scores(logits, sf)
         if bias is not None:

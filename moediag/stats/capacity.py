@@ -120,8 +120,8 @@ class CapacityStats(RunAccumulator):
         edges = torch.tensor(POSITION_EDGES[1:], dtype=torch.int64)
         bucket = torch.bucketize(pos.clamp_min(0), edges, right=True)
         flat_ids = ids.reshape(-1)
-        a_run = run.repeat_interleave(k)
-        a_bucket = bucket.repeat_interleave(k)
+        a_run = run.unsqueeze(1).expand(n, k).reshape(-1)
+        a_bucket = bucket.unsqueeze(1).expand(n, k).reshape(-1)
         weights = rows["weights"].reshape(-1)
         if bool((flat_ids < 0).any()):
             valid = flat_ids >= 0
@@ -142,33 +142,50 @@ class CapacityStats(RunAccumulator):
             den = frac_cf.denominator * e
             caps.append((num + den - 1) // den)
         capacity = torch.stack(caps, dim=1)  # [runs, factors]
-        monotone = bool(((bucket[1:] >= bucket[:-1]) | (run[1:] != run[:-1])).all()) if n > 1 else True
-        for policy in POLICIES:
-            if policy == "position" and monotone:
-                self._add_position_drops(key, a_bucket, capacity, lengths.numel())
-                continue
-            if policy == "position":
-                ranks = _position_ranks(ids, lengths, e)
-                if ranks.numel() != key.numel():
-                    ranks = ranks[flat_ids_valid_mask(ids)]
-                self._add_ranked_drops(policy, ranks, a_run, a_bucket, capacity)
-                continue
-            # only (run, expert) groups over the smallest capacity can drop anything: rank just those,
-            # by descending weight within the group (ties: token order)
-            runs = lengths.numel()
-            group_count = torch.bincount(key, minlength=runs * e)
-            at_risk = group_count[key] > capacity.min(dim=1).values[a_run]
-            if not bool(at_risk.any()):
-                continue
-            sub_key = key[at_risk]
-            order = _order_by_key_then_weight(sub_key, weights[at_risk])
-            # rank = place in the sorted order minus where the group starts in it
-            sub_count = torch.bincount(sub_key, minlength=runs * e)
-            starts = torch.cumsum(sub_count, 0) - sub_count
-            sorted_key = sub_key[order]
-            ranks = torch.empty_like(sub_key)
-            ranks[order] = torch.arange(sub_key.numel(), dtype=torch.int64) - starts[sorted_key]
-            self._add_ranked_drops(policy, ranks, a_run[at_risk], a_bucket[at_risk], capacity)
+        runs = lengths.numel()
+        if n < 2 or bool(((bucket[1:] >= bucket[:-1]) | (run[1:] != run[:-1])).all()):
+            self._add_position_drops(key, a_bucket, capacity, runs)
+        else:
+            ranks = _position_ranks(ids, lengths, e)
+            if ranks.numel() != key.numel():
+                ranks = ranks[flat_ids_valid_mask(ids)]
+            self._add_ranked_drops("position", ranks, a_run, a_bucket, capacity)
+        self._add_weight_drops(key, weights, a_bucket, capacity, runs)
+
+    def _add_weight_drops(
+        self,
+        key: torch.Tensor,
+        weights: torch.Tensor,
+        a_bucket: torch.Tensor,
+        capacity: torch.Tensor,
+        runs: int,
+    ) -> None:
+        """The ``probs`` policy: each (run, expert) group keeps its C highest-weight assignments.
+
+        Only groups over the smallest capacity can drop anything, so just their assignments are ordered
+        (by group, then descending weight, then token order). In that order an assignment's rank is its
+        place minus where its group starts; ranks are used where they fall, never scattered back.
+        """
+        e = self.num_experts
+        group_count = torch.bincount(key, minlength=runs * e)
+        min_cap = capacity.min(dim=1).values.repeat_interleave(e)  # per (run, expert) group
+        risky = group_count > min_cap
+        if not bool(risky.any()):
+            return
+        sel = torch.nonzero(risky.index_select(0, key)).squeeze(1)
+        sub_key = key.index_select(0, sel)
+        order = _order_by_key_then_weight(sub_key, weights.index_select(0, sel))
+        sorted_key = sub_key.index_select(0, order)
+        sub_count = torch.where(risky, group_count, 0)
+        starts = torch.cumsum(sub_count, 0) - sub_count
+        ranks = torch.arange(sorted_key.numel(), dtype=torch.int64) - starts.index_select(0, sorted_key)
+        # only ranks at or past the group's smallest capacity are dropped at any factor
+        dropping = torch.nonzero(ranks >= min_cap.index_select(0, sorted_key)).squeeze(1)
+        if not dropping.numel():
+            return
+        sorted_key = sorted_key.index_select(0, dropping)
+        bucket = a_bucket.index_select(0, sel.index_select(0, order.index_select(0, dropping)))
+        self._add_ranked_drops("probs", ranks.index_select(0, dropping), sorted_key // e, bucket, capacity)
 
     def _add_ranked_drops(
         self,

@@ -18,6 +18,18 @@ def bincount(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     return torch.bincount(flat, minlength=num_experts).to(torch.int64)
 
 
+def group_counts(group: torch.Tensor, ids: torch.Tensor, groups: int, num_experts: int) -> torch.Tensor:
+    """Counts per (group, expert), int64 [groups, E]: token t of ``ids`` [n, k] is in group ``group[t]``.
+
+    Empty slots (-1) are counted in a spare column that is dropped, so no boolean mask is needed.
+    """
+    n, k = ids.shape
+    e1 = num_experts + 1
+    slot = torch.where(ids < 0, num_experts, ids)
+    key = (group.unsqueeze(1) * e1 + slot).reshape(-1)
+    return torch.bincount(key, minlength=groups * e1).view(groups, e1)[:, :num_experts]
+
+
 class LoadStats:
     """Sufficient statistics: assignment counts, first-choice counts, token and empty-slot counts."""
 
@@ -69,13 +81,7 @@ class StepLoadStats:
         if batch.step is None or len(batch) == 0:
             return
         steps, inverse = torch.unique(batch.step, return_inverse=True)
-        k = batch.ids.shape[1]
-        e = self.num_experts
-        flat_ids = batch.ids.reshape(-1)
-        flat_step = inverse.repeat_interleave(k)
-        ok = flat_ids >= 0
-        counts = torch.bincount(flat_step[ok] * e + flat_ids[ok], minlength=steps.numel() * e)
-        counts = counts.view(steps.numel(), e).to(torch.int64)
+        counts = group_counts(inverse, batch.ids, steps.numel(), self.num_experts)
         for i, s in enumerate(steps.tolist()):
             self._add(int(s), counts[i])
 

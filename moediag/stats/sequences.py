@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from moediag.stats.batch import LayerBatch
+from moediag.stats.load import group_counts
 from moediag.stats.runs import RunAccumulator
 
 
@@ -31,16 +32,13 @@ class SeqAuxStats(RunAccumulator):
         e, k = self.num_experts, ids.shape[1]
         r = lengths.numel()
         run = torch.repeat_interleave(torch.arange(r), lengths)
-        flat = ids.reshape(-1)
-        ok = flat >= 0
-        counts = (
-            torch.bincount(run.repeat_interleave(k)[ok] * e + flat[ok], minlength=r * e).view(r, e).double()
-        )
-        psum = torch.zeros(r, e, dtype=torch.float64).index_add_(0, run, probs.double())
-        n = lengths.double().unsqueeze(1)
-        f = counts / (k * n)
-        p = psum / n
-        self.loss_sum += float((e * (f * p).sum(1)).sum())
+        counts = group_counts(run, ids, r, e)
+        # sum_i c_{s,i} P_{s,i} = sum_t <c_s, p_t> / n_s: one dot per token (a per-row float32 reduction, the
+        # same whatever the chunking), summed per sequence in float64; no [n, E] float64 copy
+        dots = (probs * counts.float().index_select(0, run)).sum(dim=1).double()
+        per_run = torch.zeros(r, dtype=torch.float64).index_add_(0, run, dots)
+        n = lengths.double()
+        self.loss_sum += float((e * per_run / (k * n * n)).sum())
         self.sequences += r
 
     def _merge_sums(self, other: RunAccumulator) -> None:
