@@ -75,16 +75,12 @@ def layer_batch(
     if sel_idx is not None:
         logits, ids, weights = (t if t is None else t[sel_idx] for t in (logits, ids, weights))
     index = chunk.index if sel_idx is None else chunk.index[sel_idx]
-    batch_probs = margin = hf_ids = log_probs = lse = None
+    batch_probs = margin = hf_ids = parts = None
     if logits is not None:
         sf = spec.score_function
         assert sf is not None
-        # log-softmax and softmax once, shared by losses and entropy; fused kernels, and amax rather than
-        # max(): without indices the reduction is ~10x faster. log_softmax = z - max - log(sum exp(z - max))
-        # peaks at 0 - log(sum ...) on the arg-max, so logsumexp = max(z) - max(log_softmax).
-        log_softmax = torch.log_softmax(logits, dim=-1)
-        softmax = torch.softmax(logits, dim=-1)
-        lse = logits.amax(dim=-1) - log_softmax.amax(dim=-1)
+        parts = routing.softmax_parts(logits)
+        softmax = parts.softmax
         plain = bias is None and not (spec.n_group and spec.topk_group and spec.n_group > 1)
         margin_scores = softmax if sf in ("softmax", "topk_softmax") else routing.scores(logits, sf)
         if bias is not None:
@@ -92,7 +88,7 @@ def layer_batch(
         if ids is None and plain and k < e:
             # plain top-k: the (k+1)-th score gives the margin without a second pass
             vals, idx = margin_scores.topk(k + 1, dim=-1)
-            ids = idx[:, :k]
+            ids = idx[:, :k].contiguous()  # every accumulator flattens ids: copy once, not in each
             margin = vals[:, k - 1] - vals[:, k]
             top1 = ids[:, 0]
         else:
@@ -106,10 +102,7 @@ def layer_batch(
             top1 = ids.gather(1, chosen.argmax(dim=1, keepdim=True)).squeeze(1)
         if weights is None:
             weights = routing.weights(logits, ids.clamp_min(0), sf, spec.norm_topk_prob, softmax=softmax)
-        if sf == "sigmoid":
-            batch_probs = routing.distribution(logits, sf)
-        else:
-            batch_probs, log_probs = softmax, log_softmax
+        batch_probs = routing.distribution(logits, sf) if sf == "sigmoid" else softmax
         # transformers' aux loss always routes softmax -> top-k, whatever the model does
         hf_ids = (
             ids if (sf == "softmax" and plain and recorded_ids is None) else softmax.topk(k, dim=-1).indices
@@ -130,8 +123,9 @@ def layer_batch(
         probs=batch_probs,
         margin=margin,
         hf_ids=hf_ids,
-        log_probs=log_probs,
-        lse=lse,
+        lse=None if parts is None else parts.lse,
+        entropy=None if parts is None or batch_probs is not softmax else parts.entropy,
+        confidence=None if parts is None or batch_probs is not softmax else parts.confidence,
         softmax=softmax_for_hf,
     )
     for name in ("sequence_ids", "positions", "step"):

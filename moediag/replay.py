@@ -526,11 +526,11 @@ class _Replayer:
         k = ids.shape[1]
         z = logits.cpu()
         ids_c = ids.cpu()
-        lse = torch.logsumexp(z, dim=-1)
-        log_softmax = z - lse.unsqueeze(1)
-        softmax = log_softmax.exp()
+        parts = routing.softmax_parts(z)
+        softmax = parts.softmax
         w = routing.weights(z, ids_c, sf, spec.norm_topk_prob)
-        probs, log_probs = (routing.distribution(z, sf), None) if sf == "sigmoid" else (softmax, log_softmax)
+        own = sf != "sigmoid"  # the softmax is the distribution whose entropy and confidence count
+        probs = softmax if own else routing.distribution(z, sf)
         index = chunk.index if keep is None else chunk.index[keep]
         batch = LayerBatch(
             num_experts=r.num_experts,
@@ -543,8 +543,9 @@ class _Replayer:
             probs=probs,
             margin=_margin(spec, sel, ids).cpu(),
             hf_ids=softmax.topk(k, dim=-1).indices,
-            log_probs=log_probs,
-            lse=lse,
+            lse=parts.lse,
+            entropy=parts.entropy if own else None,
+            confidence=parts.confidence if own else None,
             softmax=softmax,
         )
         for name in ("sequence_ids", "positions", "step"):

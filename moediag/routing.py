@@ -38,6 +38,33 @@ def distribution(logits: torch.Tensor, score_function: str) -> torch.Tensor:
     raise ValueError(f"unknown score function {score_function!r}")
 
 
+@dataclass
+class SoftmaxParts:
+    """The softmax of router logits and the per-token figures that come with it at no extra pass."""
+
+    softmax: torch.Tensor  # [n, E] float32
+    lse: torch.Tensor  # [n] logsumexp of the logits (z-loss)
+    entropy: torch.Tensor  # [n] entropy of the softmax, nats
+    confidence: torch.Tensor  # [n] the largest softmax probability
+
+
+def softmax_parts(logits: torch.Tensor) -> SoftmaxParts:
+    """One fused softmax, plus logsumexp, entropy and confidence without a log-softmax pass.
+
+    The softmax peaks at exp(0) / S on the arg-max, with S = sum_i exp(z_i - max z), so log S =
+    -log(max p), logsumexp = max z + log S, and log p_i = z_i - max z - log S gives the entropy
+    H = log S - sum_i p_i (z_i - max z): both terms are small when the router is confident, so there is
+    no cancellation. (amax, not max(): the reduction without indices is ~10x faster on CPU.)
+    """
+    z = logits.float()
+    row_max = z.amax(dim=-1, keepdim=True)
+    softmax = torch.softmax(z, dim=-1)
+    confidence = softmax.amax(dim=-1)
+    log_s = -confidence.log()
+    entropy = log_s - (softmax * (z - row_max)).sum(dim=-1)
+    return SoftmaxParts(softmax, row_max.squeeze(1) + log_s, entropy, confidence)
+
+
 def scores(logits: torch.Tensor, score_function: str) -> torch.Tensor:
     """Per-expert scores before choosing: softmax or sigmoid (the logits themselves for topk_softmax)."""
     z = logits.float()

@@ -25,7 +25,8 @@ class LayerBatch:
     probs: torch.Tensor | None = None  # [n, E] distribution over experts (losses, entropy)
     margin: torch.Tensor | None = None  # [n] top-k boundary margin
     hf_ids: torch.Tensor | None = None  # [n, k] softmax-then-top-k of the logits, as transformers' aux loss
-    log_probs: torch.Tensor | None = None  # [n, E] log of ``probs`` when it is a softmax (saves a log pass)
+    entropy: torch.Tensor | None = None  # [n] entropy of ``probs`` when the caller has it (saves a log pass)
+    confidence: torch.Tensor | None = None  # [n] max of ``probs`` when the caller has it
     lse: torch.Tensor | None = None  # [n] logsumexp of the logits
     softmax: torch.Tensor | None = None  # [n, E] softmax of the logits (transformers' aux loss)
     sequence_ids: torch.Tensor | None = None  # [n]
@@ -48,7 +49,8 @@ class LayerBatch:
             "probs",
             "margin",
             "hf_ids",
-            "log_probs",
+            "entropy",
+            "confidence",
             "lse",
             "softmax",
             "sequence_ids",

@@ -14,12 +14,14 @@ position in its sequence, from ``tokens.positions`` or its offset in the group).
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Any
 
 import torch
 
 from moediag.stats.batch import LayerBatch
+from moediag.stats.load import group_counts
 from moediag.stats.runs import RunAccumulator
 
 CAPACITY_FACTORS = (1.0, 1.25, 1.5, 2.0)
@@ -37,16 +39,18 @@ def bucket_labels() -> list[str]:
     return labels
 
 
-def _order_by_key_then_weight(key: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Order by key, then by descending weight, then by position (a stable sort).
+def _order_by_key_then_weight(key: torch.Tensor, weights: torch.Tensor, key_bound: int) -> torch.Tensor:
+    """Order by key (``0 <= key <= key_bound``), then by descending weight, then by position (stable).
 
     Non-negative float32 weights order like their bit patterns read as integers, so key and weight pack
-    exactly into one int64; other weights fall back to a float64 key with the weight scaled below 1.
+    exactly into one int64 (``key << 32`` minus the bits); other weights fall back to a float64 key with
+    the weight scaled below 1.
     """
     w = weights.float()
-    if bool((w >= 0).all()) and bool(torch.isfinite(w).all()) and int(key.max()) < (1 << 30):
-        bits = torch.where(w > 0, w, torch.zeros_like(w)).view(torch.int32).to(torch.int64)
-        return torch.sort((key << 32) | (0x7FFFFFFF - bits), stable=True).indices
+    low, high = (float(x) for x in torch.aminmax(w))
+    if key_bound < (1 << 30) and low >= 0 and math.isfinite(high):
+        bits = (w + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into 0.0
+        return torch.sort((key << 32) - bits, stable=True).indices
     wd = weights.double()
     span = float(wd.max() - wd.min())
     frac = (wd.max() - wd) / (span * 1.000001) if span > 0 else torch.zeros_like(wd)
@@ -110,71 +114,71 @@ class CapacityStats(RunAccumulator):
     def _finalize(self, rows: dict[str, torch.Tensor], lengths: torch.Tensor) -> None:
         ids = rows["ids"]
         n, k = ids.shape
-        e = self.num_experts
-        run = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+        runs = lengths.numel()
+        run = torch.repeat_interleave(torch.arange(runs), lengths)
         if "positions" in rows:
             pos = rows["positions"]
         else:
             starts = torch.cumsum(lengths, 0) - lengths
             pos = torch.arange(n, dtype=torch.int64) - starts[run]
         edges = torch.tensor(POSITION_EDGES[1:], dtype=torch.int64)
-        bucket = torch.bucketize(pos.clamp_min(0), edges, right=True)
-        flat_ids = ids.reshape(-1)
-        a_run = run.unsqueeze(1).expand(n, k).reshape(-1)
-        a_bucket = bucket.unsqueeze(1).expand(n, k).reshape(-1)
-        weights = rows["weights"].reshape(-1)
-        if bool((flat_ids < 0).any()):
-            valid = flat_ids >= 0
-            a_run, a_bucket, flat_ids, weights = (
-                a_run[valid],
-                a_bucket[valid],
-                flat_ids[valid],
-                weights[valid],
-            )
-        key = a_run * e + flat_ids
+        bucket = torch.bucketize(pos.clamp_min(0), edges, right=True)  # per token
+        empty = ids < 0
+        has_empty = bool(empty.any())
         nb = len(POSITION_EDGES)
-        self.assignments += torch.bincount(a_bucket, minlength=nb)
+        filled = k - empty.sum(dim=1) if has_empty else torch.full((n,), k, dtype=torch.int64)
+        self.assignments += torch.zeros(nb, dtype=torch.int64).index_add_(0, bucket, filled)
         # capacity per run and factor, in exact integer arithmetic: ceil(CF * k * n_g / E)
         caps = []
         for cf in self.capacity_factors:
             frac_cf = Fraction(cf).limit_denominator(10_000)
             num = frac_cf.numerator * k * lengths
-            den = frac_cf.denominator * e
+            den = frac_cf.denominator * self.num_experts
             caps.append((num + den - 1) // den)
         capacity = torch.stack(caps, dim=1)  # [runs, factors]
-        runs = lengths.numel()
         if n < 2 or bool(((bucket[1:] >= bucket[:-1]) | (run[1:] != run[:-1])).all()):
-            self._add_position_drops(key, a_bucket, capacity, runs)
+            self._add_position_drops(run, bucket, ids, capacity)
         else:
-            ranks = _position_ranks(ids, lengths, e)
-            if ranks.numel() != key.numel():
-                ranks = ranks[flat_ids_valid_mask(ids)]
+            ranks = _position_ranks(ids, lengths, self.num_experts)
+            a_run = run.unsqueeze(1).expand(n, k).reshape(-1)
+            a_bucket = bucket.unsqueeze(1).expand(n, k).reshape(-1)
+            if has_empty:
+                valid = flat_ids_valid_mask(ids)
+                ranks, a_run, a_bucket = ranks[valid], a_run[valid], a_bucket[valid]
             self._add_ranked_drops("position", ranks, a_run, a_bucket, capacity)
-        self._add_weight_drops(key, weights, a_bucket, capacity, runs)
+        self._add_weight_drops(run, bucket, ids, rows["weights"], capacity, has_empty)
 
     def _add_weight_drops(
         self,
-        key: torch.Tensor,
+        run: torch.Tensor,
+        bucket: torch.Tensor,
+        ids: torch.Tensor,
         weights: torch.Tensor,
-        a_bucket: torch.Tensor,
         capacity: torch.Tensor,
-        runs: int,
+        has_empty: bool,
     ) -> None:
         """The ``probs`` policy: each (run, expert) group keeps its C highest-weight assignments.
 
         Only groups over the smallest capacity can drop anything, so just their assignments are ordered
         (by group, then descending weight, then token order). In that order an assignment's rank is its
-        place minus where its group starts; ranks are used where they fall, never scattered back.
+        place minus where its group starts; ranks are used where they fall, never scattered back. Empty
+        slots go to a spare group that is never over capacity, so no assignment array is ever masked.
         """
-        e = self.num_experts
-        group_count = torch.bincount(key, minlength=runs * e)
-        min_cap = capacity.min(dim=1).values.repeat_interleave(e)  # per (run, expert) group
+        e, k = self.num_experts, ids.shape[1]
+        runs = capacity.shape[0]
+        spare = runs * e
+        key = run.unsqueeze(1) * e + ids
+        if has_empty:
+            key = torch.where(ids < 0, spare, key)
+        key = key.reshape(-1)
+        group_count = torch.bincount(key, minlength=spare + 1)
+        min_cap = torch.cat([capacity.min(dim=1).values.repeat_interleave(e), torch.tensor([key.numel()])])
         risky = group_count > min_cap
         if not bool(risky.any()):
             return
         sel = torch.nonzero(risky.index_select(0, key)).squeeze(1)
         sub_key = key.index_select(0, sel)
-        order = _order_by_key_then_weight(sub_key, weights.index_select(0, sel))
+        order = _order_by_key_then_weight(sub_key, weights.reshape(-1).index_select(0, sel), spare)
         sorted_key = sub_key.index_select(0, order)
         sub_count = torch.where(risky, group_count, 0)
         starts = torch.cumsum(sub_count, 0) - sub_count
@@ -183,9 +187,14 @@ class CapacityStats(RunAccumulator):
         dropping = torch.nonzero(ranks >= min_cap.index_select(0, sorted_key)).squeeze(1)
         if not dropping.numel():
             return
-        sorted_key = sorted_key.index_select(0, dropping)
-        bucket = a_bucket.index_select(0, sel.index_select(0, order.index_select(0, dropping)))
-        self._add_ranked_drops("probs", ranks.index_select(0, dropping), sorted_key // e, bucket, capacity)
+        token = sel.index_select(0, order.index_select(0, dropping)) // k
+        self._add_ranked_drops(
+            "probs",
+            ranks.index_select(0, dropping),
+            sorted_key.index_select(0, dropping) // e,
+            bucket.index_select(0, token),
+            capacity,
+        )
 
     def _add_ranked_drops(
         self,
@@ -204,19 +213,19 @@ class CapacityStats(RunAccumulator):
         self.dropped[policy] += tail[:, 1:].T.contiguous()  # dropped at factor j <=> dropped_at > j
 
     def _add_position_drops(
-        self, key: torch.Tensor, a_bucket: torch.Tensor, capacity: torch.Tensor, runs: int
+        self, run: torch.Tensor, bucket: torch.Tensor, ids: torch.Tensor, capacity: torch.Tensor
     ) -> None:
         """Position policy when buckets never go backwards inside a run (positions grow in token order):
         each (run, expert) keeps its first C assignments, so the drops in a bucket follow from the counts
-        per (run, expert, bucket) and their running sum, with no per-assignment ranks."""
-        e, nb = self.num_experts, len(POSITION_EDGES)
-        counts = torch.bincount(key * nb + a_bucket, minlength=runs * e * nb).view(runs, e, nb)
-        hi = counts.cumsum(dim=2)
+        per (run, bucket, expert) and their running sum over buckets, with no per-assignment ranks."""
+        e, nb, runs = self.num_experts, len(POSITION_EDGES), capacity.shape[0]
+        counts = group_counts(run * nb + bucket, ids, runs * nb, e).reshape(runs, nb, e)
+        hi = counts.cumsum(dim=1)
         lo = hi - counts
         for j in range(capacity.shape[1]):
             c = capacity[:, j].view(runs, 1, 1)
             dropped = (hi - c).clamp_min(0) - (lo - c).clamp_min(0)
-            self.dropped["position"][j] += dropped.sum(dim=(0, 1))
+            self.dropped["position"][j] += dropped.sum(dim=(0, 2))
 
     def _merge_sums(self, other: RunAccumulator) -> None:
         assert isinstance(other, CapacityStats)

@@ -49,10 +49,11 @@ class RouterStats:
         self.prob_sum += p_sum
         lse = (batch.lse if batch.lse is not None else torch.logsumexp(z, dim=-1)).double()
         self.lse_sq_sum += float((lse * lse).sum())
-        logp = batch.log_probs if batch.log_probs is not None else p.clamp_min(1e-30).log()
         # per-row reductions in float32 are the same whatever the chunking; the sums over rows are float64
-        self.entropy_sum += float(-(p * logp).sum(-1).double().sum())
-        self.confidence_sum += float(p.amax(-1).double().sum())  # amax: max() with indices is ~10x slower
+        entropy = batch.entropy if batch.entropy is not None else -(p * p.clamp_min(1e-30).log()).sum(-1)
+        self.entropy_sum += float(entropy.double().sum())
+        confidence = batch.confidence if batch.confidence is not None else p.amax(-1)  # amax: ~10x max()
+        self.confidence_sum += float(confidence.double().sum())
         softmax = batch.softmax if batch.softmax is not None else torch.softmax(z, dim=-1)
         self.softmax_sum += p_sum if softmax is p else softmax.sum(0, dtype=torch.float64)
         if batch.hf_ids is not None:

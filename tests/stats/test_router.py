@@ -36,6 +36,25 @@ def test_router_figures_match_reference(make_trace, score_function: str, seed: i
     assert row["margin_mean"] == pytest.approx(ref.margin_mean(margin_scores, k), rel=1e-5)
 
 
+@pytest.mark.parametrize(("scale", "offset"), [(1.0, 0.0), (30.0, 0.0), (4.0, 1000.0), (0.01, -50.0)])
+def test_softmax_entropy_and_lse_hold_for_confident_and_shifted_routers(
+    make_trace, scale: float, offset: float
+) -> None:
+    """Entropy comes from log S - sum p (z - max) and logsumexp from max z - log(max p) (no log-softmax
+    pass): both must stay accurate when the router is very confident, nearly uniform, or far from 0."""
+    e, k, t = 16, 2, 200
+    tensors = random_tensors(5, tokens=t, num_experts=e, top_k=k, layers=(0,), skew=1.0)
+    tensors["layers.0.router_logits"] = tensors["layers.0.router_logits"] * scale + offset
+    path = make_trace(tensors=tensors, metadata=trace_metadata(e, k, "softmax"))
+    row = analyze_trace(path, chunk_tokens=64).layer(0)
+    z = _np(tensors["layers.0.router_logits"])
+    probs = ref.softmax(z)
+    entropy = ref.router_entropy(probs)
+    assert row["router_entropy"] == pytest.approx(entropy, rel=1e-5, abs=1e-6)
+    assert row["confidence"] == pytest.approx(ref.confidence(probs), rel=1e-6)
+    assert row["z_loss"] == pytest.approx(ref.z_loss(z), rel=1e-6)
+
+
 def test_margin_distribution(make_trace) -> None:
     e, k, t = 6, 2, 400
     tensors = random_tensors(5, tokens=t, num_experts=e, top_k=k, layers=(0,))
