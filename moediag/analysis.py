@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import gc
 import os
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +129,7 @@ def layer_batch(
         entropy=None if parts is None or batch_probs is not softmax else parts.entropy,
         confidence=None if parts is None or batch_probs is not softmax else parts.confidence,
         softmax=softmax_for_hf,
+        filled=recorded_ids is None,  # chosen here by top-k: never an empty slot
     )
     for name in ("sequence_ids", "positions", "step"):
         t = chunk.token(name)
@@ -170,6 +173,34 @@ def chunk_mask(chunk: Chunk) -> torch.Tensor | None:
     return None if mask is None else mask.to(torch.bool)
 
 
+_gc_lock = threading.Lock()
+_gc_pausers = 0  # callers inside gc_paused
+_gc_was_enabled = True
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cycle collector off while statistics stream (nested and thread-safe).
+
+    Every torch call makes tensor objects, so the collector would run thousands of times per unit (3% of
+    the time in a profile) for nothing: the loop makes no reference cycles. It is switched back on when
+    the last user leaves, unless it was off before.
+    """
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
+
+
 def trace_stats(
     trace: Trace,
     chunks: Iterable[Chunk],
@@ -180,10 +211,18 @@ def trace_stats(
     """Statistics of the given chunks of ``trace`` (count-only layers are added once, not per chunk)."""
     stats = ModelStats(options)
     wanted = sorted(trace.layers) if layers is None else sorted(layers)
-    biases: dict[tuple[int, int], torch.Tensor | None] = {}  # (shard, layer): the bias may move in training
     for layer in wanted:
         info = trace.layers[layer]
         stats.layer(layer, info.num_experts, info.spec.top_k)
+    with gc_paused():
+        _add_chunks(trace, stats, chunks, wanted, progress)
+    return stats
+
+
+def _add_chunks(
+    trace: Trace, stats: ModelStats, chunks: Iterable[Chunk], wanted: list[int], progress: ProgressFn | None
+) -> None:
+    biases: dict[tuple[int, int], torch.Tensor | None] = {}  # (shard, layer): the bias may move in training
     for chunk in chunks:
         valid = chunk_mask(chunk)
         paths = stats.chunk_paths(chunk.start, len(chunk))
@@ -204,7 +243,6 @@ def trace_stats(
             stats.update_paths(paths)
         if progress is not None:
             progress(len(chunk))
-    return stats
 
 
 def add_count_layers(trace: Trace, stats: ModelStats, layers: Iterable[int] | None = None) -> None:

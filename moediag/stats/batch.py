@@ -36,6 +36,9 @@ class LayerBatch:
     loss: torch.Tensor | None = None  # [n] float64, tokens.loss
     domain: torch.Tensor | None = None  # [n] int64, tokens.domain
     input_ids: torch.Tensor | None = None  # [n] int64, tokens.input_ids
+    #: True when ``ids`` (and ``hf_ids``) are known to hold no empty slot (the router chose them): skips
+    #: the -1 checks. False means "may hold -1", not "holds -1".
+    filled: bool = False
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -43,6 +46,7 @@ class LayerBatch:
     def select(self, keep: torch.Tensor) -> LayerBatch:
         """The rows where ``keep`` is true."""
         out = LayerBatch(self.num_experts, self.top_k, self.ids[keep], self.top1[keep], self.index[keep])
+        out.filled = self.filled
         for name in (
             "weights",
             "logits",

@@ -207,8 +207,10 @@ class CapacityStats(RunAccumulator):
         """Add drops per bucket and factor for assignments with known ranks in their (run, expert) group."""
         nb, nf = len(POSITION_EDGES), capacity.shape[1]
         # an assignment dropped at factor j is dropped at every smaller factor: count at how many
-        dropped_at = (ranks.unsqueeze(1) >= capacity[a_run]).sum(dim=1)
-        hist = torch.bincount(a_bucket * (nf + 1) + dropped_at, minlength=nb * (nf + 1)).view(nb, nf + 1)
+        slot = a_bucket * (nf + 1)  # then + dropped_at: one factor at a time (no [n, factors] gather)
+        for j in range(nf):
+            slot += ranks >= capacity[:, j].index_select(0, a_run)
+        hist = torch.bincount(slot, minlength=nb * (nf + 1)).view(nb, nf + 1)
         tail = hist.flip(1).cumsum(1).flip(1)  # tail[:, d] = assignments with dropped_at >= d
         self.dropped[policy] += tail[:, 1:].T.contiguous()  # dropped at factor j <=> dropped_at > j
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from moediag.blocked import row_slices
 from moediag.stats.batch import LayerBatch
 
 
@@ -25,12 +26,16 @@ class CoactivationStats:
             return
         if e * e <= 128 * k * k and ids.shape[0] < (1 << 24):
             # small E: one-hot Gram matrix (exact in float32 while counts < 2^24, guaranteed by the row bound)
-            onehot = torch.zeros(ids.shape[0], e, dtype=torch.float32)
-            if bool((ids < 0).any()):  # empty slots add 0 (scatter_add: a 0 must not overwrite a 1)
-                onehot.scatter_add_(1, ids.clamp_min(0), (ids >= 0).float())
-            else:
-                onehot.scatter_(1, ids, 1.0)
-            gram = onehot.T @ onehot  # contiguous [n, E]: ~30% faster than a sliced [n, E + 1]
+            empty = not batch.filled and bool((ids < 0).any())
+            gram = torch.zeros(e, e, dtype=torch.float32)
+            for rows in row_slices(ids.shape[0]):  # a cache-sized one-hot block at a time
+                block = ids[rows]
+                onehot = torch.zeros(block.shape[0], e, dtype=torch.float32)
+                if empty:  # empty slots add 0 (scatter_add: a 0 must not overwrite a 1)
+                    onehot.scatter_add_(1, block.clamp_min(0), (block >= 0).float())
+                else:
+                    onehot.scatter_(1, block, 1.0)
+                gram.addmm_(onehot.T, onehot)
             self.pairs += gram.round().to(torch.int64)
             return
         a_idx, b_idx = torch.triu_indices(k, k, offset=1)

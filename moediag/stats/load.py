@@ -10,10 +10,11 @@ from moediag.stats.batch import LayerBatch
 from moediag.stats.imbalance import imbalance_figures
 
 
-def bincount(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Counts of each expert id in ``ids`` (any shape; -1 entries ignored), int64 [E]."""
+def bincount(ids: torch.Tensor, num_experts: int, filled: bool = False) -> torch.Tensor:
+    """Counts of each expert id in ``ids`` (any shape; -1 entries ignored unless ``filled`` says there are
+    none), int64 [E]."""
     flat = ids.reshape(-1)
-    if flat.numel() and int(flat.min()) < 0:
+    if not filled and flat.numel() and int(flat.min()) < 0:
         flat = flat[flat >= 0]
     return torch.bincount(flat, minlength=num_experts).to(torch.int64)
 
@@ -42,10 +43,11 @@ class LoadStats:
         self.empty_slots = 0
 
     def update(self, batch: LayerBatch) -> None:
-        self.counts += bincount(batch.ids, self.num_experts)
-        self.top1_counts += bincount(batch.top1, self.num_experts)
+        self.counts += bincount(batch.ids, self.num_experts, batch.filled)
+        self.top1_counts += bincount(batch.top1, self.num_experts, batch.filled)
         self.tokens += len(batch)
-        self.empty_slots += int((batch.ids < 0).sum())
+        if not batch.filled:
+            self.empty_slots += int((batch.ids < 0).sum())
 
     def add_counts(self, counts: torch.Tensor) -> None:
         """Count-only data (``expert_counts``): assignments without tokens."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from moediag.blocked import column_sums
 from moediag.stats.batch import LayerBatch
 from moediag.stats.load import bincount
 
@@ -45,7 +46,7 @@ class RouterStats:
         z = batch.logits
         p = batch.probs
         self.tokens += len(batch)
-        p_sum = p.sum(0, dtype=torch.float64)
+        p_sum = column_sums(p)
         self.prob_sum += p_sum
         lse = (batch.lse if batch.lse is not None else torch.logsumexp(z, dim=-1)).double()
         self.lse_sq_sum += float((lse * lse).sum())
@@ -55,9 +56,9 @@ class RouterStats:
         confidence = batch.confidence if batch.confidence is not None else p.amax(-1)  # amax: ~10x max()
         self.confidence_sum += float(confidence.double().sum())
         softmax = batch.softmax if batch.softmax is not None else torch.softmax(z, dim=-1)
-        self.softmax_sum += p_sum if softmax is p else softmax.sum(0, dtype=torch.float64)
+        self.softmax_sum += p_sum if softmax is p else column_sums(softmax)
         if batch.hf_ids is not None:
-            self.hf_counts += bincount(batch.hf_ids, self.num_experts)
+            self.hf_counts += bincount(batch.hf_ids, self.num_experts, batch.filled)
         if batch.margin is not None:
             m = batch.margin[~torch.isnan(batch.margin)].double()
             self.margin_tokens += m.numel()

@@ -45,6 +45,7 @@ class RunAccumulator:
     def __init__(self) -> None:
         self.head: Run | None = None  # first run of the span (may continue before it)
         self.tail: Run | None = None  # last run, when the span has more than one
+        self._closed: list[Run] | None = None  # inside update_rows: runs it completed, finalised at its end
 
     # -- to implement ----------------------------------------------------------------------------
     def _finalize(self, rows: dict[str, torch.Tensor], lengths: torch.Tensor) -> None:
@@ -55,9 +56,15 @@ class RunAccumulator:
 
     # -- machinery -------------------------------------------------------------------------------
     def _finalize_runs(self, runs: list[Run]) -> None:
-        if runs:
-            rows = {k: torch.cat([r.rows[k] for r in runs]) for k in runs[0].rows}
-            self._finalize(rows, torch.tensor([len(r) for r in runs], dtype=torch.int64))
+        self._finalize_parts([(r.rows, torch.tensor([len(r)], dtype=torch.int64)) for r in runs])
+
+    def _finalize_parts(self, parts: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> None:
+        """Finalise batches of complete runs in one call (each call has a fixed cost)."""
+        if len(parts) == 1:
+            self._finalize(*parts[0])
+        elif parts:
+            rows = {k: torch.cat([p[0][k] for p in parts]) for k in parts[0][0]}
+            self._finalize(rows, torch.cat([p[1] for p in parts]))
 
     def update_rows(self, gids: torch.Tensor, rows: dict[str, torch.Tensor]) -> None:
         """Add a chunk of consecutive tokens with group ids ``gids``."""
@@ -65,24 +72,36 @@ class RunAccumulator:
         r = starts.numel()
         if r == 0:
             return
-        first = Run(int(gids[0]), {k: v[: int(lengths[0])].clone() for k, v in rows.items()})
-        self._push(first)
-        if r == 1:
-            return
-        if r >= 3:
-            a, b = int(starts[1]), int(starts[-1])
-            self._close_tail()
-            self._finalize({k: v[a:b] for k, v in rows.items()}, lengths[1:-1])
-        # clone: an open run must not keep the whole chunk's tensors alive
-        last = Run(int(gids[int(starts[-1])]), {k: v[int(starts[-1]) :].clone() for k, v in rows.items()})
-        if r >= 3:
-            self.tail = last  # not contiguous with the head even if the ids repeat
-        else:
-            self._push(last)
+        self._closed = []
+        try:
+            middle = None
+            first = Run(int(gids[0]), {k: v[: int(lengths[0])].clone() for k, v in rows.items()})
+            self._push(first)
+            if r >= 2:
+                if r >= 3:
+                    a, b = int(starts[1]), int(starts[-1])
+                    self._close_tail()
+                    middle = ({k: v[a:b] for k, v in rows.items()}, lengths[1:-1])
+                # clone: an open run must not keep the whole chunk's tensors alive
+                last = Run(
+                    int(gids[int(starts[-1])]), {k: v[int(starts[-1]) :].clone() for k, v in rows.items()}
+                )
+                if r >= 3:
+                    self.tail = last  # not contiguous with the head even if the ids repeat
+                else:
+                    self._push(last)
+            closed, self._closed = self._closed, None
+            parts = [(run.rows, torch.tensor([len(run)], dtype=torch.int64)) for run in closed or []]
+            self._finalize_parts(parts + ([middle] if middle is not None else []))
+        finally:
+            self._closed = None
 
     def _close_tail(self) -> None:
         if self.tail is not None:
-            self._finalize_runs([self.tail])
+            if self._closed is not None:
+                self._closed.append(self.tail)
+            else:
+                self._finalize_runs([self.tail])
             self.tail = None
 
     def _push(self, run: Run) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from moediag.blocked import per_row
 from moediag.stats.batch import LayerBatch
 from moediag.stats.load import group_counts
 from moediag.stats.runs import RunAccumulator
@@ -35,7 +36,8 @@ class SeqAuxStats(RunAccumulator):
         counts = group_counts(run, ids, r, e)
         # sum_i c_{s,i} P_{s,i} = sum_t <c_s, p_t> / n_s: one dot per token (a per-row float32 reduction, the
         # same whatever the chunking), summed per sequence in float64; no [n, E] float64 copy
-        dots = (probs * counts.float().index_select(0, run)).sum(dim=1).double()
+        table = counts.float()
+        dots = per_row(lambda p, r: (p * table.index_select(0, r)).sum(dim=1), probs, run).double()
         per_run = torch.zeros(r, dtype=torch.float64).index_add_(0, run, dots)
         n = lengths.double()
         self.loss_sum += float((e * per_run / (k * n * n)).sum())
