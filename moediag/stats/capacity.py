@@ -50,7 +50,10 @@ def _order_by_key_then_weight(key: torch.Tensor, weights: torch.Tensor, key_boun
     low, high = (float(x) for x in torch.aminmax(w))
     if key_bound < (1 << 30) and low >= 0 and math.isfinite(high):
         bits = (w + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into 0.0
-        return torch.sort((key << 32) - bits, stable=True).indices
+        # weights below 2.0 have bit patterns below 2^30: a 30-bit shift keeps the key narrower, and
+        # torch's radix sort takes ~30% less time on 40-bit than on 42-bit keys
+        shift = 30 if high < 2.0 else 32
+        return torch.sort((key << shift) - bits, stable=True).indices
     wd = weights.double()
     span = float(wd.max() - wd.min())
     frac = (wd.max() - wd) / (span * 1.000001) if span > 0 else torch.zeros_like(wd)
@@ -179,21 +182,20 @@ class CapacityStats(RunAccumulator):
         sel = torch.nonzero(risky.index_select(0, key)).squeeze(1)
         sub_key = key.index_select(0, sel)
         order = _order_by_key_then_weight(sub_key, weights.reshape(-1).index_select(0, sel), spare)
-        sorted_key = sub_key.index_select(0, order)
+        # In the sorted order, group g fills [start_g, start_g + count_g); only its places from
+        # start_g + min_cap_g on can drop at any factor. List just those places (no pass over the rest).
         sub_count = torch.where(risky, group_count, 0)
         starts = torch.cumsum(sub_count, 0) - sub_count
-        ranks = torch.arange(sorted_key.numel(), dtype=torch.int64) - starts.index_select(0, sorted_key)
-        # only ranks at or past the group's smallest capacity are dropped at any factor
-        dropping = torch.nonzero(ranks >= min_cap.index_select(0, sorted_key)).squeeze(1)
-        if not dropping.numel():
-            return
-        token = sel.index_select(0, order.index_select(0, dropping)) // k
+        groups = torch.nonzero(risky).squeeze(1)
+        over = (group_count - min_cap).index_select(0, groups)
+        within = torch.arange(int(over.sum()), dtype=torch.int64)  # 0.. for each group's dropping places
+        of = torch.repeat_interleave(torch.arange(groups.numel()), over)  # each place's group (index)
+        within -= (torch.cumsum(over, 0) - over).index_select(0, of)
+        ranks = min_cap.index_select(0, groups).index_select(0, of) + within
+        place = starts.index_select(0, groups).index_select(0, of) + ranks
+        token = sel.index_select(0, order.index_select(0, place)) // k
         self._add_ranked_drops(
-            "probs",
-            ranks.index_select(0, dropping),
-            sorted_key.index_select(0, dropping) // e,
-            bucket.index_select(0, token),
-            capacity,
+            "probs", ranks, groups.index_select(0, of) // e, bucket.index_select(0, token), capacity
         )
 
     def _add_ranked_drops(

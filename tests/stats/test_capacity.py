@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moediag.stats.batch import LayerBatch
-from moediag.stats.capacity import CAPACITY_FACTORS, POLICIES, CapacityStats
+from moediag.stats.capacity import CAPACITY_FACTORS, POLICIES, CapacityStats, _order_by_key_then_weight
 from tests import _reference as ref
 
 
@@ -86,6 +86,8 @@ def _random_case(rng: np.random.Generator):
     ids = np.array([rng.choice(e, size=k, replace=False, p=skew) for _ in range(n)], dtype=np.int64)
     # a few ties in weights to check the token-order tie break
     weights = rng.choice([0.1, 0.2, 0.3, 0.5, 0.7], size=(n, k)) if rng.random() < 0.5 else rng.random((n, k))
+    scale = rng.choice([1.0, 2.5, -1.0])  # weights above 2 (routed scaling) and negative ones sort too
+    weights = weights * scale
     if rng.random() < 0.4:  # empty slots (-1), as dropped or padded choices in real dumps
         ids = np.where(rng.random((n, k)) < 0.2, -1, ids)
     seq = np.cumsum(rng.random(n) < 0.08)
@@ -137,3 +139,17 @@ def test_drop_rate_decreases_with_capacity_factor() -> None:
     for policy in POLICIES:
         vals = [rate[policy][str(cf)] for cf in CAPACITY_FACTORS]
         assert vals == sorted(vals, reverse=True)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.99, 2.0, 3.5, 1e6, -1.0])
+@pytest.mark.parametrize("seed", range(4))
+def test_order_by_key_then_weight_matches_lexicographic_order(scale: float, seed: int) -> None:
+    """The packed-key sort must equal ordering by (key, -weight, position), ties and -0.0 included."""
+    rng = np.random.default_rng(seed)
+    m = 400
+    key = rng.integers(0, 7, size=m)
+    weights = rng.choice([0.0, -0.0, 0.25, 0.5, 1.0], size=m) if seed % 2 else rng.random(m)
+    weights = (weights * scale).astype(np.float32)
+    got = _order_by_key_then_weight(torch.from_numpy(key), torch.from_numpy(weights), 6).tolist()
+    want = sorted(range(m), key=lambda i: (key[i], -float(weights[i]), i))
+    assert got == want
