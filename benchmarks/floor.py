@@ -10,10 +10,12 @@ import time
 
 import torch
 
+from moediag.memory import tune_allocator
 from moediag.trace import open_trace
 
 
 def main() -> None:
+    tune_allocator()  # the same allocator settings as the moediag CLI, so only the work differs
     trace = open_trace(sys.argv[1])
     t0 = time.perf_counter()
     counts = {}

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import torch
 
 from moediag.errors import InvalidInputError, MoediagError, UsageError
+from moediag.memory import tune_allocator
 from moediag.stats import ModelStats, StatsOptions
 from moediag.trace import Chunk, RoutingSpec, Trace
 
@@ -240,6 +241,7 @@ class UnitResult:
 def run_unit(unit: WorkUnit) -> UnitResult:
     """The function workers run: never raises, so the failing shard is reported even across processes."""
     current = {"file": unit.files[0]}
+    tune_allocator()  # workers are processes of their own (Dask, process pools)
     try:
         with pinned_threads(unit.threads):
             return UnitResult(unit.index, compact(compute_unit(unit, None, current)))
