@@ -1,18 +1,37 @@
 #!/usr/bin/env bash
 # Measure `moediag inspect --json` against the floor on the benchmark trace: wall time and peak RSS.
-# Usage: bash benchmarks/bench_inspect.sh [TRACE]   (makes benchmarks/data/trace-2g if absent)
+# Usage: bash benchmarks/bench_inspect.sh [TRACE] [ROUNDS]
+#   (makes benchmarks/data/trace-2g if absent; ROUNDS alternating floor/inspect pairs, default 3)
+# A shared or virtual machine's speed drifts by 10-20% between runs, so each round runs the floor and
+# moediag back to back and the summary gives the median of the per-round ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRACE="${1:-benchmarks/data/trace-2g}"
+ROUNDS="${2:-3}"
 [ -e "$TRACE" ] || python3 benchmarks/make_trace.py "$TRACE"
 du -sh "$TRACE"
-measure() {
-  local label="$1"; shift
-  /usr/bin/time -v "$@" > /dev/null 2> "/tmp/moediag-bench-$label.txt"
-  local wall rss
-  wall=$(grep "Elapsed (wall clock)" "/tmp/moediag-bench-$label.txt" | awk '{print $NF}')
-  rss=$(grep "Maximum resident set size" "/tmp/moediag-bench-$label.txt" | awk '{print $NF}')
-  printf '%-8s wall %s  peak RSS %.0f MB\n' "$label" "$wall" "$((rss / 1024))"
+measure() {  # prints "wall_seconds peak_rss_mb"
+  local out
+  out=$(mktemp)
+  /usr/bin/time -v "$@" > /dev/null 2> "$out"
+  python3 - "$out" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", text).group(1)
+seconds = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.split(":"))))
+rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) / 1024
+print(f"{seconds:.2f} {rss:.0f}")
+PY
+  rm -f "$out"
 }
-measure floor python3 benchmarks/floor.py "$TRACE"
-measure inspect moediag inspect "$TRACE" --json
+ratios=()
+for round in $(seq 1 "$ROUNDS"); do
+  read -r fw fr < <(measure python3 benchmarks/floor.py "$TRACE")
+  read -r iw ir < <(measure moediag inspect "$TRACE" --json)
+  ratio=$(python3 -c "print(f'{$iw / $fw:.2f}')")
+  ratios+=("$ratio")
+  printf 'round %d: floor %6.2f s %5d MB | inspect %6.2f s %5d MB | ratio %s\n' \
+    "$round" "$fw" "$fr" "$iw" "$ir" "$ratio"
+done
+python3 -c "import statistics, sys; r = [float(x) for x in sys.argv[1:]]; \
+print(f'median ratio {statistics.median(r):.2f} (min {min(r):.2f}, max {max(r):.2f}, {len(r)} rounds)')" "${ratios[@]}"

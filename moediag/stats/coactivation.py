@@ -7,6 +7,38 @@ import torch
 from moediag.blocked import row_slices
 from moediag.stats.batch import LayerBatch
 
+#: below this many rows torch's CPU int8 GEMM is not trusted (it returns garbage for one row in torch 2.13)
+INT_MM_MIN_ROWS = 8
+_INT_MM: bool | None = None  # whether torch._int_mm is present and right here (probed once)
+
+
+def _int_mm_works() -> bool:
+    """Probe torch._int_mm once against float32 on random 0/1 matrices of the shapes we use."""
+    global _INT_MM
+    if _INT_MM is None:
+        g = torch.Generator().manual_seed(0)
+        try:
+            _INT_MM = all(
+                torch.equal(torch._int_mm(a, a.T).to(torch.int64), (a.float() @ a.float().T).round().long())
+                for e, m in ((64, 4096), (60, 37), (8, 8), (256, 100))
+                for a in [(torch.rand(e, m, generator=g) < 0.3).to(torch.int8)]
+            )
+        except (AttributeError, RuntimeError, NotImplementedError):
+            _INT_MM = False
+    return _INT_MM
+
+
+def _gram(onehot_t: torch.Tensor) -> torch.Tensor:
+    """``onehot_t @ onehot_t.T`` for an int8 0/1 matrix [E, m], exact, as int64 [E, E].
+
+    torch's int8 GEMM (int32 accumulation: exact) is ~4x faster on CPU than float32 where a probe shows it
+    is present and right; otherwise float32, exact while m < 2^24 (blocks are 4096 rows).
+    """
+    if onehot_t.shape[1] >= INT_MM_MIN_ROWS and _int_mm_works():
+        return torch._int_mm(onehot_t, onehot_t.T).to(torch.int64)
+    f = onehot_t.float()
+    return (f @ f.T).round().to(torch.int64)
+
 
 class CoactivationStats:
     """Symmetric pair counts N[i, j] over all pairs of the top-k set; the diagonal holds N(i).
@@ -24,19 +56,19 @@ class CoactivationStats:
         k = ids.shape[1]
         if ids.numel() == 0:
             return
-        if e * e <= 128 * k * k and ids.shape[0] < (1 << 24):
-            # small E: one-hot Gram matrix (exact in float32 while counts < 2^24, guaranteed by the row bound)
+        if e * e <= 128 * k * k:
+            # small E: one-hot Gram matrix, block by block (exact: integer GEMM, or float32 on 4096 rows)
             empty = not batch.filled and bool((ids < 0).any())
-            gram = torch.zeros(e, e, dtype=torch.float32)
+            gram = torch.zeros(e, e, dtype=torch.int64)
             for rows in row_slices(ids.shape[0]):  # a cache-sized one-hot block at a time
-                block = ids[rows]
-                onehot = torch.zeros(block.shape[0], e, dtype=torch.float32)
+                block = ids[rows].T  # [k, m]: one-hot built transposed, [E, m]
+                onehot_t = torch.zeros(e, block.shape[1], dtype=torch.int8)
                 if empty:  # empty slots add 0 (scatter_add: a 0 must not overwrite a 1)
-                    onehot.scatter_add_(1, block.clamp_min(0), (block >= 0).float())
+                    onehot_t.scatter_add_(0, block.clamp_min(0), (block >= 0).to(torch.int8))
                 else:
-                    onehot.scatter_(1, block, 1.0)
-                gram.addmm_(onehot.T, onehot)
-            self.pairs += gram.round().to(torch.int64)
+                    onehot_t.scatter_(0, block, 1)
+                gram += _gram(onehot_t)
+            self.pairs += gram
             return
         a_idx, b_idx = torch.triu_indices(k, k, offset=1)
         a, b = ids[:, a_idx].reshape(-1), ids[:, b_idx].reshape(-1)
