@@ -42,6 +42,9 @@ class RunAccumulator:
     """Base class: subclasses implement ``_finalize(rows, lengths)`` to add complete runs to their sums,
     ``_merge_sums(other)`` and ``_result(sums_owner)``; open runs stay raw until complete."""
 
+    #: finalise the runs a chunk completes in one call (rows concatenated) rather than one call per batch
+    JOIN_PARTS = True
+
     def __init__(self) -> None:
         self.head: Run | None = None  # first run of the span (may continue before it)
         self.tail: Run | None = None  # last run, when the span has more than one
@@ -59,9 +62,11 @@ class RunAccumulator:
         self._finalize_parts([(r.rows, torch.tensor([len(r)], dtype=torch.int64)) for r in runs])
 
     def _finalize_parts(self, parts: list[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> None:
-        """Finalise batches of complete runs in one call (each call has a fixed cost)."""
-        if len(parts) == 1:
-            self._finalize(*parts[0])
+        """Finalise batches of complete runs: joined into one call when :attr:`JOIN_PARTS` (a call has a
+        fixed cost), else one call each (when copying the rows costs more than a call)."""
+        if len(parts) == 1 or not self.JOIN_PARTS:
+            for part in parts:
+                self._finalize(*part)
         elif parts:
             rows = {k: torch.cat([p[0][k] for p in parts]) for k in parts[0][0]}
             self._finalize(rows, torch.cat([p[1] for p in parts]))

@@ -16,6 +16,8 @@ class SeqAuxStats(RunAccumulator):
     """DeepSeek-V2/V3 sequence-wise aux loss: E * sum_i (c_i,s / (k n_s)) * P_i,s per sequence, then the mean
     over sequences (balanced = 1). Needs ``tokens.sequence_ids`` and logits."""
 
+    JOIN_PARTS = False  # its per-call cost is small and its rows hold [n, E] probabilities: do not copy them
+
     def __init__(self, num_experts: int, top_k: int) -> None:
         super().__init__()
         self.num_experts = num_experts
