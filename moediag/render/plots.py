@@ -297,9 +297,12 @@ def imbalance_bars(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
     with _rc():
         fig = _new_figure(min(14.0, max(8.0, 4.0 + 0.18 * len(rows))), 6.0)
         axes = fig.subplots(3, 1, sharex=True)
+        from moediag.checks import RULES_BY_NAME
+
+        # guides at `moediag check`'s default thresholds, so the picture and the gate agree
         specs = (
-            ("max_vio", "MaxVio\n(max ÷ mean − 1)", OKABE_ITO[0], 0.0),
-            ("cv", "CV\n(std ÷ mean)", OKABE_ITO[1], 0.3),
+            ("max_vio", "MaxVio\n(max ÷ mean − 1)", OKABE_ITO[0], RULES_BY_NAME["max_vio"].key.default),
+            ("cv", "CV\n(std ÷ mean)", OKABE_ITO[1], RULES_BY_NAME["max_cv"].key.default),
             ("dead", "dead experts\n(count)", OKABE_ITO[3], None),
         )
         for ax, (key, label, colour, guide) in zip(axes, specs, strict=False):
@@ -310,8 +313,13 @@ def imbalance_bars(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
             ax.bar(x, ys, color=colour, width=0.8)
             ax.set_ylabel(label)
             if guide:
+                name = "MaxVio" if key == "max_vio" else "CV"
                 ax.axhline(
-                    guide, color="black", linestyle="--", linewidth=0.8, label=f"CV {guide}: healthy below"
+                    guide,
+                    color="black",
+                    linestyle="--",
+                    linewidth=0.8,
+                    label=f"{name} {guide:g}: moediag check's default limit",
                 )
                 ax.legend(loc="upper right", fontsize=7)
             if key == "dead":

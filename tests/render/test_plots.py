@@ -115,3 +115,12 @@ def test_accuracy_adapters() -> None:
     assert plots.path_rows(windows) == [{"path": "1→2", "hits": 5.0, "total": 10.0}]
     lo, hi = plots.wilson(8, 10)
     assert round(lo, 4) == 0.4902 and round(hi, 4) == 0.9433
+
+
+def test_imbalance_guides_sit_at_the_check_defaults(analysis: TraceAnalysis) -> None:
+    """The dashed guides are `moediag check`'s default limits, so a bar above the line is a failing check."""
+    from moediag.checks import RULES_BY_NAME
+
+    fig = plots.imbalance_bars(analysis)
+    guides = [line.get_ydata()[0] for ax in fig.axes[:2] for line in ax.get_lines()]
+    assert guides == [RULES_BY_NAME["max_vio"].key.default, RULES_BY_NAME["max_cv"].key.default]
