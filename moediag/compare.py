@@ -227,6 +227,15 @@ def _path_shift(sa: Any, sb: Any, min_support: int) -> list[dict[str, Any]] | No
     return rows[:PATH_SHIFT_TOP]
 
 
+#: a mean router-row cosine below this suggests two separately trained models
+UNRELATED_COSINE = 0.5
+NUMBERING_NOTE = (
+    "{what}: experts are compared by id, and two separately trained models need not number the same "
+    "function alike, so per-expert shifts, top-1 agreement and the load JS divergence compare ids, not "
+    "roles (MaxVio and CV deltas do not depend on the numbering)"
+)
+
+
 def compare_traces(
     a: str | os.PathLike[str],
     b: str | os.PathLike[str],
@@ -264,6 +273,8 @@ def compare_traces(
             raise InvalidInputError(
                 f"layer {layer} has {ea} experts in {a} but {eb} in {b}; cannot compare", b
             )
+    if ta.meta.model and tb.meta.model and ta.meta.model != tb.meta.model:
+        notes.append(NUMBERING_NOTE.format(what=f"A is {ta.meta.model!r} and B is {tb.meta.model!r}"))
     per_token = [x for x in common if not ta.layers[x].count_only and not tb.layers[x].count_only]
     sat, why = saturation(ta, tb, per_token, chunk_tokens) if per_token else (None, None)
     if why:
@@ -399,10 +410,16 @@ def compare_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str]) ->
             }
         )
     cosines = [r["router_cosine_min"] for r in rows]
+    mean_cosine = sum(r["router_cosine_mean"] for r in rows) / len(rows)
+    if mean_cosine < UNRELATED_COSINE:
+        notes.append(
+            NUMBERING_NOTE.format(what=f"the routers' mean row cosine is {mean_cosine:.2f}")
+            + " (a fine-tune of the same base keeps rows near 1)"
+        )
     summary = {
         "layers_compared": [r["layer"] for r in rows],
         "router_cosine_min": min(cosines),
-        "router_cosine_mean": sum(r["router_cosine_mean"] for r in rows) / len(rows),
+        "router_cosine_mean": mean_cosine,
         "selection_bias_delta_max_abs": max(
             (
                 r["selection_bias_delta_max_abs"]

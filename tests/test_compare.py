@@ -204,3 +204,26 @@ def test_trace_and_checkpoint_do_not_mix(tmp_path: Path) -> None:
     a = logits_trace(tmp_path / "a.safetensors")
     with pytest.raises(UsageError, match="two traces or two checkpoints"):
         compare(a, _checkpoint(tmp_path / "ck", 0))
+
+
+def test_warns_that_expert_ids_of_different_models_need_not_correspond(tmp_path: Path) -> None:
+    ids = {0: [[0, 1], [2, 3], [1, 2]]}
+    a = write_trace(
+        tmp_path / "a.safetensors", _ids_tensors(ids), build_metadata(num_experts=4, top_k=2, model="m-a")
+    )
+    b = write_trace(
+        tmp_path / "b.safetensors", _ids_tensors(ids), build_metadata(num_experts=4, top_k=2, model="m-b")
+    )
+    same = write_trace(
+        tmp_path / "c.safetensors", _ids_tensors(ids), build_metadata(num_experts=4, top_k=2, model="m-a")
+    )
+    assert any("need not number" in n and "'m-a'" in n for n in compare(a, b).notes)
+    assert not any("need not number" in n for n in compare(a, same).notes)
+    # checkpoints: independent random routers (mean cosine ~0) get the note, a model against itself does not
+    c0, c1 = _checkpoint(tmp_path / "c0", 0), _checkpoint(tmp_path / "c1", 1)
+    assert any("need not number" in n for n in compare(c0, c1).notes)
+    assert not any("need not number" in n for n in compare(c0, c0).notes)
+
+
+def _ids_tensors(ids: dict[int, list[list[int]]]) -> dict[str, torch.Tensor]:
+    return {f"layers.{layer}.topk_ids": torch.tensor(v, dtype=torch.int32) for layer, v in ids.items()}
