@@ -184,7 +184,8 @@ def gc_paused() -> Iterator[None]:
 
     Every torch call makes tensor objects, so the collector would run thousands of times per unit (3% of
     the time in a profile) for nothing: the loop makes no reference cycles. It is switched back on when
-    the last user leaves, unless it was off before.
+    the last user leaves, unless it was off before it was first paused. The collector is process-wide, so
+    it is off for every thread while any analysis streams.
     """
     global _gc_pausers, _gc_was_enabled
     with _gc_lock:

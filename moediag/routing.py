@@ -57,6 +57,7 @@ def softmax_parts(logits: torch.Tensor) -> SoftmaxParts:
     -log(max p), logsumexp = max z + log S, and log p_i = z_i - max z - log S gives the entropy
     H = log S - sum_i p_i (z_i - max z): both terms are small when the router is confident, so there is
     no cancellation. (amax, not max(): the reduction without indices is ~10x faster on CPU.)
+    Rows must be finite (a -inf logit gives a NaN entropy): analysis and replay drop non-finite rows first.
     """
     z = logits.float()
     row_max = z.amax(dim=-1)

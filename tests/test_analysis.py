@@ -330,3 +330,57 @@ def test_bf16_f16_f32_logits_agree(make_trace) -> None:
         assert r["aux_loss"] == pytest.approx(rows[0]["aux_loss"], rel=1e-9)
         assert r["z_loss"] == pytest.approx(rows[0]["z_loss"], rel=1e-9)
     check_layer(rows[2], reference_layer({"layers.0.router_logits": z}, 0, e, k, "softmax"))
+
+
+def test_gc_paused_nests_across_threads_and_restores() -> None:
+    import gc
+    import threading
+
+    from moediag.analysis import gc_paused
+
+    assert gc.isenabled()
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def worker() -> None:
+        with gc_paused():
+            inside.set()
+            leave.wait(5)
+
+    t = threading.Thread(target=worker)
+    with gc_paused():
+        t.start()
+        inside.wait(5)
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other thread is still streaming
+    leave.set()
+    t.join()
+    assert gc.isenabled()
+    gc.disable()  # off before: stays off
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_filled_only_for_ids_the_router_chose(make_trace) -> None:
+    """``LayerBatch.filled`` skips -1 checks, so it may be set only when moediag chose the ids itself."""
+    from moediag.analysis import layer_batch
+    from moediag.trace import open_trace
+
+    e, k, t = 6, 2, 40
+    tensors = random_tensors(4, tokens=t, num_experts=e, top_k=k, layers=(0,), ids=True)
+    tensors["layers.0.topk_ids"][::5, 1] = -1  # empty slots in the recorded choices
+    for logits_only in (True, False):
+        chosen = dict(tensors)
+        if logits_only:
+            chosen.pop("layers.0.topk_ids")
+        trace = open_trace(make_trace(tensors=chosen, metadata=trace_metadata(e, k, "softmax")))
+        chunk = next(trace.iter_chunks())
+        batch, _ = layer_batch(chunk, trace.layers[0], None, None)
+        assert batch.filled is logits_only
+        assert batch.select(torch.ones(len(batch), dtype=torch.bool)).filled is logits_only
+    a = analyze_trace(make_trace(tensors=tensors, metadata=trace_metadata(e, k, "softmax")))
+    assert a.layer(0)["empty_slots"] == int((tensors["layers.0.topk_ids"] < 0).sum())

@@ -128,3 +128,23 @@ def test_margin_is_kth_minus_next() -> None:
 def test_unknown_score_function() -> None:
     with pytest.raises(ValueError):
         routing.distribution(torch.zeros(1, 2), "relu")
+
+
+@pytest.mark.parametrize(
+    ("scale", "shift", "e"),
+    [(1.0, 0.0, 64), (1e4, 0.0, 8), (1.0, 1e3, 16), (1e-6, 0.0, 64), (30.0, -50.0, 256), (1.0, 0.0, 1)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmax_parts_against_float64(scale: float, shift: float, e: int, dtype: torch.dtype) -> None:
+    """logsumexp from max z - log(max p) and entropy from log S - sum p (z - max), against float64 on
+    confident, flat, shifted and single-expert rows (ties included: bfloat16 rounds many logits equal)."""
+    z = (torch.randn(2000, e, generator=torch.Generator().manual_seed(e)) * scale + shift).to(dtype)
+    parts = routing.softmax_parts(z)
+    zd = z.double()
+    p = torch.softmax(zd, dim=-1)
+    want_entropy = -(p * torch.log_softmax(zd, dim=-1)).sum(-1)
+    torch.testing.assert_close(parts.softmax.double(), p, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(parts.lse.double(), torch.logsumexp(zd, dim=-1), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(parts.entropy.double(), want_entropy, rtol=1e-4, atol=2e-6)
+    torch.testing.assert_close(parts.confidence.double(), p.amax(-1), rtol=1e-5, atol=1e-7)
+    assert bool((parts.entropy >= -1e-6).all())

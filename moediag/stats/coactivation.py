@@ -7,20 +7,21 @@ import torch
 from moediag.blocked import row_slices
 from moediag.stats.batch import LayerBatch
 
-#: below this many rows torch's CPU int8 GEMM is not trusted (it returns garbage for one row in torch 2.13)
-INT_MM_MIN_ROWS = 8
+#: int8 GEMM blocks are padded with zero columns to a multiple of this many rows: the probe checks such
+#: widths, and torch 2.13's CPU kernel returns garbage for a width of 1
+INT_MM_ROWS = 64
 _INT_MM: bool | None = None  # whether torch._int_mm is present and right here (probed once)
 
 
 def _int_mm_works() -> bool:
-    """Probe torch._int_mm once against float32 on random 0/1 matrices of the shapes we use."""
+    """Probe torch._int_mm once against float32 on random 0/1 matrices of the padded shapes we use."""
     global _INT_MM
     if _INT_MM is None:
         g = torch.Generator().manual_seed(0)
         try:
             _INT_MM = all(
                 torch.equal(torch._int_mm(a, a.T).to(torch.int64), (a.float() @ a.float().T).round().long())
-                for e, m in ((64, 4096), (60, 37), (8, 8), (256, 100))
+                for e, m in ((64, 4096), (60, 64), (8, 128), (256, 192), (1, 64), (3, 4096))
                 for a in [(torch.rand(e, m, generator=g) < 0.3).to(torch.int8)]
             )
         except (AttributeError, RuntimeError, NotImplementedError):
@@ -28,13 +29,23 @@ def _int_mm_works() -> bool:
     return _INT_MM
 
 
-def _gram(onehot_t: torch.Tensor) -> torch.Tensor:
-    """``onehot_t @ onehot_t.T`` for an int8 0/1 matrix [E, m], exact, as int64 [E, E].
+def _gram(ids: torch.Tensor, num_experts: int, empty: bool) -> torch.Tensor:
+    """Pair counts of one block of ids [m, k] as int64 [E, E]: onehot.T @ onehot, exact.
 
-    torch's int8 GEMM (int32 accumulation: exact) is ~4x faster on CPU than float32 where a probe shows it
-    is present and right; otherwise float32, exact while m < 2^24 (blocks are 4096 rows).
+    torch's int8 GEMM (int32 accumulation) is ~4x faster on CPU than float32 where the probe shows it is
+    present and right; the block is then padded with zero rows to a multiple of :data:`INT_MM_ROWS`.
+    Otherwise float32, exact while m < 2^24 (blocks are 4096 rows).
     """
-    if onehot_t.shape[1] >= INT_MM_MIN_ROWS and _int_mm_works():
+    fast = _int_mm_works()
+    m = ids.shape[0]
+    width = -(-m // INT_MM_ROWS) * INT_MM_ROWS if fast else m
+    onehot_t = torch.zeros(num_experts, width, dtype=torch.int8)  # built transposed: [E, rows]
+    block = ids.T  # [k, m]
+    if empty:  # empty slots add 0 (scatter_add: a 0 must not overwrite a 1)
+        onehot_t[:, :m].scatter_add_(0, block.clamp_min(0), (block >= 0).to(torch.int8))
+    else:
+        onehot_t[:, :m].scatter_(0, block, 1)
+    if fast:
         return torch._int_mm(onehot_t, onehot_t.T).to(torch.int64)
     f = onehot_t.float()
     return (f @ f.T).round().to(torch.int64)
@@ -61,13 +72,7 @@ class CoactivationStats:
             empty = not batch.filled and bool((ids < 0).any())
             gram = torch.zeros(e, e, dtype=torch.int64)
             for rows in row_slices(ids.shape[0]):  # a cache-sized one-hot block at a time
-                block = ids[rows].T  # [k, m]: one-hot built transposed, [E, m]
-                onehot_t = torch.zeros(e, block.shape[1], dtype=torch.int8)
-                if empty:  # empty slots add 0 (scatter_add: a 0 must not overwrite a 1)
-                    onehot_t.scatter_add_(0, block.clamp_min(0), (block >= 0).to(torch.int8))
-                else:
-                    onehot_t.scatter_(0, block, 1)
-                gram += _gram(onehot_t)
+                gram += _gram(ids[rows], e, empty)
             self.pairs += gram
             return
         a_idx, b_idx = torch.triu_indices(k, k, offset=1)

@@ -142,13 +142,17 @@ def test_drop_rate_decreases_with_capacity_factor() -> None:
 
 
 @pytest.mark.parametrize("scale", [1.0, 1.99, 2.0, 3.5, 1e6, -1.0])
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(6))
 def test_order_by_key_then_weight_matches_lexicographic_order(scale: float, seed: int) -> None:
-    """The packed-key sort must equal ordering by (key, -weight, position), ties and -0.0 included."""
+    """The packed-key sort (shift 30 below 2.0, 32 above) and the two-sort fallback (negative or infinite
+    weights) must equal ordering by (key, -weight, position): ties, -0.0, subnormals and 2.0 included."""
     rng = np.random.default_rng(seed)
     m = 400
     key = rng.integers(0, 7, size=m)
-    weights = rng.choice([0.0, -0.0, 0.25, 0.5, 1.0], size=m) if seed % 2 else rng.random(m)
+    special = [0.0, -0.0, 0.25, 0.5, 1.0, 1.9999999, 2.0, 1e-45, 1e-40]
+    if seed % 3 == 2:
+        special.append(float("inf"))
+    weights = rng.choice(special, size=m) if seed % 2 else rng.random(m)
     weights = (weights * scale).astype(np.float32)
     got = _order_by_key_then_weight(torch.from_numpy(key), torch.from_numpy(weights), 6).tolist()
     want = sorted(range(m), key=lambda i: (key[i], -float(weights[i]), i))

@@ -53,16 +53,18 @@ def test_merge_adds() -> None:
 
 @pytest.mark.parametrize("int_mm", [True, False])
 @pytest.mark.parametrize(("e", "k", "empty"), [(8, 2, False), (60, 4, True), (64, 8, False), (256, 8, True)])
-def test_gram_paths_agree_with_pair_loop(monkeypatch, int_mm: bool, e: int, k: int, empty: bool) -> None:
+@pytest.mark.parametrize("n", [8193, 4103, 5])  # block tails of 1 and 7 rows, and one short block
+def test_gram_paths_agree_with_pair_loop(
+    monkeypatch, int_mm: bool, e: int, k: int, empty: bool, n: int
+) -> None:
     """Integer GEMM, its float32 fallback and the pair-bincount path (large E) all equal the pair loop,
     over more rows than one block and with empty slots."""
     import moediag.stats.coactivation as co
 
     monkeypatch.setattr(co, "_INT_MM", None if int_mm else False)
-    if int_mm and not co._int_mm_works():
+    if int_mm and not co._int_mm_works():  # noqa: SIM102
         pytest.skip("no trustworthy torch._int_mm in this torch build")
     g = torch.Generator().manual_seed(e + k)
-    n = 8193  # two full blocks and a last block of one row (float path: see INT_MM_MIN_ROWS)
     ids = torch.rand(n, e, generator=g).topk(k, dim=-1).indices
     if empty:
         ids[torch.rand(n, k, generator=g) < 0.1] = -1
