@@ -25,7 +25,9 @@ def _loss(value: float | None) -> str:
 
 
 def worst_experts_table(analysis: TraceAnalysis, limit: int = 10) -> Table | None:
-    """The experts with the lowest interval upper bound (top-1 attribution), flagged ones first."""
+    """The experts whose accuracy is most surely low (top-1 attribution): those whose 95% interval lies wholly
+    below their layer's accuracy first, then by the interval's upper end, so an expert with few tokens and a
+    wide interval does not crowd out a well-measured poor one."""
     rows = [
         (layer["layer"], layer["accuracy"], r)
         for layer in analysis.layers
@@ -36,18 +38,24 @@ def worst_experts_table(analysis: TraceAnalysis, limit: int = 10) -> Table | Non
         return None
     flagged = sum(1 for _, _, r in rows if r["below_overall"])
     rows.sort(key=lambda x: (not x[2]["below_overall"], x[2]["ci_high"], x[2]["accuracy"]))
+    shown = rows[:limit]
+    # every token passes every layer, so the layers' accuracies usually agree: then one figure says it
+    same = len({overall for _, overall, _ in shown}) == 1
     t = Table(title="Worst experts by accuracy (top-1 attribution)")
-    t.caption = f"{flagged} expert(s) with a 95% interval wholly below their layer's accuracy"
-    for col in ("layer", "expert", "tokens", "accuracy", "95% CI", "layer acc.", "loss", "flag"):
+    where = f" ({_pct(shown[0][1])} in every layer shown)" if same else ""
+    t.caption = (
+        f"{flagged} expert(s) with a 95% interval wholly below their layer's accuracy{where}. Order: those "
+        "first, then by the upper end of the interval (the experts most surely below par, not the ones with "
+        "the fewest tokens)"
+    )
+    columns = ["layer", "expert", "tokens", "accuracy", "95% CI"] + ([] if same else ["layer acc."])
+    for col in columns + ["loss", "flag"]:
         t.add_column(col, justify="right")
-    for layer, overall, r in rows[:limit]:
+    for layer, overall, r in shown:
+        cells = [str(layer), str(r["expert"]), str(r["tokens"]), _pct(r["accuracy"]), _ci(r)]
+        cells += [] if same else [_pct(overall)]
         t.add_row(
-            str(layer),
-            str(r["expert"]),
-            str(r["tokens"]),
-            _pct(r["accuracy"]),
-            _ci(r),
-            _pct(overall),
+            *cells,
             _loss(r["mean_loss"]),
             Text("below", style="red") if r["below_overall"] else "",
         )
