@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from moediag.cli.app import app, finish
+from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, print_json, progress_bar, stdout_console
 from moediag.errors import UsageError
 
@@ -81,7 +81,27 @@ def inspect_cmd(
         raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}")
     if cold_eps <= 0 or capacity_group < 1 or (chunk_tokens is not None and chunk_tokens < 1):
         raise UsageError("--cold-eps, --capacity-group and --chunk-tokens must be positive")
-    if detect_kind(path) == "checkpoint":
+    kind = detect_kind(path)
+    trace_only = {
+        "--worst": worst is not None,
+        "--sort": sort != "max_vio",
+        "--detail": detail,
+        "--num-experts": num_experts is not None,
+        "--top-k": top_k is not None,
+        "--score-function": score_function is not None,
+        "--cold-eps": cold_eps != 0.1,
+        "--capacity-group": capacity_group != 4096,
+        "--chunk-tokens": chunk_tokens is not None,
+        "--workers": workers is not None,
+        "--scheduler": scheduler is not None,
+    }
+    checkpoint_only = {"--no-weights": not weights, "--redundancy-threshold": redundancy_threshold != 0.99}
+    unused = [f for f, given in (trace_only if kind == "checkpoint" else checkpoint_only).items() if given]
+    if unused:
+        what = "traces" if kind == "checkpoint" else "checkpoints"
+        verb = "applies" if len(unused) == 1 else "apply"
+        echo_err(f"moediag: note: {', '.join(unused)} {verb} to {what} only; ignored for {path}")
+    if kind == "checkpoint":
         from moediag.cli.inspect_checkpoint import inspect_checkpoint_command
 
         finish(

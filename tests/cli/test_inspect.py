@@ -373,3 +373,12 @@ def test_closed_pipe_ends_quietly(command: str) -> None:
     )
     assert proc.returncode in (0, 141), proc.stderr
     assert "error" not in proc.stderr
+
+
+def test_options_for_the_other_kind_of_input_are_named_not_silently_ignored(good: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    result = invoke("inspect", good, "--no-weights")
+    assert result.exit_code == 0 and "--no-weights applies to checkpoints only; ignored" in result.stderr
+    result = invoke("inspect", repo / "sample_traces" / "trained_noaux", "--worst", "2", "--top-k", "2")
+    assert result.exit_code == 0 and "--worst, --top-k apply to traces only; ignored" in result.stderr
+    assert "note" not in invoke("inspect", good, "--worst", "1").stderr
