@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+
+from moediag.errors import UsageError
 
 
 def stdout_console() -> Console:
@@ -57,3 +59,28 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+PATH_WINDOW_HELP = (
+    "Also track routing paths over MoE layers FIRST..LAST (inclusive; repeatable), besides the full depth."
+)
+
+
+def parse_path_windows(specs: list[str] | None, layers: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """``--path-window FIRST:LAST`` values, checked against the trace's MoE layers."""
+    present = sorted(layers)
+    out = []
+    for spec in specs or []:
+        try:
+            first, last = (int(x) for x in spec.split(":"))
+        except ValueError:
+            raise UsageError(f"--path-window {spec}: expected FIRST:LAST, e.g. 0:3") from None
+        if first > last:
+            raise UsageError(f"--path-window {spec}: FIRST must not exceed LAST")
+        if not any(first <= x <= last for x in present):
+            raise UsageError(
+                f"--path-window {spec}: no MoE layer of the trace in {first}..{last} "
+                f"(layers: {', '.join(map(str, present))})"
+            )
+        out.append((first, last))
+    return tuple(out)

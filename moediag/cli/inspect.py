@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 import typer
 
 from moediag.cli.app import app, echo_err, finish
-from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, print_json, progress_bar, stdout_console
+from moediag.cli.common import (
+    PATH_WINDOW_HELP,
+    SCHEDULER_HELP,
+    WORKERS_HELP,
+    parse_path_windows,
+    print_json,
+    progress_bar,
+    stdout_console,
+)
 from moediag.errors import UsageError
 
 if TYPE_CHECKING:
@@ -68,6 +76,9 @@ def inspect_cmd(
     redundancy_threshold: float = typer.Option(
         0.99, "--redundancy-threshold", help="Checkpoints: cosine above which two experts are duplicates."
     ),
+    path_window: list[str] | None = typer.Option(
+        None, "--path-window", metavar="FIRST:LAST", help=PATH_WINDOW_HELP
+    ),
     workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
     scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
 ) -> None:
@@ -94,6 +105,7 @@ def inspect_cmd(
         "--chunk-tokens": chunk_tokens is not None,
         "--workers": workers is not None,
         "--scheduler": scheduler is not None,
+        "--path-window": bool(path_window),
     }
     checkpoint_only = {"--no-weights": not weights, "--redundancy-threshold": redundancy_threshold != 0.99}
     unused = [f for f, given in (trace_only if kind == "checkpoint" else checkpoint_only).items() if given]
@@ -120,7 +132,11 @@ def inspect_cmd(
             f"--layer {layer}: not in the trace (layers: {', '.join(map(str, sorted(trace.layers)))})",
             path,
         )
-    options = StatsOptions(cold_eps=cold_eps, capacity_group_tokens=capacity_group)
+    options = StatsOptions(
+        cold_eps=cold_eps,
+        capacity_group_tokens=capacity_group,
+        path_windows=parse_path_windows(path_window, trace.layers),
+    )
     with progress_bar("analysing", trace.num_tokens) as advance:
         analysis = analyze_trace(
             trace,

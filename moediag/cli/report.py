@@ -8,7 +8,13 @@ from typing import Any
 import typer
 
 from moediag.cli.app import app, echo_err
-from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar
+from moediag.cli.common import (
+    PATH_WINDOW_HELP,
+    SCHEDULER_HELP,
+    WORKERS_HELP,
+    parse_path_windows,
+    progress_bar,
+)
 from moediag.errors import UsageError
 
 
@@ -52,6 +58,9 @@ def report_cmd(
         "--weights/--no-weights",
         help="Checkpoints: read weights for router and redundancy diagnostics.",
     ),
+    path_window: list[str] | None = typer.Option(
+        None, "--path-window", metavar="FIRST:LAST", help=PATH_WINDOW_HELP
+    ),
     workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
     scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
 ) -> None:
@@ -85,7 +94,11 @@ def report_cmd(
         with progress_bar("analysing trace", trace.num_tokens) as advance:
             analysis = analyze_trace(
                 trace,
-                options=StatsOptions(cold_eps=cold_eps, capacity_group_tokens=capacity_group),
+                options=StatsOptions(
+                    cold_eps=cold_eps,
+                    capacity_group_tokens=capacity_group,
+                    path_windows=parse_path_windows(path_window, trace.layers),
+                ),
                 progress=advance,
                 workers=workers,
                 scheduler=scheduler,

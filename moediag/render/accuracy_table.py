@@ -62,35 +62,37 @@ def worst_experts_table(analysis: TraceAnalysis, limit: int = 10) -> Table | Non
     return t
 
 
-def paths_table(analysis: TraceAnalysis, limit: int = 10) -> Table | None:
-    """Underperforming paths first, then the most frequent ones, for each path window."""
+def paths_tables(analysis: TraceAnalysis, limit: int = 10) -> list[Table]:
+    """One table per path window (the full depth, then each ``--path-window``): underperforming paths
+    first, else the most frequent ones."""
     windows = analysis.summary.get("paths") or []
-    shown = [w for w in windows if w["accuracy"] is not None and (w["underperforming"] or w["frequent"])]
-    if not shown:
-        return None
-    w = shown[0]
-    rows = w["underperforming"][:limit] or w["frequent"][:limit]
-    what = "underperforming" if w["underperforming"] else "most frequent"
-    exact = "exact" if w["exact"] else f"counts may miss up to {w['max_undercount']} tokens per path"
-    t = Table(title=f"Paths over layers {w['layers'][0]}..{w['layers'][-1]}: {what}")
-    t.caption = f"overall accuracy {_pct(w['accuracy'])}; {exact}"
-    for col in ("path", "tokens", "share", "accuracy", "95% CI", "loss"):
-        t.add_column(col, justify="right")
-    for r in rows:
-        path = "-".join(map(str, r["path"]))
-        t.add_row(
-            path if len(path) <= 32 else path[:31] + "…",
-            str(r["tokens"]),
-            _pct(r["share"]),
-            _pct(r["accuracy"]),
-            _ci(r),
-            _loss(r["mean_loss"]),
-        )
-    return t
+    tables = []
+    for w in windows:
+        if w["accuracy"] is None or not (w["underperforming"] or w["frequent"]):
+            continue
+        rows = w["underperforming"][:limit] or w["frequent"][:limit]
+        what = "underperforming" if w["underperforming"] else "most frequent"
+        exact = "exact" if w["exact"] else f"counts may miss up to {w['max_undercount']} tokens per path"
+        t = Table(title=f"Paths over layers {w['layers'][0]}..{w['layers'][-1]}: {what}")
+        t.caption = f"overall accuracy {_pct(w['accuracy'])}; {exact}"
+        for col in ("path", "tokens", "share", "accuracy", "95% CI", "loss"):
+            t.add_column(col, justify="right")
+        for r in rows:
+            path = "-".join(map(str, r["path"]))
+            t.add_row(
+                path if len(path) <= 32 else path[:31] + "…",
+                str(r["tokens"]),
+                _pct(r["share"]),
+                _pct(r["accuracy"]),
+                _ci(r),
+                _loss(r["mean_loss"]),
+            )
+        tables.append(t)
+    return tables
 
 
 def render_accuracy(analysis: TraceAnalysis, console: Console) -> None:
     """Print the accuracy tables when the trace has accuracy data; nothing otherwise."""
-    for table in (worst_experts_table(analysis), paths_table(analysis)):
-        if table is not None:
-            console.print(table)
+    experts = worst_experts_table(analysis)
+    for table in ([experts] if experts is not None else []) + paths_tables(analysis):
+        console.print(table)

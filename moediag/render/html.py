@@ -393,16 +393,26 @@ def _cold_only(row: Mapping[str, Any]) -> list[int]:
 
 
 def path_table(analysis: TraceAnalysis) -> str:
+    """The most frequent paths of each window (the full depth, then each ``--path-window``)."""
     doc = analysis.computed()
     raw = doc.get("paths", doc.get("summary", {}).get("paths"))
     if isinstance(raw, Mapping):
         raw = raw.get("frequent", raw.get("paths"))
+    groups: list[tuple[str, list[Any]]] = []
     if isinstance(raw, list) and raw and all(isinstance(w, Mapping) and "frequent" in w for w in raw):
-        raw = next((w["frequent"] for w in raw if w.get("frequent")), [])
-    if not isinstance(raw, list) or not raw:
-        return ""
+        for w in raw:
+            if w.get("frequent"):
+                layers = w.get("layers") or []
+                title = f"layers {layers[0]}..{layers[-1]}" if layers else ""
+                groups.append((title, list(w["frequent"])))
+    elif isinstance(raw, list) and raw:
+        groups.append(("", raw))
+    return "".join(_path_rows_table(title, rows, many=len(groups) > 1) for title, rows in groups)
+
+
+def _path_rows_table(title: str, rows: list[Any], many: bool) -> str:
     body = []
-    for p in raw[:20]:
+    for p in rows[:20]:
         if not isinstance(p, Mapping):
             continue
         path = p.get("path")
@@ -415,9 +425,13 @@ def path_table(analysis: TraceAnalysis) -> str:
             f"</td><td>{pct(p.get('accuracy'))}</td><td>{ci}</td>"
             f"<td>{'below overall' if p.get('below_overall') else ''}</td></tr>"
         )
+    if not body:
+        return ""
+    heading = f"<h3>Paths over {e(title)}</h3>" if many and title else ""
     return (
-        '<table class="data sortable"><thead><tr><th>path (top-1 expert per layer)</th><th>tokens</th>'
-        f"<th>accuracy</th><th>Wilson 95%</th><th></th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f'{heading}<table class="data sortable"><thead><tr><th>path (top-1 expert per layer)</th>'
+        "<th>tokens</th><th>accuracy</th><th>Wilson 95%</th><th></th></tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
     )
 
 
@@ -437,7 +451,11 @@ def trace_sections(
         sections.append(Section(sid, title, fig + extra))
 
     imbalance, _ = _try_figure(
-        embed, PlotKind.IMBALANCE, analysis, None, "MaxVio, CV (dashed line: 0.3) and dead experts per layer."
+        embed,
+        PlotKind.IMBALANCE,
+        analysis,
+        None,
+        "MaxVio, CV and dead experts per layer; dashed lines: check's default limits.",
     )
     sections.append(Section("overview", "Overview", kv_table(overview_rows(analysis)) + (imbalance or "")))
     sections.append(

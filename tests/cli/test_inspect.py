@@ -382,3 +382,13 @@ def test_options_for_the_other_kind_of_input_are_named_not_silently_ignored(good
     result = invoke("inspect", repo / "sample_traces" / "trained_noaux", "--worst", "2", "--top-k", "2")
     assert result.exit_code == 0 and "--worst, --top-k apply to traces only; ignored" in result.stderr
     assert "note" not in invoke("inspect", good, "--worst", "1").stderr
+
+
+def test_path_window_adds_a_window_and_bad_specs_exit_2(good: Path) -> None:
+    result = invoke("inspect", good, "--json", "--path-window", "2:5", "--path-window", "0:2")
+    assert result.exit_code == 0
+    windows = [w["layers"] for w in json.loads(result.stdout)["summary"]["paths"]]
+    assert windows == [[0, 2, 5], [0, 2], [2, 5]]  # the full depth, then the windows in layer order
+    for spec, why in (("3-4", "expected FIRST:LAST"), ("5:2", "must not exceed"), ("6:9", "no MoE layer")):
+        bad = invoke("inspect", good, "--path-window", spec)
+        assert bad.exit_code == 2 and why in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
