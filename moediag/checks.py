@@ -989,7 +989,10 @@ def compare_baseline(
     outcomes = []
     for rule in RULES:
         base_precision = int(config["precision"]) if config["precision"] is not None else rule.precision
-        precision = max(base_precision, decimals(margin))
+        # counts (precision 0) stay whole: the margin is whole experts or pairs, rounded down
+        counts = rule.precision == 0 and config["precision"] is None
+        allowed = float(math.floor(margin)) if counts else margin
+        precision = base_precision if counts else max(base_precision, decimals(margin))
         pairs: list[tuple[int | None, float | None, float | None]] = []
         if scope == "model" or rule.model_only:
             pairs.append(
@@ -1005,7 +1008,7 @@ def compare_baseline(
             if value is None or base is None:
                 continue
             base_rounded, _ = round_figure(float(base), precision)
-            limit = base_rounded + margin if rule.direction == "max" else base_rounded - margin
+            limit = base_rounded + allowed if rule.direction == "max" else base_rounded - allowed
             limit, _ = round_figure(limit, precision)
             result = _judge(
                 f"baseline.{rule.name}",
@@ -1018,7 +1021,7 @@ def compare_baseline(
                 precision,
                 False,
             )
-            result.reason = f"baseline {round_figure(float(base), precision)[1]}, margin {margin:g}"
+            result.reason = f"baseline {round_figure(float(base), precision)[1]}, margin {allowed:g}"
             results.append(result)
         if results:
             outcomes.append(

@@ -359,6 +359,20 @@ def test_baseline_regression_both_sides() -> None:
     assert worse.exit_code is ExitCode.CHECK_FAILED
 
 
+def test_baseline_margin_on_counts_is_whole_experts() -> None:
+    """Dead experts are counted: a 0.05 margin allows no new dead expert and prints as 0, not 0.05."""
+    base = baseline_figures(doc(layer_row(0, dead_experts=[])), CheckConfig())
+    one_dead = doc(layer_row(0, dead_experts=[3]))
+    for margin, status in ((0.05, "fail"), (0.99, "fail"), (1.0, "pass"), (1.5, "pass")):
+        cfg = CheckConfig.from_values({"baseline_margin": margin})
+        dead = outcome(run_checks(one_dead, cfg, base), "baseline.max_dead")
+        assert dead.status == status, margin
+    failing = outcome(
+        run_checks(one_dead, CheckConfig.from_values({"baseline_margin": 0.05}), base), "baseline.max_dead"
+    )
+    assert failing.failures[0].message() == "layer 0: baseline.max_dead 1 > 0 (baseline 0, margin 0)"
+
+
 def test_baseline_from_inspect_json_and_bad_documents() -> None:
     figures = baseline_figures(doc(layer_row(0, max_vio=0.3)), CheckConfig())
     assert figures["layers"]["0"]["max_vio"] == 0.3
