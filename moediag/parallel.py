@@ -460,6 +460,8 @@ def unit_stats(
     units = plan_units(
         trace, chunk_tokens=chunk_tokens, unit_tokens=unit_tokens, options=options, layers=layers
     )
+    if isinstance(runner, LocalRunner) and len(units) <= 1:
+        runner = None  # one unit: starting worker processes (~2 s) would cost more than the unit
     if runner is None:
         if not units:
             return trace_stats(trace, [], options, None, layers)

@@ -214,3 +214,20 @@ def test_unreachable_scheduler_exits_2(trace: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MOEDIAG_DASK_TIMEOUT", "2")
     result = CliRunner().invoke(app, ["inspect", str(trace), "--scheduler", "tcp://127.0.0.1:1"])
     assert result.exit_code == 2 and "scheduler" in result.stderr
+
+
+def test_one_unit_runs_here_without_starting_worker_processes(tmp_path: Path) -> None:
+    """--workers 2 on a trace of one unit: same result, and no process pool (it cost ~2 s of start-up)."""
+    from moediag.parallel import LocalRunner, open_runner
+
+    path = write_trace(tmp_path / "small")
+    units = plan_units(open_trace(path), unit_tokens=1 << 30)
+    assert len(units) == 1
+    with open_runner(2) as runner:
+        assert isinstance(runner, LocalRunner)
+        got = analyze_trace(path, runner=runner, unit_tokens=1 << 30).to_dict(detail=True)
+        assert runner._pool is None
+    want = analyze_trace(path, workers=1, unit_tokens=1 << 30).to_dict(detail=True)
+    for doc in (got, want):
+        doc["meta"].pop("created")
+    assert got == want
