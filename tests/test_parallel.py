@@ -197,8 +197,14 @@ def test_corrupt_shard_with_local_workers_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["inspect", str(bad), "--json", "--workers", "2"])
     assert result.exit_code == 2, result.output
     err = result.stderr.strip().splitlines()
-    assert len(err) == 1 and "part-00001.safetensors" in err[0] and "worker" in err[0]
+    assert len(err) == 1 and "part-00001.safetensors" in err[0]  # one unit: analysed here, no worker
     assert result.stdout == ""
+    # several units: the failing worker's shard is named, with the unit
+    from moediag.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match=r"worker, unit \d+ of \d+") as info:
+        analyze_trace(bad, workers=2, chunk_tokens=CHUNK, unit_tokens=UNIT)
+    assert "part-00001.safetensors" in str(info.value.path)
 
 
 def test_workers_and_scheduler_are_exclusive(trace: Path) -> None:
