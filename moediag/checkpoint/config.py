@@ -291,6 +291,8 @@ def _guess_family(raw: dict[str, Any]) -> str | None:
         return "deepseek-native"
     if "num_moe_experts" in raw or "moe_router_topk" in raw:
         return "megatron"
+    if "experts_per_token" in raw and "swiglu_limit" in raw:
+        return "gpt_oss"  # OpenAI's original release: config.json without model_type
     return None
 
 

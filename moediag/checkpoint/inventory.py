@@ -80,7 +80,7 @@ class Inventory:
     def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """Rows ``[a, b)`` of a tensor (all of it when ``rows`` is None), read by byte range."""
         ref = self.tensors[name]
-        return ref.file.read(name, rows=rows)
+        return ref.file.read(ref.name, rows=rows)  # ref.name: the name on disk (``name`` may be an alias)
 
     def read_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Elements ``[start, stop)`` of a tensor in memory order, as a 1-D tensor of its own dtype.
@@ -306,6 +306,7 @@ def open_inventory(path: str | os.PathLike[str]) -> Inventory:
         )
     if not tensors:
         raise InvalidInputError("checkpoint holds no tensors", path)
+    tensors = _openai_gpt_oss_aliases(tensors, warnings)
     return Inventory(
         path=path,
         files=files,
@@ -322,3 +323,38 @@ def _add(tensors: dict[str, TensorRef], name: str, ref: TensorRef, dups: list[st
         dups.append(name)
         return
     tensors[name] = ref
+
+
+#: OpenAI's original GPT-OSS release (the ``original/`` folder) names its MoE tensors differently from
+#: transformers; the same tensors, renamed as transformers' convert_gpt_oss_weights_to_hf.py does (with
+#: ``mxfp4=True``: blocks and scales are stored unchanged).
+_OPENAI_GPT_OSS = (
+    (
+        re.compile(r"^block\.(\d+)\.mlp\.mlp1_weight\.(blocks|scales)$"),
+        r"block.\1.mlp.experts.gate_up_proj_\2",
+    ),
+    (re.compile(r"^block\.(\d+)\.mlp\.mlp2_weight\.(blocks|scales)$"), r"block.\1.mlp.experts.down_proj_\2"),
+    (re.compile(r"^block\.(\d+)\.mlp\.mlp1_weight$"), r"block.\1.mlp.experts.gate_up_proj"),
+    (re.compile(r"^block\.(\d+)\.mlp\.mlp2_weight$"), r"block.\1.mlp.experts.down_proj"),
+    (re.compile(r"^block\.(\d+)\.mlp\.mlp1_bias$"), r"block.\1.mlp.experts.gate_up_proj_bias"),
+    (re.compile(r"^block\.(\d+)\.mlp\.mlp2_bias$"), r"block.\1.mlp.experts.down_proj_bias"),
+    (re.compile(r"^block\.(\d+)\.mlp\.gate\.(weight|bias)$"), r"block.\1.mlp.router.\2"),
+)
+
+
+def _openai_gpt_oss_aliases(tensors: dict[str, TensorRef], warnings: list[str]) -> dict[str, TensorRef]:
+    """Present an OpenAI-original GPT-OSS checkpoint under transformers' names (reads use the disk name)."""
+    if not any(_OPENAI_GPT_OSS[0][0].match(n) or _OPENAI_GPT_OSS[2][0].match(n) for n in tensors):
+        return tensors
+    out: dict[str, TensorRef] = {}
+    for name, ref in tensors.items():
+        for pattern, repl in _OPENAI_GPT_OSS:
+            if pattern.match(name):
+                name = pattern.sub(repl, name)
+                break
+        out[name] = ref
+    warnings.append(
+        "OpenAI's original GPT-OSS names (block.L.mlp.mlp1_weight ...): read as transformers' layout "
+        "(mlp.experts.gate_up_proj ..., mlp.router)"
+    )
+    return out

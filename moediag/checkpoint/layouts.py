@@ -228,9 +228,12 @@ def _qmeta(name: str, tensors: dict[str, TensorRef]) -> str | None:
     return None
 
 
-def logical_params(ref: TensorRef, bits: int = 4) -> int:
-    """Parameters a tensor stands for: packed MXFP4 blocks hold two a byte, GPTQ/AWQ ``qweight`` 32/bits."""
-    name = ref.name
+def logical_params(ref: TensorRef, bits: int = 4, name: str | None = None) -> int:
+    """Parameters a tensor stands for: packed MXFP4 blocks hold two a byte, GPTQ/AWQ ``qweight`` 32/bits.
+
+    ``name``: the inventory's name for it, when that differs from the name on disk (an alias).
+    """
+    name = name or ref.name
     if name.endswith("_blocks") and ref.dtype == "U8":
         return ref.numel * 2
     if name.endswith("qweight") and ref.dtype in ("I32", "U32"):
@@ -288,7 +291,7 @@ def detect_layout(inv: Inventory, cfg: NormalisedConfig) -> Layout:
             roles[name] = "quant_meta"
             params[name] = 0
         else:
-            params[name] = logical_params(ref, bits)
+            params[name] = logical_params(ref, bits, name)
 
     # 1. layers
     by_layer: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
@@ -494,7 +497,7 @@ def _detect_blocks(
             b.router_params = params[router]
             if rblk is not None and rblk in logit_biases:
                 bias = logit_biases[rblk]
-                if _is_selection_gate_bias(tensors[bias].name, cfg):
+                if _is_selection_gate_bias(bias, cfg):
                     b.selection_bias = bias
                     roles[bias] = "selection_bias"
                     params[bias] = 0

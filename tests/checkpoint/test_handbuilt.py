@@ -287,3 +287,54 @@ def test_config_tensor_disagreement_is_a_warning(ckpt: Factory, tmp_path: Path, 
     assert "dense-layer rule disagrees" in joined and "1 (MoE by config, dense in tensors)" in joined
     assert "intermediate size 99" in joined
     assert s["total_params"] == built.total
+
+
+def test_openai_original_gpt_oss_names_read_like_transformers(tmp_path: Path) -> None:
+    """OpenAI's original release (block.L.mlp.mlp1_weight.blocks ..., config num_experts and
+    experts_per_token, no model_type) gives the same figures as the transformers-named MXFP4 checkpoint."""
+    torch.manual_seed(4)
+    e, h, i = 4, 64, 32
+    hf: dict[str, torch.Tensor] = {"model.embed_tokens.weight": torch.randn(16, h)}
+    orig: dict[str, torch.Tensor] = {"embedding.weight": hf["model.embed_tokens.weight"]}
+    for L in range(2):
+        gu, dn = torch.randn(e, 2 * i, h), torch.randn(e, h, i)
+        if L == 1:
+            gu[2], dn[2] = gu[1], dn[1]
+        (gb, gs), (db, ds) = mxfp4_quantise(gu), mxfp4_quantise(dn)
+        router, bias, gub, dnb = torch.randn(e, h), torch.randn(e), torch.randn(e, 2 * i), torch.randn(e, h)
+        p, o = f"model.layers.{L}.mlp.", f"block.{L}.mlp."
+        same = {  # transformers' name -> OpenAI's original name, for the same tensor
+            ("router.weight", "gate.weight"): router,
+            ("router.bias", "gate.bias"): bias,
+            ("experts.gate_up_proj_blocks", "mlp1_weight.blocks"): gb,
+            ("experts.gate_up_proj_scales", "mlp1_weight.scales"): gs,
+            ("experts.gate_up_proj_bias", "mlp1_bias"): gub,
+            ("experts.down_proj_blocks", "mlp2_weight.blocks"): db,
+            ("experts.down_proj_scales", "mlp2_weight.scales"): ds,
+            ("experts.down_proj_bias", "mlp2_bias"): dnb,
+        }
+        hf.update({p + a: t for (a, _), t in same.items()})
+        orig.update({o + b: t for (_, b), t in same.items()})
+    base = {"hidden_size": h, "intermediate_size": i, "num_hidden_layers": 2}
+    hf_cfg = {"model_type": "gpt_oss", "num_local_experts": e, "num_experts_per_tok": 2, **base}
+    want = analyze_checkpoint(write_checkpoint(tmp_path / "hf", hf, hf_cfg)).to_dict()
+    got_ckpt = analyze_checkpoint(
+        write_checkpoint(
+            tmp_path / "orig", orig, {"num_experts": e, "experts_per_token": 2, "swiglu_limit": 7.0, **base}
+        )
+    )
+    got = got_ckpt.to_dict()
+    assert any("OpenAI's original GPT-OSS names" in w for w in got["summary"]["warnings"])
+    assert got["summary"]["family"] == want["summary"]["family"]
+    assert got["summary"]["score_function"] == want["summary"]["score_function"] == "topk_softmax"
+    for key in ("total_params", "expert_params", "active_params", "num_experts", "top_k"):
+        assert got["summary"][key] == want["summary"][key], key
+    for a, b in zip(got["layers"], want["layers"], strict=True):
+        assert (a["layer"], a["redundant_pairs"], a["router_norms"], a["quantization"]) == (
+            b["layer"],
+            b["redundant_pairs"],
+            b["router_norms"],
+            b["quantization"],
+        )
+        assert a["expert_intermediate_size"] == b["expert_intermediate_size"] == i
+    assert got["layers"][1]["redundant_pairs"][0][:2] == [1, 2]
