@@ -11,6 +11,11 @@ Placements:
                 number of slots; with ``replicas`` R > 0, EPLB-style: first give the R extra copies one at a
                 time to the expert with the highest load per copy, then pack the E + R copies (each at load /
                 copies), never two copies of one expert on one rank when it can be avoided
+``hierarchical`` DeepSeek EPLB's hierarchical policy for multi-node EP: the E experts form ``num_groups``
+                equal groups (the router's group limit, ``n_group``); whole groups are packed onto
+                ``num_nodes`` nodes (heaviest group first, to the least-loaded node with room), so a token's
+                experts stay on few nodes; then each node replicates and packs its own experts onto its
+                ``ep_size / num_nodes`` GPUs as ``balanced`` does, with ``replicas / num_nodes`` copies
 a file          JSON, see :func:`load_placement` (and docs/replay.md)
 
 >>> import torch
@@ -44,6 +49,7 @@ __all__ = [
     "balancedness",
     "check_placement",
     "contiguous",
+    "hierarchical",
     "load_placement",
     "rank_loads",
     "save_placement",
@@ -133,6 +139,48 @@ def balanced(loads: torch.Tensor, ep_size: int, replicas: int = 0) -> Ranks:
         ranks[r].append(x)
         totals[r] += w
     return [sorted(slots) for slots in ranks]
+
+
+def hierarchical(
+    loads: torch.Tensor, ep_size: int, replicas: int = 0, *, num_groups: int, num_nodes: int
+) -> Ranks:
+    """DeepSeek EPLB's hierarchical placement (see the module docstring); ranks are numbered node by node.
+
+    >>> hierarchical(torch.tensor([9, 1, 1, 1, 5, 5, 1, 1]), 4, num_groups=4, num_nodes=2)
+    [[0, 3], [1, 2], [4, 6], [5, 7]]
+    """
+    e = loads.numel()
+    if num_nodes < 1 or num_groups < 1:
+        raise UsageError("--nodes and --expert-groups must be positive")
+    if e % num_groups:
+        raise UsageError(f"--expert-groups {num_groups} does not divide the {e} experts of a layer")
+    if num_groups % num_nodes or ep_size % num_nodes or replicas % num_nodes:
+        raise UsageError(
+            f"--nodes {num_nodes} must divide --expert-groups ({num_groups}), --ep-size ({ep_size}) and "
+            f"--replicas ({replicas}): each node holds the same number of groups, GPUs and copies"
+        )
+    size = e // num_groups
+    load = loads.to(torch.float64)
+    group_load = load.view(num_groups, size).sum(dim=1)
+    per_node = num_groups // num_nodes
+    nodes: list[list[int]] = [[] for _ in range(num_nodes)]
+    totals = [0.0] * num_nodes
+    for g in sorted(range(num_groups), key=lambda g: (-float(group_load[g]), g)):
+        n = min((i for i in range(num_nodes) if len(nodes[i]) < per_node), key=lambda i: (totals[i], i))
+        nodes[n].append(g)
+        totals[n] += float(group_load[g])
+    gpus = ep_size // num_nodes
+    ranks: Ranks = []
+    for groups in nodes:
+        experts = [g * size + j for g in sorted(groups) for j in range(size)]
+        local = balanced(load[experts], gpus, replicas // num_nodes)
+        ranks.extend(sorted(experts[x] for x in slots) for slots in local)
+    return ranks
+
+
+def node_loads(rank_load: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """Load per node when ranks are numbered node by node (``ep_size / num_nodes`` each)."""
+    return rank_load.view(num_nodes, -1).sum(dim=1)
 
 
 class PlacementFile:

@@ -44,7 +44,16 @@ from moediag.checkpoint import (
 )
 from moediag.device import resolve_device
 from moediag.errors import InvalidInputError, UsageError
-from moediag.placement import PlacementFile, balanced, balancedness, contiguous, load_placement, rank_loads
+from moediag.placement import (
+    PlacementFile,
+    balanced,
+    balancedness,
+    contiguous,
+    hierarchical,
+    load_placement,
+    node_loads,
+    rank_loads,
+)
 from moediag.stats import LayerBatch, ModelStats, StatsOptions
 from moediag.stats.capacity import DEFAULT_GROUP_TOKENS, POLICIES
 from moediag.trace import Chunk, Trace, open_trace
@@ -101,6 +110,8 @@ SUMMARY_STAT_KEYS = ("max_vio", "max_mean", "min_mean", "cv", "gini", "entropy_n
 
 BiasArg = str | torch.Tensor | Mapping[int, torch.Tensor] | None
 PlacementArg = str | os.PathLike[str] | PlacementFile
+#: placements computed here (anything else names a placement file)
+PLACEMENT_POLICIES = ("contiguous", "balanced", "hierarchical")
 ProgressFn = Callable[[int], None]
 
 
@@ -703,12 +714,17 @@ def _max_vio(load: torch.Tensor) -> float | None:
 
 
 def _ep(
-    layers: dict[int, LayerReplay], ep_size: int, placement: PlacementArg, replicas: int
+    layers: dict[int, LayerReplay],
+    ep_size: int,
+    placement: PlacementArg,
+    replicas: int,
+    nodes: int | None = None,
+    groups: dict[int, int | None] | None = None,
 ) -> tuple[dict[int, dict[str, Any]], dict[int, list[list[int]]]]:
     file: PlacementFile | None = None
     if isinstance(placement, PlacementFile):
         file = placement
-    elif str(placement) not in ("contiguous", "balanced"):
+    elif str(placement) not in PLACEMENT_POLICIES:
         file = load_placement(placement)
     if file is not None and file.ep_size != ep_size:
         raise UsageError(f"--ep-size {ep_size} but the placement file has ep_size {file.ep_size}")
@@ -722,6 +738,14 @@ def _ep(
             after = file.for_layer(layer, acc.num_experts)
         elif name == "balanced":
             after = balanced(loads, ep_size, replicas)
+        elif name == "hierarchical":
+            n_groups = (groups or {}).get(layer)
+            if not n_groups:
+                raise UsageError(
+                    f"layer {layer}: --placement hierarchical needs --expert-groups "
+                    "(the checkpoint's router has no group limit to take it from)"
+                )
+            after = hierarchical(loads, ep_size, replicas, num_groups=n_groups, num_nodes=nodes or 1)
         else:
             after = before
         rb, ra = rank_loads(loads, before), rank_loads(loads, after)
@@ -734,6 +758,17 @@ def _ep(
             "balancedness_before": balancedness(rb),
             "balancedness_after": balancedness(ra),
         }
+        if nodes is not None:  # ranks numbered node by node: load and balancedness per node as well
+            nb, na = node_loads(rb, nodes), node_loads(ra, nodes)
+            out[layer].update(
+                {
+                    "nodes": nodes,
+                    "node_load_before": nb.tolist(),
+                    "node_load_after": na.tolist(),
+                    "node_balancedness_before": balancedness(nb),
+                    "node_balancedness_after": balancedness(na),
+                }
+            )
         proposed[layer] = after
     return out, proposed
 
@@ -753,6 +788,8 @@ def replay(
     ep_size: int | None = None,
     placement: PlacementArg = "contiguous",
     replicas: int = 0,
+    nodes: int | None = None,
+    expert_groups: int | None = None,
     chunk_tokens: int | None = None,
     capacity_group: int = DEFAULT_GROUP_TOKENS,
     seed: int = 0,
@@ -762,7 +799,9 @@ def replay(
 
     ``bias``: ``"checkpoint"`` (the checkpoint's selection bias), None (no selection bias), a tensor [E]
     for every layer, or a mapping layer -> tensor (key -1 = every other layer; :func:`load_bias_file`).
-    ``placement``: ``"contiguous"``, ``"balanced"`` or a placement file path (needs ``ep_size``).
+    ``placement``: ``"contiguous"``, ``"balanced"``, ``"hierarchical"`` or a placement file path (needs
+    ``ep_size``). ``nodes``: EP nodes (ranks numbered node by node; adds per-node loads); hierarchical needs
+    it, and ``expert_groups`` (default: the router's ``n_group``).
     """
     import time
 
@@ -781,8 +820,14 @@ def replay(
         raise UsageError("--placement needs --ep-size")
     if ep_size is not None and ep_size < 1:
         raise UsageError("--ep-size must be positive")
-    if replicas and str(placement) != "balanced":
-        raise UsageError("--replicas needs --placement balanced")
+    if replicas and str(placement) not in ("balanced", "hierarchical"):
+        raise UsageError("--replicas needs --placement balanced or hierarchical")
+    if str(placement) == "hierarchical" and nodes is None:
+        raise UsageError("--placement hierarchical needs --nodes")
+    if nodes is not None and (nodes < 1 or ep_size is None or ep_size % nodes):
+        raise UsageError("--nodes must be positive and divide --ep-size")
+    if expert_groups is not None and expert_groups < 1:
+        raise UsageError("--expert-groups must be positive")
     if chunk_tokens is not None and chunk_tokens < 1:
         raise UsageError("--chunk-tokens must be positive")
     if capacity_group < 1:
@@ -816,7 +861,11 @@ def replay(
     ep: dict[int, dict[str, Any]] = {}
     proposed: dict[int, list[list[int]]] = {}
     if ep_size is not None:
-        ep, proposed = _ep(rp.layers, ep_size, placement, replicas)
+        groups = {
+            layer: expert_groups or (r.spec.n_group if r.spec.n_group and r.spec.n_group > 1 else None)
+            for layer, r in rp.routers.items()
+        }
+        ep, proposed = _ep(rp.layers, ep_size, placement, replicas, nodes, groups)
     settings = {
         "top_k": top_k,
         "capacity_factor": capacity_factor,
@@ -831,6 +880,8 @@ def replay(
         if ep_size is None
         else (str(placement) if not isinstance(placement, PlacementFile) else placement.path),
         "replicas": replicas,
+        "nodes": nodes,
+        "expert_groups": expert_groups,
         "chunk_tokens": chunk_tokens,
         "whatif": rp.whatif,
     }

@@ -16,7 +16,9 @@ from moediag.placement import (
     balancedness,
     check_placement,
     contiguous,
+    hierarchical,
     load_placement,
+    node_loads,
     rank_loads,
     save_placement,
 )
@@ -95,3 +97,57 @@ def test_file_round_trip_and_errors(tmp_path: Path) -> None:
     p.write_text("{not json")
     with pytest.raises(InvalidInputError, match="not valid JSON"):
         load_placement(p)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    loads=st.lists(st.integers(0, 1000), min_size=16, max_size=16),
+    nodes=st.sampled_from([1, 2, 4]),
+    groups_per_node=st.sampled_from([1, 2]),
+    gpus_per_node=st.sampled_from([1, 2]),
+    replicas_per_node=st.sampled_from([0, 2]),
+)
+def test_hierarchical_keeps_groups_on_one_node(
+    loads: list[int], nodes: int, groups_per_node: int, gpus_per_node: int, replicas_per_node: int
+) -> None:
+    """Every group's experts (and their copies) sit on one node, each node holds the same number of groups
+    and slots, every expert is placed, and the nodes' loads come from a heaviest-first packing of groups."""
+    num_groups, ep = nodes * groups_per_node, nodes * gpus_per_node
+    replicas = nodes * replicas_per_node
+    t = torch.tensor(loads)
+    if (16 + replicas) % ep or (16 // nodes + replicas_per_node) % gpus_per_node:
+        with pytest.raises(UsageError):
+            hierarchical(t, ep, replicas, num_groups=num_groups, num_nodes=nodes)
+        return
+    ranks = hierarchical(t, ep, replicas, num_groups=num_groups, num_nodes=nodes)
+    check_placement(ranks, 16)
+    size = 16 // num_groups
+    node_of_group: dict[int, int] = {}
+    for r, slots in enumerate(ranks):
+        node = r // gpus_per_node
+        for x in slots:
+            assert node_of_group.setdefault(x // size, node) == node
+    assert sorted(node_of_group.values()).count(0) == groups_per_node
+    assert len({len(s) for s in ranks}) == 1 and sum(len(s) for s in ranks) == 16 + replicas
+    # node loads: the greedy packing of group loads, reproduced independently
+    group_load = [sum(loads[g * size : (g + 1) * size]) for g in range(num_groups)]
+    bins: list[list[int]] = [[] for _ in range(nodes)]
+    for g in sorted(range(num_groups), key=lambda g: (-group_load[g], g)):
+        open_bins = [i for i in range(nodes) if len(bins[i]) < groups_per_node]
+        bins[min(open_bins, key=lambda i: (sum(group_load[x] for x in bins[i]), i))].append(g)
+    want = [float(sum(group_load[g] for g in b)) for b in bins]
+    assert node_loads(rank_loads(t, ranks), nodes).tolist() == pytest.approx(want)
+
+
+def test_hierarchical_hand_case_and_errors() -> None:
+    loads = torch.tensor([9, 1, 1, 1, 5, 5, 1, 1])
+    # groups {0,1}=10 {2,3}=2 {4,5}=10 {6,7}=2: node 0 takes groups 0 and 1, node 1 groups 2 and 3
+    assert hierarchical(loads, 4, num_groups=4, num_nodes=2) == [[0, 3], [1, 2], [4, 6], [5, 7]]
+    # two replicas per node: node 0's go to its hottest expert (9 -> three copies of 3), and its GPUs'
+    # loads drop from 10 | 2 to 7 | 5; node 1 copies experts 4 and 5 (5 -> 2.5 each)
+    ranks = hierarchical(loads, 4, 4, num_groups=4, num_nodes=2)
+    assert [x for s in ranks[:2] for x in s].count(0) == 3
+    assert sorted(rank_loads(loads, ranks)[:2].tolist()) == [5.0, 7.0]
+    for kw in ({"num_groups": 3, "num_nodes": 1}, {"num_groups": 4, "num_nodes": 3}):
+        with pytest.raises(UsageError):
+            hierarchical(loads, 4, **kw)

@@ -242,6 +242,29 @@ def test_ep_balancedness_before_after_hand_case(tmp_path: Path) -> None:
     assert ep2["replicas"] == 2 and math.isclose(ep2["balancedness_after"], 1.0)
 
 
+def test_hierarchical_placement_and_node_loads(tmp_path: Path) -> None:
+    """Loads [4, 4, 1, 1] in groups {0, 1} and {2, 3} on 2 nodes: whole groups per node, so the node loads
+    are 8 | 2 whatever the packing (1 GPU per node); with 2 GPUs per node each node splits its group."""
+    ckpt = identity_checkpoint(tmp_path / "c", 4)
+    rows = [0] * 4 + [1] * 4 + [2, 3]
+    x = torch.nn.functional.one_hot(torch.tensor(rows), 4).float()
+    path = input_trace(tmp_path / "t.safetensors", x, top_k=1)
+    kw: dict[str, Any] = {"device": "cpu", "placement": "hierarchical", "nodes": 2, "expert_groups": 2}
+    ep = replay(ckpt, path, ep_size=2, **kw).to_dict()["layers"][0]["ep"]
+    assert ep["rank_load_after"] == [8.0, 2.0] and ep["node_load_after"] == [8.0, 2.0]
+    ep4 = replay(ckpt, path, ep_size=4, **kw).to_dict()["layers"][0]["ep"]
+    assert ep4["rank_load_after"] == [4.0, 4.0, 1.0, 1.0] and ep4["node_balancedness_after"] == 0.625
+    with pytest.raises(UsageError, match="needs --expert-groups"):
+        replay(ckpt, path, device="cpu", ep_size=2, placement="hierarchical", nodes=2)
+    with pytest.raises(UsageError, match="needs --nodes"):
+        replay(ckpt, path, device="cpu", ep_size=2, placement="hierarchical", expert_groups=2)
+    # --nodes with another placement only adds the per-node view
+    bal = replay(ckpt, path, device="cpu", ep_size=2, placement="balanced", nodes=2).to_dict()["layers"][0][
+        "ep"
+    ]
+    assert bal["node_load_after"] == [5.0, 5.0] and bal["node_balancedness_after"] == 1.0
+
+
 def test_chunking_and_masks_do_not_change_results(recorded) -> None:
     ckpt, trace, _ = recorded["olmoe"]
     a = replay(ckpt, trace, device="cpu", capacity_factor=1.25, chunk_tokens=7).to_dict()

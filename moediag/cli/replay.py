@@ -43,9 +43,19 @@ def replay_cmd(
         None, "--ep-size", help="Expert-parallel ranks: balancedness per layer."
     ),
     placement: str = typer.Option(
-        "contiguous", "--placement", help="contiguous, balanced, or a placement JSON file (docs/replay.md)."
+        "contiguous",
+        "--placement",
+        help="contiguous, balanced, hierarchical (DeepSeek EPLB, needs --nodes), or a placement JSON file.",
     ),
-    replicas: int = typer.Option(0, "--replicas", help="With --placement balanced: extra expert copies."),
+    replicas: int = typer.Option(
+        0, "--replicas", help="With --placement balanced or hierarchical: extra expert copies."
+    ),
+    nodes: int | None = typer.Option(
+        None, "--nodes", help="EP nodes (ranks numbered node by node): adds per-node loads."
+    ),
+    expert_groups: int | None = typer.Option(
+        None, "--expert-groups", help="Hierarchical placement: expert groups (default: the router's n_group)."
+    ),
     placement_out: Path | None = typer.Option(
         None, "--placement-out", help="Write the placement evaluated (e.g. the balanced proposal) as JSON."
     ),
@@ -85,6 +95,8 @@ def replay_cmd(
             ep_size=ep_size,
             placement=placement,
             replicas=replicas,
+            nodes=nodes,
+            expert_groups=expert_groups,
             chunk_tokens=chunk_tokens,
             capacity_group=capacity_group,
             seed=seed,

@@ -64,6 +64,8 @@ def layer_table(doc: dict[str, Any]) -> Table:
         cols.append("flip")
     if settings["ep_size"] is not None:
         cols.append("EP bal")
+    if settings.get("nodes"):
+        cols.append("node bal")
     for c in cols:
         t.add_column(c, justify="right", no_wrap=True)
     for r in layers:
@@ -85,6 +87,8 @@ def layer_table(doc: dict[str, Any]) -> Table:
         if "ep" in r:
             ep = r["ep"]
             row.append(f"{_f(ep['balancedness_before'])}→{_f(ep['balancedness_after'])}")
+            if "node_balancedness_after" in ep:
+                row.append(f"{_f(ep['node_balancedness_before'])}→{_f(ep['node_balancedness_after'])}")
         t.add_row(*row)
     return t
 
