@@ -220,6 +220,33 @@ def _shift_html(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _path_shift_html(paths: Sequence[Mapping[str, Any]] | None) -> str:
+    """Full-depth paths tracked in both traces: the shifted ones first, then the most used."""
+    if not paths:
+        return ""
+    shifted = sum(1 for p in paths if p.get("shifted"))
+    intro = (
+        "<h3>Accuracy shift per routing path</h3><p>Full-depth paths (top-1 expert per layer) tracked in "
+        f"both traces with enough tokens in each; {shifted} of {len(paths)} shifted (Newcombe 95% "
+        "interval of Δ = accuracy B − A excludes 0). Expert ids compare by number: see the notes.</p>"
+    )
+    body = "".join(
+        f"<tr{' class=bad' if p.get('shifted') else ''}><td>{e('→'.join(map(str, p.get('path') or [])))}</td>"
+        f"<td{_sort(p.get('accuracy_a'))}>{e(pct(p.get('accuracy_a')))} ({e(fmt(p.get('tokens_a')))})</td>"
+        f"<td{_sort(p.get('accuracy_b'))}>{e(pct(p.get('accuracy_b')))} ({e(fmt(p.get('tokens_b')))})</td>"
+        f"<td{_sort(p.get('delta'))}>{e(_signed(p.get('delta'), 3))}</td>"
+        f"<td>[{e(_signed(p.get('delta_ci_low'), 3))}, {e(_signed(p.get('delta_ci_high'), 3))}]</td>"
+        f"<td>{'shifted' if p.get('shifted') else ''}</td></tr>"
+        for p in paths
+    )
+    return (
+        intro + '<div class="scroll"><table class="data sortable paths-shift"><thead><tr>'
+        "<th scope=col>path</th><th scope=col>accuracy A (tokens)</th><th scope=col>accuracy B (tokens)</th>"
+        "<th scope=col>Δ</th><th scope=col>95% interval</th><th scope=col></th></tr></thead>"
+        f"<tbody>{body}</tbody></table></div>"
+    )
+
+
 def _checkpoint_rows_html(rows: Sequence[Mapping[str, Any]]) -> str:
     keys = (
         ("layer", "layer"),
@@ -277,6 +304,8 @@ def compare_section(cmp: Any, embed: FigureEmbedder | None = None) -> Section:
             FIGURE_ALT,
         )
     body += _shift_html(rows)
+    paths = doc.get("paths")
+    body += _path_shift_html(paths if isinstance(paths, list) else None)
     return Section("compare", "Compare: A against B", body)
 
 

@@ -130,3 +130,24 @@ def test_cli_bad_input_leaves_no_file(traces: tuple[Path, Path], tmp_path: Path)
         assert not list(tmp_path.glob(".out.html.*"))
     result = runner.invoke(app, ["compare", str(a), str(a), "--html", str(tmp_path / "out.png")])
     assert result.exit_code == 2 and not (tmp_path / "out.png").exists()
+
+
+def test_path_shifts_listed() -> None:
+    """Compare's top-level ``paths`` (accuracy shift per full-depth path) get their own table."""
+    paths = [
+        {"layers": [0, 1], "path": [2, 5], "shifted": True, "accuracy_a": 0.8, "tokens_a": 50,
+         "accuracy_b": 0.4, "tokens_b": 60, "delta": -0.4, "delta_ci_low": -0.55, "delta_ci_high": -0.2},
+        {"layers": [0, 1], "path": [1, 1], "shifted": False, "accuracy_a": 0.5, "tokens_a": 40,
+         "accuracy_b": 0.52, "tokens_b": 41, "delta": 0.02, "delta_ci_low": -0.2, "delta_ci_high": 0.24},
+    ]  # fmt: skip
+    doc = {
+        "meta": {"inputs": "traces", "a": "x/a", "b": "y/b"},
+        "summary": {"tokens_match": False},
+        "layers": [],
+        "paths": paths,
+    }
+    page = render_compare_report(doc, figures=False, **FIXED)
+    table = re.search(r'<table class="data sortable paths-shift">.*?</table>', page, re.S)
+    assert table is not None and table.group(0).count("<tr") == 3
+    assert "2→5" in table.group(0) and "[-0.550, -0.200]" in table.group(0) and "1 of 2 shifted" in page
+    assert "paths-shift" not in render_compare_report({**doc, "paths": None}, figures=False, **FIXED)
