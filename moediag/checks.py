@@ -936,7 +936,7 @@ def run_checks(
             )
         )
     if baseline is not None:
-        outcomes.extend(compare_baseline(figures, baseline, config))
+        outcomes.extend(compare_baseline(figures, baseline, config, kind))
     return CheckReport(
         str((doc.get("meta") or {}).get("path")) if (doc.get("meta") or {}).get("path") else None,
         kind,
@@ -965,12 +965,12 @@ def baseline_figures(doc: Mapping[str, Any], config: CheckConfig) -> dict[str, A
         figures = doc.get("figures")
         if not isinstance(figures, Mapping) or "model" not in figures or "layers" not in figures:
             raise ConfigValueError("check document without 'figures'")
-        return dict(figures)
+        return dict(figures) | {"kind": input_kind(doc)}
     if "layers" not in doc:
         raise ConfigValueError("neither a 'check --format json' nor an 'inspect --json' document")
     everything = CheckConfig(values=dict(config.values) | {"layers": None}, sources=dict(config.sources))
     rows = list(doc.get("layers") or [])
-    result: dict[str, Any] = {"model": {}, "layers": {}}
+    result: dict[str, Any] = {"model": {}, "layers": {}, "kind": input_kind(doc)}
     for rule in RULES:
         per_layer, model = rule_figures(rule, doc, rows, everything)
         result["model"][rule.name] = model[0]
@@ -979,11 +979,40 @@ def baseline_figures(doc: Mapping[str, Any], config: CheckConfig) -> dict[str, A
     return result
 
 
+class BaselineMismatchError(ConfigValueError):
+    """The baseline does not describe the same kind of input or the same MoE layers."""
+
+
+def _check_baseline_matches(
+    current: Mapping[str, Any], baseline: Mapping[str, Any], config: CheckConfig, kind: str
+) -> None:
+    base_kind = baseline.get("kind")
+    if base_kind and base_kind != kind:
+        raise BaselineMismatchError(f"it holds a {base_kind}'s figures, but the input is a {kind}")
+    if config["scope"] == "model":
+        return
+    have = {str(x) for x in current["layers"]}
+    base = {str(x) for x in baseline.get("layers") or {}}
+    missing = sorted(have - base, key=int)
+    extra = sorted(base - have, key=int) if config["layers"] is None else []
+    if missing or extra:
+        raise BaselineMismatchError(
+            f"it covers layers {', '.join(sorted(base, key=int)) or 'none'} and the input "
+            f"{', '.join(sorted(have, key=int)) or 'none'}: a baseline must come from the same model "
+            "(select common layers with --layers)"
+        )
+
+
 def compare_baseline(
-    current: Mapping[str, Any], baseline: Mapping[str, Any], config: CheckConfig
+    current: Mapping[str, Any], baseline: Mapping[str, Any], config: CheckConfig, kind: str = "trace"
 ) -> list[RuleOutcome]:
     """One ``baseline.<rule>`` outcome per figure present in both runs: it fails when the figure is worse
-    than the baseline's by more than ``baseline_margin`` (both rounded to the rule's precision first)."""
+    than the baseline's by more than ``baseline_margin`` (both rounded to the rule's precision first).
+
+    Raises :class:`BaselineMismatchError` when the baseline is of another kind of input or covers other
+    MoE layers (a baseline from another model would otherwise compare only the layers in common).
+    """
+    _check_baseline_matches(current, baseline, config, kind)
     margin = float(config["baseline_margin"])
     scope: Scope = config["scope"]
     outcomes = []

@@ -413,8 +413,9 @@ def compare_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str]) ->
     mean_cosine = sum(r["router_cosine_mean"] for r in rows) / len(rows)
     if mean_cosine < UNRELATED_COSINE:
         notes.append(
-            NUMBERING_NOTE.format(what=f"the routers' mean row cosine is {mean_cosine:.2f}")
-            + " (a fine-tune of the same base keeps rows near 1)"
+            f"the routers' mean row cosine is {mean_cosine:.2f} (a fine-tune of the same base keeps rows "
+            "near 1): router rows and selection biases are compared by expert id, and two separately "
+            "trained models need not give the same role the same id"
         )
     summary = {
         "layers_compared": [r["layer"] for r in rows],

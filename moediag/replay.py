@@ -725,6 +725,10 @@ def _ep(
     if isinstance(placement, PlacementFile):
         file = placement
     elif str(placement) not in PLACEMENT_POLICIES:
+        if not Path(placement).exists() and Path(placement).suffix.lower() != ".json":
+            raise UsageError(
+                f"--placement {placement}: expected {', '.join(PLACEMENT_POLICIES)} or a placement JSON file"
+            )
         file = load_placement(placement)
     if file is not None and file.ep_size != ep_size:
         raise UsageError(f"--ep-size {ep_size} but the placement file has ep_size {file.ep_size}")
@@ -824,8 +828,12 @@ def replay(
         raise UsageError("--replicas needs --placement balanced or hierarchical")
     if str(placement) == "hierarchical" and nodes is None:
         raise UsageError("--placement hierarchical needs --nodes")
-    if nodes is not None and (nodes < 1 or ep_size is None or ep_size % nodes):
-        raise UsageError("--nodes must be positive and divide --ep-size")
+    if nodes is not None and ep_size is None:
+        raise UsageError("--nodes needs --ep-size (the ranks it groups into nodes)")
+    if nodes is not None and ep_size is not None and (nodes < 1 or ep_size % nodes):
+        raise UsageError(f"--nodes {nodes} must be positive and divide --ep-size {ep_size}")
+    if expert_groups is not None and str(placement) != "hierarchical":
+        raise UsageError("--expert-groups applies to --placement hierarchical only")
     if expert_groups is not None and expert_groups < 1:
         raise UsageError("--expert-groups must be positive")
     if chunk_tokens is not None and chunk_tokens < 1:

@@ -373,6 +373,23 @@ def test_baseline_margin_on_counts_is_whole_experts() -> None:
     assert failing.failures[0].message() == "layer 0: baseline.max_dead 1 > 0 (baseline 0, margin 0)"
 
 
+def test_baseline_of_another_model_or_kind_is_refused() -> None:
+    """A baseline over other layers (another model) or of a checkpoint would compare almost nothing and
+    pass silently; it is an error naming both layer sets."""
+    from moediag.checks import BaselineMismatchError
+
+    base = baseline_figures(doc(layer_row(0), layer_row(1)), CheckConfig())
+    with pytest.raises(BaselineMismatchError, match="covers layers 0, 1 and the input 1, 2"):
+        run_checks(doc(layer_row(1), layer_row(2)), CheckConfig(), base)
+    with pytest.raises(BaselineMismatchError, match="covers layers 0, 1 and the input 0"):
+        run_checks(doc(layer_row(0)), CheckConfig(), base)
+    only_0 = CheckConfig.from_values({"layers": "0"})  # a selection of common layers is fine
+    assert outcome(run_checks(doc(layer_row(0)), only_0, base), "baseline.max_vio").status == "pass"
+    ckpt = baseline_figures(doc(layer_row(0), layer_row(1), kind="checkpoint"), CheckConfig())
+    with pytest.raises(BaselineMismatchError, match="holds a checkpoint's figures"):
+        run_checks(doc(layer_row(0), layer_row(1)), CheckConfig(), ckpt)
+
+
 def test_baseline_from_inspect_json_and_bad_documents() -> None:
     figures = baseline_figures(doc(layer_row(0, max_vio=0.3)), CheckConfig())
     assert figures["layers"]["0"]["max_vio"] == 0.3

@@ -14,7 +14,15 @@ from typing import Any
 
 import typer
 
-from moediag.checks import KEYS, RULES, CheckConfig, CheckReport, ConfigValueError, run_checks
+from moediag.checks import (
+    KEYS,
+    RULES,
+    BaselineMismatchError,
+    CheckConfig,
+    CheckReport,
+    ConfigValueError,
+    run_checks,
+)
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar, stdout_console
 from moediag.errors import InvalidInputError, UsageError
@@ -151,6 +159,8 @@ def run_check(
     doc.setdefault("meta", {})["path"] = str(path)
     try:
         return run_checks(doc, config, base, None if baseline is None else str(baseline))
+    except BaselineMismatchError as exc:
+        raise InvalidInputError(f"baseline: {exc}", baseline) from None
     except ConfigValueError as exc:
         raise UsageError(f"--layers: {exc}") from None
 

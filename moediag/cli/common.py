@@ -84,3 +84,11 @@ def parse_path_windows(specs: list[str] | None, layers: Iterable[int]) -> tuple[
             )
         out.append((first, last))
     return tuple(out)
+
+
+def require_positive(**values: float | None) -> None:
+    """``UsageError`` naming the first flag whose value is given and not positive (``cold_eps`` ->
+    ``--cold-eps``)."""
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive (got {value:g})")

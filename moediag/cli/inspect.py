@@ -15,6 +15,7 @@ from moediag.cli.common import (
     parse_path_windows,
     print_json,
     progress_bar,
+    require_positive,
     stdout_console,
 )
 from moediag.errors import UsageError
@@ -90,8 +91,7 @@ def inspect_cmd(
 
     if sort not in SORT_KEYS:
         raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}")
-    if cold_eps <= 0 or capacity_group < 1 or (chunk_tokens is not None and chunk_tokens < 1):
-        raise UsageError("--cold-eps, --capacity-group and --chunk-tokens must be positive")
+    require_positive(cold_eps=cold_eps, capacity_group=capacity_group, chunk_tokens=chunk_tokens, worst=worst)
     kind = detect_kind(path)
     trace_only = {
         "--worst": worst is not None,

@@ -14,6 +14,7 @@ from moediag.cli.common import (
     WORKERS_HELP,
     parse_path_windows,
     progress_bar,
+    require_positive,
 )
 from moediag.errors import UsageError
 
@@ -74,8 +75,7 @@ def report_cmd(
 
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o {output}: the report is HTML; name it something.html")
-    if cold_eps <= 0 or capacity_group < 1:
-        raise UsageError("--cold-eps and --capacity-group must be positive")
+    require_positive(cold_eps=cold_eps, capacity_group=capacity_group)
     by_kind: dict[str, Path] = {}
     for p in paths:
         kind = detect_kind(p)

@@ -80,10 +80,11 @@ def compare_verdict(cmp: Any) -> tuple[str, str]:
     s = doc.get("summary") or {}
     rows = doc.get("layers") or []
     if (doc.get("meta") or {}).get("inputs") == "checkpoints":
+        bias = s.get("selection_bias_delta_max_abs")
         text = (
             f"Router rows changed least in cosine at min {fmt(s.get('router_cosine_min'))} "
-            f"(mean {fmt(s.get('router_cosine_mean'))}, 1 = unchanged); largest selection-bias change "
-            f"{fmt(s.get('selection_bias_delta_max_abs'))}."
+            f"(mean {fmt(s.get('router_cosine_mean'))}, 1 = unchanged); "
+            + (f"largest selection-bias change {fmt(bias)}." if bias is not None else "no selection bias.")
         )
         return text, "ok"
     parts = []

@@ -26,9 +26,10 @@ def _pct(value: float | None) -> str:
 def headline(cmp: Comparison) -> tuple[str, str]:
     s = cmp.summary
     if cmp.inputs == "checkpoints":
+        bias = s["selection_bias_delta_max_abs"]
         return (
             f"router rows: min cosine {_f(s['router_cosine_min'])}, mean {_f(s['router_cosine_mean'])}; "
-            f"largest selection-bias change {_f(s['selection_bias_delta_max_abs'])}",
+            + (f"largest selection-bias change {_f(bias)}" if bias is not None else "no selection bias"),
             "bold",
         )
     js = s["load_js_divergence"]

@@ -26,6 +26,10 @@ def _f(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+#: top-k agreement below this suggests the trace came from other routers (a different model or checkpoint)
+UNRELATED_AGREEMENT = 0.5
+
+
 def headline(doc: dict[str, Any]) -> tuple[str, str]:
     """The verdict: do the trace and the checkpoint belong together?"""
     s = doc["summary"]
@@ -37,9 +41,13 @@ def headline(doc: dict[str, Any]) -> tuple[str, str]:
         return f"MATCH: replay reproduces the recorded top-k exactly ({where})", "bold green"
     ties = s["mismatched_near_ties"]
     tie_note = f", {ties} of them near-ties" if ties else ""
+    hint = ""
+    if s["topk_agreement"] is not None and s["topk_agreement"] < UNRELATED_AGREEMENT:
+        # dtype and kernel differences flip near-ties only; this much disagreement means other routers
+        hint = " — far below any replay of the same weights: was the trace recorded from this checkpoint?"
     return (
         f"MISMATCH: top-k agreement {_pct(s['topk_agreement'], 2)} "
-        f"({s['mismatched_tokens']} token-layers differ{tie_note}; {where})",
+        f"({s['mismatched_tokens']} token-layers differ{tie_note}; {where}){hint}",
         "bold red" if s["mismatched_tokens"] > ties else "bold yellow",
     )
 
@@ -47,15 +55,22 @@ def headline(doc: dict[str, Any]) -> tuple[str, str]:
 def layer_table(doc: dict[str, Any]) -> Table:
     settings = doc["meta"]["settings"]
     layers = doc["layers"]
+    whatif = any("whatif_topk_overlap" in r for r in layers)
+    caption = ["agree: same top-k set as recorded"]
+    if whatif:
+        caption.append("kept: share of those choices a what-if keeps")
+    if settings["ep_size"] is not None:
+        caption.append("EP bal: mean / max rank load, contiguous → placement")
+    if settings.get("nodes"):
+        caption.append("node bal: the same per node")
     t = Table(
-        caption="agree: same top-k set as recorded; kept: share of those choices a what-if keeps",
+        caption="; ".join(caption),
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         show_edge=False,
         collapse_padding=True,
     )
     cols = ["layer", "E", "k", "top-1", "agree", "MaxVio"]
-    whatif = any("whatif_topk_overlap" in r for r in layers)
     if whatif:
         cols.append("kept")
     if settings["capacity_factor"] is not None:
