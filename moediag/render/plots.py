@@ -680,9 +680,18 @@ def _paths_for(analysis: TraceAnalysis, layer: int | None) -> tuple[str, list[di
 
 def path_accuracy(analysis: TraceAnalysis, layer: int | None = None, top: int = 20) -> Figure:
     """The most frequent routing paths: accuracy with Wilson 95% intervals against the overall accuracy."""
+    from moediag.stats.paths import DEFAULT_MIN_SUPPORT
+
     what, paths = _paths_for(analysis, layer)
     if not paths:
-        raise PlotUnavailableError("per-path accuracy needs tokens.correct in the trace")
+        has_correct = any(r.get("accuracy") is not None for r in analysis.layers)
+        raise PlotUnavailableError(
+            f"no routing path has the {DEFAULT_MIN_SUPPORT} tokens an accuracy needs: over many layers "
+            "nearly every path is unique on a short trace (a shorter window, inspect/report --path-window, "
+            "gives fewer and larger paths)"
+            if has_correct
+            else "per-path accuracy needs tokens.correct in the trace"
+        )
     shown = paths[:top][::-1]
     hits = sum(p["hits"] for p in paths)
     total = sum(p["total"] for p in paths)

@@ -124,3 +124,12 @@ def test_imbalance_guides_sit_at_the_check_defaults(analysis: TraceAnalysis) -> 
     fig = plots.imbalance_bars(analysis)
     guides = [line.get_ydata()[0] for ax in fig.axes[:2] for line in ax.get_lines()]
     assert guides == [RULES_BY_NAME["max_vio"].key.default, RULES_BY_NAME["max_cv"].key.default]
+
+
+def test_path_accuracy_says_why_when_no_path_has_support() -> None:
+    """The sample trace has tokens.correct, but 8 layers make nearly every path unique: the message must
+    say that, not that tokens.correct is missing."""
+    repo = Path(__file__).resolve().parents[2]
+    a = analyze_trace(repo / "sample_traces" / "healthy.safetensors")
+    with pytest.raises(PlotUnavailableError, match="no routing path has the 10 tokens"):
+        plots.path_accuracy(a)
