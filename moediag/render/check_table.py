@@ -11,6 +11,8 @@ from moediag.checks import CheckReport
 from moediag.render.check_formats import outcome_cells
 
 _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+#: terminals at least this wide show the detail column; narrower ones list the details after the table
+WIDE = 110
 
 
 def render_check_table(report: CheckReport, console: Console) -> None:
@@ -18,19 +20,29 @@ def render_check_table(report: CheckReport, console: Console) -> None:
     console.print(
         Text(f"moediag check {report.path or ''}: {verdict}".replace("  ", " "), style=_STYLE[report.status])
     )
+    # on a narrow terminal (80 columns, CI logs) a detail column would wrap a few characters a line:
+    # the details then follow the table, one line each
+    inline = console.width >= WIDE
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     table.add_column("rule", no_wrap=True)
     table.add_column("scope", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
     table.add_column("threshold", justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
-    table.add_column("detail", overflow="fold")
+    if inline:
+        table.add_column("detail", overflow="fold")
     order = {"fail": 0, "skip": 1, "pass": 2}
+    details = []
     for outcome in sorted(report.outcomes, key=lambda o: order[o.status]):
         scope, value, threshold, word, detail = outcome_cells(outcome)
-        table.add_row(outcome.name, scope, value, threshold, Text(word, style=_STYLE[outcome.status]), detail)
+        cells = [outcome.name, scope, value, threshold, Text(word, style=_STYLE[outcome.status])]
+        table.add_row(*cells, *([detail] if inline else []))
+        if detail and not inline:
+            details.append(Text(f"  {outcome.name}: {detail}", style=_STYLE[outcome.status]))
     if report.outcomes:
         console.print(table)
+    for line in details:
+        console.print(line)
     notes = []
     if report.disabled:
         notes.append(f"off: {', '.join(report.disabled)}")

@@ -105,3 +105,14 @@ def test_table_shows_value_and_threshold_as_compared() -> None:
 @pytest.mark.parametrize("fmt", list(OutputFormat))
 def test_formats_by_name(fmt: OutputFormat) -> None:
     assert OutputFormat(fmt.value) is fmt
+
+
+def test_narrow_table_lists_details_after_it() -> None:
+    """At 80 columns the detail column would wrap a few characters a line: details follow the table."""
+    from moediag.render.check_table import check_table_text
+
+    narrow, wide = check_table_text(report(), width=80), check_table_text(report(), width=140)
+    assert "detail" not in narrow.splitlines()[2] and "detail" in wide
+    failing = [line for line in narrow.splitlines() if line.startswith("  max_vio: ")]
+    assert len(failing) == 1 and "layer" in failing[0]
+    assert max(len(line) for line in narrow.splitlines()) <= 80
