@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import typer
 from rich.console import Console
 
 from moediag.errors import UsageError
@@ -77,10 +78,16 @@ def parse_path_windows(specs: list[str] | None, layers: Iterable[int]) -> tuple[
             raise UsageError(f"--path-window {spec}: expected FIRST:LAST, e.g. 0:3") from None
         if first > last:
             raise UsageError(f"--path-window {spec}: FIRST must not exceed LAST")
-        if not any(first <= x <= last for x in present):
+        inside = [x for x in present if first <= x <= last]
+        if not inside:
             raise UsageError(
                 f"--path-window {spec}: no MoE layer of the trace in {first}..{last} "
                 f"(layers: {', '.join(map(str, present))})"
+            )
+        if inside[0] != first or inside[-1] != last:
+            typer.echo(
+                f"moediag: note: --path-window {spec} covers the MoE layers {inside[0]}..{inside[-1]}",
+                err=True,
             )
         out.append((first, last))
     return tuple(out)

@@ -389,6 +389,8 @@ def test_path_window_adds_a_window_and_bad_specs_exit_2(good: Path) -> None:
     assert result.exit_code == 0
     windows = [w["layers"] for w in json.loads(result.stdout)["summary"]["paths"]]
     assert windows == [[0, 2, 5], [0, 2], [2, 5]]  # the full depth, then the windows in layer order
+    clipped = invoke("inspect", good, "--json", "--path-window", "1:9")  # layers 0, 2, 5: covers 2..5
+    assert clipped.exit_code == 0 and "--path-window 1:9 covers the MoE layers 2..5" in clipped.stderr
     for spec, why in (("3-4", "expected FIRST:LAST"), ("5:2", "must not exceed"), ("6:9", "no MoE layer")):
         bad = invoke("inspect", good, "--path-window", spec)
         assert bad.exit_code == 2 and why in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
