@@ -35,7 +35,13 @@ def render_check_table(report: CheckReport, console: Console) -> None:
     details = []
     for outcome in sorted(report.outcomes, key=lambda o: order[o.status]):
         scope, value, threshold, word, detail = outcome_cells(outcome)
-        cells = [outcome.name, scope, value, threshold, Text(word, style=_STYLE[outcome.status])]
+        cells: list[str | Text] = [
+            outcome.name,
+            scope,
+            value,
+            threshold,
+            Text(word, style=_STYLE[outcome.status]),
+        ]
         table.add_row(*cells, *([detail] if inline else []))
         if detail and not inline:
             details.append(Text(f"  {outcome.name}: {detail}", style=_STYLE[outcome.status]))
