@@ -40,6 +40,9 @@ def verdict(analysis: CheckpointAnalysis) -> tuple[str, str]:
         return (f"DENSE: no MoE layers; {human(s['total_params'])} parameters", "bold")
     k = s["top_k"] if s["top_k"] else "?"
     what = f"{s['moe_layers']} MoE layers x {s['num_experts']} experts, top-{k}"
+    only = analysis.meta().get("layer")
+    if only is not None:  # --layer: the weights of that layer only were judged; say so
+        what += f"; weights of layer {only} only (drop --layer to judge them all)"
     later = "; routing health (loads, dead experts) needs a trace: moediag record, then inspect the trace"
     if h["status"] == "warn":
         return (f"WEIGHTS: CHECK: {what}; " + "; ".join(h["findings"]) + later, "bold yellow")

@@ -149,3 +149,13 @@ def test_cli_in_process(ckpt: Factory, tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["inspect", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and "not valid JSON" in err[0]
+
+
+def test_layer_verdict_says_it_judged_one_layer(capsys: pytest.CaptureFixture[str]) -> None:
+    """trained_aux has router-norm outliers in layer 3 only: --layer 1 must not read as a clean bill for
+    the model."""
+    sample = Path(__file__).resolve().parents[2] / "sample_traces" / "trained_aux"
+    code, whole, _ = _run(sample, capsys, console_width=200)
+    assert code == 0 and whole.startswith("WEIGHTS: CHECK") and "outlier" in whole.splitlines()[0]
+    code, one, _ = _run(sample, capsys, layer=1, console_width=200)
+    assert code == 0 and "weights of layer 1 only" in one.splitlines()[0]
