@@ -216,7 +216,9 @@ def _parameters() -> list[_inspect.Parameter]:
             "path",
             _inspect.Parameter.POSITIONAL_OR_KEYWORD,
             annotation=Path,
-            default=typer.Argument(..., help="A trace (.safetensors or folder) or a checkpoint."),
+            default=typer.Argument(
+                ..., metavar="PATH", help="A trace (.safetensors or folder) or a checkpoint."
+            ),
         ),
         param(
             "config",

@@ -13,8 +13,8 @@ from moediag.errors import UsageError
 
 @app.command("compare")
 def compare_cmd(
-    a: Path = typer.Argument(..., help="The reference: a trace or a checkpoint."),
-    b: Path = typer.Argument(..., help="The one to compare with A (same kind as A)."),
+    a: Path = typer.Argument(..., metavar="A", help="The reference: a trace or a checkpoint."),
+    b: Path = typer.Argument(..., metavar="B", help="The one to compare with A (same kind as A)."),
     as_json: bool = typer.Option(
         False, "--json", help="Print the machine-readable result (docs/accuracy.md)."
     ),

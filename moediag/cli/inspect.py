@@ -43,7 +43,9 @@ def routing_overrides(
 
 @app.command("inspect")
 def inspect_cmd(
-    path: Path = typer.Argument(..., help="A trace (.safetensors or folder of shards) or a checkpoint."),
+    path: Path = typer.Argument(
+        ..., metavar="PATH", help="A trace (.safetensors or folder of shards) or a checkpoint."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the machine-readable result (docs/json.md)."),
     detail: bool = typer.Option(
         False,

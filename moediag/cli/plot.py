@@ -16,7 +16,7 @@ _KINDS_HELP = "; ".join(f"{k.value}: {DESCRIPTIONS[k]}" for k in PlotKind)
 
 @app.command("plot")
 def plot_cmd(
-    path: Path = typer.Argument(..., help="A trace (.safetensors or folder of shards)."),
+    path: Path = typer.Argument(..., metavar="TRACE", help="A trace (.safetensors or folder of shards)."),
     kind: PlotKind = typer.Option(
         ..., "--kind", "-k", help=f"The figure. {_KINDS_HELP}.", case_sensitive=False
     ),

@@ -47,7 +47,9 @@ def _size(n: int) -> str:
 
 @app.command("record")
 def record_command(
-    model_dir: Path = typer.Argument(..., help="A local transformers model folder (config.json + weights)."),
+    model_dir: Path = typer.Argument(
+        ..., metavar="MODEL_DIR", help="A local transformers model folder (config.json + weights)."
+    ),
     text: list[Path] = typer.Option(
         ...,
         "--text",

@@ -13,9 +13,11 @@ from moediag.errors import ExitCode, UsageError
 
 @app.command("replay")
 def replay_cmd(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (folder, .safetensors or index .json)."),
+    checkpoint: Path = typer.Argument(
+        ..., metavar="CHECKPOINT", help="Checkpoint (folder, .safetensors or index .json)."
+    ),
     trace: Path = typer.Argument(
-        ..., help="Trace recorded with router inputs (moediag record --router-inputs)."
+        ..., metavar="TRACE", help="Trace recorded with router inputs (moediag record --router-inputs)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the machine-readable result (docs/replay.md)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),

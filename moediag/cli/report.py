@@ -34,7 +34,7 @@ def _checks(doc: dict[str, Any], config_file: Path | None) -> dict[str, Any] | N
 
 @app.command("report")
 def report_cmd(
-    paths: list[Path] = typer.Argument(..., help="A trace, a checkpoint, or one of each."),
+    paths: list[Path] = typer.Argument(..., metavar="PATH", help="A trace, a checkpoint, or one of each."),
     output: Path = typer.Option(..., "--output", "-o", help="The HTML file to write."),
     title: str | None = typer.Option(None, "--title", help="Page title (default: from the input's name)."),
     config: Path | None = typer.Option(
