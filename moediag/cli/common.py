@@ -99,3 +99,18 @@ def require_positive(**values: float | None) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive (got {value:g})")
+
+
+def given_options(ctx: typer.Context, names: Iterable[str]) -> list[str]:
+    """The flags among the parameters ``names`` that the user set (not left at their defaults), spelt as
+    typed: ``--no-weights`` for a ``--weights/--no-weights`` switch turned off."""
+    wanted = set(names)
+    out = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name in wanted else None
+        # by name: typer may carry its own copy of click, whose ParameterSource is another enum
+        if source is None or source.name == "DEFAULT":
+            continue
+        off = getattr(param, "secondary_opts", None) and ctx.params.get(param.name) is False
+        out.append(param.secondary_opts[0] if off else param.opts[0])
+    return out

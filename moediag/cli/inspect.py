@@ -12,6 +12,7 @@ from moediag.cli.common import (
     PATH_WINDOW_HELP,
     SCHEDULER_HELP,
     WORKERS_HELP,
+    given_options,
     parse_path_windows,
     print_json,
     progress_bar,
@@ -43,6 +44,7 @@ def routing_overrides(
 
 @app.command("inspect")
 def inspect_cmd(
+    ctx: typer.Context,
     path: Path = typer.Argument(
         ..., metavar="PATH", help="A trace (.safetensors or folder of shards) or a checkpoint."
     ),
@@ -95,22 +97,11 @@ def inspect_cmd(
         raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}")
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group, chunk_tokens=chunk_tokens, worst=worst)
     kind = detect_kind(path)
-    trace_only = {
-        "--worst": worst is not None,
-        "--sort": sort != "max_vio",
-        "--detail": detail,
-        "--num-experts": num_experts is not None,
-        "--top-k": top_k is not None,
-        "--score-function": score_function is not None,
-        "--cold-eps": cold_eps != 0.1,
-        "--capacity-group": capacity_group != 4096,
-        "--chunk-tokens": chunk_tokens is not None,
-        "--workers": workers is not None,
-        "--scheduler": scheduler is not None,
-        "--path-window": bool(path_window),
-    }
-    checkpoint_only = {"--no-weights": not weights, "--redundancy-threshold": redundancy_threshold != 0.99}
-    unused = [f for f, given in (trace_only if kind == "checkpoint" else checkpoint_only).items() if given]
+    # options of the other kind of input: derived from what was set, so defaults live in one place
+    trace_only = ("worst", "sort", "detail", "num_experts", "top_k", "score_function", "cold_eps",
+                  "capacity_group", "chunk_tokens", "workers", "scheduler", "path_window")  # fmt: skip
+    checkpoint_only = ("weights", "redundancy_threshold")
+    unused = given_options(ctx, trace_only if kind == "checkpoint" else checkpoint_only)
     if unused:
         what = "traces" if kind == "checkpoint" else "checkpoints"
         verb = "applies" if len(unused) == 1 else "apply"
