@@ -59,10 +59,6 @@ def _order_by_key_then_weight(key: torch.Tensor, weights: torch.Tensor, key_boun
     return by_weight.index_select(0, torch.sort(key.index_select(0, by_weight), stable=True).indices)
 
 
-def flat_ids_valid_mask(ids: torch.Tensor) -> torch.Tensor:
-    return ids.reshape(-1) >= 0
-
-
 def _position_ranks(ids: torch.Tensor, lengths: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Rank of each assignment among its expert's assignments in the same run, in token order.
 
@@ -145,7 +141,7 @@ class CapacityStats(RunAccumulator):
             a_run = run.unsqueeze(1).expand(n, k).reshape(-1)
             a_bucket = bucket.unsqueeze(1).expand(n, k).reshape(-1)
             if has_empty:
-                valid = flat_ids_valid_mask(ids)
+                valid = ~empty.reshape(-1)
                 ranks, a_run, a_bucket = ranks[valid], a_run[valid], a_bucket[valid]
             self._add_ranked_drops("position", ranks, a_run, a_bucket, capacity)
         self._add_weight_drops(run, bucket, ids, rows["weights"], capacity, has_empty)
