@@ -224,3 +224,19 @@ SAMPLES = ROOT / "sample_traces"
 def test_defaults_on_the_sample_traces() -> None:
     assert invoke(str(SAMPLES / "healthy.safetensors")).exit_code == 0
     assert invoke(str(SAMPLES / "collapsed.safetensors")).exit_code == 1
+
+
+def test_baseline_of_another_model_is_exit_2_one_line(tmp_path: Path) -> None:
+    samples = Path(__file__).resolve().parents[2] / "sample_traces"
+    base = runner.invoke(app, ["inspect", str(samples / "trained_aux.safetensors"), "--json"])
+    (tmp_path / "base.json").write_text(base.stdout)
+    res = runner.invoke(
+        app, ["check", str(samples / "healthy.safetensors"), "--baseline", str(tmp_path / "base.json")]
+    )
+    err = res.stderr.strip().splitlines()
+    assert (
+        res.exit_code == 2
+        and len(err) == 1
+        and "base.json" in err[0]
+        and "covers layers 0, 1, 2, 3" in err[0]
+    )
