@@ -2,35 +2,123 @@
 
 Every command lives in its own module in this package and registers itself on :data:`app`; each is a
 thin adapter: parse options, call the library, render the result, return an exit code.
+
+Global options (``--debug``, ``--quiet``, ``--no-color``) are taken out of the command line wherever they
+stand before click parses it, so ``moediag import ... --debug`` works as well as ``moediag --debug import``.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException
 
 from moediag.errors import ExitCode, MoediagError
 
-_state = {"debug": False}
+GLOBAL_FLAGS = {"--debug": "debug", "--quiet": "quiet", "--no-color": "no_color"}
+_state = {"debug": False, "quiet": False, "no_color": False}
 
 
 def is_debug() -> bool:
     return bool(_state["debug"])
 
 
+def is_quiet() -> bool:
+    return bool(_state["quiet"])
+
+
+def colour_enabled() -> bool:
+    """False under ``--no-color`` or ``NO_COLOR``; rich itself turns colour off when output is piped."""
+    return not (_state["no_color"] or os.environ.get("NO_COLOR"))
+
+
 def echo_err(message: str) -> None:
-    """Human-facing text goes to stderr so stdout stays pure data (JSON, tables on request)."""
+    """Human-facing text goes to stderr so stdout stays pure data (JSON, tables on request).
+    ``--quiet`` silences it (notes, 'wrote ...' lines); use :func:`warn` for what must still show."""
+    if not is_quiet():
+        typer.echo(message, err=True)
+
+
+def warn(message: str) -> None:
+    """A warning or error line on stderr, shown even under ``--quiet``."""
     typer.echo(message, err=True)
+
+
+def split_global_options(args: Sequence[str]) -> list[str]:
+    """Set the global flags found anywhere before a ``--`` and return the remaining arguments."""
+    out: list[str] = []
+    rest = list(args)
+    for i, arg in enumerate(rest):
+        if arg == "--":
+            out.extend(rest[i:])
+            break
+        if arg in GLOBAL_FLAGS:
+            _state[GLOBAL_FLAGS[arg]] = True
+        else:
+            out.append(arg)
+    return out
+
+
+class MoediagCommand(TyperCommand):
+    """A command whose help fits 80 columns (moediag/cli/help.py)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from moediag.cli.help import format_help
+
+        formatter.write(format_help(self, ctx))
 
 
 class MoediagGroup(TyperGroup):
     """Catches moediag's errors once: one line on stderr, exit 2; anything else is exit 3."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        from moediag.cli.help import click_exceptions, usage_error_line
+
+        for key in _state:
+            _state[key] = False
+        argv = split_global_options(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.NoArgsIsHelpError as exc:
+            typer.echo(exc.format_message(), nl=False)
+            if standalone_mode:
+                sys.exit(exc.exit_code)
+            raise
+        except click_exceptions.ClickException as exc:
+            if is_debug():
+                traceback.print_exc()
+            warn(f"moediag: error: {usage_error_line(exc)}")
+            code = int(ExitCode.INVALID_INPUT) if exc.exit_code == 2 else exc.exit_code
+            if standalone_mode:
+                sys.exit(code)
+            raise
+        except typer.Abort:
+            warn("moediag: aborted")
+            if standalone_mode:
+                sys.exit(1)
+            raise
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from moediag.cli.help import format_help
+
+        formatter.write(format_help(self, ctx))
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -38,27 +126,34 @@ class MoediagGroup(TyperGroup):
         except MoediagError as exc:
             if is_debug():
                 traceback.print_exc()
-            echo_err(f"moediag: error: {exc}")
+            warn(f"moediag: error: {exc}")
             raise typer.Exit(int(ExitCode.INVALID_INPUT)) from None
         except (typer.Exit, typer.Abort, TyperException):
             raise
         except KeyboardInterrupt:
-            echo_err("moediag: interrupted")
+            warn("moediag: interrupted")
             raise typer.Exit(130) from None
-        except Exception as exc:  # pragma: no cover - exercised through the --debug test
+        except Exception as exc:
+            name = type(exc).__name__
             if is_debug():
                 traceback.print_exc()
-            name = type(exc).__name__
-            echo_err(f"moediag: internal error: {name}: {exc} (rerun with --debug for the traceback)")
+            warn(f"moediag: internal error: {name}: {exc} (rerun with --debug for the traceback)")
             raise typer.Exit(int(ExitCode.INTERNAL_ERROR)) from None
 
 
-app = typer.Typer(
+class MoediagTyper(typer.Typer):
+    """``app.command(...)`` builds :class:`MoediagCommand` unless told otherwise."""
+
+    def command(self, name: str | None = None, *, cls: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        return super().command(name, cls=cls or MoediagCommand, **kwargs)
+
+
+app = MoediagTyper(
     name="moediag",
     cls=MoediagGroup,
     help="Routing and expert-utilisation diagnostics for Mixture-of-Experts models.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -74,13 +169,27 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the traceback of an error (anywhere on the line).", rich_help_panel="Global options"
+    ),
+    quiet: bool = typer.Option(
+        False,
+        "--quiet",
+        help="Print only results, warnings and errors (anywhere on the line).",
+        rich_help_panel="Global options",
+    ),
+    no_color: bool = typer.Option(
+        False, "--no-color", help="Plain text without colour (anywhere on the line).", rich_help_panel="Global options"
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """Is my routing healthy? Inspect traces and checkpoints, report, gate CI."""
-    _state["debug"] = debug
+    """Is my routing healthy? Inspect traces and checkpoints, report, gate CI.
+
+    Run 'moediag COMMAND --help' for a command's options, 'moediag explain' for what each figure means.
+    """
+    # the global flags were taken out of the line by MoediagGroup.main; these parameters only document them
 
 
 def finish(code: int | ExitCode) -> None:

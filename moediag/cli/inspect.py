@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import (
-    PATH_WINDOW_HELP,
-    SCHEDULER_HELP,
-    WORKERS_HELP,
     given_options,
     parse_path_windows,
     print_json,
     progress_bar,
     require_positive,
     stdout_console,
+)
+from moediag.cli.options import (
+    OUTPUT,
+    CapacityGroup,
+    ChunkTokens,
+    ColdEps,
+    NumExperts,
+    PathWindow,
+    RedundancyThreshold,
+    Scheduler,
+    ScoreFunction,
+    TopK,
+    Weights,
+    Workers,
+    json_option,
 )
 from moediag.errors import UsageError
 
@@ -48,44 +60,33 @@ def inspect_cmd(
     path: Path = typer.Argument(
         ..., metavar="PATH", help="A trace (.safetensors or folder of shards) or a checkpoint."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the machine-readable result (docs/json.md)."),
+    as_json: Annotated[bool, json_option("docs/json.md")] = False,
     detail: bool = typer.Option(
         False,
         "--detail",
         help="With --json: add co-activation, per-step load, margin histogram and drop rate by position.",
+        rich_help_panel=OUTPUT,
     ),
-    layer: int | None = typer.Option(None, "--layer", "-l", help="Show the load histogram of this layer."),
-    worst: int | None = typer.Option(None, "--worst", help="Show only the N worst layers, worst first."),
+    layer: int | None = typer.Option(
+        None, "--layer", "-l", metavar="L", help="Show the load histogram of this layer."
+    ),
+    worst: int | None = typer.Option(
+        None, "--worst", metavar="N", help="Show only the N worst layers, worst first."
+    ),
     sort: str = typer.Option(
-        "max_vio", "--sort", help=f"Figure that ranks layers for --worst: {', '.join(SORT_KEYS)}."
+        "max_vio", "--sort", metavar="FIGURE", help=f"Figure that ranks layers for --worst: {', '.join(SORT_KEYS)}."
     ),
-    num_experts: int | None = typer.Option(
-        None, "--num-experts", help="Experts per layer, if the trace lacks it."
-    ),
-    top_k: int | None = typer.Option(None, "--top-k", help="Experts per token, if the trace lacks it."),
-    score_function: str | None = typer.Option(
-        None, "--score-function", help="softmax | sigmoid | topk_softmax, if the trace lacks it."
-    ),
-    cold_eps: float = typer.Option(0.1, "--cold-eps", help="An expert is cold when its share < eps / E."),
-    capacity_group: int = typer.Option(
-        4096, "--capacity-group", help="Tokens per capacity group when the trace has no sequence ids."
-    ),
-    chunk_tokens: int | None = typer.Option(
-        None, "--chunk-tokens", help="Tokens read per chunk (memory bound)."
-    ),
-    weights: bool = typer.Option(
-        True,
-        "--weights/--no-weights",
-        help="Checkpoints: read weights for router and redundancy diagnostics.",
-    ),
-    redundancy_threshold: float = typer.Option(
-        0.99, "--redundancy-threshold", help="Checkpoints: cosine above which two experts are duplicates."
-    ),
-    path_window: list[str] | None = typer.Option(
-        None, "--path-window", metavar="FIRST:LAST", help=PATH_WINDOW_HELP
-    ),
-    workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
-    scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
+    num_experts: NumExperts = None,
+    top_k: TopK = None,
+    score_function: ScoreFunction = None,
+    cold_eps: ColdEps = 0.1,
+    capacity_group: CapacityGroup = 4096,
+    path_window: PathWindow = None,
+    weights: Weights = True,
+    redundancy_threshold: RedundancyThreshold = 0.99,
+    chunk_tokens: ChunkTokens = None,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Print what a trace or checkpoint says about routing: a verdict, an overview, one row per layer.
 
