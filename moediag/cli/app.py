@@ -170,7 +170,10 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     debug: bool = typer.Option(
-        False, "--debug", help="Show the traceback of an error (anywhere on the line).", rich_help_panel="Global options"
+        False,
+        "--debug",
+        help="Show the traceback of an error (anywhere on the line).",
+        rich_help_panel="Global options",
     ),
     quiet: bool = typer.Option(
         False,
@@ -179,7 +182,10 @@ def _root(
         rich_help_panel="Global options",
     ),
     no_color: bool = typer.Option(
-        False, "--no-color", help="Plain text without colour (anywhere on the line).", rich_help_panel="Global options"
+        False,
+        "--no-color",
+        help="Plain text without colour (anywhere on the line).",
+        rich_help_panel="Global options",
     ),
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."

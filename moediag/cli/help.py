@@ -163,7 +163,7 @@ def _rows(rows: list[tuple[str, str]], width: int, name_style: str) -> Text:
     help_width = max(20, width - column - 2)
     out = Text()
     for i, (name, help_text) in enumerate(rows):
-        lines = textwrap.wrap(help_text, help_width) or [""]
+        lines = textwrap.wrap(help_text, help_width, break_on_hyphens=False) or [""]
         if i:
             out.append("\n")
         _append_name(out, name, name_style)
@@ -215,7 +215,9 @@ def _print_help(console: Console, command: Any, ctx: Any) -> None:
     paragraphs = _paragraphs(command.help or "")
     for i, paragraph in enumerate(paragraphs):
         console.print()
-        text = textwrap.fill(paragraph, width - 2, initial_indent="  ", subsequent_indent="  ")
+        text = textwrap.fill(
+            paragraph, width - 2, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
+        )
         console.print(Text(text, style="" if i == 0 else "dim"))
     console.print()
     panels: dict[str, list[tuple[str, str]]] = {}
@@ -237,7 +239,9 @@ def _print_help(console: Console, command: Any, ctx: Any) -> None:
                 rows.append((name, short_help(sub)))
         _panel(console, "Commands", _rows(rows, width - 4, "bold cyan"))
     else:
-        _panel(console, "Global options (anywhere on the line)", _rows(list(GLOBAL_OPTIONS), width - 4, "bold"))
+        _panel(
+            console, "Global options (anywhere on the line)", _rows(list(GLOBAL_OPTIONS), width - 4, "bold")
+        )
     if command.epilog:
         console.print(Text(" ".join(command.epilog.split())))
 

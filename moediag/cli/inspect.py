@@ -74,7 +74,10 @@ def inspect_cmd(
         None, "--worst", metavar="N", help="Show only the N worst layers, worst first."
     ),
     sort: str = typer.Option(
-        "max_vio", "--sort", metavar="FIGURE", help=f"Figure that ranks layers for --worst: {', '.join(SORT_KEYS)}."
+        "max_vio",
+        "--sort",
+        metavar="FIGURE",
+        help=f"Figure that ranks layers for --worst: {', '.join(SORT_KEYS)}.",
     ),
     num_experts: NumExperts = None,
     top_k: TopK = None,

@@ -1,4 +1,4 @@
-"""``moediag plot PATH --kind KIND [--layer L] -o FILE.png|.svg``: one figure of a trace."""
+"""``moediag plot TRACE --kind KIND[,KIND...|all] -o FILE|DIR/``: figures of a trace from one analysis."""
 
 from __future__ import annotations
 
@@ -8,55 +8,120 @@ import typer
 
 from moediag.cli.app import app, echo_err
 from moediag.cli.common import progress_bar
+from moediag.cli.options import OUTPUT, NumExperts, ScoreFunction, TopK
 from moediag.errors import UsageError
 from moediag.render.plots import DESCRIPTIONS, SUFFIXES, PlotKind
 
 _KINDS_HELP = "; ".join(f"{k.value}: {DESCRIPTIONS[k]}" for k in PlotKind)
 
 
+def plot_targets(kinds: list[PlotKind], output: Path, fmt: str) -> dict[PlotKind, Path]:
+    """Where each figure goes: ``output`` itself for one kind and a .png/.svg name; otherwise ``output``
+    is a folder (created if needed) holding ``KIND.FORMAT``."""
+    if output.suffix.lower() in SUFFIXES and not output.is_dir():
+        if len(kinds) > 1:
+            raise UsageError(
+                f"-o {output}: {len(kinds)} figures go into a folder; name one, e.g. -o figures/"
+            )
+        return {kinds[0]: output}
+    if output.suffix and not output.is_dir():
+        raise UsageError(f"-o {output}: a figure must end in .png or .svg (or name a folder, e.g. figures/)")
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"-o {output}: exists and is not a folder")
+    return {kind: output / f"{kind.value}.{fmt}" for kind in kinds}
+
+
 @app.command("plot")
 def plot_cmd(
     path: Path = typer.Argument(..., metavar="TRACE", help="A trace (.safetensors or folder of shards)."),
-    kind: PlotKind = typer.Option(
-        ..., "--kind", "-k", help=f"The figure. {_KINDS_HELP}.", case_sensitive=False
+    kind: str = typer.Option(
+        ...,
+        "--kind",
+        "-k",
+        metavar="KIND[,KIND...]|all",
+        help=f"The figures: one kind, a comma list, or all (the ones the trace has data for). {_KINDS_HELP}.",
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write it: FILE.png or FILE.svg."),
-    layer: int | None = typer.Option(None, "--layer", "-l", help="Only this layer (the model's own index)."),
-    num_experts: int | None = typer.Option(
-        None, "--num-experts", help="Experts per layer, if the trace lacks it."
+    output: Path = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        metavar="FILE|DIR/",
+        help="FILE.png or FILE.svg for one figure; a folder for several (each written as KIND.png).",
+        rich_help_panel=OUTPUT,
     ),
-    top_k: int | None = typer.Option(None, "--top-k", help="Experts per token, if the trace lacks it."),
-    score_function: str | None = typer.Option(
-        None, "--score-function", help="softmax | sigmoid | topk_softmax, if the trace lacks it."
+    fmt: str = typer.Option(
+        "png",
+        "--format",
+        "-f",
+        metavar="png|svg",
+        help="Format of figures written into a folder.",
+        rich_help_panel=OUTPUT,
+    ),  # fmt: skip
+    dpi: int = typer.Option(
+        110, "--dpi", metavar="N", help="PNG resolution (dots per inch).", rich_help_panel=OUTPUT
     ),
-    dpi: int = typer.Option(110, "--dpi", help="PNG resolution (dots per inch)."),
+    layer: int | None = typer.Option(
+        None, "--layer", "-l", metavar="L", help="Only this layer (the model's own index)."
+    ),
+    num_experts: NumExperts = None,
+    top_k: TopK = None,
+    score_function: ScoreFunction = None,
 ) -> None:
-    """Draw one figure of a trace as PNG or SVG (written atomically; nothing is left on failure).
+    """Draw figures of a trace as PNG or SVG from one analysis (written atomically; nothing is left on
+    failure).
 
-    Example: moediag plot sample_traces/collapsed.safetensors --kind load-heatmap -o load.png
+    What each figure needs is checked before the trace is analysed: a named figure the trace has no
+    data for is an error; with --kind all it is skipped with a note.
+
+    Example: moediag plot sample_traces/collapsed.safetensors --kind all -o figures/
     """
-    from moediag.analysis import analyze_trace
     from moediag.cli.inspect import routing_overrides
     from moediag.inputs import detect_kind
-    from moediag.render.plots import make_figure, save_figure
-    from moediag.trace import open_trace
+    from moediag.render.plots import missing_data, parse_kinds
 
-    if output.suffix.lower() not in SUFFIXES:
-        raise UsageError(f"-o {output}: the file must end in .png or .svg")
+    kinds = parse_kinds(kind)
+    fmt = fmt.lower().lstrip(".")
+    if "." + fmt not in SUFFIXES:
+        raise UsageError(f"--format {fmt}: figures are png or svg")
+    targets = plot_targets(kinds, output, fmt)
     if dpi < 10:
         raise UsageError("--dpi must be at least 10")
     if detect_kind(path) != "trace":
         raise UsageError(
             f"{path}: plot draws traces; for a checkpoint use 'moediag report {path} -o FILE.html'"
         )
+    from moediag.trace import open_trace
+
     trace = open_trace(path, overrides=routing_overrides(num_experts, top_k, score_function))
     if layer is not None and layer not in trace.layers:
         raise UsageError(
             f"--layer {layer}: not in the trace (layers: {', '.join(map(str, sorted(trace.layers)))})",
             path,
         )
+    every = kind.strip().lower() == "all"
+    for k in list(targets):
+        reason = missing_data(k, trace, layer)
+        if reason is None:
+            continue
+        if not every:
+            raise UsageError(f"--kind {k.value}: {reason}", path)
+        echo_err(f"moediag: note: {path}: skipped {k.value}: {reason}")
+        del targets[k]
+    if not targets:  # pragma: no cover - load-heatmap needs nothing beyond a valid trace
+        raise UsageError("no figure can be drawn from this trace", path)
+    from moediag.analysis import analyze_trace
+    from moediag.render.plots import make_figure, save_figure
+
     with progress_bar("analysing", trace.num_tokens) as advance:
         analysis = analyze_trace(trace, progress=advance)
-    fig = make_figure(kind, analysis, layer)
-    save_figure(fig, output, dpi=dpi)
-    echo_err(f"moediag: wrote {output}")
+    figures = {k: make_figure(k, analysis, layer) for k in targets}  # all drawn before any is written
+    if next(iter(targets.values())) != output:
+        output.mkdir(parents=True, exist_ok=True)
+    with progress_bar("drawing", len(figures)) as advance:
+        for k, fig in figures.items():
+            save_figure(fig, targets[k], dpi=dpi)
+            advance(1)
+    if next(iter(targets.values())) == output:
+        echo_err(f"moediag: wrote {next(iter(targets.values()))}")
+    else:
+        echo_err(f"moediag: wrote {len(targets)} figures to {output}: {', '.join(k.value for k in targets)}")
