@@ -25,9 +25,13 @@ from moediag.checks import (
 )
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar, stdout_console
+from moediag.cli.options import OUTPUT, ROUTING, SCALE
 from moediag.errors import InvalidInputError, UsageError
 from moediag.io import atomic
 from moediag.render.check_formats import OutputFormat, render
+
+RULES_PANEL = "Rules (a threshold, or off)"
+RULE_SETTINGS = "Rule settings"
 
 _FIXED = (
     "path",
@@ -226,6 +230,7 @@ def _parameters() -> list[_inspect.Parameter]:
             typer.Option(
                 None,
                 "--config",
+                metavar="FILE",
                 help="A TOML file with a tool.moediag.check table "
                 "(default: moediag.toml or pyproject.toml, from here upward).",
             ),
@@ -236,6 +241,7 @@ def _parameters() -> list[_inspect.Parameter]:
             typer.Option(
                 None,
                 "--baseline",
+                metavar="FILE",
                 help="A previous 'check --format json' or "
                 "'inspect --json' output: fail when a figure regresses by "
                 "more than --baseline-margin.",
@@ -245,7 +251,11 @@ def _parameters() -> list[_inspect.Parameter]:
             "output_format",
             OutputFormat,
             typer.Option(
-                OutputFormat.TABLE, "--format", "-f", help="table | json | junit | markdown | github."
+                OutputFormat.TABLE,
+                "--format",
+                "-f",
+                help="How to print the result.",
+                rich_help_panel=OUTPUT,
             ),
         ),
         param(
@@ -255,38 +265,52 @@ def _parameters() -> list[_inspect.Parameter]:
                 None,
                 "--output",
                 "-o",
+                metavar="FILE",
                 help="Write the report here (atomically; not written when the input or config is unusable).",
+                rich_help_panel=OUTPUT,
             ),
         ),
         param(
             "num_experts",
             int | None,
-            typer.Option(None, "--num-experts", help="Experts per layer, if the trace lacks it."),
+            typer.Option(
+                None, "--num-experts", metavar="N", help="Experts per layer.", rich_help_panel=ROUTING
+            ),
         ),
         param(
             "top_k",
             int | None,
-            typer.Option(None, "--top-k", help="Experts per token, if the trace lacks it."),
+            typer.Option(
+                None, "--top-k", metavar="K", help="Experts chosen per token.", rich_help_panel=ROUTING
+            ),
         ),
         param(
             "score_function",
             str | None,
             typer.Option(
-                None, "--score-function", help="softmax | sigmoid | topk_softmax, if the trace lacks it."
+                None,
+                "--score-function",
+                metavar="NAME",
+                help="How router logits become scores: softmax, sigmoid or topk_softmax.",
+                rich_help_panel=ROUTING,
             ),
         ),
         param(
-            "chunk_tokens", int | None, typer.Option(None, "--chunk-tokens", help="Tokens read per chunk.")
+            "chunk_tokens",
+            int | None,
+            typer.Option(
+                None, "--chunk-tokens", metavar="N", help="Tokens read per chunk.", rich_help_panel=SCALE
+            ),
         ),
         param(
             "workers",
             int | None,
-            typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
+            typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP, rich_help_panel=SCALE),
         ),
         param(
             "scheduler",
             str | None,
-            typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
+            typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP, rich_help_panel=SCALE),
         ),
     ]
     for key in KEYS.values():
@@ -299,8 +323,9 @@ def _parameters() -> list[_inspect.Parameter]:
             option = typer.Option(
                 None,
                 f"{key.flag}/--no-{key.flag[2:]}",
-                help=f"{key.help} (config: {key.name})",
+                help=f"{key.help} [config: {key.name}]",
                 show_default=False,
+                rich_help_panel=RULE_SETTINGS,
             )
             params.append(param(key.name, bool | None, option))
             continue
@@ -318,7 +343,8 @@ def _parameters() -> list[_inspect.Parameter]:
             key.flag,
             metavar=metavar,
             show_default=False,
-            help=f"{key.help} (config: {key.name}; default: {default})",
+            help=f"{key.help} [config: {key.name}; default: {default}]",
+            rich_help_panel=RULES_PANEL if key.is_threshold else RULE_SETTINGS,
         )
         params.append(param(key.name, str | None, option))
     return params

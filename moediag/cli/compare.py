@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from moediag.cli.app import app, echo_err
-from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, print_json, stdout_console
+from moediag.cli.common import print_json, stdout_console
+from moediag.cli.options import OUTPUT, ChunkTokens, ConfigFile, Scheduler, Workers, json_option
 from moediag.errors import UsageError
 
 
@@ -15,17 +17,23 @@ from moediag.errors import UsageError
 def compare_cmd(
     a: Path = typer.Argument(..., metavar="A", help="The reference: a trace or a checkpoint."),
     b: Path = typer.Argument(..., metavar="B", help="The one to compare with A (same kind as A)."),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print the machine-readable result (docs/accuracy.md)."
-    ),
-    chunk_tokens: int | None = typer.Option(
-        None, "--chunk-tokens", help="Tokens read per chunk (memory bound)."
-    ),
-    workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
-    scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
+    as_json: Annotated[bool, json_option("docs/accuracy.md")] = False,
     html: Path | None = typer.Option(
-        None, "--html", metavar="FILE", help="Also write a self-contained HTML page with the comparison."
+        None,
+        "--html",
+        metavar="FILE",
+        help="Also write a self-contained HTML page with the comparison.",
+        rich_help_panel=OUTPUT,
     ),
+    fail_on_regression: bool = typer.Option(
+        False,
+        "--fail-on-regression",
+        help="Exit 1 when B is worse than A (the verdict line; thresholds from the check rules).",
+    ),
+    config: ConfigFile = None,
+    chunk_tokens: ChunkTokens = None,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Router saturation, load shift and accuracy shift between two traces; router-row cosine and
     selection-bias change between two checkpoints.

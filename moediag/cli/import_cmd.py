@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from moediag.cli.app import app, echo_err
+from moediag.cli.options import OUTPUT, ROUTING
 from moediag.errors import UsageError
 from moediag.importers import ImportFormat, import_routing, parse_format
 
@@ -29,20 +30,35 @@ def import_command(
         "-o",
         "--output",
         help="Trace to write: a folder of shards, or one file if it ends in .safetensors.",
+        rich_help_panel=OUTPUT,
+        metavar="TRACE",
     ),
     num_experts: int | None = typer.Option(
-        None, "--num-experts", help="Experts per layer, when the source lacks it."
+        None,
+        "--num-experts",
+        help="Experts per layer, when the source lacks it.",
+        rich_help_panel=ROUTING,
+        metavar="N",
     ),
     top_k: int | None = typer.Option(
-        None, "--top-k", help="Experts chosen per token, when the source lacks it."
+        None,
+        "--top-k",
+        help="Experts chosen per token, when the source lacks it.",
+        rich_help_panel=ROUTING,
+        metavar="K",
     ),
     score_function: str | None = typer.Option(
         None,
         "--score-function",
         help="softmax, sigmoid or topk_softmax, when the source has logits but not this.",
+        rich_help_panel=ROUTING,
+        metavar="NAME",
     ),
     layers: str | None = typer.Option(
-        None, "--layers", help="Model layer index of each MoE layer, in source order (hf, vllm), e.g. 1,3,5."
+        None,
+        "--layers",
+        help="Model layer index of each MoE layer, in source order (hf, vllm), e.g. 1,3,5.",
+        metavar="L,L,...",
     ),
 ) -> None:
     """Convert another system's routing dump into a moediag trace.

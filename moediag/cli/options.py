@@ -20,6 +20,8 @@ ANALYSIS = "Analysis"
 CHECKPOINT = "Checkpoints"
 SCALE = "Memory and parallelism"
 WHAT_IF = "What-ifs"
+RUN = "Device and precision"
+EP = "Expert parallelism"
 
 NumExperts = Annotated[
     int | None,

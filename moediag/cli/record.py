@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from moediag.cli.app import app, echo_err
+from moediag.cli.options import OUTPUT, RUN
 
 
 def _progress() -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
@@ -55,24 +56,42 @@ def record_command(
         "--text",
         "-t",
         help="Text file to run; repeat for several domains (each named by its file stem).",
+        metavar="FILE",
     ),
     output: Path = typer.Option(
-        ..., "--output", "-o", help="Trace folder to write (replaced when complete)."
+        ...,
+        "--output",
+        "-o",
+        help="Trace folder to write (replaced when complete).",
+        rich_help_panel=OUTPUT,
+        metavar="TRACE",
     ),
     max_tokens: int | None = typer.Option(
-        None, "--max-tokens", help="Record at most this many tokens in all."
+        None, "--max-tokens", help="Record at most this many tokens in all.", metavar="N"
     ),
-    seq_len: int = typer.Option(512, "--seq-len", help="Tokens per sequence."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    dtype: str = typer.Option("auto", "--dtype", help="Model dtype: auto, float32, bfloat16 or float16."),
+    seq_len: int = typer.Option(512, "--seq-len", help="Tokens per sequence.", metavar="N"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward.", metavar="N"),
+    device: str = typer.Option(
+        "auto", "--device", help="auto, cpu or cuda.", rich_help_panel=RUN, metavar="auto|cpu|cuda"
+    ),
+    dtype: str = typer.Option(
+        "auto",
+        "--dtype",
+        help="Model dtype: auto, float32, bfloat16 or float16.",
+        rich_help_panel=RUN,
+        metavar="auto|float32|bfloat16|float16",
+    ),
     router_inputs: bool = typer.Option(
         False,
         "--router-inputs/--no-router-inputs",
         help="Also store each router's input (for replay; large).",
+        rich_help_panel=OUTPUT,
     ),
     trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Run modelling code from the model folder (local files only)."
+        False,
+        "--trust-remote-code",
+        help="Run modelling code from the model folder (local files only).",
+        rich_help_panel=RUN,
     ),
 ) -> None:
     """Run a transformers causal LM over text and record its routing into a v1 trace.

@@ -8,6 +8,7 @@ import typer
 
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import print_json, progress_bar, stdout_console
+from moediag.cli.options import EP, OUTPUT, RUN, WHAT_IF
 from moediag.errors import ExitCode, UsageError
 
 
@@ -19,49 +20,117 @@ def replay_cmd(
     trace: Path = typer.Argument(
         ..., metavar="TRACE", help="Trace recorded with router inputs (moediag record --router-inputs)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the machine-readable result (docs/replay.md)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
-    dtype: str = typer.Option("fp32", "--dtype", help="Router GEMM precision: fp32, bf16 or fp16."),
-    top_k: int | None = typer.Option(None, "--top-k", help="What if each token chose this many experts."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the machine-readable result (docs/replay.md).", rich_help_panel=OUTPUT
+    ),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="auto (CUDA when available), cpu or cuda[:N].",
+        rich_help_panel=RUN,
+        metavar="DEVICE",
+    ),
+    dtype: str = typer.Option(
+        "fp32",
+        "--dtype",
+        help="Router GEMM precision: fp32, bf16 or fp16.",
+        rich_help_panel=RUN,
+        metavar="fp32|bf16|fp16",
+    ),
+    top_k: int | None = typer.Option(
+        None,
+        "--top-k",
+        help="What if each token chose this many experts.",
+        rich_help_panel=WHAT_IF,
+        metavar="K",
+    ),
     capacity_factor: float | None = typer.Option(
-        None, "--capacity-factor", help="What if each expert took at most ceil(CF*k*T/E) per group."
+        None,
+        "--capacity-factor",
+        help="What if each expert took at most ceil(CF*k*T/E) per group.",
+        rich_help_panel=WHAT_IF,
+        metavar="CF",
     ),
     drop_policy: str = typer.Option(
-        "position", "--drop-policy", help="Which assignments drop over capacity: position or probs."
+        "position",
+        "--drop-policy",
+        help="Which assignments drop over capacity: position or probs.",
+        rich_help_panel=WHAT_IF,
+        metavar="position|probs",
     ),
     capacity_group: int = typer.Option(
-        4096, "--capacity-group", help="Tokens per capacity group when the trace has no sequence ids."
+        4096,
+        "--capacity-group",
+        help="Tokens per capacity group when the trace has no sequence ids.",
+        rich_help_panel=WHAT_IF,
+        metavar="N",
     ),
-    no_bias: bool = typer.Option(False, "--no-bias", help="What if the selection bias were reset to 0."),
+    no_bias: bool = typer.Option(
+        False, "--no-bias", help="What if the selection bias were reset to 0.", rich_help_panel=WHAT_IF
+    ),
     bias_file: Path | None = typer.Option(
-        None, "--bias", help="Selection biases to use instead (.safetensors layers.L.selection_bias or JSON)."
+        None,
+        "--bias",
+        help="Selection biases to use instead (.safetensors layers.L.selection_bias or JSON).",
+        rich_help_panel=WHAT_IF,
+        metavar="FILE",
     ),
     noise: float | None = typer.Option(
-        None, "--noise", help="Add N(0, SIGMA²) to the logits: share of tokens whose top-k set flips."
+        None,
+        "--noise",
+        help="Add N(0, SIGMA²) to the logits: share of tokens whose top-k set flips.",
+        rich_help_panel=WHAT_IF,
+        metavar="SIGMA",
     ),
-    samples: int = typer.Option(8, "--samples", help="Noise samples per token."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the noise."),
+    samples: int = typer.Option(
+        8, "--samples", help="Noise samples per token.", rich_help_panel=WHAT_IF, metavar="N"
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the noise.", rich_help_panel=WHAT_IF, metavar="N"),
     ep_size: int | None = typer.Option(
-        None, "--ep-size", help="Expert-parallel ranks: balancedness per layer."
+        None,
+        "--ep-size",
+        help="Expert-parallel ranks: balancedness per layer.",
+        rich_help_panel=EP,
+        metavar="N",
     ),
     placement: str = typer.Option(
         "contiguous",
         "--placement",
         help="contiguous, balanced, hierarchical (DeepSeek EPLB, needs --nodes), or a placement JSON file.",
+        rich_help_panel=EP,
+        metavar="NAME|FILE",
     ),
     replicas: int = typer.Option(
-        0, "--replicas", help="With --placement balanced or hierarchical: extra expert copies."
+        0,
+        "--replicas",
+        help="With --placement balanced or hierarchical: extra expert copies.",
+        rich_help_panel=EP,
+        metavar="N",
     ),
     nodes: int | None = typer.Option(
-        None, "--nodes", help="EP nodes (ranks numbered node by node): adds per-node loads."
+        None,
+        "--nodes",
+        help="EP nodes (ranks numbered node by node): adds per-node loads.",
+        rich_help_panel=EP,
+        metavar="N",
     ),
     expert_groups: int | None = typer.Option(
-        None, "--expert-groups", help="Hierarchical placement: expert groups (default: the router's n_group)."
+        None,
+        "--expert-groups",
+        help="Hierarchical placement: expert groups (default: the router's n_group).",
+        rich_help_panel=EP,
+        metavar="N",
     ),
     placement_out: Path | None = typer.Option(
-        None, "--placement-out", help="Write the placement evaluated (e.g. the balanced proposal) as JSON."
+        None,
+        "--placement-out",
+        help="Write the placement evaluated (e.g. the balanced proposal) as JSON.",
+        rich_help_panel=OUTPUT,
+        metavar="FILE",
     ),
-    chunk_tokens: int | None = typer.Option(None, "--chunk-tokens", help="Tokens per chunk (memory bound)."),
+    chunk_tokens: int | None = typer.Option(
+        None, "--chunk-tokens", help="Tokens per chunk (memory bound).", rich_help_panel=RUN, metavar="N"
+    ),
     require_match: bool = typer.Option(
         False,
         "--require-match",

@@ -8,13 +8,19 @@ from typing import Any
 import typer
 
 from moediag.cli.app import app, echo_err
-from moediag.cli.common import (
-    PATH_WINDOW_HELP,
-    SCHEDULER_HELP,
-    WORKERS_HELP,
-    parse_path_windows,
-    progress_bar,
-    require_positive,
+from moediag.cli.common import parse_path_windows, progress_bar, require_positive
+from moediag.cli.options import (
+    OUTPUT,
+    CapacityGroup,
+    ColdEps,
+    ConfigFile,
+    NumExperts,
+    PathWindow,
+    Scheduler,
+    ScoreFunction,
+    TopK,
+    Weights,
+    Workers,
 )
 from moediag.errors import UsageError
 
@@ -35,35 +41,26 @@ def _checks(doc: dict[str, Any], config_file: Path | None) -> dict[str, Any] | N
 @app.command("report")
 def report_cmd(
     paths: list[Path] = typer.Argument(..., metavar="PATH", help="A trace, a checkpoint, or one of each."),
-    output: Path = typer.Option(..., "--output", "-o", help="The HTML file to write."),
-    title: str | None = typer.Option(None, "--title", help="Page title (default: from the input's name)."),
-    config: Path | None = typer.Option(
+    output: Path = typer.Option(
+        ..., "--output", "-o", metavar="FILE.html", help="The HTML file to write.", rich_help_panel=OUTPUT
+    ),
+    title: str | None = typer.Option(
         None,
-        "--config",
-        help="Check thresholds (moediag.toml or pyproject.toml); "
-        "without it the one found from the working directory is used, if any.",
+        "--title",
+        metavar="TEXT",
+        help="Page title (default: from the input's name).",
+        rich_help_panel=OUTPUT,
     ),
-    num_experts: int | None = typer.Option(
-        None, "--num-experts", help="Experts per layer, if the trace lacks it."
-    ),
-    top_k: int | None = typer.Option(None, "--top-k", help="Experts per token, if the trace lacks it."),
-    score_function: str | None = typer.Option(
-        None, "--score-function", help="softmax | sigmoid | topk_softmax, if the trace lacks it."
-    ),
-    cold_eps: float = typer.Option(0.1, "--cold-eps", help="An expert is cold when its share < eps / E."),
-    capacity_group: int = typer.Option(
-        4096, "--capacity-group", help="Tokens per capacity group when the trace has no sequence ids."
-    ),
-    weights: bool = typer.Option(
-        True,
-        "--weights/--no-weights",
-        help="Checkpoints: read weights for router and redundancy diagnostics.",
-    ),
-    path_window: list[str] | None = typer.Option(
-        None, "--path-window", metavar="FIRST:LAST", help=PATH_WINDOW_HELP
-    ),
-    workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
-    scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
+    config: ConfigFile = None,
+    num_experts: NumExperts = None,
+    top_k: TopK = None,
+    score_function: ScoreFunction = None,
+    cold_eps: ColdEps = 0.1,
+    capacity_group: CapacityGroup = 4096,
+    path_window: PathWindow = None,
+    weights: Weights = True,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Write one self-contained HTML report: verdict, overview, per-layer table and figures.
 
