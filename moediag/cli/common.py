@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -16,12 +15,18 @@ from moediag.errors import UsageError
 
 
 def stdout_console() -> Console:
-    """Tables for people: plain when piped or when NO_COLOR is set."""
-    return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False, soft_wrap=False)
+    """Tables for people: plain text (no ANSI codes at all) when piped, under --no-color or NO_COLOR."""
+    return Console(highlight=False, soft_wrap=False, **_colour())
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    return Console(stderr=True, highlight=False, **_colour())
+
+
+def _colour() -> dict[str, Any]:
+    from moediag.cli.app import colour_enabled
+
+    return {} if colour_enabled() else {"color_system": None}
 
 
 def print_json(doc: Any) -> None:
@@ -44,8 +49,10 @@ SCHEDULER_HELP = (
 @contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr, shown only when stderr is a terminal. Yields an ``advance(n)``."""
+    from moediag.cli.app import is_quiet
+
     console = stderr_console()
-    if not console.is_terminal or not total:
+    if not console.is_terminal or not total or is_quiet():
         yield lambda n: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

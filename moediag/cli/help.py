@@ -47,9 +47,8 @@ def help_width() -> int:
 def help_console() -> Console:
     from moediag.cli.app import colour_enabled
 
-    return Console(
-        width=help_width(), highlight=False, no_color=not colour_enabled(), soft_wrap=False, markup=False
-    )
+    plain = {} if colour_enabled() else {"color_system": None}
+    return Console(width=help_width(), highlight=False, soft_wrap=False, markup=False, **plain)
 
 
 def _choices(param: Any) -> list[str] | None:

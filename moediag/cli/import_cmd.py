@@ -21,9 +21,15 @@ def _parse_layers(value: str | None) -> list[int] | None:
         raise UsageError(f"--layers takes comma-separated layer indices, got {value!r}") from None
 
 
+def complete_formats(ctx: typer.Context, args: list[str], incomplete: str) -> list[str]:
+    return [f.value for f in ImportFormat if f.value.startswith(incomplete)]
+
+
 @app.command("import")
 def import_command(
-    format: str = typer.Argument(..., metavar="FORMAT", help=f"Source format: {_FORMATS}."),
+    format: str = typer.Argument(
+        ..., metavar="FORMAT", help=f"Source format: {_FORMATS}.", autocompletion=complete_formats
+    ),
     src: list[str] = typer.Argument(..., metavar="SRC...", help="Dump file(s), folder(s) or a quoted glob."),
     output: str = typer.Option(
         ...,

@@ -31,6 +31,14 @@ def plot_targets(kinds: list[PlotKind], output: Path, fmt: str) -> dict[PlotKind
     return {kind: output / f"{kind.value}.{fmt}" for kind in kinds}
 
 
+def complete_kinds(ctx: typer.Context, args: list[str], incomplete: str) -> list[str]:
+    """Shell completion of --kind: the figure names and all, after any comma list already typed."""
+    head, _, last = incomplete.rpartition(",")
+    prefix = f"{head}," if head else ""
+    names = [k.value for k in PlotKind] + ([] if head else ["all"])
+    return [prefix + n for n in names if n.startswith(last)]
+
+
 @app.command("plot")
 def plot_cmd(
     path: Path = typer.Argument(..., metavar="TRACE", help="A trace (.safetensors or folder of shards)."),
@@ -39,6 +47,7 @@ def plot_cmd(
         "--kind",
         "-k",
         metavar="KIND[,KIND...]|all",
+        autocompletion=complete_kinds,
         help=f"The figures: one kind, a comma list, or all (the ones the trace has data for). {_KINDS_HELP}.",
     ),
     output: Path = typer.Option(

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import typer
 
-from moediag.cli.app import app, echo_err
+from moediag.cli.app import app, echo_err, is_quiet
+from moediag.cli.common import stderr_console
 from moediag.cli.options import OUTPUT, RUN
 
 
 def _progress() -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
     """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or is_quiet():
         return None, lambda: None
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(
@@ -25,7 +25,7 @@ def _progress() -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
         MofNCompleteColumn(),
         TextColumn("tokens"),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=stderr_console(),
         transient=True,
     )
     task = bar.add_task("record", total=None)
