@@ -9,6 +9,7 @@ import sys
 
 from moediag.cli import check as _check  # noqa: F401
 from moediag.cli import compare as _compare  # noqa: F401
+from moediag.cli import explain as _explain  # noqa: F401
 from moediag.cli import import_cmd as _import_cmd  # noqa: F401
 from moediag.cli import inspect as _inspect  # noqa: F401  (registers `inspect`)
 from moediag.cli import plot as _plot  # noqa: F401

@@ -71,7 +71,7 @@ DESCRIPTIONS: dict[PlotKind, str] = {
 
 
 def parse_kinds(spec: str) -> list[PlotKind]:
-    """``--kind`` values: one kind, a comma list (``imbalance,margin``), or ``all``; order kept, no repeats."""
+    """``--kind`` values: one kind, a comma list (``imbalance,margin``) or ``all``; in order, no repeats."""
     names = [x.strip().lower() for x in spec.split(",") if x.strip()]
     if not names:
         raise UsageError("--kind: name a figure, a comma list of figures, or all")

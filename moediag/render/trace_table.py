@@ -75,10 +75,27 @@ def overview_table(analysis: TraceAnalysis) -> Table:
                 label, f"mean {_fmt(fig['mean'])}, worst {_fmt(fig['worst'])} (layer {fig['worst_layer']})"
             )
     t.add_row("HF aux loss (pooled, balanced=k)", _fmt(s["hf_aux_loss"]))
-    t.add_row("dead / cold experts", f"{s['dead_experts']} / {s['cold_experts']}")
+    slots = sum(len(r["load"]) for r in analysis.layers)
+    t.add_row(
+        "dead / cold experts (all layers)",
+        f"{s['dead_experts']} / {s['cold_experts']} of {slots} ({s['layers']} layers x {s['num_experts']})",
+    )
     if s["excluded_nonfinite"]:
         t.add_row("rows excluded (NaN/Inf logits)", str(s["excluded_nonfinite"]))
     return t
+
+
+LAYER_COLUMNS = ("layer", "MaxVio", "CV", "H", "dead", "cold", "aux", "z-loss", "conf", "drop", "same")
+
+
+def layer_legend() -> str:
+    """What each column of the layer table means (from moediag/figures.py, as ``moediag explain``)."""
+    from moediag.figures import legend
+
+    return (
+        f"{legend(list(LAYER_COLUMNS))}. drop is at capacity factor 1.0, position policy. "
+        "moediag explain COLUMN says more."
+    )
 
 
 def layer_table(analysis: TraceAnalysis, worst: int | None = None, sort_key: str = "max_vio") -> Table:
@@ -99,7 +116,7 @@ def layer_table(analysis: TraceAnalysis, worst: int | None = None, sort_key: str
         pad_edge=False,
         padding=(0, 0, 0, 1),
     )
-    for col in ("layer", "MaxVio", "CV", "H", "dead", "cold", "aux", "z-loss", "conf", "drop", "same"):
+    for col in LAYER_COLUMNS:
         t.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         drop = r.get("drop_rate")
@@ -173,10 +190,6 @@ def render_trace(
     console.print(Text(text, style=style))
     console.print(overview_table(analysis))
     console.print(layer_table(analysis, worst, sort_key))
-    console.print(
-        "H = load entropy / log E; drop = drop rate at capacity factor 1.0 (position policy); "
-        "same = next token keeps its first-choice expert",
-        style="dim",
-    )
+    console.print(layer_legend(), style="dim")
     if layer is not None:
         console.print(histogram_table(analysis, layer))

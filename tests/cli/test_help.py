@@ -77,7 +77,7 @@ def test_usage_lines_name_arguments_as_the_docs_do() -> None:
     [
         (["inspect", "x", "--worst", "abc"], "--worst: expected a whole number, got 'abc'"),
         (["plot", "x", "--kind", "pie", "-o", "a.png"], "--kind: 'pie' is not a figure"),
-        (["check", "x", "--format", "xml"], "--format: 'xml' is not one of table, json, junit, markdown, github"),
+        (["check", "x", "--format", "xml"], "--format: 'xml' is not one of table, json, junit, markdown"),
         (["replay", "c", "t", "--capacity-factor", "big"], "--capacity-factor: expected a number, got 'big'"),
         (["inspect"], "missing argument PATH"),
         (["inspect", "x", "--wrst", "3"], "no such option --wrst; did you mean --worst?"),
@@ -150,7 +150,8 @@ def test_no_color_anywhere_gives_plain_text(trace: Path) -> None:
 
 
 def test_shell_completion_completes_commands_and_figure_lists() -> None:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), _MOEDIAG_COMPLETE="complete_bash")
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=root, _MOEDIAG_COMPLETE="complete_bash")
 
     def complete(words: str) -> list[str]:
         env.update(COMP_WORDS=words, COMP_CWORD=str(len(words.split()) - 1))
