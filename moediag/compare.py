@@ -244,10 +244,13 @@ def compare_traces(
     min_support: int = 10,
     workers: int | None = None,
     scheduler: str | None = None,
+    config: Any = None,
 ) -> Comparison:
     """Compare two traces (see the module docstring for every figure).
 
     ``workers`` / ``scheduler``: analyse each trace in parallel (moediag.parallel; same figures).
+    ``config``: the :class:`moediag.checks.CheckConfig` whose rules decide ``summary.verdict``
+    (moediag.compare_verdict; default: the built-in thresholds).
     """
     from moediag.analysis import analyze_trace
     from moediag.stats.imbalance import cv, max_vio
@@ -305,6 +308,8 @@ def compare_traces(
             "max_vio_b": max_vio(sb.load.counts) if int(sb.load.counts.sum()) else None,
             "cv_a": cv(sa.load.counts),
             "cv_b": cv(sb.load.counts),
+            "dead_a": len(la["dead_experts"]),
+            "dead_b": len(lb["dead_experts"]),
         }
         row["max_vio_delta"] = _delta(row["max_vio_a"], row["max_vio_b"])
         row["cv_delta"] = _delta(row["cv_a"], row["cv_b"])
@@ -349,6 +354,9 @@ def compare_traces(
             if r["expert_accuracy_shift"]
         ),
     }
+    from moediag.compare_verdict import compare_verdict
+
+    summary["verdict"] = compare_verdict(res_a.to_dict(), res_b.to_dict(), config).to_dict()
     paths = _path_shift(res_a.stats, res_b.stats, min_support)
     return Comparison(str(a), str(b), "traces", rows, summary, paths, notes)
 
@@ -440,8 +448,10 @@ def compare(
     chunk_tokens: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    config: Any = None,
 ) -> Comparison:
-    """Compare two traces or two checkpoints (whichever they are; mixing the two is an error)."""
+    """Compare two traces or two checkpoints (whichever they are; mixing the two is an error).
+    ``config`` (traces): the check rules that decide the verdict (moediag.compare_verdict)."""
     from moediag.inputs import detect_kind
 
     ka, kb = detect_kind(a), detect_kind(b)
@@ -449,4 +459,6 @@ def compare(
         raise UsageError(f"compare needs two traces or two checkpoints: {a} is a {ka}, {b} is a {kb}")
     if ka == "checkpoint":
         return compare_checkpoints(a, b)
-    return compare_traces(a, b, chunk_tokens=chunk_tokens, workers=workers, scheduler=scheduler)
+    return compare_traces(
+        a, b, chunk_tokens=chunk_tokens, workers=workers, scheduler=scheduler, config=config
+    )

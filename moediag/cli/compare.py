@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from moediag.cli.app import app, echo_err
-from moediag.cli.common import print_json, stdout_console
+from moediag.cli.app import app, echo_err, finish
+from moediag.cli.common import human_size, print_json, stdout_console
 from moediag.cli.options import OUTPUT, ChunkTokens, ConfigFile, Scheduler, Workers, json_option
-from moediag.errors import UsageError
+from moediag.errors import ExitCode, UsageError
 
 
 @app.command("compare")
@@ -41,12 +41,19 @@ def compare_cmd(
     Example: moediag compare before.safetensors after.safetensors --json
     """
     from moediag.compare import compare
+    from moediag.config import load_config
 
     if chunk_tokens is not None and chunk_tokens < 1:
         raise UsageError("--chunk-tokens must be positive")
     if html is not None and html.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--html {html}: the page is HTML; name it something.html")
-    result = compare(a, b, chunk_tokens=chunk_tokens, workers=workers, scheduler=scheduler)
+    check_config = load_config(config)
+    result = compare(
+        a, b, chunk_tokens=chunk_tokens, workers=workers, scheduler=scheduler, config=check_config
+    )
+    verdict = result.summary.get("verdict")
+    if fail_on_regression and verdict is None:
+        raise UsageError("--fail-on-regression compares traces (two checkpoints have no verdict)")
     for note in result.notes:
         echo_err(f"moediag: note: {note}")
     if html is not None:  # built in full before writing; the write is atomic (nothing left on failure)
@@ -55,10 +62,13 @@ def compare_cmd(
 
         page = render_compare_report(result)
         write_report(html, page)
-        echo_err(f"moediag: wrote {html} ({len(page.encode('utf-8')) / 1e6:.1f} MB)")
+        echo_err(f"moediag: wrote {html} ({human_size(len(page.encode('utf-8')))})")
     if as_json:
         print_json(result.to_dict())
-        return
-    from moediag.render.compare_table import render_compare
+    else:
+        from moediag.render.compare_table import render_compare
 
-    render_compare(result, stdout_console())
+        render_compare(result, stdout_console())
+    if fail_on_regression and verdict is not None and verdict["status"] == "worse":
+        echo_err(f"moediag compare: {verdict['line']}")
+        finish(ExitCode.CHECK_FAILED)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from moediag.cli.app import app, echo_err, is_quiet
-from moediag.cli.common import stderr_console
+from moediag.cli.common import human_size, stderr_console
 from moediag.cli.options import OUTPUT, RUN
 
 
@@ -35,15 +35,6 @@ def _progress() -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
         bar.update(task, completed=done, total=total)
 
     return update, bar.stop
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 @app.command("record")
@@ -122,5 +113,5 @@ def record_command(
     echo_err(
         f"recorded {result.tokens} tokens x {len(result.layers)} MoE layers ({result.num_experts} experts, "
         f"top-{result.top_k}, {result.score_function}; tokenizer {result.tokenizer}) -> {result.path} "
-        f"({_size(result.bytes)}, {result.seconds:.1f} s){note}"
+        f"({human_size(result.bytes)}, {result.seconds:.1f} s){note}"
     )

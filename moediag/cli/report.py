@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from moediag.cli.app import app, echo_err
-from moediag.cli.common import parse_path_windows, progress_bar, require_positive
+from moediag.cli.common import human_size, parse_path_windows, progress_bar, require_positive
 from moediag.cli.options import (
     OUTPUT,
     CapacityGroup,
@@ -118,4 +118,4 @@ def report_cmd(
 
     page = render_report(analysis, checkpoint, checks=checks, title=title)
     write_report(output, page)
-    echo_err(f"moediag: wrote {output} ({len(page.encode('utf-8')) / 1e6:.1f} MB)")
+    echo_err(f"moediag: wrote {output} ({human_size(len(page.encode('utf-8')))})")

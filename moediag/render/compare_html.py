@@ -112,7 +112,11 @@ def compare_verdict(cmp: Any) -> tuple[str, str]:
             f"{s.get('shifted_experts', 0)} expert(s) shifted"
         )
     text = "; ".join(parts)
-    return text[:1].upper() + text[1:] + ".", ("warn" if s.get("shifted_experts") else "ok")
+    text = text[:1].upper() + text[1:] + "."
+    verdict = s.get("verdict")  # moediag.compare_verdict: the judgement is the library's, shown first
+    if isinstance(verdict, Mapping) and verdict.get("line"):
+        return f"{verdict['line']}. {text}", ("warn" if verdict.get("status") == "worse" else "ok")
+    return text, ("warn" if s.get("shifted_experts") else "ok")
 
 
 # -- the figure --------------------------------------------------------------------------------------------

@@ -63,18 +63,20 @@ def layer_table(cmp: Comparison) -> Table:
             )
         return t
     t.caption = "top-1: same first choice (random 1/E); top-k: mean |A∩B|/k (random k/E); JS: base 2"
-    for col in ("layer", "E", "top-1", "top-k", "JS", "ΔMaxVio", "ΔCV", "Δacc"):
+    # accuracy is not per layer: every token passes every layer, so it is in the headline once
+    for col in ("layer", "E", "top-1", "top-k", "JS", "MaxVio A→B", "ΔCV", "dead A→B"):
         t.add_column(col, justify="right")
     for r in cmp.layers:
+        dead = "—" if r.get("dead_a") is None else f"{r['dead_a']}→{r['dead_b']}"
         t.add_row(
             str(r["layer"]),
             str(r["num_experts"]),
             _pct(r["top1_agreement"]),
             _pct(r["topk_overlap"]),
             _f(r["load_js_divergence"]),
-            _f(r["max_vio_delta"], 2, True),
+            f"{_f(r['max_vio_a'], 2)}→{_f(r['max_vio_b'], 2)}",
             _f(r["cv_delta"], 2, True),
-            _f(r["accuracy_delta"], 3, True),
+            Text(dead, style="red" if (r.get("dead_b") or 0) > (r.get("dead_a") or 0) else ""),
         )
     return t
 
@@ -124,9 +126,15 @@ def path_table(cmp: Comparison, limit: int = 10) -> Table | None:
     return t
 
 
+VERDICT_STYLES = {"worse": "bold red", "better": "bold green", "unchanged": "bold"}
+
+
 def render_compare(cmp: Comparison, console: Console) -> None:
+    verdict = cmp.summary.get("verdict")
+    if verdict:
+        console.print(Text(verdict["line"], style=VERDICT_STYLES[verdict["status"]]))
     text, style = headline(cmp)
-    console.print(Text(text, style=style))
+    console.print(Text(text, style="" if verdict else style))
     console.print(layer_table(cmp))
     for table in (shift_table(cmp), path_table(cmp)):
         if table is not None:
