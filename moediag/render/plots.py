@@ -251,7 +251,10 @@ def path_rows(value: Any) -> list[dict[str, Any]]:
         total = _first(x, "total", "totals", "tokens", "count")
         if hits is None or not total:
             continue
-        out.append({"path": label, "hits": float(hits), "total": float(total)})
+        row: dict[str, Any] = {"path": label, "hits": float(hits), "total": float(total)}
+        if "below_overall" in x:  # the analysis' own flag, as the tables show it
+            row["below"] = bool(x["below_overall"])
+        out.append(row)
     return sorted(out, key=lambda r: -r["total"])
 
 
@@ -385,13 +388,13 @@ def load_histograms(analysis: TraceAnalysis, layer: int | None = None) -> Figure
     with _rc():
         fig = _new_figure(8.0, 3.2)
         ax = fig.add_subplot()
-        ax.stairs(ratio, range(e + 1), fill=True, color=OKABE_ITO[0], linewidth=0)
+        ax.bar(range(e), ratio, width=0.8, color=OKABE_ITO[0], linewidth=0)
         ax.axhline(1.0, color=OKABE_ITO[3], linestyle="--", linewidth=0.8)
         dead = len(r["dead_experts"])
         ax.set_title(f"Layer {r['layer']}: load per expert ({dead} dead; dashed = balanced)")
         ax.set_xlabel(f"expert (0..{e - 1})")
         ax.set_ylabel("load ÷ balanced load")
-        ax.set_xlim(0, e)
+        ax.set_xlim(-0.6, e - 0.4)
         ax.set_ylim(0, max(1.5, max(ratio, default=0.0) * 1.05))
     return fig
 
@@ -423,11 +426,14 @@ def _load_small_multiples(rows: list[dict[str, Any]]) -> Figure:
     bars, frames, grid, balanced, xmarks = [], [], [], [], []
     for idx, r in enumerate(rows):
         x0, y0 = origin(idx)
-        ratio = np.asarray(_ratio(r["load"]), dtype=float)
-        k = len(ratio)
-        xs = x0 + np.repeat(np.arange(k + 1, dtype=float), 2)[1:-1]
-        ys = y0 + np.repeat(np.minimum(ratio, top), 2)
-        bars.append(np.column_stack([np.r_[x0, xs, x0 + k], np.r_[y0, ys, y0]]))
+        ratio = np.minimum(np.asarray(_ratio(r["load"]), dtype=float), top)
+        left = x0 + np.arange(len(ratio), dtype=float) + 0.1  # a gap of 0.2 of a bar between bars
+        rects = np.empty((len(ratio), 4, 2))
+        rects[:, :, 0] = np.column_stack([left, left + 0.8, left + 0.8, left])
+        rects[:, :, 1] = np.column_stack(
+            [np.full_like(ratio, y0), np.full_like(ratio, y0), y0 + ratio, y0 + ratio]
+        )
+        bars.extend(rects[ratio > 0])
         frames.append([(x0, y0), (x0 + e, y0), (x0 + e, y0 + top), (x0, y0 + top)])
         grid += [[(x0, y0 + v), (x0 + e, y0 + v)] for v in yticks if 0 < v < top]
         balanced.append([(x0, y0 + 1.0), (x0 + e, y0 + 1.0)])
@@ -591,20 +597,22 @@ def drop_rate(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
     rows = [r for r in _rows(analysis, layer) if r.get("drop_rate")]
     if not rows:
         raise PlotUnavailableError("drop rates need per-token routing (the trace holds only counts)")
+    # Both policies drop the same number of assignments (sum_i max(0, c_i - C) per group; docs/metrics.md):
+    # they differ in which tokens drop, so the rate is one curve per layer (the position policy's).
     with _rc():
         fig = _new_figure(8.0, 4.0)
         ax = fig.add_subplot()
-        for policy, style in (("position", "-"), ("probs", "--")):
-            cfs = list(rows[0]["drop_rate"][policy])
-            series = []
-            for r in rows:
-                vals = [r["drop_rate"][policy].get(cf) for cf in cfs]
-                if any(v is not None for v in vals):
-                    series.append((int(r["layer"]), [None if v is None else 100 * v for v in vals]))
-            _band_or_lines(ax, [float(c) for c in cfs], series, style, label=f"{policy}: ")
+        cfs = list(rows[0]["drop_rate"]["position"])
+        series = []
+        for r in rows:
+            vals = [r["drop_rate"]["position"].get(cf) for cf in cfs]
+            if any(v is not None for v in vals):
+                series.append((int(r["layer"]), [None if v is None else 100 * v for v in vals]))
+        _band_or_lines(ax, [float(c) for c in cfs], series)
+        ax.set_xticks([float(c) for c in cfs], [f"{float(c):g}" for c in cfs])
         ax.set_xlabel("capacity factor (capacity = CF × k × tokens ÷ E per group)")
         ax.set_ylabel("assignments dropped (%)")
-        ax.set_title("Capacity drop rate (solid: later tokens drop first; dashed: lowest gate weight first)")
+        ax.set_title("Capacity drop rate (the same for either drop policy; they differ in which tokens drop)")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7, ncol=2)
     return fig
@@ -635,9 +643,17 @@ def step_trends(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
             _band_or_lines(ax, [float(s) for s in all_steps], series)
             ax.set_ylabel(label)
             ax.set_ylim(bottom=0)
+        from matplotlib.ticker import MaxNLocator
+
+        axes[1].xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(10, len(all_steps))))
         axes[0].legend(fontsize=7)
         axes[0].set_title("Load imbalance per step")
-        axes[1].set_xlabel("step (tokens.step, or dump row)")
+        counts_only = all(analysis.stats.layers[lay].count_only for lay, _ in per_layer)
+        axes[1].set_xlabel(
+            "row of the counts dump (the dump records no step numbers)"
+            if counts_only
+            else "step (tokens.step)"
+        )
     return fig
 
 
@@ -673,11 +689,15 @@ def expert_accuracy(analysis: TraceAnalysis, layer: int | None = None) -> Figure
                 linewidth=1,
                 label=f"layer overall {overall:.1f}%",
             )
-            ax.set_xlabel(f"expert (0..{e - 1})")
+            if e <= 32:  # each bar says how many tokens its accuracy is measured on
+                ax.set_xticks(range(e), [f"{j}\nn={int(t)}" for j, t in enumerate(totals)], fontsize=6)
+                ax.set_xlabel("expert (n = tokens whose first choice it is)")
+            else:
+                ax.set_xlabel(f"expert (0..{e - 1}; tokens per expert: inspect --json)")
             ax.set_ylabel("accuracy (%, Wilson 95% interval)")
             ax.set_ylim(0, 100)
             ax.legend(fontsize=7)
-            ax.set_title(f"Layer {r['layer']}: accuracy of tokens routed to each expert")
+            ax.set_title(f"Layer {r['layer']}: accuracy per expert (top-1 attribution)")
             return fig
         e = max(len(c[0]) for _, c in rows)
         mat = np.full((len(rows), e), np.nan)
@@ -685,46 +705,68 @@ def expert_accuracy(analysis: TraceAnalysis, layer: int | None = None) -> Figure
             for j, (h, t) in enumerate(zip(hits, totals, strict=False)):
                 if t:
                     mat[i, j] = 100 * h / t
-        fig = _new_figure(min(14.0, 4.0 + e * 0.05), min(12.0, 1.6 + 0.16 * len(rows)))
+        annotate = e * len(rows) <= 256  # small grids carry the accuracy and its sample size in each cell
+        width = max(6.5, 4.0 + e * (0.6 if annotate else 0.05))
+        height = max(3.0, 1.6 + len(rows) * (0.45 if annotate else 0.16))
+        fig = _new_figure(min(14.0, width), min(12.0, height))
         ax = fig.add_subplot()
         import matplotlib
 
         cmap = matplotlib.colormaps[SEQUENTIAL_CMAP].with_extremes(bad="white")
         im = ax.imshow(mat, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=100)
+        if annotate:
+            for i, (_, (_, totals)) in enumerate(rows):
+                for j, t in enumerate(totals):
+                    if t:
+                        colour = "white" if mat[i, j] < 55 else "black"
+                        label = f"{mat[i, j]:.0f}%\nn={int(t)}"
+                        ax.text(j, i, label, ha="center", va="center", fontsize=5.5, color=colour)
         _layer_ticks(ax, [int(r["layer"]) for r, _ in rows])
         ax.set_xlabel(f"expert (0..{e - 1})")
         ax.set_ylabel("MoE layer")
-        ax.set_title("Accuracy of tokens routed to each expert (white = no tokens)")
+        ax.set_title(
+            "Accuracy per expert (top-1; white = no tokens)"
+            + ("; n = tokens" if annotate else "; sample sizes: inspect --json")
+        )
         cb = fig.colorbar(im, ax=ax, shrink=0.9)
         cb.set_label("accuracy (%)")
     return fig
 
 
-def _paths_for(analysis: TraceAnalysis, layer: int | None) -> tuple[str, list[dict[str, Any]]]:
+def _paths_for(analysis: TraceAnalysis, layer: int | None) -> tuple[str, list[dict[str, Any]], float | None]:
+    """(what the paths are, their rows, the overall accuracy they are judged against). For the model's
+    path windows the overall accuracy is the window's (every token), as in inspect and the report; the
+    underperforming paths come first so that the figure flags what the tables flag."""
     if layer is None:
         raw = analysis.summary.get("paths")
+        window = (
+            next((w for w in raw if isinstance(w, dict) and w.get("frequent")), None)
+            if isinstance(raw, list)
+            else None
+        )
+        if window is not None:
+            rows = path_rows(window.get("underperforming") or [])
+            seen = {r["path"] for r in rows}
+            rows += [r for r in path_rows(window.get("frequent")) if r["path"] not in seen]
+            span = window.get("layers") or []
+            where = f"layers {span[0]}–{span[-1]}" if span else "across layers"
+            return f"top-1 expert per layer, {where}", rows, window.get("accuracy")
         top = path_rows(raw)
         if top:
-            window = (
-                next((w.get("layers") for w in raw if isinstance(w, dict) and w.get("frequent")), None)
-                if isinstance(raw, list)
-                else None
-            )
-            span = f"layers {window[0]}–{window[-1]}" if window else "across layers"
-            return f"top-1 expert per layer, {span}", top
+            return "top-1 expert per layer, across layers", top, None
         for r in analysis.layers:
             got = path_rows(r.get("paths"))
             if got:
-                return f"layer {r['layer']} top-k set", got
-        return "", []
-    return f"layer {layer} top-k set", path_rows(_rows(analysis, layer)[0].get("paths"))
+                return f"layer {r['layer']} top-k set", got, None
+        return "", [], None
+    return f"layer {layer} top-k set", path_rows(_rows(analysis, layer)[0].get("paths")), None
 
 
 def path_accuracy(analysis: TraceAnalysis, layer: int | None = None, top: int = 20) -> Figure:
     """The most frequent routing paths: accuracy with Wilson 95% intervals against the overall accuracy."""
     from moediag.stats.paths import DEFAULT_MIN_SUPPORT
 
-    what, paths = _paths_for(analysis, layer)
+    what, paths, window_accuracy = _paths_for(analysis, layer)
     if not paths:
         has_correct = any(r.get("accuracy") is not None for r in analysis.layers)
         raise PlotUnavailableError(
@@ -734,16 +776,23 @@ def path_accuracy(analysis: TraceAnalysis, layer: int | None = None, top: int = 
             if has_correct
             else "per-path accuracy needs tokens.correct in the trace"
         )
-    shown = paths[:top][::-1]
-    hits = sum(p["hits"] for p in paths)
-    total = sum(p["total"] for p in paths)
-    overall = 100 * hits / total if total else math.nan
+    flagged = [p for p in paths if p.get("below")]
+    shown = (flagged + [p for p in paths if not p.get("below")])[: max(top, len(flagged))]
+    shown = sorted(shown, key=lambda p: -p["total"])[::-1]
+    if window_accuracy is not None:
+        overall = 100 * window_accuracy
+    else:  # no window figure: the accuracy over the paths drawn
+        hits = sum(p["hits"] for p in paths)
+        total = sum(p["total"] for p in paths)
+        overall = 100 * hits / total if total else math.nan
     with _rc():
         fig = _new_figure(8.0, 1.2 + 0.28 * len(shown))
         ax = fig.add_subplot()
         acc = [100 * p["hits"] / p["total"] for p in shown]
         ci = [wilson(p["hits"], p["total"]) for p in shown]
-        below = [100 * hi < overall for _, hi in ci]
+        below = [
+            p["below"] if "below" in p else 100 * hi < overall for p, (_, hi) in zip(shown, ci, strict=True)
+        ]
         colours = [OKABE_ITO[3] if b else OKABE_ITO[0] for b in below]
         xerr = [
             [a - 100 * lo for a, (lo, _) in zip(acc, ci, strict=False)],
@@ -751,7 +800,12 @@ def path_accuracy(analysis: TraceAnalysis, layer: int | None = None, top: int = 
         ]
         ax.barh(range(len(shown)), acc, xerr=xerr, color=colours, ecolor="black", error_kw={"linewidth": 0.6})
         ax.set_yticks(range(len(shown)), [f"{p['path']} (n={int(p['total'])})" for p in shown], fontsize=7)
-        ax.axvline(overall, color="black", linestyle="--", linewidth=1, label=f"overall {overall:.1f}%")
+        label = (
+            f"overall {overall:.1f}% (every token)"
+            if window_accuracy is not None
+            else f"overall {overall:.1f}%"
+        )
+        ax.axvline(overall, color="black", linestyle="--", linewidth=1, label=label)
         ax.set_xlim(0, 100)
         ax.set_xlabel("accuracy (%, Wilson 95% interval; vermillion = wholly below overall)")
         ax.set_ylabel("routing path (experts)")
