@@ -305,9 +305,29 @@ _COLUMNS: list[tuple[str, Any, int, str]] = [
 ]
 
 
+#: the main layer table's columns (fits the 1200-pixel page); the rest go into a folded second table
+CORE_COLUMNS = ("layer", "tokens", "MaxVio", "CV", "H/log E", "dead", "cold", "aux", "z-loss", "conf.",
+                "drop@CF1", "same-next")  # fmt: skip
+
+
 def layer_table(analysis: TraceAnalysis) -> str:
+    """The core figures per layer, then the others (same rows) in a folded table, so neither is wider
+    than the page; every heading has a tooltip saying what it is."""
+    more = [c for c in _COLUMNS if c[0] not in CORE_COLUMNS or c[0] == "layer"]
+    core = [c for c in _COLUMNS if c[0] in CORE_COLUMNS]
+    extra = _layer_table_html(analysis, more)
+    return _layer_table_html(analysis, core, ids=True) + (
+        f"<details><summary>More figures per layer</summary>{extra}</details>" if extra else ""
+    )
+
+
+def _layer_table_html(
+    analysis: TraceAnalysis, columns: list[tuple[str, Any, int, str]], ids: bool = False
+) -> str:
     rows = analysis.layers
-    cols = [c for c in _COLUMNS if any(_cell(r, c[1]) is not None for r in rows) or c[1] == "layer"]
+    cols = [c for c in columns if any(_cell(r, c[1]) is not None for r in rows) or c[1] == "layer"]
+    if len(cols) <= 1:
+        return ""
     head = "".join(f'<th scope=col title="{e(tip)}">{e(name)}</th>' for name, _, _, tip in cols)
     body = []
     for r in rows:
@@ -319,7 +339,8 @@ def layer_table(analysis: TraceAnalysis) -> str:
             sort = "" if v is None else f' data-v="{float(v):.6g}"'
             label = f"{text} dead" if name == "dead" and v else text
             cells.append(f"<td{cls}{sort}>{e(label)}</td>")
-        body.append(f'<tr id="layer-{r["layer"]}">{"".join(cells)}</tr>')
+        rid = f' id="layer-{r["layer"]}"' if ids else ""
+        body.append(f"<tr{rid}>{''.join(cells)}</tr>")
     return (
         f'<div class="scroll"><table class="data sortable"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
@@ -607,31 +628,17 @@ def checkpoint_sections(doc: Mapping[str, Any], embed: FigureEmbedder) -> list[S
     (a list of dicts) as a table of their scalar fields, per-expert vectors under
     :data:`CHECKPOINT_VECTORS` as bar figures and matrices under :data:`CHECKPOINT_MATRICES` as heatmaps.
     """
+    from moediag.render import checkpoint_html
+
     out: list[Section] = []
-    maps = [(k, v) for k, v in doc.items() if isinstance(v, Mapping) and k != "meta"]
-    arch = []
-    for k, v in (doc.get("meta") or {}).items():
-        if _scalar(v) and k not in ("created", "moediag_version", "format"):
-            arch.append((k.replace("_", " "), e(fmt(v))))
-    body = kv_table(arch) if arch else ""
-    for name, m in maps:
-        rows = [(k.replace("_", " "), e(fmt(v))) for k, v in m.items() if _scalar(v)]
-        if rows:
-            body += f"<h3>{e(name.replace('_', ' ').capitalize())}</h3>" + kv_table(rows)
+    body = "".join(
+        f"<h3>{e(title)}</h3>" + kv_table(rows) for title, rows in checkpoint_html.summary_groups(doc)
+    )
     if body:
         out.append(Section("checkpoint", "Checkpoint: architecture and parameters", body))
     layers = [r for r in doc.get("layers") or [] if isinstance(r, Mapping)]
     if layers:
-        keys = [k for k in layers[0] if _scalar(layers[0][k])]
-        head = "".join(f"<th scope=col>{e(k.replace('_', ' '))}</th>" for k in keys)
-        rows_html = "".join(
-            "<tr>" + "".join(f"<td{_sort_key(r.get(k))}>{e(fmt(r.get(k)))}</td>" for k in keys) + "</tr>"
-            for r in layers
-        )
-        body = (
-            f'<div class="scroll"><table class="data sortable"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{rows_html}</tbody></table></div>"
-        )
+        body = checkpoint_html.layer_table(layers)
         for key, (title, label) in CHECKPOINT_VECTORS.items():
             per_layer = [
                 (int(r.get("layer", i)), v) for i, r in enumerate(layers) if (v := _numbers(r.get(key)))

@@ -148,7 +148,7 @@ def test_checkpoint_sections_from_a_dict(analysis: TraceAnalysis) -> None:
     page = render_report(None, ckpt)
     for sid in ("checkpoint", "checkpoint-layers"):
         assert f'<section id="{sid}">' in page
-    assert "total params" in page and "Near-duplicate" in page and "WARNINGS" in page
+    assert "<h3>Parameters</h3>" in page and "Near-duplicate" in page and "WARNINGS" in page
     assert page.count("<svg") == 2  # router norms and selection bias
     both = render_report(analysis, ckpt, figures=False)
     assert "Checkpoint: 2 duplicate pairs." in both and '<section id="layer' in both
@@ -221,3 +221,43 @@ def test_real_browser_renders_without_console_errors(page: str, tmp_path: Path) 
     stat = ImageStat.Stat(img)
     assert stat.stddev[0] > 20, "screenshot is (nearly) blank"
     assert len(img.resize((128, 256)).getcolors(maxcolors=65536) or []) > 20
+
+
+def test_checkpoint_part_reads_as_groups_not_a_dump() -> None:
+    """Facts grouped and worded (no "is moe yes", no "n group —" for what the model lacks), parameter counts
+    in millions beside the exact count, a per-layer table without tensor-name columns."""
+    from moediag.checkpoint import analyze_checkpoint
+
+    ckpt = analyze_checkpoint(Path(__file__).resolve().parents[2] / "sample_traces" / "trained_aux")
+    page = render_report(None, ckpt, figures=False)
+    end = page.index("</section>", page.index('<section id="checkpoint-layers">'))
+    part = page[page.index('<section id="checkpoint">') : end]
+    for title in ("Model", "Routing", "Layers", "Parameters"):
+        assert f"<h3>{title}</h3>" in part
+    for dump in ("is moe", "n group", "index", "family source", "router tensor", "config sources"):
+        assert f">{dump}<" not in part, dump
+    assert "0.87 M (870,976)" in part and "32.3% of all" in part and "3.3 MB" in part
+    assert "MoE layers</th><td>4 (0–3)" in part
+    assert "model.layers.0.block_sparse_moe.gate.weight" in part  # kept, as a tooltip
+
+
+def _widest_cells(table: str) -> int:
+    """A width estimate in pixels: the longest text of each column at ~7.5 px a character, plus padding."""
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
+    widths: dict[int, int] = {}
+    for row in rows:
+        for i, cell in enumerate(re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)):
+            widths[i] = max(widths.get(i, 0), len(re.sub(r"<[^>]+>|&\w+;", "x", cell)))
+    return int(sum(7.5 * w + 16 for w in widths.values()))
+
+
+def test_layer_tables_fit_the_page(analysis: TraceAnalysis) -> None:
+    from moediag.checkpoint import analyze_checkpoint
+
+    ckpt = analyze_checkpoint(Path(__file__).resolve().parents[2] / "sample_traces" / "trained_aux")
+    page = render_report(analysis, ckpt, figures=False)
+    tables = re.findall(r'<table class="data sortable">.*?</table>', page, re.S)
+    assert len(tables) >= 3  # trace layers, more figures per layer, checkpoint layers
+    for table in tables:
+        assert _widest_cells(table) < 1150, table[:200]
+    assert "<summary>More figures per layer</summary>" in page
