@@ -58,23 +58,30 @@ SCHEDULER_HELP = (
 
 @contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr, shown only when stderr is a terminal. Yields an ``advance(n)``."""
+    """A rich progress bar on stderr, shown only when stderr is a terminal (and not under --quiet).
+    Yields an ``advance(n)``. ``total=None``: the work has no known size; a spinner counts the steps."""
     from moediag.cli.app import is_quiet
 
     console = stderr_console()
-    if not console.is_terminal or not total or is_quiet():
+    if not console.is_terminal or total == 0 or is_quiet():
         yield lambda n: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    columns = (
+        (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        if total
+        else (SpinnerColumn(), TextColumn("{task.description}: {task.completed}"), TimeElapsedColumn())
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
 

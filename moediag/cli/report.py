@@ -116,6 +116,7 @@ def report_cmd(
     checks = _checks(doc, config)
     from moediag.render.html import render_report, write_report
 
-    page = render_report(analysis, checkpoint, checks=checks, title=title)
+    with progress_bar("drawing figures", None) as advance:
+        page = render_report(analysis, checkpoint, checks=checks, title=title, progress=advance)
     write_report(output, page)
     echo_err(f"moediag: wrote {output} ({human_size(len(page.encode('utf-8')))})")

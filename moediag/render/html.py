@@ -145,9 +145,10 @@ def _prefer_png(kind: PlotKind, analysis: TraceAnalysis) -> bool:
 class FigureEmbedder:
     """Turns figures into ``<figure>`` HTML; ``enabled=False`` puts a placeholder instead (golden tests)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, progress: Callable[[int], None] | None = None) -> None:
         self.enabled = enabled
         self.count = 0
+        self.progress = progress  # called with 1 after each figure is drawn (the slow part of a report)
 
     def __call__(self, make: Callable[[], Figure], caption: str, alt: str, png: bool = False) -> str:
         self.count += 1
@@ -163,6 +164,8 @@ class FigureEmbedder:
             body = inline_svg(svg, f"f{self.count}-").replace(
                 "<svg", f'<svg role="img" aria-label="{e(alt)}"', 1
             )
+        if self.progress is not None:
+            self.progress(1)
         return f'<figure class="fig">{body}{cap}</figure>'
 
 
@@ -691,11 +694,13 @@ def build_report(
     checks: Any = None,
     title: str | None = None,
     figures: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> Report:
-    """The report's content: verdict, findings and sections (no HTML page around them yet)."""
+    """The report's content: verdict, findings and sections (no HTML page around them yet).
+    ``progress(1)`` is called after each figure is drawn."""
     if trace is None and checkpoint is None:
         raise ValueError("a report needs a trace analysis, a checkpoint result, or both")
-    embed = FigureEmbedder(figures)
+    embed = FigureEmbedder(figures, progress)
     check_doc = _as_dict(checks)
     ckpt_doc = _as_dict(checkpoint)
     sections: list[Section] = []
@@ -793,9 +798,11 @@ def render_report(
     figures: bool = True,
     created: str | None = None,
     version: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> str:
-    """The whole self-contained HTML page for a trace analysis and/or a checkpoint result."""
-    report = build_report(trace, checkpoint, checks=checks, title=title, figures=figures)
+    """The whole self-contained HTML page for a trace analysis and/or a checkpoint result.
+    ``progress(1)`` is called after each figure is drawn."""
+    report = build_report(trace, checkpoint, checks=checks, title=title, figures=figures, progress=progress)
     return render_html(report, created=created, version=version)
 
 

@@ -674,8 +674,14 @@ def expert_accuracy(analysis: TraceAnalysis, layer: int | None = None) -> Figure
             lo_hi = [wilson(h, t) for h, t in zip(hits, totals, strict=False)]
             err = np.array(
                 [
-                    [a - 100 * lo if t else 0 for a, (lo, _), t in zip(acc, lo_hi, totals, strict=False)],
-                    [100 * hi - a if t else 0 for a, (_, hi), t in zip(acc, lo_hi, totals, strict=False)],
+                    [
+                        max(0.0, a - 100 * lo) if t else 0
+                        for a, (lo, _), t in zip(acc, lo_hi, totals, strict=False)
+                    ],
+                    [
+                        max(0.0, 100 * hi - a) if t else 0
+                        for a, (_, hi), t in zip(acc, lo_hi, totals, strict=False)
+                    ],
                 ]
             )
             overall = 100 * sum(hits) / sum(totals) if sum(totals) else math.nan
@@ -795,8 +801,8 @@ def path_accuracy(analysis: TraceAnalysis, layer: int | None = None, top: int = 
         ]
         colours = [OKABE_ITO[3] if b else OKABE_ITO[0] for b in below]
         xerr = [
-            [a - 100 * lo for a, (lo, _) in zip(acc, ci, strict=False)],
-            [100 * hi - a for a, (_, hi) in zip(acc, ci, strict=False)],
+            [max(0.0, a - 100 * lo) for a, (lo, _) in zip(acc, ci, strict=False)],  # 0 - 1e-17 at p = 0
+            [max(0.0, 100 * hi - a) for a, (_, hi) in zip(acc, ci, strict=False)],
         ]
         ax.barh(range(len(shown)), acc, xerr=xerr, color=colours, ecolor="black", error_kw={"linewidth": 0.6})
         ax.set_yticks(range(len(shown)), [f"{p['path']} (n={int(p['total'])})" for p in shown], fontsize=7)

@@ -110,3 +110,11 @@ def test_kind_lists() -> None:
     assert parse_kinds("margin, imbalance,margin") == [PlotKind.MARGIN, PlotKind.IMBALANCE]
     with pytest.raises(Exception, match="'pie' is not a figure"):
         parse_kinds("imbalance,pie")
+
+
+def test_path_figure_draws_paths_that_are_all_right_or_all_wrong(tmp_path: Path) -> None:
+    """Wilson's interval at p = 1 ends at 0.9999999999999999: the error bar must not go negative."""
+    a = analyze_trace(report_trace(tmp_path / "t.safetensors", layers=2, tokens=300))
+    window = next(w for w in a.summary["paths"] if w.get("frequent"))
+    assert any(r["accuracy"] in (0.0, 1.0) for r in window["frequent"] + window["underperforming"])
+    plots.path_accuracy(a)
