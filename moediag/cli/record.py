@@ -53,7 +53,8 @@ def record_command(
         ...,
         "--output",
         "-o",
-        help="Trace folder to write (replaced when complete).",
+        help="Trace to write: one file if it ends in .safetensors, else a folder of shards "
+        "(replaced when complete).",
         rich_help_panel=OUTPUT,
         metavar="TRACE",
     ),

@@ -25,7 +25,7 @@ from moediag.record.batch import assemble, bytes_per_token
 from moediag.record.capture import RouterHooks
 from moediag.record.discover import RouterSite, find_routers, routing_info
 from moediag.record.text import TextTokenizer, Window, load_tokenizer, read_text, windows
-from moediag.trace.writer import TraceWriter
+from moediag.trace.writer import SingleFileTraceWriter, TraceWriter, trace_writer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: a shard is flushed at this many bytes of per-token data (bounds memory)
@@ -140,7 +140,8 @@ def record(
     model: Any = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RecordResult:
-    """Record the routing of the model in ``model_dir`` over ``texts`` into a trace folder ``output``.
+    """Record the routing of the model in ``model_dir`` over ``texts`` into a trace at ``output``: one
+    file when the name ends in ``.safetensors``, else a folder of shards (both streamed).
 
     ``texts`` is a file, a list of files (the domain of each is its file stem) or a mapping of domain
     name to file. ``max_tokens`` bounds the recorded tokens over all texts (shared evenly). ``model``
@@ -223,7 +224,7 @@ def record(
         **info.layer_overrides,
     }
     hooks = RouterHooks(sites, router_inputs=router_inputs)
-    writer: TraceWriter | None = None
+    writer: TraceWriter | SingleFileTraceWriter | None = None
     done = 0
     layers = [s.layer for s in sites]
     try:
@@ -250,7 +251,7 @@ def record(
                     extra=extra,
                 )
                 shard_tokens = max(1024, min(65_536, SHARD_BYTES // max(bytes_per_token(tensors), 1)))
-                writer = TraceWriter(output, meta, shard_tokens=shard_tokens)
+                writer = trace_writer(output, meta, shard_tokens=shard_tokens)  # x.safetensors: one file
                 _set_constants(writer, sites)
             writer.add(tensors)
             done += int(flat["rows"].shape[0])
@@ -265,7 +266,8 @@ def record(
         raise
     finally:
         hooks.remove()
-    size = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+    out = Path(path)
+    size = out.stat().st_size if out.is_file() else sum(f.stat().st_size for f in out.glob("*.safetensors"))
     return RecordResult(
         path=Path(path),
         tokens=done,
@@ -288,7 +290,7 @@ def _enumerate_batches(batches: Iterator[list[Window]]) -> Iterator[tuple[int, l
         base += len(b)
 
 
-def _set_constants(writer: TraceWriter, sites: list[RouterSite]) -> None:
+def _set_constants(writer: TraceWriter | SingleFileTraceWriter, sites: list[RouterSite]) -> None:
     for s in sites:
         bias = s.selection_bias()
         if bias is not None:

@@ -10,7 +10,7 @@ from moediag.trace.schema import (
     build_metadata,
     parse_metadata,
 )
-from moediag.trace.writer import TraceWriter, write_trace
+from moediag.trace.writer import SingleFileTraceWriter, TraceWriter, trace_writer, write_trace
 
 __all__ = [
     "FORMAT_NAME",
@@ -21,7 +21,9 @@ __all__ = [
     "RoutingSpec",
     "Trace",
     "TraceMeta",
+    "SingleFileTraceWriter",
     "TraceWriter",
+    "trace_writer",
     "build_metadata",
     "open_trace",
     "parse_metadata",

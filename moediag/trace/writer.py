@@ -177,3 +177,143 @@ class TraceWriter:
             self.close()
         else:
             self.abort()
+
+
+#: safetensors' dtype names
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+class SingleFileTraceWriter:
+    """:class:`TraceWriter`'s interface, writing one ``.safetensors`` file without holding the trace.
+
+    Each per-token tensor's bytes are appended to its own spill file in a temporary folder beside the
+    target as batches arrive; ``close()`` writes the safetensors header (shapes and offsets are known by
+    then) and copies the spill files after it, into a temp file that is renamed into place. Memory is one
+    batch plus a copy buffer, whatever the number of tokens; a failure leaves nothing at the target.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], metadata: Mapping[str, str], **_: object) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a folder; a .safetensors output is one file")
+        self.metadata = dict(metadata)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        self._spills: dict[str, tuple[torch.dtype, list[int], Path]] = {}
+        self._constants: dict[str, torch.Tensor] = {}
+        self._names: set[str] | None = None
+        self.tokens_written = 0
+        self.bytes_written = 0
+        self._closed = False
+
+    def set_constant(self, name: str, tensor: torch.Tensor) -> None:
+        if _is_per_token(name):
+            raise ValueError(f"{name} is a per-token tensor; pass it to add()")
+        self._constants[name] = tensor.detach().cpu().contiguous()
+
+    def add(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        names = set(tensors)
+        for name in names:
+            if not _is_per_token(name):
+                raise ValueError(f"{name} is not a per-token tensor; use set_constant()")
+        if self._names is None:
+            self._names = names
+        elif names != self._names:
+            raise ValueError(f"batch tensors {sorted(names ^ self._names)} differ from the first batch's")
+        sizes = {t.shape[0] for t in tensors.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"batch tensors disagree on the token count: {sorted(sizes)}")
+        for name, t in tensors.items():
+            t = t.detach().cpu().contiguous()
+            if name not in self._spills:
+                self._spills[name] = (t.dtype, [0, *t.shape[1:]], self._tmp / f"{len(self._spills)}.bin")
+            dtype, shape, spill = self._spills[name]
+            if t.dtype != dtype or list(t.shape[1:]) != shape[1:]:
+                raise ValueError(f"{name}: batch of {t.dtype} {list(t.shape)} after {dtype} {shape}")
+            with spill.open("ab") as f:
+                f.write(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            shape[0] += t.shape[0]
+        self.tokens_written += sizes.pop()
+
+    def close(self) -> Path:
+        if self._closed:
+            return self.path
+        if not self._spills and not self._constants:
+            self.abort()
+            raise ValueError("nothing was written: no tokens and no constant tensors")
+        import json
+
+        header: dict[str, object] = {"__metadata__": self.metadata}
+        parts: list[Path | bytes] = []
+        offset = 0
+        for name, (dtype, shape, spill) in self._spills.items():
+            size = spill.stat().st_size if spill.exists() else 0
+            header[name] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + size]}
+            parts.append(spill)
+            offset += size
+        for name, t in self._constants.items():
+            data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            header[name] = {
+                "dtype": _DTYPES[t.dtype],
+                "shape": list(t.shape),
+                "data_offsets": [offset, offset + len(data)],
+            }
+            parts.append(data)
+            offset += len(data)
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 8)  # the header is padded to 8 bytes, as safetensors writes it
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as out:
+                out.write(len(text).to_bytes(8, "little"))
+                out.write(text)
+                for part in parts:
+                    if isinstance(part, bytes):
+                        out.write(part)
+                    elif part.exists():
+                        with part.open("rb") as src:
+                            shutil.copyfileobj(src, out, 1 << 20)
+
+        try:
+            write_atomic_with(self.path, write)
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self.bytes_written = self.path.stat().st_size
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._closed = True
+
+    def __enter__(self) -> SingleFileTraceWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def trace_writer(
+    path: str | os.PathLike[str], metadata: Mapping[str, str], *, shard_tokens: int = 65_536
+) -> TraceWriter | SingleFileTraceWriter:
+    """The one rule for outputs: a name ending in ``.safetensors`` is one file, anything else a folder of
+    shards. Both stream (memory bounded by a batch)."""
+    if Path(path).suffix == ".safetensors":
+        return SingleFileTraceWriter(path, metadata)
+    return TraceWriter(path, metadata, shard_tokens=shard_tokens)

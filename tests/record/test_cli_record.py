@@ -78,3 +78,32 @@ def test_record_bad_inputs_exit_2(model_dirs, texts, tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1 and needle in result.output, result.output
     assert not (tmp_path / "t").exists() and not _leftovers(tmp_path)
+
+
+def test_record_to_a_safetensors_name_writes_one_file(model_dirs, texts, tmp_path: Path) -> None:
+    """The -o rule of every command: a .safetensors name is one file (as for import), else a folder;
+    both hold the same trace."""
+    args = [
+        str(model_dirs["mixtral"]),
+        "--text",
+        str(texts["prose"]),
+        "--max-tokens",
+        "60",
+        "--seq-len",
+        "16",
+    ]
+    args += ["--device", "cpu", "--dtype", "float32"]
+    one = tmp_path / "trace.safetensors"
+    folder = tmp_path / "trace"
+    for out in (one, folder):
+        result = runner.invoke(app, ["record", *args, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+    assert one.is_file() and folder.is_dir()
+    assert "0 B" not in result.output and "KB" in result.output
+    a, b = open_trace(one), open_trace(folder)
+    assert a.num_tokens == b.num_tokens == 60 and a.layers.keys() == b.layers.keys()
+    for layer in a.layers:
+        ta = torch.cat([c.layer_tensor(layer, "router_logits") for c in a.iter_chunks()])
+        tb = torch.cat([c.layer_tensor(layer, "router_logits") for c in b.iter_chunks()])
+        assert torch.equal(ta, tb)
+    assert _leftovers(tmp_path) == []

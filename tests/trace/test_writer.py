@@ -180,3 +180,48 @@ def test_trace_writer_constant_set_after_a_shard_was_flushed(tmp_path: Path) -> 
     assert len(trace.shards) == 2
     assert torch.equal(trace.selection_bias(0), torch.ones(4))
     assert trace.expert_counts(2).tolist() == [[5, 0, 0, 1]]
+
+
+def test_single_file_writer_streams_the_same_file_write_trace_would(tmp_path: Path) -> None:
+    """One .safetensors file written batch by batch: the same tensors and metadata as the whole-trace
+    write, readable by safetensors and by moediag, and nothing left behind on failure."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from moediag.trace import SingleFileTraceWriter, build_metadata, open_trace, trace_writer, write_trace
+
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        {
+            "layers.1.router_logits": torch.randn(n, 4, generator=g).to(torch.bfloat16),
+            "layers.1.topk_ids": torch.randint(0, 4, (n, 2), generator=g).to(torch.int32),
+            "tokens.mask": torch.rand(n, generator=g) < 0.9,
+            "tokens.sequence_ids": torch.arange(n, dtype=torch.int64) // 5,
+        }
+        for n in (7, 0, 13)
+    ]
+    bias = torch.randn(4, generator=g)
+    meta = build_metadata(num_experts=4, top_k=2, score_function="softmax")
+    out = tmp_path / "streamed.safetensors"
+    writer = trace_writer(out, meta)
+    assert isinstance(writer, SingleFileTraceWriter)
+    with writer:
+        for b in batches:
+            writer.add(b)
+        writer.set_constant("layers.1.selection_bias", bias)
+    whole = {k: torch.cat([b[k] for b in batches]) for k in batches[0]} | {"layers.1.selection_bias": bias}
+    reference = write_trace(tmp_path / "whole.safetensors", whole, meta)
+    got, want = load_file(str(out)), load_file(str(reference))
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata() == dict(meta)
+    assert open_trace(out).num_tokens == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.safetensors", "whole.safetensors"]
+
+    failed = tmp_path / "failed.safetensors"
+    with pytest.raises(RuntimeError), trace_writer(failed, meta) as w:
+        w.add(batches[0])
+        raise RuntimeError("boom")
+    assert not failed.exists() and len(list(tmp_path.iterdir())) == 2
