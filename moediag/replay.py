@@ -349,7 +349,7 @@ class _Replayer:
         self.whatif = top_k is not None or not (isinstance(bias, str) and bias == "checkpoint")
         for layer, info in sorted(trace.layers.items()):
             if "router_input" not in info.kinds:
-                self.skipped.append({"layer": layer, "reason": "no router_input in the trace"})
+                self.skipped.append({"layer": layer, "reason": NO_ROUTER_INPUT})
                 continue
             spec = _pick_spec(specs, layer)
             if spec is None:
@@ -394,8 +394,19 @@ class _Replayer:
             self.layers[layer] = LayerReplay(layer, e, k, k_new)
             self.stats.layer(layer, e, k_new)
         if not self.routers:
-            reasons = "; ".join(f"layer {s['layer']}: {s['reason']}" for s in self.skipped) or "no layers"
-            raise InvalidInputError(f"nothing to replay ({reasons}); record with --router-inputs", trace.path)
+            reasons = "; ".join(skip_lines(self.skipped)) or "no layers"
+            hint = (
+                "; record with --router-inputs"
+                if any(x["reason"] == NO_ROUTER_INPUT for x in self.skipped)
+                else ""
+            )
+            raise InvalidInputError(f"nothing to replay ({reasons}){hint}", trace.path)
+        self.notes: list[str] = []
+        if bias is None and all(r.selection_bias is None for r in self.routers.values()):
+            self.notes.append(
+                "the checkpoint has no selection bias, so resetting it to 0 changes nothing: "
+                "the what-if is the model's own routing (kept 100%)"
+            )
 
     # routing on the device ----------------------------------------------------------------------
     def _route(self, r: _Router, logits: torch.Tensor, k: int, bias: torch.Tensor | None) -> torch.Tensor:
@@ -570,6 +581,31 @@ class _Replayer:
 # -- the result -------------------------------------------------------------------------------------
 
 
+NO_ROUTER_INPUT = "no router_input in the trace"
+
+
+def skip_lines(skipped: list[dict[str, Any]]) -> list[str]:
+    """``layers 0-3: no router_input in the trace``: the skipped layers grouped by reason, as ranges."""
+    by_reason: dict[str, list[int]] = {}
+    for x in skipped:
+        by_reason.setdefault(str(x["reason"]), []).append(int(x["layer"]))
+    out = []
+    for reason, layers in by_reason.items():
+        layers.sort()
+        spans: list[str] = []
+        start = prev = layers[0]
+        for x in [*layers[1:], None]:
+            if x is not None and x == prev + 1:
+                prev = x
+                continue
+            spans.append(str(start) if start == prev else f"{start}-{prev}")
+            if x is not None:
+                start = prev = x
+        word = "layer" if len(layers) == 1 else "layers"
+        out.append(f"{word} {', '.join(spans)}: {reason}")
+    return out
+
+
 @dataclass
 class ReplayResult:
     """What a replay found; :meth:`to_dict` is the ``--json`` document (docs/replay.md)."""
@@ -588,6 +624,8 @@ class ReplayResult:
     created: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
+    #: things the reader should know about the result (a what-if that changes nothing, ...)
+    notes: list[str] = field(default_factory=list)
 
     def layer_dict(self, layer: int) -> dict[str, Any]:
         acc = self.layers[layer]
@@ -696,6 +734,7 @@ class ReplayResult:
             "summary": summary,
             "layers": layers,
             "skipped": self.skipped,
+            "notes": list(self.notes),
         }
 
     def placement_document(self) -> dict[str, Any] | None:
@@ -905,4 +944,5 @@ def replay(
         ep=ep,
         placement=proposed,
         seconds=time.perf_counter() - t0,
+        notes=rp.notes,
     )

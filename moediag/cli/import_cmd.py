@@ -8,6 +8,7 @@ from moediag.cli.app import app, echo_err
 from moediag.cli.options import OUTPUT, ROUTING
 from moediag.errors import UsageError
 from moediag.importers import ImportFormat, import_routing, parse_format
+from moediag.words import plural
 
 _FORMATS = ", ".join(f.value for f in ImportFormat)
 
@@ -82,10 +83,14 @@ def import_command(
         score_function=score_function,
         layer_ids=_parse_layers(layers),
     )
-    what = f"{result.num_tokens} tokens" if result.per_token else f"{result.num_steps} steps of counts"
+    what = (
+        plural(result.num_tokens, "token")
+        if result.per_token
+        else f"{plural(result.num_steps, 'step')} of counts"
+    )
     echo_err(
-        f"moediag: imported {fmt.value} ({result.kind}): {len(result.layers)} MoE layers, "
-        f"{result.num_experts} experts, {what} from {len(result.files)} file(s) -> {result.output}"
+        f"moediag: imported {fmt.value} ({result.kind}): {plural(len(result.layers), 'MoE layer')}, "
+        f"{result.num_experts} experts, {what} from {plural(len(result.files), 'file')} -> {result.output}"
     )
     for note in result.notes:
         echo_err(f"  note: {note}")

@@ -11,6 +11,7 @@ import typer
 from moediag.cli.app import app, echo_err, is_quiet
 from moediag.cli.common import human_size, stderr_console
 from moediag.cli.options import OUTPUT, RUN
+from moediag.words import plural
 
 
 def _progress() -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
@@ -112,7 +113,8 @@ def record_command(
     recomputed = [str(k) for k, v in result.logits_source.items() if v != "output"]
     note = f"; logits recomputed from router weights for layers {', '.join(recomputed)}" if recomputed else ""
     echo_err(
-        f"recorded {result.tokens} tokens x {len(result.layers)} MoE layers ({result.num_experts} experts, "
+        f"recorded {plural(result.tokens, 'token')} x {plural(len(result.layers), 'MoE layer')} "
+        f"({result.num_experts} experts, "
         f"top-{result.top_k}, {result.score_function}; tokenizer {result.tokenizer}) -> {result.path} "
         f"({human_size(result.bytes)}, {result.seconds:.1f} s){note}"
     )

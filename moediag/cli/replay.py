@@ -12,6 +12,26 @@ from moediag.cli.options import EP, OUTPUT, RUN, WHAT_IF
 from moediag.errors import ExitCode, UsageError
 
 
+def _check_order(checkpoint: Path, trace: Path) -> None:
+    """A hint instead of a format error when the two arguments are swapped or of the wrong kind."""
+    from moediag.errors import MoediagError
+    from moediag.inputs import detect_kind
+
+    try:
+        kinds = detect_kind(checkpoint), detect_kind(trace)
+    except MoediagError:
+        return  # the reader that opens it names the file and the problem
+    if kinds == ("trace", "checkpoint"):
+        raise UsageError(
+            f"the arguments are swapped: {checkpoint} is a trace and {trace} a checkpoint; "
+            f"replay takes CHECKPOINT TRACE: moediag replay {trace} {checkpoint}"
+        )
+    if kinds[0] == "trace":
+        raise UsageError(f"{checkpoint} is a trace, but replay's first argument is the CHECKPOINT")
+    if kinds[1] == "checkpoint":
+        raise UsageError(f"{trace} is a checkpoint, but replay's second argument is the TRACE")
+
+
 @app.command("replay")
 def replay_cmd(
     checkpoint: Path = typer.Argument(
@@ -150,6 +170,7 @@ def replay_cmd(
     if placement_out is not None and ep_size is None:
         raise UsageError("--placement-out needs --ep-size")
     bias = None if no_bias else (load_bias_file(bias_file) if bias_file is not None else "checkpoint")
+    _check_order(checkpoint, trace)
     tr = open_trace(trace)
     with progress_bar("replaying", tr.num_tokens) as advance:
         result = replay(
@@ -174,6 +195,8 @@ def replay_cmd(
             progress=advance,
         )
     doc = result.to_dict()
+    for note in result.notes:
+        echo_err(f"moediag: note: {note}")
     if placement_out is not None:
         from moediag.placement import save_placement
 

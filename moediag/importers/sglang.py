@@ -47,6 +47,7 @@ from moediag.importers.base import (
     torch_load,
     trace_metadata,
 )
+from moediag.words import layers_have
 
 _FILES = r"(expert_distribution.*\.(pt|csv))|(.*\.csv)"
 
@@ -100,9 +101,7 @@ def _dense_note(total: int, kept: list[int]) -> list[str]:
     dense = [i for i in range(total) if i not in kept]
     if not dense:
         return []
-    return [
-        f"layers {','.join(map(str, dense))} have no routed tokens (dense layers; left out, not dead experts)"
-    ]
+    return [f"{layers_have(dense)} no routed tokens (dense layers; left out, not dead experts)"]
 
 
 def _p2l(obj: dict[str, Any], path: Path) -> torch.Tensor:

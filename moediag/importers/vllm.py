@@ -43,6 +43,7 @@ from moediag.importers.base import (
     torch_load,
     trace_metadata,
 )
+from moediag.words import layers_have
 
 _FILES = r".*\.(npy|npz|pt|pth|json|jsonl)"
 
@@ -200,7 +201,7 @@ def import_vllm(sources: list[Path], out: Path, options: ImportOptions) -> Impor
     notes: list[str] = []
     dropped = [all_ids[i] for i in range(n_layers) if i not in kept]
     if dropped:
-        notes.append(f"layers {','.join(map(str, dropped))} hold no routing (dense placeholders; left out)")
+        notes.append(f"{layers_have(dropped)} no routing (dense placeholders; left out)")
     if options.layer_ids is None:
         notes.append("layer indices are MoE-layer ordinals as vLLM lists them; pass --layers to renumber")
     notes.append("one sequence per request")

@@ -58,6 +58,7 @@ def layer_table(doc: dict[str, Any]) -> Table:
     whatif = any("whatif_topk_overlap" in r for r in layers)
     caption = ["agree: same top-k set as recorded"]
     if whatif:
+        caption.append("MaxVio own→what-if: the model's routing, then the what-if's")
         caption.append("kept: share of those choices a what-if keeps")
     if settings["ep_size"] is not None:
         caption.append("EP bal: mean / max rank load, contiguous → placement")
@@ -70,7 +71,8 @@ def layer_table(doc: dict[str, Any]) -> Table:
         show_edge=False,
         collapse_padding=True,
     )
-    cols = ["layer", "E", "k", "top-1", "agree", "MaxVio"]
+    # with a what-if the load is the what-if's: say so, beside the model's own (recorded routing replayed)
+    cols = ["layer", "E", "k", "top-1", "agree", "MaxVio own→what-if" if whatif else "MaxVio"]
     if whatif:
         cols.append("kept")
     if settings["capacity_factor"] is not None:
@@ -91,7 +93,9 @@ def layer_table(doc: dict[str, Any]) -> Table:
             k,
             _pct(r["top1_agreement"]),
             _pct(r["topk_agreement"]),
-            _f(r["stats"]["max_vio"]),
+            f"{_f(r.get('max_vio_before'))}→{_f(r['stats']['max_vio'])}"
+            if whatif
+            else _f(r["stats"]["max_vio"]),
         ]
         if whatif:
             row.append(_pct(r.get("whatif_topk_overlap")))
@@ -119,5 +123,7 @@ def render_replay(doc: dict[str, Any], console: Console) -> None:
             f"EP {settings['ep_size']} ranks, placement {settings['placement']}: balancedness mean "
             f"{_f(s['balancedness_before_mean'], 3)} (contiguous) → {_f(s['balancedness_after_mean'], 3)}"
         )
-    for skip in doc["skipped"]:
-        console.print(f"skipped layer {skip['layer']}: {skip['reason']}")
+    from moediag.replay import skip_lines
+
+    for line in skip_lines(doc["skipped"]) if doc["skipped"] else []:
+        console.print(f"skipped {line}")

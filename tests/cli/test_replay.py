@@ -137,3 +137,45 @@ def test_require_match(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["replay", str(ckpt), str(trace)]) == 0
     assert "MISMATCH" in capsys.readouterr().out
     assert main(["replay", str(ckpt), str(trace), "--require-match"]) == 1
+
+
+def test_swapped_arguments_get_a_hint(case: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, trace = case
+    assert main(["replay", str(trace), str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the arguments are swapped" in err
+    assert f"moediag replay {ckpt} {trace}" in err
+
+
+def test_what_if_maxvio_is_labelled_beside_the_models_own(
+    case: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt, trace = case
+    assert main(["replay", str(ckpt), str(trace), "--top-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "MaxVio own→what-if" in out and "→" in out.split("MaxVio own→what-if")[1]
+
+
+def test_no_bias_without_a_bias_says_it_changes_nothing(
+    case: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt, trace = case
+    assert main(["replay", str(ckpt), str(trace), "--no-bias"]) == 0
+    captured = capsys.readouterr()
+    assert "moediag: note: the checkpoint has no selection bias" in captured.err and "kept" in captured.out
+    assert main(["replay", str(ckpt), str(trace), "--no-bias", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notes"]
+
+
+def test_a_trace_without_router_inputs_is_one_short_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moediag.trace import build_metadata, write_trace
+
+    ckpt = identity_checkpoint(tmp_path / "ckpt", 4)
+    ids = {f"layers.{x}.topk_ids": torch.tensor([[0], [1], [2]], dtype=torch.int32) for x in range(6)}
+    trace = write_trace(tmp_path / "ids.safetensors", ids, build_metadata(num_experts=4, top_k=1))
+    assert main(["replay", str(ckpt), str(trace)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "nothing to replay (layers 0-5: no router_input in the trace); record with --router-inputs" in err

@@ -34,7 +34,7 @@ def test_success_summary(tmp_path: Path) -> None:
     out = tmp_path / "t"
     r = _invoke("vllm", str(tmp_path / "r.npy"), "-o", str(out), "--num-experts", "4", "--layers", "7")
     assert r.exit_code == 0, r.output
-    assert "imported vllm (per-token): 1 MoE layers, 4 experts, 2 tokens" in r.stderr
+    assert "imported vllm (per-token): 1 MoE layer, 4 experts, 2 tokens from 1 file" in r.stderr
     assert r.stdout == ""
     assert sorted(open_trace(out).layers) == [7]
 

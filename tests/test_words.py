@@ -1,0 +1,14 @@
+"""Counts in words (moediag/words.py): no "1 tokens", no "layers 0 have"."""
+
+from __future__ import annotations
+
+from moediag.words import layers_have, plural
+
+
+def test_plural_and_layers_have() -> None:
+    assert (
+        plural(1, "token") == "1 token"
+        and plural(0, "token") == "0 tokens"
+        and plural(2, "MoE layer") == "2 MoE layers"
+    )
+    assert layers_have([0]) == "layer 0 has" and layers_have([0, 2]) == "layers 0,2 have"
