@@ -594,13 +594,13 @@ def skip_lines(skipped: list[dict[str, Any]]) -> list[str]:
         layers.sort()
         spans: list[str] = []
         start = prev = layers[0]
-        for x in [*layers[1:], None]:
-            if x is not None and x == prev + 1:
-                prev = x
+        for nxt in [*layers[1:], None]:
+            if nxt is not None and nxt == prev + 1:
+                prev = nxt
                 continue
             spans.append(str(start) if start == prev else f"{start}-{prev}")
-            if x is not None:
-                start = prev = x
+            if nxt is not None:
+                start = prev = nxt
         word = "layer" if len(layers) == 1 else "layers"
         out.append(f"{word} {', '.join(spans)}: {reason}")
     return out

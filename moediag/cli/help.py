@@ -47,8 +47,13 @@ def help_width() -> int:
 def help_console() -> Console:
     from moediag.cli.app import colour_enabled
 
-    plain = {} if colour_enabled() else {"color_system": None}
-    return Console(width=help_width(), highlight=False, soft_wrap=False, markup=False, **plain)
+    return Console(
+        width=help_width(),
+        highlight=False,
+        soft_wrap=False,
+        markup=False,
+        color_system="auto" if colour_enabled() else None,
+    )
 
 
 def _choices(param: Any) -> list[str] | None:
@@ -65,8 +70,9 @@ def _annotation(param: Any) -> Any:
     desc = getattr(param, "type_descriptor", None)
     annotation = getattr(desc, "annotation", None)
     origin = getattr(annotation, "__origin__", None)
-    if origin in (list, tuple) and getattr(annotation, "__args__", None):
-        annotation = annotation.__args__[0]
+    args = getattr(annotation, "__args__", None)
+    if origin in (list, tuple) and args:
+        annotation = args[0]
     return annotation
 
 

@@ -427,9 +427,9 @@ def _load_small_multiples(rows: list[dict[str, Any]]) -> Figure:
     for idx, r in enumerate(rows):
         x0, y0 = origin(idx)
         ratio = np.minimum(np.asarray(_ratio(r["load"]), dtype=float), top)
-        left = x0 + np.arange(len(ratio), dtype=float) + 0.1  # a gap of 0.2 of a bar between bars
+        lefts = x0 + np.arange(len(ratio), dtype=float) + 0.1  # a gap of 0.2 of a bar between bars
         rects = np.empty((len(ratio), 4, 2))
-        rects[:, :, 0] = np.column_stack([left, left + 0.8, left + 0.8, left])
+        rects[:, :, 0] = np.column_stack([lefts, lefts + 0.8, lefts + 0.8, lefts])
         rects[:, :, 1] = np.column_stack(
             [np.full_like(ratio, y0), np.full_like(ratio, y0), y0 + ratio, y0 + ratio]
         )
