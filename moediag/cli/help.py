@@ -33,6 +33,9 @@ GLOBAL_OPTIONS = (
     ("--no-color", "Plain text without colour (also when NO_COLOR is set or output is piped)."),
 )
 
+#: more panels for a command's help, by command name: (title, rows of (name, text)), e.g. plot's figures
+EXTRA_PANELS: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+
 MAX_WIDTH = 100
 _NAME_COLUMN = 30  # widest flag column; longer flags get their help on the next line
 
@@ -236,6 +239,9 @@ def _print_help(console: Console, command: Any, ctx: Any) -> None:
     for title in order:
         if title in panels:
             _panel(console, title, _rows(panels[title], width - 4, "bold cyan"))
+    extra = EXTRA_PANELS.get(getattr(command, "name", "") or "")
+    if extra is not None:
+        _panel(console, extra[0], _rows(extra[1], width - 4, "bold cyan"))
     if hasattr(command, "list_commands"):
         rows = []
         for name in command.list_commands(ctx):

@@ -8,11 +8,12 @@ import typer
 
 from moediag.cli.app import app, echo_err
 from moediag.cli.common import progress_bar
+from moediag.cli.help import EXTRA_PANELS
 from moediag.cli.options import OUTPUT, NumExperts, ScoreFunction, TopK
 from moediag.errors import UsageError
 from moediag.render.plots import DESCRIPTIONS, SUFFIXES, PlotKind
 
-_KINDS_HELP = "; ".join(f"{k.value}: {DESCRIPTIONS[k]}" for k in PlotKind)
+EXTRA_PANELS["plot"] = ("Figures (--kind)", [(k.value, DESCRIPTIONS[k]) for k in PlotKind])
 
 
 def plot_targets(kinds: list[PlotKind], output: Path, fmt: str) -> dict[PlotKind, Path]:
@@ -48,7 +49,7 @@ def plot_cmd(
         "-k",
         metavar="KIND[,KIND...]|all",
         autocompletion=complete_kinds,
-        help=f"The figures: one kind, a comma list, or all (the ones the trace has data for). {_KINDS_HELP}.",
+        help="The figures: one kind, a comma list, or all (the ones the trace has data for); see Figures.",
     ),
     output: Path = typer.Option(
         ...,
