@@ -147,6 +147,7 @@ def saturation(
     tb: Any,
     layers: list[int],
     chunk_tokens: int | None = None,
+    progress: Any = None,
 ) -> tuple[dict[int, dict[str, Any]] | None, str | None]:
     """Per layer ``top1_agreement`` and ``topk_overlap`` on the same tokens, or (None, reason)."""
     from moediag.analysis import chunk_mask, layer_batch
@@ -177,6 +178,8 @@ def saturation(
             a["tokens"] += int(ok.sum())
             a["agree"] += int((top1_a[ok] == top1_b[ok]).sum())
             a["overlap"] += int(hit.any(dim=2).sum())
+        if progress is not None:
+            progress(n)
     out: dict[int, dict[str, Any]] = {}
     for layer in layers:
         a = acc[layer]
@@ -245,8 +248,10 @@ def compare_traces(
     workers: int | None = None,
     scheduler: str | None = None,
     config: Any = None,
+    progress: Any = None,
 ) -> Comparison:
-    """Compare two traces (see the module docstring for every figure).
+    """Compare two traces (see the module docstring for every figure). ``progress(n)`` is called as
+    tokens are read (the lockstep pass, then each trace's analysis).
 
     ``workers`` / ``scheduler``: analyse each trace in parallel (moediag.parallel; same figures).
     ``config``: the :class:`moediag.checks.CheckConfig` whose rules decide ``summary.verdict``
@@ -279,14 +284,14 @@ def compare_traces(
     if ta.meta.model and tb.meta.model and ta.meta.model != tb.meta.model:
         notes.append(NUMBERING_NOTE.format(what=f"A is {ta.meta.model!r} and B is {tb.meta.model!r}"))
     per_token = [x for x in common if not ta.layers[x].count_only and not tb.layers[x].count_only]
-    sat, why = saturation(ta, tb, per_token, chunk_tokens) if per_token else (None, None)
+    sat, why = saturation(ta, tb, per_token, chunk_tokens, progress) if per_token else (None, None)
     if why:
         notes.append(why)
     from moediag.parallel import open_runner
 
     with open_runner(workers, scheduler) as runner:  # one pool or client for both traces
-        res_a = analyze_trace(ta, chunk_tokens=chunk_tokens, layers=common, runner=runner)
-        res_b = analyze_trace(tb, chunk_tokens=chunk_tokens, layers=common, runner=runner)
+        res_a = analyze_trace(ta, chunk_tokens=chunk_tokens, layers=common, runner=runner, progress=progress)
+        res_b = analyze_trace(tb, chunk_tokens=chunk_tokens, layers=common, runner=runner, progress=progress)
     rows = []
     for layer in common:
         sa, sb = res_a.stats.layers[layer], res_b.stats.layers[layer]
@@ -449,6 +454,7 @@ def compare(
     workers: int | None = None,
     scheduler: str | None = None,
     config: Any = None,
+    progress: Any = None,
 ) -> Comparison:
     """Compare two traces or two checkpoints (whichever they are; mixing the two is an error).
     ``config`` (traces): the check rules that decide the verdict (moediag.compare_verdict)."""
@@ -460,5 +466,11 @@ def compare(
     if ka == "checkpoint":
         return compare_checkpoints(a, b)
     return compare_traces(
-        a, b, chunk_tokens=chunk_tokens, workers=workers, scheduler=scheduler, config=config
+        a,
+        b,
+        chunk_tokens=chunk_tokens,
+        workers=workers,
+        scheduler=scheduler,
+        config=config,
+        progress=progress,
     )

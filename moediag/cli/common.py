@@ -109,10 +109,9 @@ def parse_path_windows(specs: list[str] | None, layers: Iterable[int]) -> tuple[
                 f"(layers: {', '.join(map(str, present))})"
             )
         if inside[0] != first or inside[-1] != last:
-            typer.echo(
-                f"moediag: note: --path-window {spec} covers the MoE layers {inside[0]}..{inside[-1]}",
-                err=True,
-            )
+            from moediag.cli.app import echo_err
+
+            echo_err(f"moediag: note: --path-window {spec} covers the MoE layers {inside[0]}..{inside[-1]}")
         out.append((first, last))
     return tuple(out)
 

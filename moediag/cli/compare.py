@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from moediag.cli.app import app, echo_err, finish
-from moediag.cli.common import human_size, print_json, stdout_console
+from moediag.cli.common import human_size, print_json, progress_bar, stdout_console
 from moediag.cli.options import OUTPUT, ChunkTokens, ConfigFile, Scheduler, Workers, json_option
 from moediag.errors import ExitCode, UsageError
 
@@ -48,9 +48,16 @@ def compare_cmd(
     if html is not None and html.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--html {html}: the page is HTML; name it something.html")
     check_config = load_config(config)
-    result = compare(
-        a, b, chunk_tokens=chunk_tokens, workers=workers, scheduler=scheduler, config=check_config
-    )
+    with progress_bar("comparing: tokens read", None) as advance:
+        result = compare(
+            a,
+            b,
+            chunk_tokens=chunk_tokens,
+            workers=workers,
+            scheduler=scheduler,
+            config=check_config,
+            progress=advance,
+        )
     verdict = result.summary.get("verdict")
     if fail_on_regression and verdict is None:
         raise UsageError("--fail-on-regression compares traces (two checkpoints have no verdict)")
