@@ -312,7 +312,7 @@ def usage_error_line(exc: Any) -> str:
     ctx = getattr(exc, "ctx", None)
     where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     if isinstance(exc, click_exceptions.NoSuchOption):
-        close = difflib.get_close_matches(exc.option_name, list(exc.possibilities or ()), n=1, cutoff=0.5)
+        close = difflib.get_close_matches(exc.option_name, list(exc.possibilities or ()), n=1, cutoff=0.7)
         hint = f"; did you mean {close[0]}?" if close else ""
         return f"no such option {exc.option_name}{hint}{where}"
     if isinstance(exc, click_exceptions.MissingParameter):
@@ -325,4 +325,5 @@ def usage_error_line(exc: Any) -> str:
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
     message = re.sub(r"^No such command '([^']*)'\.", r"no such command '\1';", message)
     message = message.replace("Did you mean", "did you mean").rstrip(";")
+    message = re.sub(r"^Got unexpected extra argument\(s\) \((.*)\)$", r"unexpected argument(s): \1", message)
     return f"{_plain(message)}{where}"

@@ -83,6 +83,8 @@ def test_usage_lines_name_arguments_as_the_docs_do() -> None:
         (["inspect", "x", "--wrst", "3"], "no such option --wrst; did you mean --worst?"),
         (["inspec", "x"], "no such command 'inspec'; did you mean 'inspect'?"),
         (["plot", "x", "--kind"], "--kind"),
+        (["inspect", "x", "y"], "unexpected argument(s): y"),
+        (["check", "x", "--zqxv"], "no such option --zqxv (see"),  # nothing close: no far-fetched guess
     ],
 )
 def test_usage_errors_are_one_plain_line(args: list[str], expected: str) -> None:
