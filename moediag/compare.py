@@ -88,7 +88,8 @@ class Comparison:
     summary: dict[str, Any]
     paths: list[dict[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
-    #: further top-level sections (two checkpoints: ``models``, ``framing``, ``quality``; moediag.compare_models)
+    #: further top-level sections: two checkpoints add ``models``, ``framing``, ``quality``
+    #: (moediag.compare_models)
     extra: dict[str, Any] = field(default_factory=dict)
     created: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

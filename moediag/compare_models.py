@@ -78,7 +78,9 @@ def framing(a: ModelCompute, b: ModelCompute, tolerance: float = FRAMING_TOLERAN
             "mixes the effect of compute and of capacity"
         )
     elif compute_off is None:
-        warning = "FLOPs a token are unknown for one model (see its notes): the compute framing is not assessed"
+        warning = (
+            "FLOPs a token are unknown for one model (see its notes): the compute framing is not assessed"
+        )
     dense_equivalent = [
         {
             "compute_matched_params": m.matmul_params,
@@ -129,7 +131,9 @@ class _EvalTokens:
                 raise InvalidInputError(
                     f"shards disagree on tokens.* tensors ({sorted(self.has)} vs {sorted(names)})", shard.path
                 )
-            rows = {shard.tensors[f"tokens.{n}"].shape[0] for n in names if shard.tensors[f"tokens.{n}"].shape}
+            rows = {
+                shard.tensors[f"tokens.{n}"].shape[0] for n in names if shard.tensors[f"tokens.{n}"].shape
+            }
             if len(rows) > 1:
                 raise InvalidInputError(f"tokens.* tensors have different lengths {sorted(rows)}", shard.path)
             self.lengths.append(rows.pop() if rows else 0)
@@ -203,7 +207,8 @@ def eval_quality(
         if ia is not None and ib is not None and not torch.equal(ia.to(torch.int64), ib.to(torch.int64)):
             row = int(torch.nonzero(ia.to(torch.int64) != ib.to(torch.int64))[0])
             raise InvalidInputError(
-                f"tokens.input_ids differ from {trace_a}'s at token {lo + row}: not the same evaluation tokens",
+                f"tokens.input_ids differ from {trace_a}'s at token {lo + row}: "
+                "not the same evaluation tokens",
                 trace_b,
             )
         da, db = ta.read("domain", lo, hi), tb.read("domain", lo, hi)
@@ -215,7 +220,7 @@ def eval_quality(
                 keep &= t.bool()
         dom = da if da is not None else db
 
-        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+        def pick(t: torch.Tensor | None, keep: torch.Tensor = keep) -> torch.Tensor | None:
             return None if t is None else t[keep]
 
         stats.update(
@@ -339,8 +344,6 @@ def compare_models(
     in_common = bool(common) and all(ra[x] == rb[x] for x in common)
     notes = [f"A: {n}" for n in ma.notes] + [f"B: {n}" for n in mb.notes]
     fr = framing(ma, mb)
-    if fr["warning"]:
-        notes.append(fr["warning"])
     if not ma.moe and not mb.moe:
         notes.append("neither model has MoE layers: both are dense")
     quality = None

@@ -139,9 +139,7 @@ def _quant_owners(analysis: CheckpointAnalysis) -> dict[str, str]:
     return out
 
 
-def _attention(
-    analysis: CheckpointAnalysis, seq_len: int, notes: list[str]
-) -> int | None:
+def _attention(analysis: CheckpointAnalysis, seq_len: int, notes: list[str]) -> int | None:
     """Attention FLOPs a token (the score row and the weighted sum), summed over attention modules."""
     layout = analysis.layout
     cfg = analysis.config

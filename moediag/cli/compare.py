@@ -69,9 +69,14 @@ def compare_cmd(
     )
     for note in result.notes:
         echo_err(f"moediag: note: {note}")
+    framed = result.framing if isinstance(result, ModelComparison) else result.extra.get("framing")
+    if framed and framed["warning"]:
+        echo_err(f"moediag: warning: {framed['warning']}")
     if isinstance(result, ModelComparison):
         if html is not None:
-            raise UsageError("--html: the page covers trace and router comparisons, not a dense-vs-sparse one")
+            raise UsageError(
+                "--html: the page covers trace and router comparisons, not a dense-vs-sparse one"
+            )
         if as_json:
             print_json(result.to_dict())
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -31,11 +32,6 @@ def _f(x: float | None, digits: int = 3, signed: bool = False) -> str:
     if x is None:
         return "—"
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
-
-
-def _ci(ci: list[float | None], digits: int = 3) -> str:
-    lo, hi = ci
-    return "—" if lo is None or hi is None else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def models_table(doc: dict[str, Any]) -> Table:
@@ -87,27 +83,49 @@ def framing_line(fr: dict[str, Any]) -> Text:
     )
 
 
+def _pm(x: float | None, ci: list[float | None]) -> str:
+    """``+0.300±0.006``: the difference and its 95% half-width (the intervals are symmetric)."""
+    lo, hi = ci
+    if x is None:
+        return "—"
+    return f"{x:+.3f}" if lo is None or hi is None else f"{x:+.3f}±{(hi - lo) / 2:.3f}"
+
+
+def _ab(a: float | None, b: float | None) -> str:
+    return f"{_f(a)}→{_f(b)}"
+
+
 def quality_table(q: dict[str, Any]) -> Table:
-    t = Table(title=f"quality on the same {q['tokens']:,} evaluation tokens (B - A, paired, 95% intervals)")
-    for col in ("domain", "tokens", "loss A", "loss B", "Δloss", "acc A", "acc B", "Δacc", "acc/GFLOP A", "B"):
-        t.add_column(col, justify="right" if col != "domain" else "left")
-    for row in [{"domain": "all", **q["overall"]}, *q["domains"]]:
-        flag = ""
-        if row is not q["overall"] and (row["domain"] in q["worse_domains"]):
-            flag = " worse"
+    """One row per domain (and all): A's figure -> B's, the paired difference B - A with its interval."""
+    t = Table(
+        title=f"quality on the same {q['tokens']:,} evaluation tokens (B - A, paired, 95%)",
+        box=box.SIMPLE,
+    )
+    for col in ("domain (tokens)", "loss A→B", "Δloss", "acc A→B", "Δacc", "B"):
+        t.add_column(col, justify="left" if col.startswith("domain") else "right")
+    for name, row in [("all", q["overall"])] + [(r["domain"], r) for r in q["domains"]]:
+        verdict = ""
+        if name in q["worse_domains"] and row is not q["overall"]:
+            verdict = "worse"
+        elif name in q["better_domains"] and row is not q["overall"]:
+            verdict = "better"
         t.add_row(
-            str(row["domain"]) + flag,
-            f"{row['tokens']:,}",
-            _f(row["loss_a"]),
-            _f(row["loss_b"]),
-            _f(row["loss_delta"], signed=True) + " " + _ci(row["loss_delta_ci"]),
-            _f(row["accuracy_a"]),
-            _f(row["accuracy_b"]),
-            _f(row["accuracy_delta"], signed=True) + " " + _ci(row["accuracy_delta_ci"]),
-            _n(row["accuracy_per_gflop_a"]),
-            _n(row["accuracy_per_gflop_b"]),
+            f"{name} ({row['tokens']:,})",
+            _ab(row["loss_a"], row["loss_b"]),
+            _pm(row["loss_delta"], row["loss_delta_ci"]),
+            _ab(row["accuracy_a"], row["accuracy_b"]),
+            _pm(row["accuracy_delta"], row["accuracy_delta_ci"]),
+            verdict,
         )
     return t
+
+
+def per_flop_line(q: dict[str, Any]) -> Text | None:
+    ov = q["overall"]
+    a, b = ov["accuracy_per_gflop_a"], ov["accuracy_per_gflop_b"]
+    if a is None or b is None:
+        return None
+    return Text(f"accuracy per GFLOP a token: A {a:.4g}, B {b:.4g} (B/A {b / a:.2f})")
 
 
 def render_model_compare(doc: dict[str, Any], console: Console) -> None:
@@ -116,3 +134,6 @@ def render_model_compare(doc: dict[str, Any], console: Console) -> None:
     console.print(models_table(doc))
     if doc.get("quality"):
         console.print(quality_table(doc["quality"]))
+        line = per_flop_line(doc["quality"])
+        if line is not None:
+            console.print(line)

@@ -40,7 +40,9 @@ _FIELDS = (
 )
 
 
-def mean_interval(s: float, sq: float, n: int, z: float = Z95) -> tuple[float | None, float | None, float | None]:
+def mean_interval(
+    s: float, sq: float, n: int, z: float = Z95
+) -> tuple[float | None, float | None, float | None]:
     """Mean and its normal 95% interval from a sum, a sum of squares and a count."""
     if n <= 0:
         return None, None, None

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from moediag.checkpoint.compute import model_compute, uniform_touched
 
-from .conftest import COMMON, H, I_EXP, Factory, write_checkpoint
+from .conftest import COMMON, I_EXP, Factory, H, write_checkpoint
 
 V = COMMON["vocab_size"]
 HEADS, KV = COMMON["num_attention_heads"], COMMON["num_key_value_heads"]
@@ -44,7 +44,9 @@ def test_llama_dense_hand_count(ckpt: Factory, seq_len: int) -> None:
     built = ckpt("llama_dense")
     mc = model_compute(built.path, seq_len=seq_len)
     layers = 2
-    matmul = layers * (gqa_projections() + swiglu(40)) + V * H  # lm_head; the embedding lookup is not a matmul
+    matmul = (
+        layers * (gqa_projections() + swiglu(40)) + V * H
+    )  # lm_head; the embedding lookup is not a matmul
     assert not mc.moe
     assert mc.total_params == mc.active_params == built.total
     assert mc.matmul_params == matmul
@@ -111,7 +113,9 @@ def test_deepseek_v3_mtp_layer_is_left_out(ckpt: Factory, tmp_path: Path) -> Non
     sd = load_file(str(built.path / "model.safetensors"))
     cfg: dict[str, Any] = json.loads((built.path / "config.json").read_text())
     cfg["num_nextn_predict_layers"] = 1
-    mtp = {k.replace("model.layers.2.", "model.layers.3."): v.clone() for k, v in sd.items() if ".layers.2." in k}
+    mtp = {
+        k.replace("model.layers.2.", "model.layers.3."): v.clone() for k, v in sd.items() if ".layers.2." in k
+    }
     mtp["model.layers.3.eh_proj.weight"] = torch.randn(H, 2 * H)
     mtp["model.layers.3.enorm.weight"] = torch.ones(H)
     path = write_checkpoint(tmp_path / "mtp", {**sd, **mtp}, cfg)
@@ -119,7 +123,9 @@ def test_deepseek_v3_mtp_layer_is_left_out(ckpt: Factory, tmp_path: Path) -> Non
     matmul, attention = _deepseek_hand(16)
     assert mc.matmul_params == matmul and mc.attention_flops_per_token == attention
     assert mc.total_params == built.total
-    assert mc.mtp_params == sum(v.numel() for k, v in mtp.items() if not k.endswith("e_score_correction_bias"))
+    assert mc.mtp_params == sum(
+        v.numel() for k, v in mtp.items() if not k.endswith("e_score_correction_bias")
+    )
     # stored bytes include the MTP layer; the experts a decode step reads do not
     assert mc.weight_bytes == sum(v.numel() * v.element_size() for v in {**sd, **mtp}.values())
     assert len(mc.expert_blocks) == 2

@@ -28,7 +28,9 @@ def brute_force(ids: np.ndarray, valid: np.ndarray, b: int, e: int) -> tuple[int
     return len(shares), (float(np.mean(shares)) if shares else None)
 
 
-def _trace(tmp_path: Path, seed: int, t: int, e: int, k: int, shards: int = 1) -> tuple[Path, np.ndarray, np.ndarray]:
+def _trace(
+    tmp_path: Path, seed: int, t: int, e: int, k: int, shards: int = 1
+) -> tuple[Path, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     skew = rng.dirichlet(np.full(e, 0.5))
     ids = np.array([rng.choice(e, size=k, replace=False, p=skew) for _ in range(t)])
