@@ -35,6 +35,7 @@ __all__ = [
     "ModelCompute",
     "block_bytes",
     "model_compute",
+    "serving_cost",
     "uniform_touched",
 ]
 
@@ -259,3 +260,53 @@ def model_compute(
         family=analysis.family,
         notes=notes,
     )
+
+
+def serving_cost(
+    mc: ModelCompute,
+    touched: dict[int, tuple[int, dict[str, dict[str, Any]]]],
+    sizes: tuple[int, ...] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Weight bytes a decode step of B tokens reads, and the dense model that reads as many, per B.
+
+    ``touched``: layer index -> (its number of experts, its ``experts_touched``) from a trace
+    (moediag.stats.touched). A step reads :attr:`ModelCompute.always_read_bytes` plus, per MoE block,
+    the touched share of its routed experts' bytes: the trace's, from its layer of the same index and
+    expert count; else the uniform-routing share (all experts where top-k is unknown). The
+    equal-bandwidth dense model has ``step_bytes / bytes_per_param`` parameters, stored at the
+    checkpoint's precision.
+    """
+    from moediag.stats.touched import BATCH_SIZES
+
+    sizes = sizes or BATCH_SIZES
+    out: dict[str, dict[str, Any]] = {}
+    bpp = mc.bytes_per_param
+    for b in sizes:
+        expert = 0.0
+        from_trace = 0
+        sources = []
+        for layer, e, k, nbytes in mc.expert_blocks:
+            te, rows = touched.get(layer, (0, {}))
+            row = rows.get(str(b)) if te == e else None
+            if row is not None and row.get("share") is not None:
+                share = float(row["share"])
+                from_trace += 1
+                sources.append("trace")
+            elif k is not None and e:
+                share = uniform_touched(e, k, b)
+                sources.append("uniform")
+            else:
+                share = 1.0
+                sources.append("all")
+            expert += share * nbytes
+        step = mc.always_read_bytes + expert
+        out[str(b)] = {
+            "step_bytes": round(step),
+            "bytes_per_token": step / b,
+            "expert_bytes": round(expert),
+            "all_experts_bytes": mc.always_read_bytes + mc.expert_weight_bytes,
+            "equal_bandwidth_dense_params": round(step / bpp) if bpp else None,
+            "layers_from_trace": from_trace,
+            "per_layer_source": sources,
+        }
+    return out
