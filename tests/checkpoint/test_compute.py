@@ -172,3 +172,41 @@ def test_uniform_touched() -> None:
     assert uniform_touched(8, 2, 1) == pytest.approx(0.25)
     assert uniform_touched(8, 2, 2) == pytest.approx(1 - 0.75**2)
     assert uniform_touched(4, 4, 3) == 1.0
+
+
+def test_serving_cost_hand_count(ckpt: Factory, tmp_path: Path) -> None:
+    """Collapsed routing (every token to experts 0 and 1 of 4) reads half the routed experts at any B."""
+    from moediag.analysis import analyze_trace
+    from moediag.checkpoint.compute import serving_cost
+    from moediag.render.html import render_report
+    from tests.conftest import trace_metadata, write_raw
+
+    built = ckpt("mixtral")
+    t = 256
+    ids = torch.tensor([[0, 1]] * t, dtype=torch.int32)
+    trace = write_raw(
+        tmp_path / "collapsed.safetensors",
+        {"layers.0.topk_ids": ids, "layers.1.topk_ids": ids.clone()},
+        trace_metadata(4, 2, "softmax"),
+    )
+    analysis = analyze_trace(trace)
+    touched = {int(r["layer"]): (4, r["experts_touched"]) for r in analysis.layers}
+    mc = model_compute(built.path)
+    experts = 2 * 4 * swiglu(I_EXP)
+    always = 4 * (built.total - experts - V * H)  # the input embedding: a step reads B of its rows
+    assert mc.always_read_bytes == always
+    cost = serving_cost(mc, touched)
+    for b in ("1", "8", "32", "128"):
+        assert cost[b]["step_bytes"] == always + 4 * experts // 2
+        assert cost[b]["equal_bandwidth_dense_params"] == (always + 4 * experts // 2) // 4
+        assert cost[b]["layers_from_trace"] == 2
+    # without the trace's layers: uniform routing, 1 - (1/2)^B of the experts
+    uniform = serving_cost(mc, {})
+    assert uniform["8"]["step_bytes"] == round(always + 4 * experts * (1 - 0.5**8))
+    assert uniform["8"]["per_layer_source"] == ["uniform", "uniform"]
+    from moediag.checkpoint import analyze_checkpoint
+
+    page = render_report(analysis, analyze_checkpoint(built.path, weights=False), figures=False)
+    section = page.split('id="serving"', 1)[1].split("</section>", 1)[0]
+    assert "weight bytes a step" in section and "equal bandwidth" in section
+    assert "uniform routing is assumed" not in section
