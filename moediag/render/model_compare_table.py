@@ -91,8 +91,8 @@ def _pm(x: float | None, ci: list[float | None]) -> str:
     return f"{x:+.3f}" if lo is None or hi is None else f"{x:+.3f}±{(hi - lo) / 2:.3f}"
 
 
-def _ab(a: float | None, b: float | None) -> str:
-    return f"{_f(a)}→{_f(b)}"
+def _ab(a: float | None, b: float | None, digits: int = 3) -> str:
+    return f"{_f(a, digits)}→{_f(b, digits)}"
 
 
 def quality_table(q: dict[str, Any]) -> Table:
@@ -100,9 +100,10 @@ def quality_table(q: dict[str, Any]) -> Table:
     t = Table(
         title=f"quality on the same {q['tokens']:,} evaluation tokens (B - A, paired, 95%)",
         box=box.SIMPLE,
+        pad_edge=False,
     )
-    for col in ("domain (tokens)", "loss A→B", "Δloss", "acc A→B", "Δacc", "B"):
-        t.add_column(col, justify="left" if col.startswith("domain") else "right")
+    for col in ("domain", "loss A→B", "Δloss", "acc A→B", "Δacc", "B is"):
+        t.add_column(col, justify="left" if col == "domain" else "right", no_wrap=True)
     for name, row in [("all", q["overall"])] + [(r["domain"], r) for r in q["domains"]]:
         verdict = ""
         if name in q["worse_domains"] and row is not q["overall"]:
@@ -110,8 +111,8 @@ def quality_table(q: dict[str, Any]) -> Table:
         elif name in q["better_domains"] and row is not q["overall"]:
             verdict = "better"
         t.add_row(
-            f"{name} ({row['tokens']:,})",
-            _ab(row["loss_a"], row["loss_b"]),
+            str(name),
+            _ab(row["loss_a"], row["loss_b"], 2),
             _pm(row["loss_delta"], row["loss_delta_ci"]),
             _ab(row["accuracy_a"], row["accuracy_b"]),
             _pm(row["accuracy_delta"], row["accuracy_delta_ci"]),
