@@ -353,6 +353,7 @@ class _Replayer:
         self.whatif = top_k is not None or not (isinstance(bias, str) and bias == "checkpoint")
         #: expert -> EP rank under the contiguous placement, per layer (set by :meth:`count_ranks`)
         self.rank_of: dict[int, torch.Tensor] = {}
+        self.ep_size = 1
         for layer, info in sorted(trace.layers.items()):
             if "router_input" not in info.kinds:
                 self.skipped.append({"layer": layer, "reason": "no router_input in the trace"})
@@ -405,6 +406,7 @@ class _Replayer:
 
     def count_ranks(self, ep_size: int) -> None:
         """Count, per token, the distinct EP ranks (contiguous placement) of the experts it is sent to."""
+        self.ep_size = ep_size
         for layer, r in self.routers.items():
             rank_of = torch.empty(r.num_experts, dtype=torch.int64)
             for rank, experts in enumerate(contiguous(r.num_experts, ep_size)):
@@ -473,7 +475,7 @@ class _Replayer:
         rank_of = self.rank_of.get(r.layer)
         if rank_of is not None:
             ranks = rank_of[ids.clamp_min(0)].masked_fill(ids < 0, -1)
-            acc.rank_hits += int(_membership(ranks, int(rank_of.max()) + 1).sum())
+            acc.rank_hits += int(_membership(ranks, self.ep_size).sum())
         if self.noise:
             self._noise(r, acc, logits, sel, ids)
         self._stats(chunk, r, keep if subset else None, logits, sel, ids)

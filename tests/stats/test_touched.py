@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from moediag.analysis import analyze_trace
 from moediag.stats.batch import LayerBatch
-from moediag.stats.touched import BATCH_SIZES, BatchTouchedStats
+from moediag.stats.touched import BATCH_SIZES, ExpertsTouchedStats
 from tests.conftest import trace_metadata, write_raw
 
 
@@ -107,25 +107,33 @@ def test_streaming_equals_one_shot_equals_merge(seed: int, t: int, b: int, cuts:
     index = torch.arange(t)
     keep = torch.rand(t, generator=g) > 0.1
     ids, index = ids[keep], index[keep]
-    one = BatchTouchedStats(e, b)
+    sizes = (1, b, 2 * b)
+    one = ExpertsTouchedStats(e, sizes)
     one.update(_batch(ids, index, e))
     bounds = sorted({0, len(ids), *[c for c in cuts if c < len(ids)]})
     parts = []
-    streamed = BatchTouchedStats(e, b)
+    streamed = ExpertsTouchedStats(e, sizes)
     for lo, hi in zip(bounds, bounds[1:], strict=False):
-        part = BatchTouchedStats(e, b)
+        part = ExpertsTouchedStats(e, sizes)
         part.update(_batch(ids[lo:hi], index[lo:hi], e))
         parts.append(part)
         streamed.update(_batch(ids[lo:hi], index[lo:hi], e))
-    merged = BatchTouchedStats(e, b)
+    merged = ExpertsTouchedStats(e, sizes)
     for p in parts:
         merged.merge(p)
     want = one.compute(1)
     assert streamed.compute(1) == want
     assert merged.compute(1) == want
-    n, share = brute_force(_dense(ids, index, t), np.isin(np.arange(t), index.numpy()), b, e)
-    assert want["batches"] == n
-    assert want["share"] == (pytest.approx(share) if share is not None else None)
+    valid = np.isin(np.arange(t), index.numpy())
+    for size in sizes:
+        n, share = brute_force(_dense(ids, index, t), valid, size, e)
+        assert want[str(size)]["batches"] == n
+        assert want[str(size)]["share"] == (pytest.approx(share) if share is not None else None)
+
+
+def test_sizes_must_divide_each_other() -> None:
+    with pytest.raises(ValueError, match="dividing"):
+        ExpertsTouchedStats(4, (1, 8, 12))
 
 
 def _dense(ids: torch.Tensor, index: torch.Tensor, t: int) -> np.ndarray:
