@@ -183,3 +183,11 @@ def test_quality_needs_the_same_tokens(
     assert "--trace is given twice" in capsys.readouterr().err
     assert main(["compare", *m, "--seq-len", "0"]) == 2
     assert "--seq-len" in capsys.readouterr().err
+
+
+def test_model_options_are_for_checkpoints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ids = torch.tensor([[0, 1]] * 8, dtype=torch.int32)
+    meta = {"format": "moediag-trace", "version": "1", "num_experts": "4", "top_k": "2"}
+    t = write_raw(tmp_path / "t.safetensors", {"layers.0.topk_ids": ids}, meta)
+    assert main(["compare", str(t), str(t), "--seq-len", "16"]) == 2
+    assert "apply to two checkpoints" in capsys.readouterr().err

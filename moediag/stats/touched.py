@@ -10,9 +10,9 @@ and uniformly). Consecutive tokens of one sequence route alike more often than t
 requests do, so for a server batching B independent requests this is a lower bound when routing is
 sticky (compare ``consecutive_same_rate``).
 
-State per B: the sum of touched counts and of their squares over counted batches, the batch count, and
-(through :class:`~moediag.stats.runs.RunAccumulator`) the two blocks at the span's edges that may
-continue in a neighbouring chunk; ``merge`` joins them exactly.
+State per B: the sum of touched counts and of their squares over counted batches and the batch count;
+and (through :class:`~moediag.stats.runs.RunAccumulator`) the raw rows of the two blocks of the largest
+B at the span's edges, which may continue in a neighbouring chunk; ``merge`` joins them exactly.
 """
 
 from __future__ import annotations

@@ -140,3 +140,18 @@ def _dense(ids: torch.Tensor, index: torch.Tensor, t: int) -> np.ndarray:
     out = np.full((t, 1), -1)
     out[index.numpy()] = ids.numpy()
     return out
+
+
+def test_count_only_layers_have_none(tmp_path: Path) -> None:
+    counts = torch.tensor([[5, 3, 0, 0], [4, 4, 0, 0]])
+    ids = torch.tensor([[0, 1]] * 16, dtype=torch.int32)
+    path = write_raw(
+        tmp_path / "c.safetensors",
+        {"layers.0.expert_counts": counts, "layers.1.topk_ids": ids},
+        trace_metadata(4, 2, "softmax"),
+    )
+    doc = analyze_trace(path).to_dict()
+    by_layer = {r["layer"]: r["experts_touched"] for r in doc["layers"]}
+    assert by_layer[0] is None
+    assert by_layer[1]["8"]["share"] == 0.5 and by_layer[1]["8"]["batches"] == 2
+    assert doc["summary"]["experts_touched"]["8"]["share"] == 0.5
