@@ -36,6 +36,7 @@ __all__ = [
     "block_bytes",
     "model_compute",
     "serving_cost",
+    "trace_serving_cost",
     "uniform_touched",
 ]
 
@@ -310,3 +311,16 @@ def serving_cost(
             "per_layer_source": sources,
         }
     return out
+
+
+def trace_serving_cost(trace: Any, checkpoint: CheckpointAnalysis) -> dict[str, dict[str, Any]] | None:
+    """:func:`serving_cost` of ``checkpoint`` with the touched shares of a trace analysis's layers
+    (:class:`moediag.analysis.TraceAnalysis`); None when the checkpoint has no MoE layers."""
+    if not checkpoint.layout.blocks:
+        return None
+    by_layer = {
+        int(r["layer"]): (int(r["num_experts"]), r["experts_touched"])
+        for r in trace.layers
+        if r.get("experts_touched")
+    }
+    return serving_cost(model_compute(checkpoint), by_layer)

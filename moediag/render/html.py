@@ -545,15 +545,10 @@ def serving_section(trace: TraceAnalysis, checkpoint: Any, embed: FigureEmbedder
     cost = None
     from moediag.checkpoint.analysis import CheckpointAnalysis
 
-    if isinstance(checkpoint, CheckpointAnalysis) and checkpoint.layout.blocks:
-        from moediag.checkpoint.compute import model_compute, serving_cost
+    if isinstance(checkpoint, CheckpointAnalysis):
+        from moediag.checkpoint.compute import trace_serving_cost
 
-        by_layer = {
-            int(r["layer"]): (int(r["num_experts"]), r["experts_touched"])
-            for r in trace.layers
-            if r.get("experts_touched")
-        }
-        cost = serving_cost(model_compute(checkpoint), by_layer)
+        cost = trace_serving_cost(trace, checkpoint)
     head = "<tr><th>B</th><th>experts touched</th><th>uniform</th><th>batches</th>"
     if cost:
         head += "<th>weight bytes a step</th><th>bytes a token</th><th>dense model, equal bandwidth</th>"
