@@ -210,3 +210,28 @@ def test_serving_cost_hand_count(ckpt: Factory, tmp_path: Path) -> None:
     section = page.split('id="serving"', 1)[1].split("</section>", 1)[0]
     assert "weight bytes a step" in section and "equal bandwidth" in section
     assert "uniform routing is assumed" not in section
+
+
+def test_fp8_experts_same_flops_fewer_bytes(ckpt: Factory, tmp_path: Path) -> None:
+    """FP8 block-quantised experts: the same matmuls, stored in 1 byte a weight plus their scales."""
+    import re
+
+    from .conftest import fp8_quantise
+
+    built = ckpt("deepseek_v3")
+    sd = load_file(str(built.path / "model.safetensors"))
+    cfg = json.loads((built.path / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [8, 16]}
+    rx = re.compile(r"\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+    saved = 0
+    for name in [n for n in sd if rx.search(n)]:
+        q, s = fp8_quantise(sd[name], (8, 16))
+        saved += sd[name].numel() * 3 - s.numel() * s.element_size()  # 4 -> 1 byte a weight, plus scales
+        sd[name] = q
+        sd[name[: -len("weight")] + "weight_scale_inv"] = s
+    path = write_checkpoint(tmp_path / "fp8", sd, cfg)
+    plain, fp8 = model_compute(built.path, seq_len=16), model_compute(path, seq_len=16)
+    assert fp8.flops_per_token == plain.flops_per_token and fp8.total_params == plain.total_params
+    assert fp8.weight_bytes == plain.weight_bytes - saved
+    assert fp8.always_read_bytes == plain.always_read_bytes  # scales belong to the experts
+    assert fp8.expert_weight_bytes == plain.expert_weight_bytes - saved
