@@ -191,3 +191,44 @@ def test_model_options_are_for_checkpoints(tmp_path: Path, capsys: pytest.Captur
     t = write_raw(tmp_path / "t.safetensors", {"layers.0.topk_ids": ids}, meta)
     assert main(["compare", str(t), str(t), "--seq-len", "16"]) == 2
     assert "apply to two checkpoints" in capsys.readouterr().err
+
+
+def test_end_to_end_with_recorded_traces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two real Mixtrals, top-2 and the same weights routed top-1, recorded by ``moediag record`` on the
+    same prose and code: the same capacity at less compute, compared per domain on the same tokens."""
+    transformers = pytest.importorskip("transformers")
+    from moediag.record import record
+    from tests.record.conftest import CODE, PROSE, build
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    (tmp_path / "prose.txt").write_text(PROSE)
+    (tmp_path / "code.py").write_text(CODE)
+    top2 = build("mixtral")
+    top2.save_pretrained(tmp_path / "top2")
+    top2.config.num_experts_per_tok = 1
+    top1 = build("mixtral")
+    top1.config.num_experts_per_tok = 1
+    for layer in top1.model.layers:  # transformers' router reads top_k at construction
+        layer.mlp.gate.top_k = 1
+        layer.mlp.top_k = 1
+    top1.save_pretrained(tmp_path / "top1")
+    traces = []
+    for name in ("top2", "top1"):
+        out = tmp_path / f"{name}.trace"
+        record(tmp_path / name, [tmp_path / "prose.txt", tmp_path / "code.py"], out, max_tokens=256,
+               seq_len=64, batch_size=4, device="cpu")  # fmt: skip
+        traces.append(out)
+    capsys.readouterr()
+    doc = _json(capsys, str(tmp_path / "top2"), str(tmp_path / "top1"), "--trace", str(traces[0]),
+                "--trace", str(traces[1]), "--seq-len", "64")  # fmt: skip
+    a, b = doc["models"]
+    assert a["total_params"] == b["total_params"] and b["flops_per_token"] < a["flops_per_token"]
+    cfg = top2.config
+    one_expert = 3 * cfg.hidden_size * cfg.intermediate_size  # gate, up and down of one expert
+    assert a["flops_per_token"] - b["flops_per_token"] == 2 * cfg.num_hidden_layers * one_expert
+    assert doc["framing"]["capacity_off"] == 0 and doc["framing"]["compute_off"] > 0
+    q = doc["quality"]
+    assert q["tokens"] > 0 and [d["domain"] for d in q["domains"]] == ["prose", "code"]
+    assert q["has_loss"] and q["has_correct"]
+    assert q["overall"]["accuracy_per_gflop_b"] is not None
