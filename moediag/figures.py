@@ -229,6 +229,16 @@ FIGURES: tuple[FigureInfo, ...] = (
         section="Temporal and co-activation",
     ),
     FigureInfo(
+        "experts_touched",
+        "experts touched",
+        "per decode batch size B (1, 8, 32, 128): the mean share of a layer's experts that B consecutive "
+        "tokens chose, beside uniform routing's 1 - (1 - k/E)^B (docs/compare.md).",
+        "per-token top-k sets",
+        "at or below the uniform curve: fewer experts touched means fewer weight bytes read a decode step; "
+        "far below it, routing is concentrated (check MaxVio).",
+        section="Temporal and co-activation",
+    ),
+    FigureInfo(
         "step_load",
         "per-step load",
         "expert counts per tokens.step (or per row of expert_counts), with MaxVio and CV per step.",

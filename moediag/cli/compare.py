@@ -9,7 +9,7 @@ import typer
 
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import human_size, print_json, progress_bar, stdout_console
-from moediag.cli.options import OUTPUT, ChunkTokens, ConfigFile, Scheduler, Workers, json_option
+from moediag.cli.options import CHECKPOINT, OUTPUT, ChunkTokens, ConfigFile, Scheduler, Workers, json_option
 from moediag.errors import ExitCode, UsageError
 
 
@@ -28,25 +28,47 @@ def compare_cmd(
     fail_on_regression: bool = typer.Option(
         False,
         "--fail-on-regression",
-        help="Exit 1 when B is worse than A (the verdict line; thresholds from the check rules).",
+        help="Traces: exit 1 when B is worse than A (the verdict line; thresholds from the check rules).",
     ),
     config: ConfigFile = None,
+    seq_len: int | None = typer.Option(
+        None,
+        "--seq-len",
+        metavar="N",
+        help="Checkpoints: the sequence length FLOPs a token are counted at (default 2048; docs/compare.md).",
+        rich_help_panel=CHECKPOINT,
+    ),
+    trace: list[Path] | None = typer.Option(
+        None,
+        "--trace",
+        metavar="TRACE",
+        help="Checkpoints: give twice, A's then B's trace on the same evaluation tokens (tokens.loss, "
+        "tokens.correct, tokens.domain), for quality per compute.",
+        rich_help_panel=CHECKPOINT,
+    ),
     chunk_tokens: ChunkTokens = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
 ) -> None:
-    """Router saturation, load shift and accuracy shift between two traces; router-row cosine and
-    selection-bias change between two checkpoints.
+    """Router saturation, load shift and accuracy shift between two traces; between two checkpoints
+    (dense or MoE, either order): parameters, FLOPs a token, weight bytes, the fair framing, quality per
+    compute with --trace, and the router-row cosine when they share routers.
 
-    Example: moediag compare before.safetensors after.safetensors --json
+    Example: moediag compare llama-1b/ mixtral-tiny/ --trace llama.safetensors --trace mixtral.safetensors
     """
     from moediag.compare import compare
+    from moediag.compare_models import ModelComparison
     from moediag.config import load_config
 
     if chunk_tokens is not None and chunk_tokens < 1:
         raise UsageError("--chunk-tokens must be positive")
     if html is not None and html.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--html {html}: the page is HTML; name it something.html")
+    if seq_len is not None and seq_len < 1:
+        raise UsageError("--seq-len must be positive")
+    if trace is not None and len(trace) != 2:
+        raise UsageError(f"--trace is given twice (A's trace, then B's); got {len(trace)}")
+    eval_traces = (trace[0], trace[1]) if trace else None
     check_config = load_config(config)
     with progress_bar("comparing: tokens read", None) as advance:
         result = compare(
@@ -57,12 +79,29 @@ def compare_cmd(
             scheduler=scheduler,
             config=check_config,
             progress=advance,
+            seq_len=seq_len,
+            eval_traces=eval_traces,
         )
-    verdict = result.summary.get("verdict")
+    verdict = None if isinstance(result, ModelComparison) else result.summary.get("verdict")
     if fail_on_regression and verdict is None:
         raise UsageError("--fail-on-regression compares traces (two checkpoints have no verdict)")
     for note in result.notes:
         echo_err(f"moediag: note: {note}")
+    framed = result.framing if isinstance(result, ModelComparison) else result.extra.get("framing")
+    if framed and framed["warning"]:
+        echo_err(f"moediag: warning: {framed['warning']}")
+    if isinstance(result, ModelComparison):
+        if html is not None:
+            raise UsageError(
+                "--html: the page covers trace and router comparisons, not a dense-vs-sparse one"
+            )
+        if as_json:
+            print_json(result.to_dict())
+            return
+        from moediag.render.model_compare_table import render_model_compare
+
+        render_model_compare(result.to_dict(), stdout_console())
+        return
     if html is not None:  # built in full before writing; the write is atomic (nothing left on failure)
         from moediag.render.compare_html import render_compare_report
         from moediag.render.html import write_report
@@ -76,6 +115,10 @@ def compare_cmd(
         from moediag.render.compare_table import render_compare
 
         render_compare(result, stdout_console())
+        if result.extra.get("models"):
+            from moediag.render.model_compare_table import render_model_compare
+
+            render_model_compare(result.extra, stdout_console())
     if fail_on_regression and verdict is not None and verdict["status"] == "worse":
         echo_err(f"moediag compare: {verdict['line']}")
         finish(ExitCode.CHECK_FAILED)
