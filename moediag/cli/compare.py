@@ -9,8 +9,10 @@ import typer
 
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import human_size, print_json, progress_bar, stdout_console
-from moediag.cli.options import CHECKPOINT, OUTPUT, ChunkTokens, ConfigFile, Scheduler, Workers, json_option
+from moediag.cli.options import CHECKPOINT, OUTPUT, ChunkTokens, Scheduler, Workers, json_option
 from moediag.errors import ExitCode, UsageError
+
+VERDICT = "Verdict (two traces)"
 
 
 @app.command("compare")
@@ -28,9 +30,19 @@ def compare_cmd(
     fail_on_regression: bool = typer.Option(
         False,
         "--fail-on-regression",
-        help="Traces: exit 1 when B is worse than A (the verdict line; thresholds from the check rules).",
+        help="Exit 1 when B is worse than A (the verdict line; thresholds from the check rules).",
+        rich_help_panel=VERDICT,
     ),
-    config: ConfigFile = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            help="The check rules the verdict uses: a TOML file with a tool.moediag.check table "
+            "(default: moediag.toml or pyproject.toml, from here upward).",
+            rich_help_panel=VERDICT,
+        ),
+    ] = None,
     seq_len: int | None = typer.Option(
         None,
         "--seq-len",
@@ -50,7 +62,8 @@ def compare_cmd(
     workers: Workers = None,
     scheduler: Scheduler = None,
 ) -> None:
-    """Router saturation, load shift and accuracy shift between two traces; between two checkpoints
+    """Two traces: a verdict first (B better, worse or unchanged, by the check rules), then router
+    saturation, load shift and accuracy shift. Two checkpoints
     (dense or MoE, either order): parameters, FLOPs a token, weight bytes, the fair framing, quality per
     compute with --trace, and the router-row cosine when they share routers.
 
