@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ __all__ = [
     "contiguous",
     "hierarchical",
     "load_placement",
+    "plan_replicas",
     "rank_loads",
     "save_placement",
 ]
@@ -344,6 +346,76 @@ def hierarchical(
         local = _improved(load[experts], gpus, replicas // num_nodes)
         ranks.extend(sorted(int(experts[x]) for x in slots) for slots in local)
     return ranks
+
+
+@dataclass
+class ReplicaPlan:
+    """The fewest replicas whose placement reaches a target balancedness in every layer."""
+
+    target: float
+    replicas: int
+    reached: bool
+    min_balancedness: float | None  # over the layers, at ``replicas``
+    layers: dict[int, Ranks]
+
+
+def plan_replicas(
+    layer_loads: Mapping[int, torch.Tensor],
+    ep_size: int,
+    target: float,
+    place: Callable[[int, torch.Tensor, int], Ranks] | None = None,
+    max_replicas: int | None = None,
+) -> ReplicaPlan:
+    """The fewest replicas R (the same in every layer, as EP frameworks configure it) for which the
+    placement ``place(layer, loads, R)`` (default :func:`balanced` on ``ep_size`` ranks) reaches
+    balancedness >= ``target`` in every layer.
+
+    R runs over 0.. in steps that keep (E + R) a multiple of ``ep_size``, up to ``max_replicas`` (default
+    E * (ep_size - 1): every expert on every rank). A layer without load counts as balanced. When no R
+    reaches the target, the plan says so (``reached`` False) and holds the best R tried.
+
+    >>> plan = plan_replicas({0: torch.tensor([12, 1, 1, 1, 1, 0, 0, 0])}, 4, 0.9)
+    >>> plan.replicas, plan.reached, round(plan.min_balancedness, 3)
+    (4, True, 1.0)
+    """
+    if not 0 < target <= 1:
+        raise UsageError(f"--target-balancedness {target}: expected a value in (0, 1]")
+    if not layer_loads:
+        raise UsageError("--target-balancedness: no layer to place")
+    sizes = {int(t.numel()) for t in layer_loads.values()}
+    if len(sizes) != 1:
+        raise UsageError("--target-balancedness needs the same number of experts in every layer")
+    e = sizes.pop()
+    _slots_per_rank(e, ep_size, (-e) % ep_size)
+    if place is None:
+
+        def place(_layer: int, loads: torch.Tensor, r: int) -> Ranks:
+            return balanced(loads, ep_size, r)
+
+    top = e * (ep_size - 1) if max_replicas is None else max_replicas
+    best: ReplicaPlan | None = None
+    for r in range((-e) % ep_size, top + 1, ep_size):
+        layers: dict[int, Ranks] = {}
+        worst: float | None = None
+        for layer, loads in sorted(layer_loads.items(), key=lambda kv: kv[0]):
+            ranks = place(layer, loads, r)
+            layers[layer] = ranks
+            b = balancedness(rank_loads(loads, ranks))
+            b = 1.0 if b is None else b
+            worst = b if worst is None else min(worst, b)
+            if b < target - 1e-12:
+                break
+        assert worst is not None
+        if len(layers) == len(layer_loads) and worst >= target - 1e-12:
+            return ReplicaPlan(target, r, True, worst, layers)
+        if best is None or (best.min_balancedness or 0.0) < worst:
+            best = ReplicaPlan(target, r, False, worst, layers)
+    if best is None:
+        raise UsageError(f"--target-balancedness: no replica count up to {top} fits --ep-size {ep_size}")
+    # the best tried, complete over every layer
+    layers = {layer: place(layer, loads, best.replicas) for layer, loads in layer_loads.items()}
+    worst_all = min(balancedness(rank_loads(t, layers[k])) or 1.0 for k, t in layer_loads.items())
+    return ReplicaPlan(target, best.replicas, False, worst_all, layers)
 
 
 def node_loads(rank_load: torch.Tensor, num_nodes: int) -> torch.Tensor:

@@ -46,12 +46,14 @@ from moediag.device import resolve_device
 from moediag.errors import InvalidInputError, UsageError
 from moediag.placement import (
     PlacementFile,
+    ReplicaPlan,
     balanced,
     balancedness,
     contiguous,
     hierarchical,
     load_placement,
     node_loads,
+    plan_replicas,
     rank_loads,
 )
 from moediag.stats import LayerBatch, ModelStats, StatsOptions
@@ -584,6 +586,7 @@ class ReplayResult:
     settings: dict[str, Any]
     ep: dict[int, dict[str, Any]] = field(default_factory=dict)
     placement: dict[int, list[list[int]]] = field(default_factory=dict)
+    plan: ReplicaPlan | None = None
     seconds: float = 0.0
     created: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -680,6 +683,13 @@ class ReplayResult:
             summary["balancedness_after_mean"] = sum(after) / len(after) if after else None
             summary["balancedness_before_min"] = min(before, default=None)
             summary["balancedness_after_min"] = min(after, default=None)
+        if self.plan is not None:
+            summary["replica_plan"] = {
+                "target_balancedness": self.plan.target,
+                "replicas": self.plan.replicas,
+                "reached": self.plan.reached,
+                "balancedness_min": self.plan.min_balancedness,
+            }
         return {
             "meta": {
                 "format": JSON_FORMAT,
@@ -720,7 +730,8 @@ def _ep(
     replicas: int,
     nodes: int | None = None,
     groups: dict[int, int | None] | None = None,
-) -> tuple[dict[int, dict[str, Any]], dict[int, list[list[int]]]]:
+    target_balancedness: float | None = None,
+) -> tuple[dict[int, dict[str, Any]], dict[int, list[list[int]]], ReplicaPlan | None]:
     file: PlacementFile | None = None
     if isinstance(placement, PlacementFile):
         file = placement
@@ -735,21 +746,31 @@ def _ep(
     name = "file" if file is not None else str(placement)
     out: dict[int, dict[str, Any]] = {}
     proposed: dict[int, list[list[int]]] = {}
+
+    def place(layer: int, loads: torch.Tensor, r: int) -> list[list[int]]:
+        if name == "balanced":
+            return balanced(loads, ep_size, r)
+        n_groups = (groups or {}).get(layer)
+        if not n_groups:
+            raise UsageError(
+                f"layer {layer}: --placement hierarchical needs --expert-groups "
+                "(the checkpoint's router has no group limit to take it from)"
+            )
+        return hierarchical(loads, ep_size, r, num_groups=n_groups, num_nodes=nodes or 1)
+
+    plan: ReplicaPlan | None = None
+    if target_balancedness is not None:
+        loads_by_layer = {layer: acc.load_after for layer, acc in layers.items()}
+        plan = plan_replicas(loads_by_layer, ep_size, target_balancedness, place)
     for layer, acc in sorted(layers.items()):
         loads = acc.load_after
         before = contiguous(acc.num_experts, ep_size)
         if file is not None:
             after = file.for_layer(layer, acc.num_experts)
-        elif name == "balanced":
-            after = balanced(loads, ep_size, replicas)
-        elif name == "hierarchical":
-            n_groups = (groups or {}).get(layer)
-            if not n_groups:
-                raise UsageError(
-                    f"layer {layer}: --placement hierarchical needs --expert-groups "
-                    "(the checkpoint's router has no group limit to take it from)"
-                )
-            after = hierarchical(loads, ep_size, replicas, num_groups=n_groups, num_nodes=nodes or 1)
+        elif plan is not None:
+            after = plan.layers[layer]
+        elif name in ("balanced", "hierarchical"):
+            after = place(layer, loads, replicas)
         else:
             after = before
         rb, ra = rank_loads(loads, before), rank_loads(loads, after)
@@ -774,7 +795,7 @@ def _ep(
                 }
             )
         proposed[layer] = after
-    return out, proposed
+    return out, proposed, plan
 
 
 def replay(
@@ -792,6 +813,7 @@ def replay(
     ep_size: int | None = None,
     placement: PlacementArg = "contiguous",
     replicas: int = 0,
+    target_balancedness: float | None = None,
     nodes: int | None = None,
     expert_groups: int | None = None,
     chunk_tokens: int | None = None,
@@ -805,7 +827,9 @@ def replay(
     for every layer, or a mapping layer -> tensor (key -1 = every other layer; :func:`load_bias_file`).
     ``placement``: ``"contiguous"``, ``"balanced"``, ``"hierarchical"`` or a placement file path (needs
     ``ep_size``). ``nodes``: EP nodes (ranks numbered node by node; adds per-node loads); hierarchical needs
-    it, and ``expert_groups`` (default: the router's ``n_group``).
+    it, and ``expert_groups`` (default: the router's ``n_group``). ``target_balancedness``: instead of
+    ``replicas``, the fewest replicas whose ``balanced``/``hierarchical`` placement reaches it in every layer
+    (:func:`moediag.placement.plan_replicas`).
     """
     import time
 
@@ -826,6 +850,13 @@ def replay(
         raise UsageError("--ep-size must be positive")
     if replicas and str(placement) not in ("balanced", "hierarchical"):
         raise UsageError("--replicas needs --placement balanced or hierarchical")
+    if target_balancedness is not None:
+        if str(placement) not in ("balanced", "hierarchical"):
+            raise UsageError("--target-balancedness needs --placement balanced or hierarchical")
+        if replicas:
+            raise UsageError("--target-balancedness chooses the replicas: leave out --replicas")
+        if not 0 < target_balancedness <= 1:
+            raise UsageError(f"--target-balancedness {target_balancedness}: expected a value in (0, 1]")
     if str(placement) == "hierarchical" and nodes is None:
         raise UsageError("--placement hierarchical needs --nodes")
     if nodes is not None and ep_size is None:
@@ -868,12 +899,15 @@ def replay(
     stats = rp.stats.compute()
     ep: dict[int, dict[str, Any]] = {}
     proposed: dict[int, list[list[int]]] = {}
+    plan: ReplicaPlan | None = None
     if ep_size is not None:
         groups = {
             layer: expert_groups or (r.spec.n_group if r.spec.n_group and r.spec.n_group > 1 else None)
             for layer, r in rp.routers.items()
         }
-        ep, proposed = _ep(rp.layers, ep_size, placement, replicas, nodes, groups)
+        ep, proposed, plan = _ep(rp.layers, ep_size, placement, replicas, nodes, groups, target_balancedness)
+        if plan is not None:
+            replicas = plan.replicas
     settings = {
         "top_k": top_k,
         "capacity_factor": capacity_factor,
@@ -888,6 +922,7 @@ def replay(
         if ep_size is None
         else (str(placement) if not isinstance(placement, PlacementFile) else placement.path),
         "replicas": replicas,
+        "target_balancedness": target_balancedness,
         "nodes": nodes,
         "expert_groups": expert_groups,
         "chunk_tokens": chunk_tokens,
@@ -904,5 +939,6 @@ def replay(
         settings=settings,
         ep=ep,
         placement=proposed,
+        plan=plan,
         seconds=time.perf_counter() - t0,
     )

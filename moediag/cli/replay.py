@@ -52,6 +52,12 @@ def replay_cmd(
     replicas: int = typer.Option(
         0, "--replicas", help="With --placement balanced or hierarchical: extra expert copies."
     ),
+    target_balancedness: float | None = typer.Option(
+        None,
+        "--target-balancedness",
+        help="Instead of --replicas: the fewest replicas whose placement reaches this balancedness "
+        "in every layer.",
+    ),
     nodes: int | None = typer.Option(
         None, "--nodes", help="EP nodes (ranks numbered node by node): adds per-node loads."
     ),
@@ -97,6 +103,7 @@ def replay_cmd(
             ep_size=ep_size,
             placement=placement,
             replicas=replicas,
+            target_balancedness=target_balancedness,
             nodes=nodes,
             expert_groups=expert_groups,
             chunk_tokens=chunk_tokens,
@@ -108,7 +115,7 @@ def replay_cmd(
     if placement_out is not None:
         from moediag.placement import save_placement
 
-        save_placement(placement_out, ep_size or 1, result.placement, replicas)
+        save_placement(placement_out, ep_size or 1, result.placement, result.settings["replicas"])
         echo_err(f"wrote placement to {placement_out}")
     if as_json:
         print_json(doc)

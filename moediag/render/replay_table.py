@@ -119,5 +119,12 @@ def render_replay(doc: dict[str, Any], console: Console) -> None:
             f"EP {settings['ep_size']} ranks, placement {settings['placement']}: balancedness mean "
             f"{_f(s['balancedness_before_mean'], 3)} (contiguous) → {_f(s['balancedness_after_mean'], 3)}"
         )
+    plan = s.get("replica_plan")
+    if plan is not None:
+        verdict = "reached" if plan["reached"] else "NOT reached (best tried)"
+        console.print(
+            f"target balancedness {plan['target_balancedness']}: {verdict} with {plan['replicas']} replicas "
+            f"(lowest layer {_f(plan['balancedness_min'], 3)})"
+        )
     for skip in doc["skipped"]:
         console.print(f"skipped layer {skip['layer']}: {skip['reason']}")

@@ -105,6 +105,34 @@ def test_table_and_placement_out(
     assert doc["layers"][0]["ep"]["balancedness_after"] == 1.0
 
 
+def test_target_balancedness_plans_the_fewest_replicas(
+    case: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--target-balancedness picks R; the same replay with --replicas R gives the same placement, and
+    --replicas R - step (the next smaller count) does not reach the target."""
+    ckpt, trace = case
+    out = tmp_path / "planned.json"
+    args = ["replay", str(ckpt), str(trace), "--json", "--ep-size", "4", "--placement", "balanced"]
+    assert main([*args, "--target-balancedness", "0.99", "--placement-out", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    plan = doc["summary"]["replica_plan"]
+    assert plan["reached"] and plan["target_balancedness"] == 0.99
+    r = plan["replicas"]
+    assert doc["meta"]["settings"]["replicas"] == r and doc["layers"][0]["ep"]["replicas"] == r
+    assert json.loads(out.read_text())["replicas"] == r
+    assert min(x["ep"]["balancedness_after"] for x in doc["layers"]) >= 0.99
+    if r >= 4:
+        assert main([*args, "--replicas", str(r - 4)]) == 0
+        lower = json.loads(capsys.readouterr().out)
+        assert min(x["ep"]["balancedness_after"] for x in lower["layers"]) < 0.99
+    assert main([*args[:-1], "balanced", "--target-balancedness", "0.9"]) == 0
+    capsys.readouterr()
+    for extra in (["--target-balancedness", "1.5"], ["--target-balancedness", "0.9", "--replicas", "4"]):
+        assert main([*args, *extra]) == 2, extra
+        assert capsys.readouterr().err.startswith("moediag: error:")
+    assert main([*args[:-2], "--target-balancedness", "0.9"]) == 2  # contiguous has no replicas
+
+
 def test_hidden_size_mismatch_exits_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
