@@ -310,6 +310,7 @@ class TraceAnalysis:
                     "cold_eps": self.options.cold_eps,
                     "capacity_factors": list(self.options.capacity_factors),
                     "capacity_group_tokens": self.options.capacity_group_tokens,
+                    "min_capacity": self.options.min_capacity,
                 },
                 "trace": self.trace_meta,
             },

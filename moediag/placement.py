@@ -35,6 +35,7 @@ a file          JSON, see :func:`load_placement` (and docs/replay.md)
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -128,19 +129,28 @@ def _pack(weights: np.ndarray, packs: int, avoid: np.ndarray | None = None) -> l
     per = n // packs
     if per == 1:  # as EPLB: item i to pack i
         return [[i] for i in range(n)]
-    order = sorted(range(n), key=lambda i: (-float(weights[i]), i))
-    totals = np.zeros(packs, dtype=np.float32)
+    w32 = weights.astype(np.float32)
+    order = np.argsort(-w32, kind="stable").tolist()  # heaviest first, ties by index
+    heap = [(0.0, p) for p in range(packs)]  # (float32 total, pack): the lightest pack, lowest on ties
     held: list[list[int]] = [[] for _ in range(packs)]
     kinds: list[set[int]] = [set() for _ in range(packs)]
     for i in order:
-        room = [p for p in range(packs) if len(held[p]) < per]
-        if avoid is not None:
-            room = [p for p in room if int(avoid[i]) not in kinds[p]] or room
-        p = min(room, key=lambda q: (totals[q], q))
+        kind = None if avoid is None else int(avoid[i])
+        skipped: list[tuple[float, int]] = []
+        while heap:
+            total, p = heapq.heappop(heap)
+            if kind is None or kind not in kinds[p]:
+                break
+            skipped.append((total, p))
+        else:  # every pack with room holds this expert already: the lightest of them
+            total, p = skipped.pop(0)
+        for item in skipped:
+            heapq.heappush(heap, item)
         held[p].append(i)
-        totals[p] += np.float32(weights[i])
-        if avoid is not None:
-            kinds[p].add(int(avoid[i]))
+        if kind is not None:
+            kinds[p].add(kind)
+        if len(held[p]) < per:
+            heapq.heappush(heap, (float(np.float32(total) + w32[i]), p))
     return held
 
 
@@ -212,7 +222,6 @@ class _Search:
 
     def _move_replica(self) -> bool:
         t, load, copies, held = self.totals, self.load, self.copies, self.held
-        n, s_per = self.slots.shape
         b = int(np.argmax(t))
         if int(copies.max()) < 2:
             return False
@@ -223,7 +232,7 @@ class _Search:
         best_move: tuple[int, int, int] | None = None
         # slots (rank, position) whose expert has spare copies: those on b against every y, and every
         # such slot against the experts on b
-        cand = [(r, j) for r in range(n) for j in range(s_per) if copies[self.slots[r, j]] >= 2]
+        cand = np.argwhere(copies[self.slots] >= 2).tolist()
         on_b = sorted(set(int(v) for v in self.slots[b]))
         for r0, j in cand:
             x = int(self.slots[r0, j])

@@ -57,7 +57,7 @@ from moediag.placement import (
     rank_loads,
 )
 from moediag.stats import LayerBatch, ModelStats, StatsOptions
-from moediag.stats.capacity import DEFAULT_GROUP_TOKENS, POLICIES
+from moediag.stats.capacity import DEFAULT_GROUP_TOKENS, POLICIES, resolve_policy
 from moediag.trace import Chunk, Trace, open_trace
 
 __all__ = [
@@ -622,15 +622,18 @@ class ReplayResult:
         if cf is not None:
             rate = stats_row["drop_rate"]
             by_pos = stats_row["drop_rate_by_position"]
+            # the total is the same under every policy; where the drops fall (by position) is not
             row["capacity"] = {
                 "capacity_factor": cf,
+                "min_capacity": s["min_capacity"],
                 "drop_policy": s["drop_policy"],
-                "drop_rate": rate[s["drop_policy"]][str(cf)],
+                "drop_rate": stats_row["drop_rate_total"][str(cf)],
                 "drop_rate_other_policy": {p: rate[p][str(cf)] for p in POLICIES if p != s["drop_policy"]},
                 "drop_rate_by_position": {
                     "buckets": by_pos["buckets"],
                     "assignments": by_pos["assignments"],
                     "rate": by_pos["rate"][s["drop_policy"]][str(cf)],
+                    "rate_by_policy": {p: by_pos["rate"][p][str(cf)] for p in POLICIES},
                 },
             }
         if s["noise"] is not None:
@@ -806,7 +809,7 @@ def replay(
     dtype: str | torch.dtype | None = None,
     top_k: int | None = None,
     capacity_factor: float | None = None,
-    drop_policy: str = "position",
+    drop_policy: str = "token-order",
     bias: BiasArg = "checkpoint",
     noise: float | None = None,
     samples: int = 8,
@@ -818,6 +821,7 @@ def replay(
     expert_groups: int | None = None,
     chunk_tokens: int | None = None,
     capacity_group: int = DEFAULT_GROUP_TOKENS,
+    min_capacity: int = 0,
     seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> ReplayResult:
@@ -834,8 +838,12 @@ def replay(
     import time
 
     t0 = time.perf_counter()
-    if drop_policy not in POLICIES:
-        raise UsageError(f"--drop-policy {drop_policy!r}: expected {' or '.join(POLICIES)}")
+    try:
+        drop_policy = resolve_policy(drop_policy)
+    except ValueError as exc:
+        raise UsageError(f"--drop-policy: {exc}") from None
+    if min_capacity < 0:
+        raise UsageError("--min-capacity must be 0 or more")
     if capacity_factor is not None and capacity_factor <= 0:
         raise UsageError("--capacity-factor must be positive")
     if noise is not None and noise < 0:
@@ -875,7 +883,9 @@ def replay(
     dt = resolve_dtype(dtype)
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     factors = (capacity_factor,) if capacity_factor is not None else StatsOptions().capacity_factors
-    options = StatsOptions(capacity_factors=factors, capacity_group_tokens=capacity_group)
+    options = StatsOptions(
+        capacity_factors=factors, capacity_group_tokens=capacity_group, min_capacity=min_capacity
+    )
     rp = _Replayer(
         tr,
         checkpoint,
@@ -913,6 +923,7 @@ def replay(
         "capacity_factor": capacity_factor,
         "drop_policy": drop_policy,
         "capacity_group_tokens": capacity_group,
+        "min_capacity": min_capacity,
         "bias": bias if isinstance(bias, str) or bias is None else "given",
         "noise": noise or None,
         "samples": samples if noise else None,

@@ -27,7 +27,13 @@ def replay_cmd(
         None, "--capacity-factor", help="What if each expert took at most ceil(CF*k*T/E) per group."
     ),
     drop_policy: str = typer.Option(
-        "position", "--drop-policy", help="Which assignments drop over capacity: position or probs."
+        "token-order",
+        "--drop-policy",
+        help="Which assignments a full expert drops first: token-order (later tokens), highest-weight "
+        "(lowest weights), first-choices-first (later choices); the total rate is the same for all.",
+    ),
+    min_capacity: int = typer.Option(
+        0, "--min-capacity", help="Capacity floor per expert and group (DeepSpeed's min_capacity; 0 = none)."
     ),
     capacity_group: int = typer.Option(
         4096, "--capacity-group", help="Tokens per capacity group when the trace has no sequence ids."
@@ -108,6 +114,7 @@ def replay_cmd(
             expert_groups=expert_groups,
             chunk_tokens=chunk_tokens,
             capacity_group=capacity_group,
+            min_capacity=min_capacity,
             seed=seed,
             progress=advance,
         )

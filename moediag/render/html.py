@@ -210,13 +210,13 @@ def findings(analysis: TraceAnalysis) -> list[str]:
     if cold > 0:
         eps = analysis.options.cold_eps
         out.append(f"{cold} further expert(s) are cold (share below {eps:g}/E) but not dead.")
-    drops = [(r["drop_rate"]["position"].get("1.0"), r["layer"]) for r in rows if r.get("drop_rate")]
+    drops = [(r["drop_rate_total"].get("1.0"), r["layer"]) for r in rows if r.get("drop_rate_total")]
     drops = [(v, lay) for v, lay in drops if v is not None]
     if drops:
         worst, lay = max(drops)
         out.append(
-            f"With capacity factor 1.0, up to {pct(worst)} of assignments would be dropped (layer {lay}, "
-            "later tokens dropped first)."
+            f"With capacity factor 1.0, up to {pct(worst)} of assignments would be dropped (layer {lay}; "
+            "the same share under every drop policy, only which tokens drop differs)."
         )
     flips = [((r.get("margin_below") or {}).get("0.01"), r["layer"]) for r in rows]
     flips = [(v, lay) for v, lay in flips if v is not None]
@@ -296,9 +296,9 @@ _COLUMNS: list[tuple[str, Any, int, str]] = [
     ("margin p50", "margin_median", 3, "median top-k boundary margin"),
     (
         "drop@CF1",
-        lambda r: (r.get("drop_rate") or {}).get("position", {}).get("1.0"),
+        lambda r: (r.get("drop_rate_total") or {}).get("1.0"),
         -1,
-        "share dropped at capacity factor 1.0, later tokens first",
+        "share dropped at capacity factor 1.0 (the same under every drop policy)",
     ),
     ("same-next", "consecutive_same_rate", -1, "share of next tokens with the same first choice"),
     ("accuracy", "accuracy", -1, "share of correct predictions (tokens.correct)"),

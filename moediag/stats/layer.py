@@ -30,6 +30,8 @@ class StatsOptions:
     cold_eps: float = 0.1
     capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
     capacity_group_tokens: int = DEFAULT_GROUP_TOKENS
+    #: capacity floor per expert and group (DeepSpeed's ``min_capacity``); 0 = none
+    min_capacity: int = 0
     #: extra path windows ``(first, last)`` of MoE layers, inclusive (the full depth is always computed)
     path_windows: tuple[tuple[int, int], ...] = ()
     path_capacity: int = DEFAULT_CAPACITY
@@ -51,7 +53,11 @@ class LayerStats:
         self.steps = StepLoadStats(num_experts)
         self.router = RouterStats(num_experts, k)
         self.capacity = CapacityStats(
-            num_experts, k, self.options.capacity_factors, self.options.capacity_group_tokens
+            num_experts,
+            k,
+            self.options.capacity_factors,
+            self.options.capacity_group_tokens,
+            self.options.min_capacity,
         )
         self.seq_aux = SeqAuxStats(num_experts, k)
         self.consecutive = ConsecutiveStats(num_experts)

@@ -79,7 +79,14 @@ def test_json_contract(good: Path) -> None:
     assert [x["layer"] for x in doc["layers"]] == [0, 2, 5]
     for row in doc["layers"]:
         assert set(row) >= LAYER_KEYS, LAYER_KEYS - set(row)
-        assert set(row["drop_rate"]) == {"position", "probs"}
+        assert set(row["drop_rate"]) == {
+            "token-order",
+            "highest-weight",
+            "first-choices-first",
+            "position",
+            "probs",
+        }
+        assert set(row["drop_rate_total"]) == {"1.0", "1.25", "1.5", "2.0"}
         assert set(row["drop_rate"]["position"]) == {"1.0", "1.25", "1.5", "2.0"}
         assert len(row["load"]) == 8 and sum(row["load"]) == 2 * row["tokens"]
         assert "coactivation" not in row and "drop_rate_by_position" not in row
