@@ -109,6 +109,7 @@ def main() -> None:
             }
         )
 
+    samples = sample_loads()
     seed = 0
     for e in (8, 64, 256):
         for n in (4, 8, 32, 64):
@@ -122,7 +123,7 @@ def main() -> None:
                         seed += 1
                         group = "synthetic, hierarchical" if nodes else "synthetic, global"
                         run(group, f"seed {seed}", skewed(seed, e), n, r, nodes)
-    for trace, layers in sample_loads().items():
+    for trace, layers in samples.items():
         for layer, loads in enumerate(layers):
             e = loads.numel()
             for n in (2, 4, 8):
