@@ -344,6 +344,19 @@ RULES: tuple[Rule, ...] = (
         extract=_ratio("aux_loss", "needs router logits"),
     ),
     _rule(
+        "max_aux_loss_unbiased",
+        None,
+        "Fail when the aux loss of the plain top-k (no selection bias or group limits; Megatron's logged "
+        "value) exceeds this.",
+        figure="unbiased aux loss",
+        direction="max",
+        precision=3,
+        formula="E * sum_i (c'_i / (k*T)) * P_i, c' = loads of the top-k of the scores alone",
+        kinds=_TRACE,
+        agg="mean",
+        extract=_ratio("aux_loss_unbiased", "needs router logits"),
+    ),
+    _rule(
         "max_drop_rate",
         None,
         "Fail when the share of assignments dropped at --capacity-factor exceeds this.",

@@ -101,6 +101,7 @@ STAT_KEYS = (
     "dead_experts",
     "cold_experts",
     "aux_loss",
+    "aux_loss_unbiased",
     "z_loss",
     "router_entropy_norm",
     "confidence",
@@ -109,7 +110,17 @@ STAT_KEYS = (
     "margin_p10",
     "drop_rate",
 )
-SUMMARY_STAT_KEYS = ("max_vio", "max_mean", "min_mean", "cv", "gini", "entropy_norm", "aux_loss", "z_loss")
+SUMMARY_STAT_KEYS = (
+    "max_vio",
+    "max_mean",
+    "min_mean",
+    "cv",
+    "gini",
+    "entropy_norm",
+    "aux_loss",
+    "aux_loss_unbiased",
+    "z_loss",
+)
 
 BiasArg = str | torch.Tensor | Mapping[int, torch.Tensor] | None
 PlacementArg = str | os.PathLike[str] | PlacementFile

@@ -151,6 +151,7 @@ RULE_CASES = [
     ("max_cv", "cv", 0.3, 0.3, 0.3004 + 0.0007),
     ("min_entropy", "entropy_norm", 0.9, 0.9, 0.899),
     ("max_aux_loss", "aux_loss", 1.1, 1.1, 1.101),
+    ("max_aux_loss_unbiased", "aux_loss_unbiased", 1.1, 1.1, 1.101),
     ("max_bias_spread", "bias", 0.5, {"min": -0.25, "max": 0.25}, {"min": -0.25, "max": 0.2511}),
 ]
 

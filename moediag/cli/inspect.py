@@ -24,7 +24,7 @@ from moediag.errors import UsageError
 if TYPE_CHECKING:
     from moediag.trace import RoutingSpec
 
-SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "z_loss", "max_mean")
+SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "aux_loss_unbiased", "z_loss", "max_mean")
 
 
 def routing_overrides(

@@ -289,7 +289,13 @@ _COLUMNS: list[tuple[str, Any, int, str]] = [
     ("eff. experts", "effective_experts", 1, "exp(entropy) (balanced E)"),
     ("dead", lambda r: len(r["dead_experts"]), 0, "experts with no tokens"),
     ("cold", lambda r: len(r["cold_experts"]), 0, "experts below eps/E of the load (includes dead)"),
-    ("aux", "aux_loss", 3, "Switch-style aux loss (balanced 1)"),
+    ("aux", "aux_loss", 3, "Switch-style aux loss of the routing in effect (balanced 1)"),
+    (
+        "aux*",
+        "aux_loss_unbiased",
+        3,
+        "aux loss of the plain top-k: no selection bias or group limits (Megatron)",
+    ),
     ("seq aux", "seq_aux_loss", 3, "per-sequence aux loss, mean over sequences"),
     ("z-loss", "z_loss", 2, "mean (logsumexp z)^2"),
     ("conf.", "confidence", 2, "mean max probability"),
@@ -353,6 +359,7 @@ def overview_rows(analysis: TraceAnalysis) -> list[tuple[str, str]]:
         ("cv", "CV (balanced 0)"),
         ("entropy_norm", "load entropy, normalised (balanced 1)"),
         ("aux_loss", "aux loss (balanced 1)"),
+        ("aux_loss_unbiased", "aux loss of the unbiased top-k (Megatron's logged value, balanced 1)"),
         ("z_loss", "z-loss"),
     ):
         f = s[key]

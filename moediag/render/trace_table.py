@@ -65,6 +65,7 @@ def overview_table(analysis: TraceAnalysis) -> Table:
         ("cv", "CV"),
         ("entropy_norm", "load entropy (norm.)"),
         ("aux_loss", "aux loss (balanced=1)"),
+        ("aux_loss_unbiased", "aux loss, unbiased top-k (Megatron's log)"),
         ("z_loss", "z-loss"),
     ):
         fig = s[key]

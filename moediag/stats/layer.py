@@ -210,10 +210,11 @@ class ModelStats:
                 summary[key] = None
         figures = dict.fromkeys(_IMBALANCE, None) | {
             "aux_loss": "max",
+            "aux_loss_unbiased": "max",
             "seq_aux_loss": "max",
             "z_loss": "max",
         }
-        for key in list(_IMBALANCE) + ["aux_loss", "seq_aux_loss", "z_loss"]:
+        for key in list(_IMBALANCE) + ["aux_loss", "aux_loss_unbiased", "seq_aux_loss", "z_loss"]:
             worst_is = _IMBALANCE[key][1] if key in _IMBALANCE else figures[key]
             vals = [(x[key], x["layer"]) for x in layers if x.get(key) is not None]
             if not vals:
