@@ -221,49 +221,46 @@ class _Search:
         return True
 
     def _move_replica(self) -> bool:
-        t, load, copies, held = self.totals, self.load, self.copies, self.held
+        t, load, copies, held, slots = self.totals, self.load, self.copies, self.held, self.slots
         b = int(np.argmax(t))
-        if int(copies.max()) < 2:
+        spare = copies[slots] >= 2  # [N, S]: slots whose expert has another copy
+        if not spare.any():
             return False
+        e = load.size
+        # candidate moves (slot (r0, j) holding x gives its place to a copy of y): the spare slots on b
+        # against every other expert, and the spare slots elsewhere against the experts on b
+        on_b = np.unique(slots[b])
+        j_b = np.flatnonzero(spare[b])
+        r_o, j_o = np.nonzero(spare)
+        keep = r_o != b
+        r_o, j_o = r_o[keep], j_o[keep]
+        r0 = np.concatenate([np.full(j_b.size * e, b), np.repeat(r_o, on_b.size)])
+        j = np.concatenate([np.repeat(j_b, e), np.repeat(j_o, on_b.size)])
+        y = np.concatenate([np.tile(np.arange(e), j_b.size), np.tile(on_b, r_o.size)])
+        x = slots[r0, j]
+        ok = x != y
+        r0, j, x, y = r0[ok], j[ok], x[ok], y[ok]
+        if r0.size == 0:
+            return False
+        lose = load / np.maximum(copies - 1, 1)  # per-copy load of x with one copy fewer
+        gain = load / (copies + 1)  # per-copy load of y with one more copy
+        dx, dy = lose - self.per_copy, gain - self.per_copy
+        new = t[None, :] + held[:, x].T * dx[x][:, None] + held[:, y].T * dy[y][:, None]  # [P, N]
+        new[np.arange(r0.size), r0] += gain[y] - lose[x]
+        mx = new.max(axis=1)
+        sq = np.square(new).sum(axis=1)
+        k = int(np.lexsort((sq, mx))[0])
         cur = self.objective()
-        gain_y = load / (copies + 1)  # per-copy load of y with one more copy
-        dy = gain_y - self.per_copy  # [E] change per existing copy of y
-        best: tuple[float, float] | None = None
-        best_move: tuple[int, int, int] | None = None
-        # slots (rank, position) whose expert has spare copies: those on b against every y, and every
-        # such slot against the experts on b
-        cand = np.argwhere(copies[self.slots] >= 2).tolist()
-        on_b = sorted(set(int(v) for v in self.slots[b]))
-        for r0, j in cand:
-            x = int(self.slots[r0, j])
-            lose_x = load[x] / (copies[x] - 1)
-            dx = lose_x - self.per_copy[x]
-            ys = np.arange(load.size) if r0 == b else np.array(on_b, dtype=np.int64)
-            ys = ys[ys != x]
-            if ys.size == 0:
-                continue
-            new = t[None, :] + held[:, x][None, :] * dx + held[:, ys].T * dy[ys][:, None]  # [Y, N]
-            new[:, r0] += gain_y[ys] - lose_x
-            mx = new.max(axis=1)
-            sq = np.square(new).sum(axis=1)
-            k = int(np.lexsort((sq, mx))[0])
-            if best is None or (mx[k], sq[k]) < best:
-                best = (float(mx[k]), float(sq[k]))
-                best_move = (r0, j, int(ys[k]))
-        if best is None or best_move is None:
-            return False
         if not (
-            best[0] < cur[0] - self.tol
-            or (best[0] <= cur[0] + self.tol and best[1] < cur[1] - self.tol * cur[0])
+            mx[k] < cur[0] - self.tol or (mx[k] <= cur[0] + self.tol and sq[k] < cur[1] - self.tol * cur[0])
         ):
             return False
-        r0, j, y = best_move
-        x = int(self.slots[r0, j])
-        self.slots[r0, j] = y
-        held[r0, x] -= 1
-        held[r0, y] += 1
-        copies[x] -= 1
-        copies[y] += 1
+        rk, jk, xk, yk = int(r0[k]), int(j[k]), int(x[k]), int(y[k])
+        slots[rk, jk] = yk
+        held[rk, xk] -= 1
+        held[rk, yk] += 1
+        copies[xk] -= 1
+        copies[yk] += 1
         self._refresh()
         return True
 
