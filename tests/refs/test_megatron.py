@@ -119,3 +119,49 @@ def test_capacity_is_megatrons() -> None:
         want = moe_utils.get_capacity(tokens * k, e, cf, floor)
         got = capacities(torch.tensor([tokens]), (cf,), k, e, floor or 0)
         assert int(got[0, 0]) == want
+
+
+@pytest.mark.slow
+def test_topk_router_on_cpu_gloo(make_trace) -> None:
+    """Megatron-Core's TopKRouter itself (gloo, world size 1, its own process): a sigmoid router with an
+    expert bias and 6 of 16 experts from 2 of 4 groups. moediag routes the same logits to the same experts
+    with the same weights (group_score topk_sum), and its aux_loss_unbiased is the loss Megatron logs."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bias = torch.linspace(-0.3, 0.3, 16).tolist()
+    spec = dict(experts=16, hidden=12, top_k=6, groups=4, kept=2, score_function="sigmoid", seed=0, tokens=96)
+    spec.update(port=port, bias=bias)
+    script = Path(__file__).with_name("_megatron_router.py")
+    root = Path(__file__).resolve().parents[2]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, str(script), json.dumps(spec)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    logits = torch.tensor(out["logits"])
+    want_map = torch.tensor(out["routing_map"]).bool()
+    rule = RoutingSpec(16, 6, "sigmoid", True, 4, 2, "topk_sum")
+    r = routing.route(logits, spec=rule, bias=torch.tensor(bias))
+    assert torch.equal(_mask(r.ids, 16), want_map)
+    assert r.weights is not None
+    ours = torch.zeros(96, 16).scatter_(1, r.ids, r.weights)
+    torch.testing.assert_close(ours, torch.tensor(out["probs"]), rtol=1e-5, atol=1e-6)
+    row = layer_row(
+        make_trace,
+        logits,
+        6,
+        "sigmoid",
+        bias=torch.tensor(bias),
+        n_group=4,
+        topk_group=2,
+        group_score="topk_sum",
+    )
+    assert row["aux_loss_unbiased"] == pytest.approx(out["load_balancing_loss"], rel=1e-5)
