@@ -276,7 +276,7 @@ def _improved(load: np.ndarray, ep_size: int, replicas: int) -> Ranks:
     steps = 8 * (load.size + replicas) + 64
     best: tuple[float, int] | None = None
     out: np.ndarray | None = None
-    for distinct in (False, True):
+    for distinct in (False, True) if replicas else (False,):  # without replicas both starts agree
         search = _Search(load, _eplb_start(load, ep_size, copies, distinct))
         search.run(steps)
         key = (search.objective()[0], _duplicates(search.slots))

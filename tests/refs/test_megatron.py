@@ -121,7 +121,6 @@ def test_capacity_is_megatrons() -> None:
         assert int(got[0, 0]) == want
 
 
-@pytest.mark.slow
 def test_topk_router_on_cpu_gloo(make_trace) -> None:
     """Megatron-Core's TopKRouter itself (gloo, world size 1, its own process): a sigmoid router with an
     expert bias and 6 of 16 experts from 2 of 4 groups. moediag routes the same logits to the same experts
