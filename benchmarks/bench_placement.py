@@ -12,7 +12,8 @@ its global policy against ``placement.balanced``, its hierarchical policy agains
   {0, E/4, E/2, E}.
 
 Prints per group the share of cases where moediag is better / equal / worse than EPLB (equal: within
-1e-12), the mean balancedness gain, and the time per layer of both at each size.
+1e-12), the mean balancedness gain, and the CPU time per layer of both at each size (process time: one
+thread, and a shared machine inflates it less than wall time).
 
 Run:  python benchmarks/bench_placement.py                  # ~1,400 cases, a few minutes on 2 cores
       python benchmarks/bench_placement.py --vectors 4 --json out.json
@@ -84,14 +85,14 @@ def main() -> None:
 
     def run(group: str, name: str, loads: torch.Tensor, n: int, r: int, nodes: int | None) -> None:
         e = loads.numel()
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         if nodes is None:
             ours = balanced(loads, n, r)
         else:
             ours = hierarchical(loads, n, r, num_groups=8, num_nodes=nodes)
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         base = eplb_ranks(loads, n, r, num_groups=8 if nodes else 1, num_nodes=nodes or 1)
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         a, b = compare(ours, base, loads)
         timing[("hierarchical" if nodes else "global", e, n, r)].append((t1 - t0, t2 - t1))
         verdict = "better" if a > b + TOL else ("worse" if a < b - TOL else "equal")
@@ -151,7 +152,8 @@ def main() -> None:
             f"{group:<26}{len(cs):>6}{counts['better'] / len(cs):>9.3f}{counts['equal'] / len(cs):>9.3f}"
             f"{counts['worse']:>7}{sum(gains) / len(gains):>11.4f}{max(gains):>10.4f}"
         )
-    print("\ntime per layer, ms (median over vectors): moediag | EPLB baseline")
+    print("\nCPU time per layer, ms (median over vectors; process time, so a loaded machine inflates it less")
+    print("than wall time): moediag | EPLB baseline")
     times = {}
     for (policy, e, n, r), ts in sorted(timing.items()):
         if e < 64:
