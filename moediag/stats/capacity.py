@@ -153,7 +153,8 @@ class CapacityStats(RunAccumulator):
         filled = k - empty.sum(dim=1) if has_empty else torch.full((n,), k, dtype=torch.int64)
         self.assignments += torch.zeros(nb, dtype=torch.int64).index_add_(0, bucket, filled)
         capacity = capacities(lengths, self.capacity_factors, k, self.num_experts, self.min_capacity)
-        if n < 2 or bool(((bucket[1:] >= bucket[:-1]) | (run[1:] != run[:-1])).all()):
+        in_order = n < 2 or bool(((bucket[1:] >= bucket[:-1]) | (run[1:] != run[:-1])).all())
+        if in_order:
             self._add_position_drops(run, bucket, ids, capacity)
         else:
             ranks = _position_ranks(ids, lengths, self.num_experts)
@@ -166,8 +167,31 @@ class CapacityStats(RunAccumulator):
         self._add_weight_drops(run, bucket, ids, rows["weights"], capacity, has_empty)
         if k == 1:  # one choice per token: choice order is token order
             self.dropped["first-choices-first"] = self.dropped["token-order"].clone()
+        elif in_order and runs * len(POSITION_EDGES) * self.num_experts <= 4 * n:
+            self._add_choice_counts(run, bucket, ids, capacity)
         else:
             self._add_choice_drops(run, bucket, ids, capacity, has_empty)
+
+    def _add_choice_counts(
+        self, run: torch.Tensor, bucket: torch.Tensor, ids: torch.Tensor, capacity: torch.Tensor
+    ) -> None:
+        """``first-choices-first`` when buckets never go backwards inside a run: in each (run, expert)
+        the order is column 0 by bucket, then column 1 by bucket, ...; so the drops per bucket follow from
+        counts per (run, column, bucket, expert) and their running sum in that order (as
+        :meth:`_add_position_drops`; no per-assignment ranks)."""
+        e, nb, runs = self.num_experts, len(POSITION_EDGES), capacity.shape[0]
+        k = ids.shape[1]
+        group = (run * nb + bucket).unsqueeze(1) * k + torch.arange(k)  # [n, k]: (run, bucket, column)
+        e1 = e + 1
+        key = (group * e1 + torch.where(ids < 0, e, ids)).reshape(-1)  # empty slots: a spare column
+        counts = torch.bincount(key, minlength=runs * nb * k * e1).view(runs, nb, k, e1)[..., :e]
+        counts = counts.transpose(1, 2).reshape(runs, k * nb, e)  # the order: column, then bucket
+        hi = counts.cumsum(dim=1)
+        lo = hi - counts
+        for f in range(capacity.shape[1]):
+            c = capacity[:, f].view(runs, 1, 1)
+            dropped = ((hi - c).clamp_min(0) - (lo - c).clamp_min(0)).view(runs, k, nb, e)
+            self.dropped["first-choices-first"][f] += dropped.sum(dim=(0, 1, 3))
 
     def _risky(
         self, run: torch.Tensor, ids: torch.Tensor, capacity: torch.Tensor, has_empty: bool

@@ -191,3 +191,36 @@ def test_order_by_key_then_weight_matches_lexicographic_order(scale: float, seed
     got = _order_by_key_then_weight(torch.from_numpy(key), torch.from_numpy(weights), 6).tolist()
     want = sorted(range(m), key=lambda i: (key[i], -float(weights[i]), i))
     assert got == want
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_first_choices_first_counting_path_matches_reference(seed: int, monkeypatch) -> None:
+    """Long in-order runs take the counting path (no per-assignment ranks), random positions the sorting
+    one; both equal the brute-force reference."""
+    rng = np.random.default_rng(100 + seed)
+    e, k, n = 4, 3, 400
+    skew = rng.dirichlet(np.full(e, 0.7))
+    ids = np.array([rng.choice(e, size=k, replace=False, p=skew) for _ in range(n)], dtype=np.int64)
+    weights = rng.random((n, k))
+    seq = np.repeat([0, 1], n // 2)
+    used: list[str] = []
+    for name in ("_add_choice_counts", "_add_choice_drops"):
+        original = getattr(CapacityStats, name)
+
+        def spy(self, *a, _o=original, _n=name, **kw):  # type: ignore[no-untyped-def]
+            used.append(_n)
+            return _o(self, *a, **kw)
+
+        monkeypatch.setattr(CapacityStats, name, spy)
+    for phase, positions in (("in order", None), ("shuffled", rng.integers(0, 300, size=n).tolist())):
+        used.append(phase)
+        stats = CapacityStats(e, k, capacity_factors=(0.5, 1.0))
+        stats.update(batch(ids, weights, seq, positions))
+        out = stats.compute()
+        for cf in (0.5, 1.0):
+            d, a, d_b, a_b = ref.drops(ids, weights, seq.tolist(), e, cf, "first-choices-first", positions)
+            assert d > 0
+            want = [db / ab if ab else None for db, ab in zip(d_b, a_b, strict=False)]
+            assert out["drop_rate_by_position"]["rate"]["first-choices-first"][str(cf)] == pytest.approx(want)
+    cut = used.index("shuffled")
+    assert set(used[1:cut]) == {"_add_choice_counts"} and set(used[cut + 1 :]) == {"_add_choice_drops"}
