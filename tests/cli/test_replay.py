@@ -165,3 +165,17 @@ def test_require_match(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["replay", str(ckpt), str(trace)]) == 0
     assert "MISMATCH" in capsys.readouterr().out
     assert main(["replay", str(ckpt), str(trace), "--require-match"]) == 1
+
+
+def test_table_says_the_drop_rate_does_not_depend_on_the_policy(
+    case: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt, trace = case
+    args = ["replay", str(ckpt), str(trace), "--capacity-factor", "1.0", "--min-capacity", "2"]
+    assert main([*args, "--drop-policy", "first-choices-first"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the same under every drop policy" in text and "at least 2 per expert" in text
+    assert "(first-choices-first)" in text
+    assert main([*args, "--drop-policy", "probs", "--json"]) == 0  # the former name still works
+    cap = json.loads(capsys.readouterr().out)["layers"][0]["capacity"]
+    assert cap["drop_policy"] == "highest-weight" and cap["min_capacity"] == 2
