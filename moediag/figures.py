@@ -143,6 +143,19 @@ FIGURES: tuple[FigureInfo, ...] = (
         section="Losses",
     ),
     FigureInfo(
+        "aux_loss_unbiased",
+        "unbiased aux loss",
+        "aux_loss with the loads of the plain top-k of the scores: no selection bias, no group limits "
+        "(what Megatron-Core logs as load_balancing_loss, divided by its coefficient).",
+        f"{_LOGITS}",
+        "1 is balanced; compare it with a Megatron run's logged loss; aux_loss says how balanced the "
+        "experts that ran are.",
+        column="aux*",
+        rule="max_aux_loss_unbiased",
+        flags=("--max-aux-loss-unbiased",),
+        section="Losses",
+    ),
+    FigureInfo(
         "seq_aux_loss",
         "sequence aux loss",
         "aux_loss per sequence (a run of equal tokens.sequence_ids), then the mean over sequences "
@@ -197,15 +210,16 @@ FIGURES: tuple[FigureInfo, ...] = (
         section="Router behaviour",
     ),
     FigureInfo(
-        "drop_rate",
+        "drop_rate_total",
         "drop rate",
-        "the share of assignments a capacity limit C = ceil(CF k n_g / E) per group would drop, per "
-        "policy (position: later tokens first; probs: lowest gate weight first) and capacity factor CF.",
+        "the share of assignments a capacity limit C = ceil(CF k n_g / E) per group (at least "
+        "--min-capacity) would drop, at capacity factor CF; the same under every drop policy, which only "
+        "decides which tokens drop (drop_rate[policy] repeats it per policy).",
         f"{_COUNTS}, per capacity group (a sequence, or --capacity-group tokens)",
-        "0 is no loss; a few percent at CF 1.25 is common; the terminal column shows CF 1.0, position.",
+        "0 is no loss; a few percent at CF 1.25 is common; the terminal column shows CF 1.0.",
         column="drop",
         rule="max_drop_rate",
-        flags=("--max-drop-rate", "--capacity-factor", "--drop-policy", "--capacity-group"),
+        flags=("--max-drop-rate", "--capacity-factor", "--min-capacity", "--capacity-group"),
         section="Capacity and dropping",
     ),
     FigureInfo(

@@ -21,6 +21,7 @@ from moediag.cli.options import (
     CapacityGroup,
     ChunkTokens,
     ColdEps,
+    MinCapacity,
     NumExperts,
     PathWindow,
     RedundancyThreshold,
@@ -36,7 +37,7 @@ from moediag.errors import UsageError
 if TYPE_CHECKING:
     from moediag.trace import RoutingSpec
 
-SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "z_loss", "max_mean")
+SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "aux_loss_unbiased", "z_loss", "max_mean")
 
 
 def routing_overrides(
@@ -83,6 +84,7 @@ def inspect_cmd(
     top_k: TopK = None,
     score_function: ScoreFunction = None,
     cold_eps: ColdEps = 0.1,
+    min_capacity: MinCapacity = 0,
     capacity_group: CapacityGroup = 4096,
     path_window: PathWindow = None,
     weights: Weights = True,
@@ -100,10 +102,13 @@ def inspect_cmd(
     if sort not in SORT_KEYS:
         raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}")
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group, chunk_tokens=chunk_tokens, worst=worst)
+    if min_capacity < 0:
+        raise UsageError("--min-capacity must be 0 or more")
     kind = detect_kind(path)
     # options of the other kind of input: derived from what was set, so defaults live in one place
     trace_only = ("worst", "sort", "detail", "num_experts", "top_k", "score_function", "cold_eps",
-                  "capacity_group", "chunk_tokens", "workers", "scheduler", "path_window")  # fmt: skip
+                  "capacity_group", "min_capacity", "chunk_tokens", "workers", "scheduler",
+                  "path_window")  # fmt: skip
     checkpoint_only = ("weights", "redundancy_threshold")
     unused = given_options(ctx, trace_only if kind == "checkpoint" else checkpoint_only)
     if unused:
@@ -132,6 +137,7 @@ def inspect_cmd(
     options = StatsOptions(
         cold_eps=cold_eps,
         capacity_group_tokens=capacity_group,
+        min_capacity=min_capacity,
         path_windows=parse_path_windows(path_window, trace.layers),
     )
     with progress_bar("analysing", trace.num_tokens) as advance:

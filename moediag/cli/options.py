@@ -71,6 +71,15 @@ CapacityGroup = Annotated[
         rich_help_panel=ANALYSIS,
     ),
 ]
+MinCapacity = Annotated[
+    int,
+    typer.Option(
+        "--min-capacity",
+        metavar="N",
+        help="Capacity floor per expert and group (DeepSpeed's min_capacity; 0 = none).",
+        rich_help_panel=ANALYSIS,
+    ),
+]
 PathWindow = Annotated[
     list[str] | None,
     typer.Option("--path-window", metavar="FIRST:LAST", help=PATH_WINDOW_HELP, rich_help_panel=ANALYSIS),

@@ -72,11 +72,19 @@ def replay_cmd(
         metavar="CF",
     ),
     drop_policy: str = typer.Option(
-        "position",
+        "token-order",
         "--drop-policy",
-        help="Which assignments drop over capacity: position or probs.",
+        help="Which assignments a full expert drops first: token-order (later tokens), highest-weight "
+        "(lowest weights), first-choices-first (later choices); the total rate is the same for all.",
         rich_help_panel=WHAT_IF,
-        metavar="position|probs",
+        metavar="POLICY",
+    ),
+    min_capacity: int = typer.Option(
+        0,
+        "--min-capacity",
+        help="Capacity floor per expert and group (DeepSpeed's min_capacity; 0 = none).",
+        rich_help_panel=WHAT_IF,
+        metavar="N",
     ),
     capacity_group: int = typer.Option(
         4096,
@@ -126,6 +134,12 @@ def replay_cmd(
         help="With --placement balanced or hierarchical: extra expert copies.",
         rich_help_panel=EP,
         metavar="N",
+    ),
+    target_balancedness: float | None = typer.Option(
+        None,
+        "--target-balancedness",
+        help="Instead of --replicas: the fewest replicas whose placement reaches this balancedness "
+        "in every layer.",
     ),
     nodes: int | None = typer.Option(
         None,
@@ -187,10 +201,12 @@ def replay_cmd(
             ep_size=ep_size,
             placement=placement,
             replicas=replicas,
+            target_balancedness=target_balancedness,
             nodes=nodes,
             expert_groups=expert_groups,
             chunk_tokens=chunk_tokens,
             capacity_group=capacity_group,
+            min_capacity=min_capacity,
             seed=seed,
             progress=advance,
         )
@@ -200,7 +216,7 @@ def replay_cmd(
     if placement_out is not None:
         from moediag.placement import save_placement
 
-        save_placement(placement_out, ep_size or 1, result.placement, replicas)
+        save_placement(placement_out, ep_size or 1, result.placement, result.settings["replicas"])
         echo_err(f"wrote placement to {placement_out}")
     if as_json:
         print_json(doc)

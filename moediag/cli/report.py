@@ -14,6 +14,7 @@ from moediag.cli.options import (
     CapacityGroup,
     ColdEps,
     ConfigFile,
+    MinCapacity,
     NumExperts,
     PathWindow,
     Scheduler,
@@ -56,6 +57,7 @@ def report_cmd(
     top_k: TopK = None,
     score_function: ScoreFunction = None,
     cold_eps: ColdEps = 0.1,
+    min_capacity: MinCapacity = 0,
     capacity_group: CapacityGroup = 4096,
     path_window: PathWindow = None,
     weights: Weights = True,
@@ -73,6 +75,8 @@ def report_cmd(
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o {output}: the report is HTML; name it something.html")
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group)
+    if min_capacity < 0:
+        raise UsageError("--min-capacity must be 0 or more")
     by_kind: dict[str, Path] = {}
     for p in paths:
         kind = detect_kind(p)
@@ -94,6 +98,7 @@ def report_cmd(
                 options=StatsOptions(
                     cold_eps=cold_eps,
                     capacity_group_tokens=capacity_group,
+                    min_capacity=min_capacity,
                     path_windows=parse_path_windows(path_window, trace.layers),
                 ),
                 progress=advance,

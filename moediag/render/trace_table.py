@@ -65,6 +65,7 @@ def overview_table(analysis: TraceAnalysis) -> Table:
         ("cv", "CV"),
         ("entropy_norm", "load entropy (norm.)"),
         ("aux_loss", "aux loss (balanced=1)"),
+        ("aux_loss_unbiased", "aux loss, unbiased top-k (Megatron's log)"),
         ("z_loss", "z-loss"),
     ):
         fig = s[key]
@@ -93,7 +94,7 @@ def layer_legend() -> str:
     from moediag.figures import legend
 
     return (
-        f"{legend(list(LAYER_COLUMNS))}. drop is at capacity factor 1.0, position policy. "
+        f"{legend(list(LAYER_COLUMNS))}. drop is at capacity factor 1.0 (any drop policy). "
         "moediag explain COLUMN says more."
     )
 
@@ -119,8 +120,8 @@ def layer_table(analysis: TraceAnalysis, worst: int | None = None, sort_key: str
     for col in LAYER_COLUMNS:
         t.add_column(col, justify="right", no_wrap=True)
     for r in rows:
-        drop = r.get("drop_rate")
-        drop1 = None if not drop else drop["position"].get("1.0")
+        drop = r.get("drop_rate_total")
+        drop1 = None if not drop else drop.get("1.0")
         dead = len(r["dead_experts"])
         t.add_row(
             str(r["layer"]),
