@@ -19,6 +19,7 @@ from moediag.io.safetensors_file import FLOAT_DTYPES, INT_DTYPES, SafetensorsFil
 from moediag.trace.schema import (
     LAYER_RE,
     LAYER_TENSORS,
+    MAX_EXPERTS,
     PER_TOKEN_LAYER_TENSORS,
     TOKEN_RE,
     TOKEN_TENSORS,
@@ -269,6 +270,10 @@ class Trace:
             )
         if spec.num_experts < 1:
             raise InvalidInputError(f"layer {layer}: num_experts must be positive", where)
+        if spec.num_experts > MAX_EXPERTS:
+            raise InvalidInputError(
+                f"layer {layer}: {spec.num_experts} experts exceeds the limit of {MAX_EXPERTS}", where
+            )
         k = width("topk_ids")
         if k is not None:
             if spec.top_k is not None and spec.top_k != k:
