@@ -101,6 +101,10 @@ class Key:
     help: str
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
+    #: an upper bound (a claimed value past it is refused before anything is computed from it)
+    maximum: float | None = None
+    #: ``minimum`` itself is refused (a capacity factor of 0 drops everything)
+    exclusive: bool = False
     #: a rule's threshold: may be ``off`` (``false`` in TOML) to disable the rule
     is_threshold: bool = False
 
@@ -453,11 +457,15 @@ OPTIONS: tuple[Key, ...] = (
 KEYS: dict[str, Key] = {k.name: k for k in [r.key for r in RULES] + list(OPTIONS)}
 
 
+#: the largest layer index a selector may name (trace layer names have at most four digits)
+MAX_LAYER = 9999
+
+
 class ConfigValueError(ValueError):
     """A value that doesn't fit its key; the caller names the file or flag."""
 
 
-_LAYERS_RE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+_LAYERS_RE = re.compile(r"^\s*([0-9]{1,9})\s*(?:-\s*([0-9]{1,9})\s*)?$")
 
 
 def parse_layers(spec: str | Iterable[int]) -> tuple[int, ...]:
@@ -472,11 +480,17 @@ def parse_layers(spec: str | Iterable[int]) -> tuple[int, ...]:
             hi = int(m.group(2)) if m.group(2) is not None else lo
             if hi < lo:
                 raise ConfigValueError(f"layer selector {spec!r}: range {lo}-{hi} runs backwards")
+            if hi > MAX_LAYER:
+                raise ConfigValueError(
+                    f"layer selector {spec!r}: layer {hi} is past the limit of {MAX_LAYER}"
+                )
             out.update(range(lo, hi + 1))
         return tuple(sorted(out))
     values = list(spec)
     if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in values):
         raise ConfigValueError("expected a list of non-negative layer numbers or a string like '0,3-5'")
+    if any(x > MAX_LAYER for x in values):
+        raise ConfigValueError(f"layer {max(values)} is past the limit of {MAX_LAYER}")
     return tuple(sorted(set(values)))
 
 
@@ -526,8 +540,10 @@ def coerce(key: Key, value: Any) -> Any:
         number = float(number)
     if not math.isfinite(number):
         raise ConfigValueError(f"expected a finite number, got {value!r}")
-    if key.minimum is not None and number < key.minimum:
-        raise ConfigValueError(f"must be >= {key.minimum:g}, got {value!r}")
+    if key.minimum is not None and (number <= key.minimum if key.exclusive else number < key.minimum):
+        raise ConfigValueError(f"must be {'>' if key.exclusive else '>='} {key.minimum:g}, got {value!r}")
+    if key.maximum is not None and number > key.maximum:
+        raise ConfigValueError(f"must be <= {key.maximum:g}, got {value!r}")
     return number
 
 

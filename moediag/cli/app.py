@@ -45,7 +45,9 @@ class MoediagGroup(TyperGroup):
         except KeyboardInterrupt as exc:
             # SIGTERM and SIGHUP arrive here too (see main): the same cleanup as Ctrl-C has run on the way
             signum = getattr(exc, "signum", signal.SIGINT)
-            echo_err("moediag: interrupted" if signum == signal.SIGINT else f"moediag: terminated ({signum.name})")
+            echo_err(
+                "moediag: interrupted" if signum == signal.SIGINT else f"moediag: terminated ({signum.name})"
+            )
             raise typer.Exit(128 + int(signum)) from None
         except OSError as exc:
             # an I/O failure no reader or writer turned into a MoediagError (EIO, ELOOP, ...): still one line

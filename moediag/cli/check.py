@@ -8,7 +8,6 @@ generated from :data:`moediag.checks.KEYS`, the same table that checks the confi
 from __future__ import annotations
 
 import inspect as _inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -117,13 +116,13 @@ def checkpoint_document(path: Path) -> dict[str, Any]:
 
 def load_baseline(path: Path, config: CheckConfig) -> dict[str, Any]:
     from moediag.checks import baseline_figures
+    from moediag.io import strict_json
+    from moediag.io.paths import JSON_MAX_BYTES
 
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError("baseline file not found", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"baseline is not readable JSON: {exc}", path) from None
+    if not path.exists() and not path.is_symlink():
+        raise InvalidInputError("baseline file not found", path)
+    # a regular file (no FIFO, no /dev/zero), size-capped, depth- and number-checked
+    doc = strict_json.load_file(path, limit=JSON_MAX_BYTES, what="baseline")
     try:
         return baseline_figures(doc, config)
     except ConfigValueError as exc:

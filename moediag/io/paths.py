@@ -126,10 +126,14 @@ def confined(root: str | os.PathLike[str], name: str, source: str | os.PathLike[
     if not isinstance(name, str) or not name or "\x00" in name:
         raise InvalidInputError(f"invalid file name {name!r}", source)
     if os.path.isabs(name) or name.startswith(("/", "\\")):
-        raise InvalidInputError(f"names the absolute path {name!r}; only files inside the folder are read", source)
+        raise InvalidInputError(
+            f"names the absolute path {name!r}; only files inside the folder are read", source
+        )
     target = Path(root) / name
     if not is_within(target, root):
-        raise InvalidInputError(f"names {name!r}, which lies outside {Path(root)}; refusing to read it", source)
+        raise InvalidInputError(
+            f"names {name!r}, which lies outside {Path(root)}; refusing to read it", source
+        )
     return target
 
 
@@ -240,7 +244,8 @@ def check_output(
         return t
     if not force:
         raise OutputError(
-            f"{name} exists and was not written by moediag; refusing to replace it (pass --force to replace it)",
+            f"{name} exists and was not written by moediag; refusing to replace it "
+            "(pass --force to replace it)",
             t,
         )
     return t

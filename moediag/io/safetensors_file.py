@@ -9,7 +9,6 @@ Every structural problem is raised as :class:`~moediag.errors.InvalidInputError`
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct

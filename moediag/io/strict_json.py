@@ -81,4 +81,7 @@ def load_file(path: Any, *, limit: int, what: str = "JSON file", max_depth: int 
     try:
         return loads(data, max_depth=max_depth)
     except StrictJSONError as exc:
-        raise InvalidInputError(f"{what}: {exc}", path) from None
+        reason = str(exc)
+        raise InvalidInputError(
+            f"{what} is {reason}" if reason.startswith("not ") else f"{what}: {reason}", path
+        ) from None

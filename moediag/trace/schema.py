@@ -14,7 +14,7 @@ FORMAT_VERSION = "1"
 SCORE_FUNCTIONS = ("softmax", "sigmoid", "topk_softmax")
 
 #: layer indices are ASCII decimal without leading zeros (``layers.01.x`` would alias ``layers.1.x``)
-LAYER_RE = re.compile(r"^layers\.(0|[1-9][0-9]{0,5})\.([a-z_]+)$")
+LAYER_RE = re.compile(r"^layers\.(0|[1-9][0-9]{0,3})\.([a-z_]+)$")
 TOKEN_RE = re.compile(r"^tokens\.([a-z_]+)$")
 #: the most experts a layer may claim in metadata when no tensor shows its width (state is O(E) per layer)
 MAX_EXPERTS = 1 << 16
@@ -118,7 +118,9 @@ def parse_metadata(meta: dict[str, str]) -> TraceMeta:
         m = LAYER_RE.match(key)
         loose = re.match(r"^layers\.([^.]*)\.([a-z_]+)$", key)
         if not m and loose and loose.group(2) in LAYER_OVERRIDABLE:
-            raise ValueError(f"metadata key {key!r}: the layer index must be a plain number (layers.1.{loose.group(2)})")
+            raise ValueError(
+                f"metadata key {key!r}: the layer index must be a plain number (layers.1.{loose.group(2)})"
+            )
         if m and m.group(2) in LAYER_OVERRIDABLE:
             overrides.setdefault(int(m.group(1)), {})[m.group(2)] = _parse_value(m.group(2), value)
     domains: list[str] = []

@@ -100,7 +100,9 @@ class TraceWriter:
         self.shard_tokens = shard_tokens
         make_parent(self.path)
         try:
-            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+            self._tmp = Path(
+                tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            )
         except OSError as exc:
             raise output_error(exc, self.path) from None
         self._pending: dict[str, list[torch.Tensor]] = {}
