@@ -790,6 +790,23 @@ def input_kind(doc: Mapping[str, Any]) -> str:
     return str((doc.get("meta") or {}).get("kind") or "trace")
 
 
+def nothing_to_judge(doc: Mapping[str, Any]) -> str | None:
+    """Why an ``inspect --json`` document gives the rules nothing to judge (no MoE layer, no routed token),
+    or None. The gate fails closed on such input unless ``allow_empty`` (docs/checks.md)."""
+    rows = [r for r in doc.get("layers") or [] if not r.get("mtp")]
+    if not rows:
+        if input_kind(doc) == "checkpoint":
+            return "no MoE layer found (a dense model, or not a checkpoint or trace moediag recognises)"
+        return "the input has no MoE layer"
+    if input_kind(doc) == "trace" and not any((r.get("assignments") or 0) > 0 for r in rows):
+        return "no routed tokens (every token is masked, excluded or empty)"
+    return None
+
+
+class NothingToCheckError(ValueError):
+    """The input has nothing the rules could judge; the caller names the file (exit 2)."""
+
+
 def selected_layers(doc: Mapping[str, Any], config: CheckConfig) -> list[Mapping[str, Any]]:
     """The rows of the layers the config selects; raises ConfigValueError for a layer the input lacks."""
     rows = [r for r in doc.get("layers") or [] if not r.get("mtp")]
@@ -884,14 +901,22 @@ def run_checks(
     config: CheckConfig | None = None,
     baseline: Mapping[str, Any] | None = None,
     baseline_name: str | None = None,
+    *,
+    allow_empty: bool = False,
 ) -> CheckReport:
     """Evaluate every enabled rule on an ``inspect --json`` document (and against a baseline's figures).
+
+    Fails closed: input with nothing to judge (:func:`nothing_to_judge`) raises
+    :class:`NothingToCheckError` unless ``allow_empty``, so a gate pointed at the wrong file never passes.
 
     A rule is *disabled* when its threshold is off. A rule enabled only by default whose input kind does
     not match (redundant pairs on a trace) is *not applicable* and left out; set explicitly, it runs and
     is skipped with the reason. ``baseline`` is the dict :func:`baseline_figures` returns.
     """
     config = config or CheckConfig()
+    empty = nothing_to_judge(doc)
+    if empty is not None and not allow_empty:
+        raise NothingToCheckError(f"nothing was checked: {empty} (pass --allow-empty to let that pass)")
     kind = input_kind(doc)
     rows = selected_layers(doc, config)
     scope: Scope = config["scope"]

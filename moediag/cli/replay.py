@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -80,6 +81,11 @@ def replay_cmd(
         raise UsageError("--no-bias and --bias exclude each other")
     if placement_out is not None and ep_size is None:
         raise UsageError("--placement-out needs --ep-size")
+    if placement_out is not None:
+        from moediag.io.paths import check_output
+
+        inputs = [checkpoint, trace, *([placement] if os.path.exists(placement) else [])]
+        check_output(placement_out, [*inputs, *([bias_file] if bias_file else [])], flag="--placement-out")
     bias = None if no_bias else (load_bias_file(bias_file) if bias_file is not None else "checkpoint")
     tr = open_trace(trace)
     with progress_bar("replaying", tr.num_tokens) as advance:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from moediag.errors import UsageError
 from moediag.importers.formats import ImportFormat
+from moediag.io.paths import check_output
 
 if TYPE_CHECKING:
     from moediag.importers.base import ImportOptions, ImportResult
@@ -55,6 +56,7 @@ def import_routing(
     score_function: str | None = None,
     layer_ids: list[int] | None = None,
     shard_tokens: int = 65_536,
+    force: bool = False,
 ) -> ImportResult:
     """Convert ``src`` (a file, a folder, a glob, or a list of them) of ``format`` into a trace at ``out``.
 
@@ -75,8 +77,10 @@ def import_routing(
     srcs = src if isinstance(src, list) else [src]
     sources = [p for s in srcs for p in expand_source(s)]
     target = Path(os.fspath(out))
-    if any(target.resolve() == p.resolve() for p in sources):
-        raise UsageError(f"output {target} is also an input")
+    # never onto a source, never a folder holding one, never over a folder moediag did not write
+    check_output(
+        target, [*sources, *(os.fspath(s) for s in srcs)], force=force, folder=target.suffix != ".safetensors"
+    )
     return IMPORTERS[fmt](sources, target, options)
 
 
