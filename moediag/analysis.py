@@ -295,7 +295,7 @@ class TraceAnalysis:
                 row.pop("drop_rate_by_position", None)
             else:
                 s = self.stats.layers[row["layer"]]
-                row["coactivation"] = s.coactivation.pairs.tolist() if not s.count_only else None
+                row["coactivation"] = s.coactivation.to_json() if not s.count_only else None
                 row["step_load"] = s.steps.compute()
                 row["margin_histogram"] = s.router.margin_histogram()
             layers.append(row)

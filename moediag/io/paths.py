@@ -199,7 +199,7 @@ def check_output(
     Announces (stderr) when a previous moediag output is replaced.
     """
     t = Path(target)
-    name = f"{flag} {t}"
+    name = f"output ({flag})"
     tst = _stat(t)
     for src in inputs:
         sst = _stat(src)

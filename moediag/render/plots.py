@@ -750,7 +750,8 @@ def figure_bytes(fig: Figure, fmt: str, dpi: int = 110) -> bytes:
     import io
 
     buf = io.BytesIO()
-    meta: dict[str, Any] = {"Software": None} if fmt == "png" else {"Date": None, "Creator": None}
+    # "moediag" marks the file as moediag output, so a later -o may replace it (moediag.io.paths)
+    meta: dict[str, Any] = {"Software": "moediag"} if fmt == "png" else {"Date": None, "Creator": "moediag"}
     with _rc():
         fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta, facecolor="white")
     return buf.getvalue()
