@@ -244,7 +244,9 @@ class TraceSink:
         """Fix the metadata before streaming tokens (needed for folder output)."""
         self._metadata = dict(metadata)
         if not self.single_file and self._writer is None:
-            self._writer = TraceWriter(self.path, self._metadata, shard_tokens=self.shard_tokens)
+            self._writer = TraceWriter(
+                self.path, self._metadata, shard_tokens=self.shard_tokens, validate=True
+            )
 
     def add(self, tensors: Mapping[str, torch.Tensor]) -> None:
         n = next(iter(tensors.values())).shape[0]
@@ -272,10 +274,12 @@ class TraceSink:
         if self.single_file:
             tensors = {k: torch.cat(v) for k, v in self._batches.items()}
             tensors.update(self._constants)
-            write_trace(self.path, tensors, self._metadata)
+            write_trace(self.path, tensors, self._metadata, validate=True)
         else:
             if self._writer is None:
-                self._writer = TraceWriter(self.path, self._metadata, shard_tokens=self.shard_tokens)
+                self._writer = TraceWriter(
+                    self.path, self._metadata, shard_tokens=self.shard_tokens, validate=True
+                )
                 for k, v in self._constants.items():
                     self._writer.set_constant(k, v)
                 if self._batches:

@@ -27,12 +27,37 @@ def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
+def _validate_before_publishing(tmp: Path, target: Path) -> None:
+    """The reader's and the analysis's rules on a finished temp output (moediag.trace.reader.validate_trace):
+    what does not pass is never published under ``target``."""
+    from moediag.errors import InvalidInputError
+    from moediag.trace.reader import validate_trace
+
+    try:
+        validate_trace(tmp)
+    except InvalidInputError as exc:
+        raise InvalidInputError(
+            f"not written, the result would not be a valid trace: {exc.message}", target
+        ) from None
+
+
 def write_trace(
-    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    *,
+    validate: bool = False,
 ) -> Path:
-    """Write one trace file atomically. Returns the path written."""
+    """Write one trace file atomically. Returns the path written. ``validate`` checks the result with the
+    reader's rules first (importers: data from elsewhere)."""
     target = Path(path)
-    write_atomic_with(target, lambda tmp: _save(tensors, Path(tmp), metadata, target))
+
+    def write(tmp: str) -> None:
+        _save(tensors, Path(tmp), metadata, target)
+        if validate:
+            _validate_before_publishing(Path(tmp), target)
+
+    write_atomic_with(target, write)
     return target
 
 
@@ -94,8 +119,10 @@ class TraceWriter:
         metadata: Mapping[str, str],
         *,
         shard_tokens: int = 65_536,
+        validate: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.validate = validate
         self.metadata = dict(metadata)
         self.shard_tokens = shard_tokens
         make_parent(self.path)
@@ -182,6 +209,8 @@ class TraceWriter:
             raise ValueError("nothing was written: no tokens and no constant tensors")
         try:
             self._backfill_constants()
+            if self.validate:
+                _validate_before_publishing(self._tmp, self.path)
             replace_dir(self._tmp, self.path)
         except BaseException:
             self.abort()
