@@ -84,8 +84,10 @@ def replay_cmd(
     if placement_out is not None:
         from moediag.io.paths import check_output
 
-        inputs = [checkpoint, trace, *([placement] if os.path.exists(placement) else [])]
-        check_output(placement_out, [*inputs, *([bias_file] if bias_file else [])], flag="--placement-out")
+        inputs: list[str | os.PathLike[str]] = [checkpoint, trace]
+        inputs += [placement] if os.path.exists(placement) else []
+        inputs += [bias_file] if bias_file else []
+        check_output(placement_out, inputs, flag="--placement-out")
     bias = None if no_bias else (load_bias_file(bias_file) if bias_file is not None else "checkpoint")
     tr = open_trace(trace)
     with progress_bar("replaying", tr.num_tokens) as advance:

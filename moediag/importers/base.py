@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from moediag.errors import InvalidInputError, MissingMetadataError, UsageError
+from moediag.io.paths import require_regular
 from moediag.trace.schema import SCORE_FUNCTIONS, build_metadata
 from moediag.trace.writer import TraceWriter, write_trace
 
@@ -82,6 +83,8 @@ class ImportResult:
 
 def torch_load(path: Path) -> Any:
     """``torch.load`` with ``weights_only=True`` only; any failure becomes one line naming the file."""
+    if path.exists() and not path.is_dir():
+        require_regular(path, "torch.save file")  # a FIFO would block torch.load forever
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -110,6 +113,8 @@ def expand_source(src: str | os.PathLike[str]) -> list[Path]:
     s = os.fspath(src)
     p = Path(s)
     if p.exists():
+        if not p.is_dir():
+            require_regular(p)  # FIFOs and devices are refused before anything opens them
         return [p]
     if _GLOB_CHARS.search(s):
         matches = sorted(Path(m) for m in glob.glob(s))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,8 @@ from moediag.importers.base import (
     torch_load,
     trace_metadata,
 )
+from moediag.io import strict_json
+from moediag.io.paths import JSON_MAX_BYTES, read_text_capped
 
 _FILES = r".*\.(npy|npz|pt|pth|json|jsonl)"
 
@@ -142,22 +143,16 @@ def _requests(path: Path) -> Iterator[_Request]:
         for i, item in enumerate(items):
             yield _Request(_as_tensor(item, path, f"item {i}"), None, f"item {i}")
     elif suffix == ".jsonl":
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise InvalidInputError("not UTF-8 text", path) from None
+        lines = read_text_capped(path, JSON_MAX_BYTES, "JSONL file").splitlines()
         for lineno, line in enumerate(lines, start=1):
             if line.strip():
                 try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InvalidInputError(f"line {lineno}: not valid JSON ({exc.msg})", path) from None
+                    obj = strict_json.loads(line)
+                except strict_json.StrictJSONError as exc:
+                    raise InvalidInputError(f"line {lineno}: {exc}", path) from None
                 yield from _from_json_obj(obj, path, f"line {lineno}")
     elif suffix == ".json":
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidInputError(f"not valid JSON ({exc})", path) from None
+        obj = strict_json.load_file(path, limit=JSON_MAX_BYTES, what="JSON file")
         for i, o in enumerate(obj if isinstance(obj, list) else [obj]):
             yield from _from_json_obj(o, path, f"object {i}")
     else:
