@@ -415,7 +415,15 @@ OPTIONS: tuple[Key, ...] = (
     Key("scope", "str", "layer", "Apply rules to each selected layer, or once to the model figure.", SCOPES),
     Key("layers", "layers", None, "Layers to check, e.g. '0,3-5' (default: all)."),
     Key("strict", "bool", False, "Treat a skipped rule (its data is missing) as a failure."),
-    Key("capacity_factor", "float", 1.25, "Capacity factor at which max_drop_rate is measured.", minimum=0),
+    Key(
+        "capacity_factor",
+        "float",
+        1.25,
+        "Capacity factor at which max_drop_rate is measured (0 < factor <= 1000).",
+        minimum=0,
+        maximum=1000,
+        exclusive=True,
+    ),
     Key(
         "drop_policy",
         "str",
@@ -1006,18 +1014,54 @@ def baseline_figures(doc: Mapping[str, Any], config: CheckConfig) -> dict[str, A
         figures = doc.get("figures")
         if not isinstance(figures, Mapping) or "model" not in figures or "layers" not in figures:
             raise ConfigValueError("check document without 'figures'")
+        _check_figures(figures)
         return dict(figures) | {"kind": input_kind(doc)}
     if "layers" not in doc:
         raise ConfigValueError("neither a 'check --format json' nor an 'inspect --json' document")
+    layers = doc.get("layers") or []
+    if not isinstance(layers, list) or not all(isinstance(r, Mapping) and "layer" in r for r in layers):
+        raise ConfigValueError("'layers' is not a list of per-layer rows of an 'inspect --json' document")
     everything = CheckConfig(values=dict(config.values) | {"layers": None}, sources=dict(config.sources))
-    rows = list(doc.get("layers") or [])
+    rows = list(layers)
     result: dict[str, Any] = {"model": {}, "layers": {}, "kind": input_kind(doc)}
-    for rule in RULES:
-        per_layer, model = rule_figures(rule, doc, rows, everything)
-        result["model"][rule.name] = model[0]
-        for layer, (value, _) in per_layer.items():
-            result["layers"].setdefault(str(layer), {})[rule.name] = value
+    try:
+        for rule in RULES:
+            per_layer, model = rule_figures(rule, doc, rows, everything)
+            result["model"][rule.name] = model[0]
+            for layer, (value, _) in per_layer.items():
+                result["layers"].setdefault(str(layer), {})[rule.name] = value
+        _check_figures(result)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        if isinstance(exc, ConfigValueError):
+            raise
+        raise ConfigValueError(
+            f"figures of an unexpected type in the document ({type(exc).__name__})"
+        ) from None
     return result
+
+
+def _check_figures(figures: Mapping[str, Any]) -> None:
+    """A baseline's figures: ``model`` maps rule names to numbers or null, ``layers`` maps layer numbers
+    to such maps (a document of another shape is refused rather than compared)."""
+
+    def numbers(table: Any, where: str) -> None:
+        if not isinstance(table, Mapping):
+            raise ConfigValueError(f"figures: {where} is not an object")
+        for name, value in table.items():
+            ok = value is None or (
+                isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            )
+            if not ok:
+                raise ConfigValueError(f"figures: {where}.{name} is not a finite number or null")
+
+    numbers(figures.get("model"), "model")
+    layers = figures.get("layers")
+    if not isinstance(layers, Mapping):
+        raise ConfigValueError("figures: layers is not an object")
+    for layer, table in layers.items():
+        if not str(layer).isdigit() or not str(layer).isascii():
+            raise ConfigValueError(f"figures: layer {str(layer)[:20]!r} is not a layer number")
+        numbers(table, f"layers.{layer}")
 
 
 class BaselineMismatchError(ConfigValueError):

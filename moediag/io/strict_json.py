@@ -40,6 +40,15 @@ def _int(text: str) -> int:
     return int(text)
 
 
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise StrictJSONError(f"key {dup[:40]!r} appears twice in one object")
+    return out
+
+
 def _check_depth(doc: Any, limit: int) -> None:
     stack = [(doc, 1)]
     while stack:
@@ -59,7 +68,9 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         except UnicodeDecodeError as exc:
             raise StrictJSONError(f"not UTF-8 text (byte {exc.start})") from None
     try:
-        doc = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int)
+        doc = json.loads(
+            text, parse_constant=_constant, parse_float=_float, parse_int=_int, object_pairs_hook=_pairs
+        )
     except StrictJSONError:
         raise
     except RecursionError:
