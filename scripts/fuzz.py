@@ -1,6 +1,7 @@
 """Run the generated hostile-input suite (tests/fuzz/hostile.py) over several seeds and print the counts.
 
-Usage: PYTHONPATH=. python3 scripts/fuzz.py [--seeds N] [--first S] [--suite trace|checkpoint|importer|config|output]
+Usage: PYTHONPATH=. python3 scripts/fuzz.py [--seeds N] [--first S]
+       [--suite trace|checkpoint|importer|config|output]
        [--rss-e8192]   (also measure peak RSS of inspect and inspect --detail on E = 8192, 1,024 tokens)
 
 Exit 0 when every case kept the contract (exit 0/1/2, one error line, no traceback, inputs unchanged,
@@ -35,11 +36,19 @@ def peak_rss_e8192() -> dict[str, float]:
         meta = build_metadata(num_experts=8192, top_k=8, score_function="softmax")
         write_trace(path, {"layers.0.router_logits": torch.randn(1024, 8192, generator=g).bfloat16()}, meta)
         for label, extra in (("inspect", []), ("inspect --json --detail", ["--json", "--detail"])):
-            cmd = [sys.executable, "-c",
-                   "import resource, subprocess, sys; "
-                   "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True); "
-                   "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
-                   sys.executable, "-m", "moediag", "inspect", str(path), *extra]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-c",
+                "import resource, subprocess, sys; "
+                "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+                sys.executable,
+                "-m",
+                "moediag",
+                "inspect",
+                str(path),
+                *extra,
+            ]
             kb = int(subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ).stdout)
             out[label] = kb / 2**20
     return out
@@ -58,16 +67,25 @@ def main() -> int:
     bad = [o for o in outcomes if o.problems]
     for o in outcomes if args.verbose else bad:
         first = o.stderr.strip().splitlines()[-1:] or [""]
-        print(f"{'FAIL' if o.problems else 'ok  '} rc={o.rc} {o.seconds:5.2f}s {o.case.name}: "
-              f"{'; '.join(o.problems) or first[0][:120]}")  # fmt: skip
+        print(
+            f"{'FAIL' if o.problems else 'ok  '} rc={o.rc} {o.seconds:5.2f}s {o.case.name}: "
+            f"{'; '.join(o.problems) or first[0][:120]}"
+        )
     hangs = sum(1 for o in outcomes if any(p.startswith("hang") for p in o.problems))
     modified = sum(1 for o in outcomes if any(p.startswith("inputs modified") for p in o.problems))
-    left = sum(1 for o in outcomes if any(p.startswith(("left beside", "an output changed")) for p in o.problems))
+    left = sum(
+        1 for o in outcomes if any(p.startswith(("left beside", "an output changed")) for p in o.problems)
+    )
     print(f"cases run: {len(outcomes)} ({args.seeds} seeds x {len(outcomes) // max(1, args.seeds)} cases)")
     print("exit codes: " + ", ".join(f"{rc}: {n}" for rc, n in sorted(codes.items())))
-    print(f"exit 3: {codes.get(3, 0)}; hangs: {hangs}; inputs modified: {modified}; outputs left or changed: {left}")
-    print(f"contract violations: {len(bad)}; slowest case {max(o.seconds for o in outcomes):.1f} s; "
-          f"peak RSS of a case {max(o.rss for o in outcomes) / 2**30:.2f} GiB")  # fmt: skip
+    print(
+        f"exit 3: {codes.get(3, 0)}; hangs: {hangs}; inputs modified: {modified}; "
+        f"outputs left or changed: {left}"
+    )
+    print(
+        f"contract violations: {len(bad)}; slowest case {max(o.seconds for o in outcomes):.1f} s; "
+        f"peak RSS of a case {max(o.rss for o in outcomes) / 2**30:.2f} GiB"
+    )
     if args.rss_e8192:
         for label, gib in peak_rss_e8192().items():
             print(f"peak RSS at E = 8192, 1,024 tokens, {label}: {gib:.2f} GiB")

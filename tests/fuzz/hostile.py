@@ -65,8 +65,13 @@ class Outcome:
 
 # -- building blocks ---------------------------------------------------------------------------------
 def _meta(e: int = 8, k: int = 2) -> dict[str, str]:
-    return {"format": "moediag-trace", "version": "1", "num_experts": str(e), "top_k": str(k),
-            "score_function": "softmax"}  # fmt: skip
+    return {
+        "format": "moediag-trace",
+        "version": "1",
+        "num_experts": str(e),
+        "top_k": str(k),
+        "score_function": "softmax",
+    }
 
 
 def _valid_tensors(rng: random.Random, tokens: int = 64, e: int = 8, k: int = 2) -> dict[str, torch.Tensor]:
@@ -239,7 +244,9 @@ def trace_cases(root: Path, rng: random.Random) -> Iterator[Case]:
     sub = root / "shards"
     sub.mkdir()
     write_valid_trace(sub / "part-00000.safetensors", rng)
-    save_file({"layers.0.router_logits": torch.randn(4, 4)}, str(sub / "part-00001.safetensors"), metadata=_meta(4))
+    save_file(
+        {"layers.0.router_logits": torch.randn(4, 4)}, str(sub / "part-00001.safetensors"), metadata=_meta(4)
+    )
     yield _with_command(root, "shards: different tensors", sub, rng, [sub])
     empty = root / "empty-folder"
     empty.mkdir()
@@ -256,20 +263,37 @@ def trace_cases(root: Path, rng: random.Random) -> Iterator[Case]:
     yield _with_command(root, "trace: FIFO", fifo, rng, [])
     dense = root / "dense.safetensors"
     save_file({"w": torch.zeros(3)}, str(dense))
-    yield Case("fail closed: dense safetensors [check]", ["moediag", "check", str(dense)], [dense], [],
-               frozenset({2}))  # fmt: skip
-    yield Case("fail closed: --allow-empty [check]", ["moediag", "check", str(dense), "--allow-empty"], [dense],
-               [], frozenset({0}))  # fmt: skip
+    yield Case(
+        "fail closed: dense safetensors [check]",
+        ["moediag", "check", str(dense)],
+        [dense],
+        [],
+        frozenset({2}),
+    )
+    yield Case(
+        "fail closed: --allow-empty [check]",
+        ["moediag", "check", str(dense), "--allow-empty"],
+        [dense],
+        [],
+        frozenset({0}),
+    )
     masked = root / "masked.safetensors"
     t = _valid_tensors(rng)
     t["tokens.mask"] = torch.zeros(64, dtype=torch.bool)
     save_file(t, str(masked), metadata=_meta())
-    yield Case("fail closed: every token masked [check]", ["moediag", "check", str(masked)], [masked], [],
-               frozenset({2}))  # fmt: skip
+    yield Case(
+        "fail closed: every token masked [check]",
+        ["moediag", "check", str(masked)],
+        [masked],
+        [],
+        frozenset({2}),
+    )
 
 
-# -- checkpoints -----------------------------------------------------------------------------------------
-def _mixtral(folder: Path, rng: random.Random, *, config: str | None = None, drop_expert: bool = False) -> Path:
+# -- checkpoints -----------------------------------------------------------------------------------
+def _mixtral(
+    folder: Path, rng: random.Random, *, config: str | None = None, drop_expert: bool = False
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     e, h, i = 4, 16, 8
     g = torch.Generator().manual_seed(rng.randrange(1 << 30))
@@ -283,9 +307,16 @@ def _mixtral(folder: Path, rng: random.Random, *, config: str | None = None, dro
             for w, shape in (("w1", (i, h)), ("w2", (h, i)), ("w3", (i, h))):
                 tensors[f"{p}experts.{x}.{w}.weight"] = torch.randn(*shape, generator=g)
     save_file(tensors, str(folder / "model.safetensors"))
-    cfg = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_local_experts": e,
-           "num_experts_per_tok": 2, "hidden_size": h, "intermediate_size": i, "num_hidden_layers": 2,
-           "vocab_size": 32}  # fmt: skip
+    cfg = {
+        "model_type": "mixtral",
+        "architectures": ["MixtralForCausalLM"],
+        "num_local_experts": e,
+        "num_experts_per_tok": 2,
+        "hidden_size": h,
+        "intermediate_size": i,
+        "num_hidden_layers": 2,
+        "vocab_size": 32,
+    }
     (folder / "config.json").write_text(config if config is not None else json.dumps(cfg))
     return folder
 
@@ -325,18 +356,27 @@ def checkpoint_cases(root: Path, rng: random.Random) -> Iterator[Case]:
         index = {"metadata": {}, "weight_map": {"model.embed_tokens.weight": fname}}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index))
         yield _ckpt_case(root, f"checkpoint: {name}", folder, rng.choice(commands), extra=[outside], want={2})
-    for name, text in (("index deep", '{"weight_map": ' + _deep(open_="{\"a\":", close="}") + "}"),
-                       ("index NaN", '{"weight_map": {"a": NaN}}'),
-                       ("index weight_map list", '{"weight_map": [1]}')):  # fmt: skip
+    for name, text in (
+        ("index deep", '{"weight_map": ' + _deep(open_='{"a":', close="}") + "}"),
+        ("index NaN", '{"weight_map": {"a": NaN}}'),
+        ("index weight_map list", '{"weight_map": [1]}'),
+    ):
         folder = _mixtral(root / f"c{rng.randrange(1 << 30):x}", rng)
-        (folder / "model.safetensors.index.json").write_text(text.replace('{"a":' * _DEEP, '{"a":' * _DEEP, 1))
+        (folder / "model.safetensors.index.json").write_text(
+            text.replace('{"a":' * _DEEP, '{"a":' * _DEEP, 1)
+        )
         yield _ckpt_case(root, f"checkpoint: {name}", folder, rng.choice(commands), want={2})
 
 
 def _ckpt_case(
-    root: Path, name: str, folder: Path, command: tuple[str, ...] | list[str], *, extra: list[Path] | None = None,
+    root: Path,
+    name: str,
+    folder: Path,
+    command: tuple[str, ...] | list[str],
+    *,
+    extra: list[Path] | None = None,
     want: set[int] | None = None,
-) -> Case:  # fmt: skip
+) -> Case:
     argv = ["moediag", command[0], str(folder), *command[1:]]
     outputs = []
     if command[-1] == "-o":
@@ -348,7 +388,7 @@ def _ckpt_case(
     return Case(f"{name} [{' '.join(command)}]", argv, inputs + (extra or []), outputs, allowed)
 
 
-# -- importers ---------------------------------------------------------------------------------------------
+# -- importers -------------------------------------------------------------------------------------
 def _npy_lying_shape() -> bytes:
     """An .npy header claiming 10^8 x 3 x 2 int16 over 24 bytes of data."""
     import io
@@ -366,12 +406,21 @@ def importer_cases(root: Path, rng: random.Random) -> Iterator[Case]:
         ("hf", "junk .pt", "x.pt", lambda p: p.write_bytes(os.urandom(256))),
         ("hf", "empty .pt", "x.pt", lambda p: p.write_bytes(b"")),
         ("hf", "string entries", "x.pt", lambda p: torch.save({"a": torch.zeros(2)}, p)),
-        ("hf", "float ids pair", "x.pt", lambda p: torch.save(((torch.randn(4, 8), torch.rand(4, 2) * 8),), p)),
+        (
+            "hf",
+            "float ids pair",
+            "x.pt",
+            lambda p: torch.save(((torch.randn(4, 8), torch.rand(4, 2) * 8),), p),
+        ),
         ("hf", "3-d logits", "x.pt", lambda p: torch.save((torch.randn(2, 2, 2),), p)),
         ("hf", "top-k over experts", "x.pt", lambda p: torch.save((torch.randn(4, 8),), p)),
         ("vllm", "choices 5", "x.json", lambda p: p.write_text('{"choices": 5}')),
-        ("vllm", "string token ids", "x.json",
-         lambda p: p.write_text(json.dumps({"routed_experts": [[[1, 2]]], "prompt_token_ids": ["a"]}))),
+        (
+            "vllm",
+            "string token ids",
+            "x.json",
+            lambda p: p.write_text(json.dumps({"routed_experts": [[[1, 2]]], "prompt_token_ids": ["a"]})),
+        ),
         ("vllm", "deep json", "x.json", lambda p: p.write_text(_deep())),
         ("vllm", "NaN json", "x.json", lambda p: p.write_text('{"routed_experts": [[[NaN, 1]]]}')),
         ("vllm", "non-utf8 jsonl", "x.jsonl", lambda p: p.write_bytes(b"\xff\xfe\n{}\n")),
@@ -385,15 +434,24 @@ def importer_cases(root: Path, rng: random.Random) -> Iterator[Case]:
         ("megatron", "non-utf8 jsonl", "router_trace_rank0.jsonl", lambda p: p.write_bytes(b"\xff\n")),
         ("megatron", "deep jsonl", "router_trace_rank0.jsonl", lambda p: p.write_text(_deep() + "\n")),
         ("megatron", "negative offset", "router_trace_rank0.jsonl", lambda p: _megatron(p, offset=-5)),
-        ("megatron", "huge claimed bytes", "router_trace_rank0.jsonl", lambda p: _megatron(p, nbytes=1 << 40)),
+        (
+            "megatron",
+            "huge claimed bytes",
+            "router_trace_rank0.jsonl",
+            lambda p: _megatron(p, nbytes=1 << 40),
+        ),
         ("megatron", "string layer", "router_trace_rank0.jsonl", lambda p: _megatron(p, layer="x")),
         ("sglang", "junk .pt", "x.pt", lambda p: p.write_bytes(os.urandom(128))),
-        ("sglang", "tensor per-token fields", "x.pt",
-         lambda p: torch.save({"topk_ids": torch.zeros(2, 2), "input_ids": torch.zeros(2, 2)}, p)),
+        (
+            "sglang",
+            "tensor per-token fields",
+            "x.pt",
+            lambda p: torch.save({"topk_ids": torch.zeros(2, 2), "input_ids": torch.zeros(2, 2)}, p),
+        ),
         ("trtllm", "junk safetensors", "rank0.safetensors", lambda p: p.write_bytes(os.urandom(64))),
         ("trtllm", "bad meta", "rank0.safetensors", lambda p: _trtllm(p, '{"num_experts": 1e400}')),
         ("trtllm", "deep meta", "rank0.safetensors", lambda p: _trtllm(p, _deep())),
-    ]  # fmt: skip
+    ]
     for fmt, name, fname, make in files:
         sub = root / f"i{rng.randrange(1 << 30):x}"
         sub.mkdir()
@@ -404,16 +462,30 @@ def importer_cases(root: Path, rng: random.Random) -> Iterator[Case]:
         extra = ["--num-experts", "8", "--top-k", "2", "--score-function", "softmax"] if fmt == "hf" else []
         if fmt == "vllm":
             extra = ["--num-experts", "8"]
-        yield Case(f"import {fmt}: {name}", ["moediag", "import", fmt, str(src), "-o", str(target), *extra],
-                   [sub], [target])  # fmt: skip
+        yield Case(
+            f"import {fmt}: {name}",
+            ["moediag", "import", fmt, str(src), "-o", str(target), *extra],
+            [sub],
+            [target],
+        )
     del g
 
 
 def _megatron(path: Path, *, offset: int = 0, nbytes: int = 16, layer: Any = 0) -> None:
     (path.parent / "logits_rank0.bin").write_bytes(b"\x00" * 16)
-    rec = {"step": 0, "stage": "pre_dispatch", "block": "decoder", "layer": layer, "rank": 0, "num_tokens": 2,
-           "topk": 2, "logit_offset": offset, "logit_bytes": nbytes, "logit_shape": [2, 4],
-           "top_indices": [[0, 1], [2, 3]]}  # fmt: skip
+    rec = {
+        "step": 0,
+        "stage": "pre_dispatch",
+        "block": "decoder",
+        "layer": layer,
+        "rank": 0,
+        "num_tokens": 2,
+        "topk": 2,
+        "logit_offset": offset,
+        "logit_bytes": nbytes,
+        "logit_shape": [2, 4],
+        "top_indices": [[0, 1], [2, 3]],
+    }
     path.write_text(json.dumps(rec) + "\n")
 
 
@@ -442,11 +514,23 @@ def config_cases(root: Path, rng: random.Random) -> Iterator[Case]:
         yield Case(f"config: {name}", ["moediag", "check", str(trace), "--config", str(p)], [p, trace])
     fifo = root / "config-fifo.toml"
     os.mkfifo(fifo)
-    yield Case("config: FIFO", ["moediag", "check", str(trace), "--config", str(fifo)], [trace], [], frozenset({2}))
-    yield Case("config: /dev/zero", ["moediag", "check", str(trace), "--config", "/dev/zero"], [trace], [],
-               frozenset({2}))  # fmt: skip
-    yield Case("flag: --layers 0-4000000000", ["moediag", "check", str(trace), "--layers", "0-4000000000"],
-               [trace], [], frozenset({2}))  # fmt: skip
+    yield Case(
+        "config: FIFO", ["moediag", "check", str(trace), "--config", str(fifo)], [trace], [], frozenset({2})
+    )
+    yield Case(
+        "config: /dev/zero",
+        ["moediag", "check", str(trace), "--config", "/dev/zero"],
+        [trace],
+        [],
+        frozenset({2}),
+    )
+    yield Case(
+        "flag: --layers 0-4000000000",
+        ["moediag", "check", str(trace), "--layers", "0-4000000000"],
+        [trace],
+        [],
+        frozenset({2}),
+    )
     baselines = {
         "baseline deep": _deep(),
         "baseline NaN": '{"summary": NaN}',
@@ -461,57 +545,121 @@ def config_cases(root: Path, rng: random.Random) -> Iterator[Case]:
         yield Case(f"baseline: {name}", ["moediag", "check", str(trace), "--baseline", str(p)], [p, trace])
     bfifo = root / "baseline-fifo.json"
     os.mkfifo(bfifo)
-    yield Case("baseline: FIFO", ["moediag", "check", str(trace), "--baseline", str(bfifo)], [trace], [],
-               frozenset({2}))  # fmt: skip
-    yield Case("baseline: /dev/zero", ["moediag", "check", str(trace), "--baseline", "/dev/zero"], [trace], [],
-               frozenset({2}))  # fmt: skip
+    yield Case(
+        "baseline: FIFO",
+        ["moediag", "check", str(trace), "--baseline", str(bfifo)],
+        [trace],
+        [],
+        frozenset({2}),
+    )
+    yield Case(
+        "baseline: /dev/zero",
+        ["moediag", "check", str(trace), "--baseline", "/dev/zero"],
+        [trace],
+        [],
+        frozenset({2}),
+    )
 
 
-# -- outputs ---------------------------------------------------------------------------------------------------
+# -- outputs ---------------------------------------------------------------------------------------
 def output_cases(root: Path, rng: random.Random) -> Iterator[Case]:
     trace = write_valid_trace(root / "out-trace.safetensors", rng)
     two = {"allowed": frozenset({2})}
-    yield Case("output: check -o onto its input", ["moediag", "check", str(trace), "-f", "json", "-o", str(trace)],
-               [trace], [trace], **two)  # fmt: skip
+    yield Case(
+        "output: check -o onto its input",
+        ["moediag", "check", str(trace), "-f", "json", "-o", str(trace)],
+        [trace],
+        [trace],
+        **two,
+    )
     src = root / "src"
     src.mkdir()
     torch.save((torch.randn(4, 8),), src / "x.pt")
     (src / "unrelated.txt").write_text("keep")
     hf = ["--top-k", "2", "--score-function", "softmax"]
-    yield Case("output: import -o the folder holding the source",
-               ["moediag", "import", "hf", str(src / "x.pt"), "-o", str(src), *hf], [src], [src], **two)  # fmt: skip
-    yield Case("output: import -o its own source file",
-               ["moediag", "import", "hf", str(src), "-o", str(src / "x.pt"), *hf], [src], [src], **two)  # fmt: skip
+    yield Case(
+        "output: import -o the folder holding the source",
+        ["moediag", "import", "hf", str(src / "x.pt"), "-o", str(src), *hf],
+        [src],
+        [src],
+        **two,
+    )
+    yield Case(
+        "output: import -o its own source file",
+        ["moediag", "import", "hf", str(src), "-o", str(src / "x.pt"), *hf],
+        [src],
+        [src],
+        **two,
+    )
     foreign = root / "foreign"
     foreign.mkdir()
     (foreign / "data.txt").write_text("not moediag's")
-    yield Case("output: import -o a foreign folder",
-               ["moediag", "import", "hf", str(src / "x.pt"), "-o", str(foreign), *hf], [src, foreign], [foreign],
-               **two)  # fmt: skip
+    yield Case(
+        "output: import -o a foreign folder",
+        ["moediag", "import", "hf", str(src / "x.pt"), "-o", str(foreign), *hf],
+        [src, foreign],
+        [foreign],
+        **two,
+    )
     ffile = root / "notes.html"
     ffile.write_text("<p>mine</p>")
-    yield Case("output: report -o a foreign file", ["moediag", "report", str(trace), "-o", str(ffile)],
-               [trace, ffile], [ffile], **two)  # fmt: skip
+    yield Case(
+        "output: report -o a foreign file",
+        ["moediag", "report", str(trace), "-o", str(ffile)],
+        [trace, ffile],
+        [ffile],
+        **two,
+    )
     afile = root / "a-file"
     afile.write_text("x")
-    yield Case("output: -o under a file", ["moediag", "check", str(trace), "-f", "json", "-o", str(afile / "x.json")],
-               [trace, afile], [afile / "x.json"], **two)  # fmt: skip
+    yield Case(
+        "output: -o under a file",
+        ["moediag", "check", str(trace), "-f", "json", "-o", str(afile / "x.json")],
+        [trace, afile],
+        [afile / "x.json"],
+        **two,
+    )
     adir = root / "a-dir.json"
     adir.mkdir()
-    yield Case("output: -o names a folder", ["moediag", "check", str(trace), "-f", "json", "-o", str(adir)],
-               [trace, adir], [adir], **two)  # fmt: skip
-    yield Case("output: -o unwritable (/proc)", ["moediag", "check", str(trace), "-f", "json", "-o",
-               "/proc/moediag-fuzz.json"], [trace], [], **two)  # fmt: skip
-    yield Case("output: -o a device", ["moediag", "check", str(trace), "-f", "json", "-o", "/dev/null"], [trace],
-               [], **two)  # fmt: skip
+    yield Case(
+        "output: -o names a folder",
+        ["moediag", "check", str(trace), "-f", "json", "-o", str(adir)],
+        [trace, adir],
+        [adir],
+        **two,
+    )
+    yield Case(
+        "output: -o unwritable (/proc)",
+        ["moediag", "check", str(trace), "-f", "json", "-o", "/proc/moediag-fuzz.json"],
+        [trace],
+        [],
+        **two,
+    )
+    yield Case(
+        "output: -o a device",
+        ["moediag", "check", str(trace), "-f", "json", "-o", "/dev/null"],
+        [trace],
+        [],
+        **two,
+    )
     ofifo = root / "out.fifo.json"
     os.mkfifo(ofifo)
-    yield Case("output: -o a FIFO", ["moediag", "check", str(trace), "-f", "json", "-o", str(ofifo)], [trace], [],
-               **two)  # fmt: skip
+    yield Case(
+        "output: -o a FIFO",
+        ["moediag", "check", str(trace), "-f", "json", "-o", str(ofifo)],
+        [trace],
+        [],
+        **two,
+    )
     link = root / "dangling.json"
     os.symlink(root / "nowhere" / "x.json", link)
-    yield Case("output: -o a dangling symlink", ["moediag", "check", str(trace), "-f", "json", "-o", str(link)],
-               [trace], [], **two)  # fmt: skip
+    yield Case(
+        "output: -o a dangling symlink",
+        ["moediag", "check", str(trace), "-f", "json", "-o", str(link)],
+        [trace],
+        [],
+        **two,
+    )
 
 
 SUITES: dict[str, Callable[[Path, random.Random], Iterator[Case]]] = {
@@ -523,7 +671,7 @@ SUITES: dict[str, Callable[[Path, random.Random], Iterator[Case]]] = {
 }
 
 
-# -- running ---------------------------------------------------------------------------------------------------
+# -- running ---------------------------------------------------------------------------------------
 def _snapshot(paths: list[Path], skip: list[Path] | None = None) -> dict[str, str]:
     """sha256 of every regular file under ``paths`` (the file type otherwise), leaving out ``skip``."""
     out: dict[str, str] = {}
@@ -531,8 +679,12 @@ def _snapshot(paths: list[Path], skip: list[Path] | None = None) -> dict[str, st
     for p in paths:
         items = [p] if not p.is_dir() else [p, *sorted(p.rglob("*"))]
         for q in items:
-            if any(str(q) == s or str(q).startswith(s + os.sep) or os.path.basename(q).startswith(
-                "." + os.path.basename(s) + ".") for s in skipped):  # fmt: skip
+            if any(
+                str(q) == s
+                or str(q).startswith(s + os.sep)
+                or os.path.basename(q).startswith("." + os.path.basename(s) + ".")
+                for s in skipped
+            ):
                 continue
             try:
                 st = os.lstat(q)
