@@ -105,6 +105,22 @@ def torch_load(path: Path) -> Any:
         ) from None
 
 
+def int_tensor(obj: Any, path: Path, what: str) -> torch.Tensor:
+    """An int64 tensor from nested lists of integers; floats, booleans and strings are refused (one line
+    naming ``path``), never truncated into expert ids."""
+    try:
+        t = torch.tensor(obj)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise InvalidInputError(f"{what} is not a list of integers", path) from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise InvalidInputError(
+            f"{what} holds {'booleans' if t.dtype == torch.bool else 'fractional numbers'}, "
+            "expected integers",
+            path,
+        )
+    return t.to(torch.int64)
+
+
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 

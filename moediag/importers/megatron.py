@@ -36,6 +36,7 @@ from moediag.importers.base import (
     check_ids,
     finish_per_token,
     import_counts,
+    int_tensor,
     natural_key,
     rank_of,
     torch_load,
@@ -314,9 +315,12 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                                     f"step {step}",
                                     path,
                                 )
+                            if "top_indices" not in rec:
+                                raise InvalidInputError(f"{where}: no top_indices", path)
+                            ids = int_tensor(rec["top_indices"], path, f"{where}: top_indices")
                             try:
-                                ids = torch.tensor(rec["top_indices"], dtype=torch.int64).reshape(-1, k)
-                            except (KeyError, TypeError, ValueError, RuntimeError):
+                                ids = ids.reshape(-1, k)
+                            except RuntimeError:
                                 raise InvalidInputError(
                                     f"{where}: top_indices is not a [tokens, topk] list", path
                                 ) from None
@@ -403,10 +407,9 @@ def _import_tpe(files: list[Path], out: Path, options: ImportOptions) -> ImportR
                 continue
             it = _int(rec, "iter", path, lineno)
             layer = _int(rec, "layer", path, lineno)
-            try:
-                rows = torch.tensor(rec["tpe"], dtype=torch.int64)
-            except (KeyError, TypeError, ValueError, RuntimeError):
-                raise InvalidInputError(f"line {lineno}: tpe is not a list of count lists", path) from None
+            if "tpe" not in rec:
+                raise InvalidInputError(f"line {lineno}: tpe is not a list of count lists", path)
+            rows = int_tensor(rec["tpe"], path, f"line {lineno}: tpe")
             if rows.dim() == 1:
                 rows = rows[None]
             if rows.dim() != 2:

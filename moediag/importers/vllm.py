@@ -38,6 +38,7 @@ from moediag.importers.base import (
     check_ids,
     files_in,
     finish_per_token,
+    int_tensor,
     natural_key,
     resolve_layer_ids,
     torch_load,
@@ -73,12 +74,7 @@ def _as_tensor(obj: Any, path: Path, where: str) -> torch.Tensor:
             raise InvalidInputError(f"{where}: routed_experts has dtype {obj.dtype}, expected integers", path)
         t = obj.to(torch.int64)
     elif isinstance(obj, list):
-        try:
-            t = torch.tensor(obj, dtype=torch.int64)
-        except (TypeError, ValueError, RuntimeError):
-            raise InvalidInputError(
-                f"{where}: routed_experts is not a [tokens, layers, top_k] list", path
-            ) from None
+        t = int_tensor(obj, path, f"{where}: routed_experts")
         if t.numel() == 0:
             t = t.reshape(0, 0, 0)
     else:

@@ -122,19 +122,22 @@ def is_within(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> boo
 
 def confined(root: str | os.PathLike[str], name: str, source: str | os.PathLike[str]) -> Path:
     """``root / name`` for a file name read from inside an input (``source``); InvalidInputError when the
-    name is absolute or resolves outside ``root`` (``../x``, a symlink out)."""
+    name is absolute or climbs out of ``root`` (``../x``, ``a/../../x``).
+
+    The check is on the name, as written: symlinks the folder itself holds are the folder owner's choice
+    and are followed (a Hugging Face cache snapshot links every file to ``../../blobs/``)."""
     if not isinstance(name, str) or not name or "\x00" in name:
         raise InvalidInputError(f"invalid file name {name!r}", source)
-    if os.path.isabs(name) or name.startswith(("/", "\\")):
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         raise InvalidInputError(
             f"names the absolute path {name!r}; only files inside the folder are read", source
         )
-    target = Path(root) / name
-    if not is_within(target, root):
+    normal = os.path.normpath(name.replace("\\", "/"))
+    if normal == ".." or normal.startswith(".." + os.sep) or normal.startswith("../"):
         raise InvalidInputError(
             f"names {name!r}, which lies outside {Path(root)}; refusing to read it", source
         )
-    return target
+    return Path(root) / normal
 
 
 # -- outputs ---------------------------------------------------------------------------------------
