@@ -9,6 +9,7 @@ import typer
 from moediag.cli.app import app, echo_err
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, print_json, stdout_console
 from moediag.errors import UsageError
+from moediag.io.paths import FORCE_HELP, check_output
 
 
 @app.command("compare")
@@ -26,6 +27,7 @@ def compare_cmd(
     html: Path | None = typer.Option(
         None, "--html", metavar="FILE", help="Also write a self-contained HTML page with the comparison."
     ),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Router saturation, load shift and accuracy shift between two traces; router-row cosine and
     selection-bias change between two checkpoints.
@@ -38,6 +40,8 @@ def compare_cmd(
         raise UsageError("--chunk-tokens must be positive")
     if html is not None and html.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--html {html}: the page is HTML; name it something.html")
+    if html is not None:
+        check_output(html, [a, b], force=force, flag="--html")
     result = compare(a, b, chunk_tokens=chunk_tokens, workers=workers, scheduler=scheduler)
     for note in result.notes:
         echo_err(f"moediag: note: {note}")
