@@ -12,46 +12,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fuzz.hostile import SUITES, run_all  # noqa: E402
-
-
-def peak_rss_e8192() -> dict[str, float]:
-    """Peak RSS (GiB) of inspect and inspect --json --detail on a 1-layer, E = 8192, 1,024-token trace."""
-    import torch
-
-    from moediag.trace import build_metadata, write_trace
-
-    out: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "e8192.safetensors"
-        g = torch.Generator().manual_seed(0)
-        meta = build_metadata(num_experts=8192, top_k=8, score_function="softmax")
-        write_trace(path, {"layers.0.router_logits": torch.randn(1024, 8192, generator=g).bfloat16()}, meta)
-        for label, extra in (("inspect", []), ("inspect --json --detail", ["--json", "--detail"])):
-            cmd = [
-                sys.executable,
-                "-c",
-                "import resource, subprocess, sys; "
-                "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True); "
-                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
-                sys.executable,
-                "-m",
-                "moediag",
-                "inspect",
-                str(path),
-                *extra,
-            ]
-            kb = int(subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ).stdout)
-            out[label] = kb / 2**20
-    return out
+from tests.fuzz.hostile import SUITES, peak_rss_e8192, run_all  # noqa: E402
 
 
 def main() -> int:

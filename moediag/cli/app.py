@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()  # reuse freed chunk buffers instead of faulting them in again (moediag/memory.py)
     try:
         app(args=argv, prog_name="moediag")
+    except KeyboardInterrupt as exc:  # a signal before or after a command ran (inside one: MoediagGroup)
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 2)

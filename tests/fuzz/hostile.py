@@ -23,6 +23,7 @@ import resource
 import signal
 import stat
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +40,8 @@ TIME_LIMIT_S = 60.0
 #: peak RSS of a case (the parent's resident pages count too: ~0.3-0.5 GB of torch + moediag)
 RSS_LIMIT_BYTES = 1536 << 20
 _DEEP = 100_000
+#: randomly damaged traces and importer files per seed (on top of the fixed hostile set)
+RANDOM_PER_SEED = 8
 
 
 @dataclass
@@ -230,6 +233,17 @@ def trace_cases(root: Path, rng: random.Random) -> Iterator[Case]:
         path = sub / "trace.safetensors"
         path.write_bytes(mutate(json.loads(json.dumps(header)), data, rng))
         yield _with_command(sub, f"trace: {name}", path, rng, [path])
+    # random damage: byte flips in the header, truncation, a lying length prefix, several per seed
+    random_ones = [
+        m for m in _trace_mutations() if m[0] in ("byte flips", "truncated", "lying header length")
+    ]
+    for i in range(RANDOM_PER_SEED):
+        name, mutate = rng.choice(random_ones)
+        sub = root / f"r{i}-{rng.randrange(1 << 30):x}"
+        sub.mkdir()
+        path = sub / "trace.safetensors"
+        path.write_bytes(mutate(json.loads(json.dumps(header)), data, rng))
+        yield _with_command(sub, f"trace: random {name} #{i}", path, rng, [path])
     # data-level lies the header can't show
     for name, ids in (
         ("topk_ids out of range", torch.tensor([[0, 9], [1, 2]])),
@@ -455,6 +469,14 @@ def importer_cases(root: Path, rng: random.Random) -> Iterator[Case]:
         ("trtllm", "bad meta", "rank0.safetensors", lambda p: _trtllm(p, '{"num_experts": 1e400}')),
         ("trtllm", "deep meta", "rank0.safetensors", lambda p: _trtllm(p, _deep())),
     ]
+    suffixes = {"hf": ".pt", "sglang": ".pt", "vllm": ".npy", "megatron": ".jsonl", "trtllm": ".safetensors"}
+    for i in range(RANDOM_PER_SEED):
+        fmt = rng.choice(sorted(suffixes))
+        blob = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 512)))
+        fname = (
+            "router_trace_rank0" if fmt == "megatron" else "rank0" if fmt == "trtllm" else "x"
+        ) + suffixes[fmt]
+        files.append((fmt, f"random bytes #{i}", fname, lambda p, b=blob: p.write_bytes(b)))
     for fmt, name, fname, make in files:
         sub = root / f"i{rng.randrange(1 << 30):x}"
         sub.mkdir()
@@ -783,6 +805,37 @@ def generate(seed: int, root: Path, suites: list[str] | None = None) -> Iterator
         sub = root / name
         sub.mkdir(parents=True, exist_ok=True)
         yield from build(sub, rng)
+
+
+def peak_rss_e8192() -> dict[str, float]:
+    """Peak RSS (GiB) of inspect and inspect --json --detail on a 1-layer, E = 8192, 1,024-token trace."""
+    import torch
+
+    from moediag.trace import build_metadata, write_trace
+
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "e8192.safetensors"
+        g = torch.Generator().manual_seed(0)
+        meta = build_metadata(num_experts=8192, top_k=8, score_function="softmax")
+        write_trace(path, {"layers.0.router_logits": torch.randn(1024, 8192, generator=g).bfloat16()}, meta)
+        for label, extra in (("inspect", []), ("inspect --json --detail", ["--json", "--detail"])):
+            cmd = [
+                sys.executable,
+                "-c",
+                "import resource, subprocess, sys; "
+                "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+                sys.executable,
+                "-m",
+                "moediag",
+                "inspect",
+                str(path),
+                *extra,
+            ]
+            kb = int(subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ).stdout)
+            out[label] = kb / 2**20
+    return out
 
 
 def run_all(seeds: list[int], suites: list[str] | None = None) -> list[Outcome]:
