@@ -165,6 +165,19 @@ class CoactivationStats:
             "max_error": self.max_error,
         }
 
+    def among(self, experts: torch.Tensor) -> torch.Tensor:
+        """Dense pair counts [m, m] among ``experts`` (sorted ids) only: m^2 entries, never E^2."""
+        if self.dense:
+            return self._pairs[experts][:, experts]
+        e, m = self.num_experts, experts.numel()
+        pos = torch.full((e,), -1, dtype=torch.int64)
+        pos[experts] = torch.arange(m)
+        i, j = pos[self.keys // e], pos[self.keys % e]
+        keep = (i >= 0) & (j >= 0)
+        out = torch.zeros(m, m, dtype=torch.int64)
+        out[i[keep], j[keep]] = self.counts[keep]
+        return out + out.T + torch.diag(self.diagonal[experts])
+
     def normalised(self) -> torch.Tensor:
         pairs = self.pairs
         diag = pairs.diagonal().double().clamp_min(1)

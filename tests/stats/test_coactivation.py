@@ -175,3 +175,13 @@ def test_peak_rss_at_8192_experts_stays_under_1_5_gb() -> None:
     peaks = peak_rss_e8192()
     assert set(peaks) == {"inspect", "inspect --json --detail"}
     assert all(gib < 1.5 for gib in peaks.values()), peaks
+
+
+def test_among_is_the_submatrix_in_both_forms() -> None:
+    ids = _random_ids(3, 300, 20, 4)
+    dense, sparse = CoactivationStats(20), CoactivationStats(20, dense_max=0)
+    dense.update(_batch(ids, 20))
+    sparse.update(_batch(ids, 20))
+    pick = torch.tensor([1, 4, 5, 11, 19])
+    want = dense.pairs[pick][:, pick]
+    assert torch.equal(dense.among(pick), want) and torch.equal(sparse.among(pick), want)
