@@ -170,9 +170,21 @@ def test_capacity_drops_hand_case(tmp_path: Path) -> None:
     path = input_trace(tmp_path / "t.safetensors", x, top_k=1, sequence_ids=torch.zeros(4))
     doc = replay(ckpt, path, device="cpu", capacity_factor=1.0, drop_policy="position").to_dict()
     cap = doc["layers"][0]["capacity"]
-    assert cap["drop_rate"] == 0.5 and cap["drop_policy"] == "position"
-    assert cap["drop_rate_other_policy"] == {"probs": 0.5}
+    assert cap["drop_rate"] == 0.5 and cap["drop_policy"] == "token-order"  # the former name resolves
+    assert cap["drop_rate_other_policy"] == {"highest-weight": 0.5, "first-choices-first": 0.5}
     assert doc["summary"]["drop_rate_max"] == 0.5
+    # positions 0..3 are all in bucket 0; where they drop shows with several buckets, not here
+    assert cap["drop_rate_by_position"]["rate"][0] == 0.5
+    assert set(cap["drop_rate_by_position"]["rate_by_policy"]) == {
+        "token-order",
+        "highest-weight",
+        "first-choices-first",
+    }
+    floor = replay(ckpt, path, device="cpu", capacity_factor=1.0, min_capacity=3).to_dict()
+    assert floor["layers"][0]["capacity"]["drop_rate"] == 0.25  # C = max(2, 3) = 3
+    assert floor["meta"]["settings"]["min_capacity"] == 3
+    with pytest.raises(UsageError, match="drop policy 'random'"):
+        replay(ckpt, path, device="cpu", capacity_factor=1.0, drop_policy="random")
     doc2 = replay(ckpt, path, device="cpu", capacity_factor=2.0, drop_policy="probs").to_dict()
     assert doc2["layers"][0]["capacity"]["drop_rate"] == 0.0  # C = 4
     doc3 = replay(ckpt, path, device="cpu", capacity_factor=1.0, top_k=2).to_dict()
@@ -242,6 +254,37 @@ def test_ep_balancedness_before_after_hand_case(tmp_path: Path) -> None:
     assert ep2["replicas"] == 2 and math.isclose(ep2["balancedness_after"], 1.0)
 
 
+def test_ep_busiest_rank_and_all_to_all_hand_case(tmp_path: Path) -> None:
+    """Top-2 on 4 experts, 2 ranks (experts 0-1 | 2-3): three tokens to {0, 1} (one rank) and one to
+    {0, 2} (two ranks): 1.25 ranks a token; hidden 4 in bf16, half the destinations remote, there and back:
+    2 x 1.25 x 1/2 x 4 x 2 = 10 bytes. Rank loads 7 | 1: the busiest rank takes 7/4 of a balanced step."""
+    from moediag.replay import a2a_bytes
+
+    ckpt = identity_checkpoint(tmp_path / "c", 4, top_k=2)
+    pairs = [(0, 1)] * 3 + [(0, 2)]
+    x = torch.stack(
+        [
+            2 * torch.nn.functional.one_hot(torch.tensor(a), 4)
+            + torch.nn.functional.one_hot(torch.tensor(b), 4)
+            for a, b in pairs
+        ]
+    ).float()
+    path = input_trace(tmp_path / "t.safetensors", x, top_k=2)
+    doc = replay(ckpt, path, device="cpu", ep_size=2, placement="balanced", chunk_tokens=3).to_dict()
+    ep = doc["layers"][0]["ep"]
+    assert ep["rank_load_before"] == [7.0, 1.0]
+    assert ep["busiest_rank_inflation_before"] == pytest.approx(7 / 4)
+    assert ep["busiest_rank_inflation_after"] == pytest.approx(max(ep["rank_load_after"]) / 4)
+    assert ep["a2a_ranks_per_token"] == pytest.approx(1.25)
+    assert ep["a2a_bytes_per_token"] == pytest.approx(10.0) == a2a_bytes(1.25, 2, 4)
+    s = doc["summary"]
+    assert s["busiest_rank_inflation_before_max"] == pytest.approx(7 / 4)
+    assert s["a2a_bytes_per_token"] == pytest.approx(10.0)
+    # one rank: nothing crosses the network, and every step is balanced
+    one = replay(ckpt, path, device="cpu", ep_size=1).to_dict()["layers"][0]["ep"]
+    assert one["a2a_bytes_per_token"] == 0.0 and one["busiest_rank_inflation_before"] == 1.0
+
+
 def test_hierarchical_placement_and_node_loads(tmp_path: Path) -> None:
     """Loads [4, 4, 1, 1] in groups {0, 1} and {2, 3} on 2 nodes: whole groups per node, so the node loads
     are 8 | 2 whatever the packing (1 GPU per node); with 2 GPUs per node each node splits its group."""
@@ -309,3 +352,24 @@ def test_cpu_and_cuda_agree(recorded) -> None:
         assert gpu["summary"]["match"] is True
         for rc, rg in zip(cpu["layers"], gpu["layers"], strict=True):
             assert rc["stats"]["load"] == rg["stats"]["load"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_replay_figures_equal_inspect_on_identical_routing(family: str, recorded) -> None:
+    """One routing path: on the same logits and choices, replay's per-layer figures (margins included) are
+    inspect's, for softmax (+/- renormalisation), sigmoid with bias and groups, and top-k then softmax."""
+    from moediag.analysis import analyze_trace
+
+    ckpt, trace, _ = recorded[family]
+    doc = replay(ckpt, trace, device="cpu", chunk_tokens=80).to_dict()
+    assert doc["summary"]["match"] is True
+    inspected = analyze_trace(trace)
+    for row in doc["layers"]:
+        want = inspected.layer(row["layer"])
+        assert want["source"] == "logits"
+        for key, value in row["stats"].items():
+            if isinstance(value, float):
+                assert value == pytest.approx(want[key], rel=1e-4, abs=1e-6), (family, row["layer"], key)
+            else:
+                assert value == want[key], (family, row["layer"], key)
+        assert row["stats"]["margin_mean"] is not None and row["stats"]["margin_mean"] >= 0

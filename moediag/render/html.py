@@ -210,13 +210,13 @@ def findings(analysis: TraceAnalysis) -> list[str]:
     if cold > 0:
         eps = analysis.options.cold_eps
         out.append(f"{cold} further expert(s) are cold (share below {eps:g}/E) but not dead.")
-    drops = [(r["drop_rate"]["position"].get("1.0"), r["layer"]) for r in rows if r.get("drop_rate")]
+    drops = [(r["drop_rate_total"].get("1.0"), r["layer"]) for r in rows if r.get("drop_rate_total")]
     drops = [(v, lay) for v, lay in drops if v is not None]
     if drops:
         worst, lay = max(drops)
         out.append(
-            f"With capacity factor 1.0, up to {pct(worst)} of assignments would be dropped (layer {lay}, "
-            "later tokens dropped first)."
+            f"With capacity factor 1.0, up to {pct(worst)} of assignments would be dropped (layer {lay}; "
+            "the same share under every drop policy, only which tokens drop differs)."
         )
     flips = [((r.get("margin_below") or {}).get("0.01"), r["layer"]) for r in rows]
     flips = [(v, lay) for v, lay in flips if v is not None]
@@ -289,16 +289,22 @@ _COLUMNS: list[tuple[str, Any, int, str]] = [
     ("eff. experts", "effective_experts", 1, "exp(entropy) (balanced E)"),
     ("dead", lambda r: len(r["dead_experts"]), 0, "experts with no tokens"),
     ("cold", lambda r: len(r["cold_experts"]), 0, "experts below eps/E of the load (includes dead)"),
-    ("aux", "aux_loss", 3, "Switch-style aux loss (balanced 1)"),
+    ("aux", "aux_loss", 3, "Switch-style aux loss of the routing in effect (balanced 1)"),
+    (
+        "aux*",
+        "aux_loss_unbiased",
+        3,
+        "aux loss of the plain top-k: no selection bias or group limits (Megatron)",
+    ),
     ("seq aux", "seq_aux_loss", 3, "per-sequence aux loss, mean over sequences"),
     ("z-loss", "z_loss", 2, "mean (logsumexp z)^2"),
     ("conf.", "confidence", 2, "mean max probability"),
     ("margin p50", "margin_median", 3, "median top-k boundary margin"),
     (
         "drop@CF1",
-        lambda r: (r.get("drop_rate") or {}).get("position", {}).get("1.0"),
+        lambda r: (r.get("drop_rate_total") or {}).get("1.0"),
         -1,
-        "share dropped at capacity factor 1.0, later tokens first",
+        "share dropped at capacity factor 1.0 (the same under every drop policy)",
     ),
     ("same-next", "consecutive_same_rate", -1, "share of next tokens with the same first choice"),
     ("accuracy", "accuracy", -1, "share of correct predictions (tokens.correct)"),
@@ -353,6 +359,7 @@ def overview_rows(analysis: TraceAnalysis) -> list[tuple[str, str]]:
         ("cv", "CV (balanced 0)"),
         ("entropy_norm", "load entropy, normalised (balanced 1)"),
         ("aux_loss", "aux loss (balanced 1)"),
+        ("aux_loss_unbiased", "aux loss of the unbiased top-k (Megatron's logged value, balanced 1)"),
         ("z_loss", "z-loss"),
     ):
         f = s[key]
@@ -516,6 +523,71 @@ def trace_sections(
         extra=path_table(analysis),
     )
     return sections, omitted
+
+
+# -- serving cost ---------------------------------------------------------------------------------------
+
+
+def _bytes(x: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if x >= size:
+            return f"{x / size:,.2f} {unit}"
+    return f"{x:,.0f} B"
+
+
+def serving_section(trace: TraceAnalysis, checkpoint: Any, embed: FigureEmbedder) -> Section | None:
+    """ "What routing costs a server": experts a decode batch touches (figure) and, with a checkpoint
+    analysis, the weight bytes a step reads and the dense model of equal bandwidth, per B."""
+    touched = trace.summary.get("experts_touched")
+    if not touched:
+        return None
+    fig, _ = _try_figure(
+        embed,
+        PlotKind.EXPERTS_TOUCHED,
+        trace,
+        None,
+        "Share of a layer's experts the B tokens of a decode batch chose (B consecutive token slots of the "
+        "trace), beside 1 − (1 − k/E)^B for uniform routing. A step reads every touched expert's weights.",
+    )
+    cost = None
+    from moediag.checkpoint.analysis import CheckpointAnalysis
+
+    if isinstance(checkpoint, CheckpointAnalysis):
+        from moediag.checkpoint.compute import trace_serving_cost
+
+        cost = trace_serving_cost(trace, checkpoint)
+    head = "<tr><th>B</th><th>experts touched</th><th>uniform</th><th>batches</th>"
+    if cost:
+        head += "<th>weight bytes a step</th><th>bytes a token</th><th>dense model, equal bandwidth</th>"
+    rows = []
+    for b, row in touched.items():
+        cells = [b, pct(row["share"]), pct(row["uniform"]), fmt(row["batches"])]
+        if cost:
+            c = cost[b]
+            cells += [
+                _bytes(c["step_bytes"]),
+                _bytes(c["bytes_per_token"]),
+                f"{fmt(c['equal_bandwidth_dense_params'])} params",
+            ]
+        rows.append("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in cells) + "</tr>")
+    missing = ""
+    if cost:
+        first = next(iter(cost.values()))
+        blocks = len(first["per_layer_source"])
+        if first["layers_from_trace"] < blocks:
+            missing = (
+                f" {blocks - first['layers_from_trace']} of the checkpoint's {blocks} MoE layers have no "
+                "trace layer of the same index and expert count: uniform routing is assumed for them."
+            )
+    note = (
+        "<p>Weight bytes a step: every non-expert weight plus the touched share of each MoE layer's routed "
+        f"experts, as stored in the checkpoint (docs/compare.md).{e(missing)}</p>"
+        if cost
+        else "<p>Give a checkpoint too (<code>moediag report TRACE CHECKPOINT</code>) for the weight bytes "
+        "a step reads.</p>"
+    )
+    table = f'<table class="data"><thead>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return Section("serving", "What routing costs a server", (fig or "") + table + note)
 
 
 # -- checkpoint sections (extension point) ----------------------------------------------------------------
@@ -717,6 +789,10 @@ def build_report(
         text = str(check_doc.get("verdict") or text)
         vclass = "bad" if check_doc.get("status") == "fail" else "ok"
         sections.insert(0, checks_section(check_doc))
+    if trace is not None:
+        serving = serving_section(trace, checkpoint, embed)
+        if serving is not None:
+            sections.append(serving)
     if ckpt_doc is not None:
         sections += checkpoint_sections(ckpt_doc, embed)
         if trace is not None:

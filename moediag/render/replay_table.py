@@ -113,11 +113,36 @@ def render_replay(doc: dict[str, Any], console: Console) -> None:
     console.print(Text(text, style=style))
     console.print(layer_table(doc))
     s = doc["summary"]
+    settings = doc["meta"]["settings"]
+    if settings.get("capacity_factor") is not None:
+        floor = settings.get("min_capacity") or 0
+        console.print(
+            f"drop@{settings['capacity_factor']:g}: share of assignments over capacity"
+            + (f" (at least {floor} per expert and group)" if floor else "")
+            + ", the same under every drop policy; where they drop "
+            + f"({settings['drop_policy']}) is in --json, capacity.drop_rate_by_position",
+            style="dim",
+        )
     if "balancedness_after_mean" in s:
         settings = doc["meta"]["settings"]
         console.print(
             f"EP {settings['ep_size']} ranks, placement {settings['placement']}: balancedness mean "
             f"{_f(s['balancedness_before_mean'], 3)} (contiguous) → {_f(s['balancedness_after_mean'], 3)}"
+        )
+        if s.get("busiest_rank_inflation_before_max") is not None:
+            volume = s.get("a2a_bytes_per_token")
+            console.print(
+                f"busiest rank: up to {_f(s['busiest_rank_inflation_before_max'], 2)}× a balanced step's "
+                f"time (contiguous) → {_f(s['busiest_rank_inflation_after_max'], 2)}×; all-to-all "
+                + ("—" if volume is None else f"{volume / 1e3:,.1f} kB")
+                + " a token over all layers (dispatch + combine, bf16)"
+            )
+    plan = s.get("replica_plan")
+    if plan is not None:
+        verdict = "reached" if plan["reached"] else "NOT reached (best tried)"
+        console.print(
+            f"target balancedness {plan['target_balancedness']}: {verdict} with {plan['replicas']} replicas "
+            f"(lowest layer {_f(plan['balancedness_min'], 3)})"
         )
     for skip in doc["skipped"]:
         console.print(f"skipped layer {skip['layer']}: {skip['reason']}")

@@ -21,6 +21,7 @@ from moediag.stats.paths import DEFAULT_CAPACITY, ChunkPaths, PathStats, windows
 from moediag.stats.router import RouterStats
 from moediag.stats.sequences import ConsecutiveStats, SeqAuxStats
 from moediag.stats.specialisation import DEFAULT_VOCAB_CAPACITY, SpecialisationStats
+from moediag.stats.touched import ExpertsTouchedStats
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class StatsOptions:
     cold_eps: float = 0.1
     capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
     capacity_group_tokens: int = DEFAULT_GROUP_TOKENS
+    #: capacity floor per expert and group (DeepSpeed's ``min_capacity``); 0 = none
+    min_capacity: int = 0
     #: extra path windows ``(first, last)`` of MoE layers, inclusive (the full depth is always computed)
     path_windows: tuple[tuple[int, int], ...] = ()
     path_capacity: int = DEFAULT_CAPACITY
@@ -51,13 +54,18 @@ class LayerStats:
         self.steps = StepLoadStats(num_experts)
         self.router = RouterStats(num_experts, k)
         self.capacity = CapacityStats(
-            num_experts, k, self.options.capacity_factors, self.options.capacity_group_tokens
+            num_experts,
+            k,
+            self.options.capacity_factors,
+            self.options.capacity_group_tokens,
+            self.options.min_capacity,
         )
         self.seq_aux = SeqAuxStats(num_experts, k)
         self.consecutive = ConsecutiveStats(num_experts)
         self.coactivation = CoactivationStats(num_experts)
         self.accuracy = ExpertAccuracyStats(num_experts)
         self.specialisation = SpecialisationStats(num_experts, k, self.options.vocab_capacity)
+        self.touched = ExpertsTouchedStats(num_experts)
         self.count_only = False
         self.has_logits = False
         self.excluded_nonfinite = 0
@@ -74,6 +82,7 @@ class LayerStats:
         self.coactivation.update(batch)
         self.accuracy.update(batch)
         self.specialisation.update(batch)
+        self.touched.update(batch)
 
     def update_counts(self, counts: torch.Tensor) -> None:
         """Count-only data: ``expert_counts`` [S, E] rows."""
@@ -91,6 +100,7 @@ class LayerStats:
         self.coactivation.merge(other.coactivation)
         self.accuracy.merge(other.accuracy)
         self.specialisation.merge(other.specialisation)
+        self.touched.merge(other.touched)
         self.count_only = self.count_only or other.count_only
         self.has_logits = self.has_logits or other.has_logits
         self.excluded_nonfinite += other.excluded_nonfinite
@@ -124,6 +134,7 @@ class LayerStats:
             spec["consecutive_same_rate"] = out["consecutive_same_rate"]
             spec["consecutive_same_baseline"] = out["consecutive_same_baseline"]
             out["specialisation"] = spec
+        out["experts_touched"] = None if self.count_only else self.touched.compute(self.top_k)
         out["excluded_nonfinite"] = self.excluded_nonfinite
         return out
 
@@ -204,10 +215,11 @@ class ModelStats:
                 summary[key] = None
         figures = dict.fromkeys(_IMBALANCE, None) | {
             "aux_loss": "max",
+            "aux_loss_unbiased": "max",
             "seq_aux_loss": "max",
             "z_loss": "max",
         }
-        for key in list(_IMBALANCE) + ["aux_loss", "seq_aux_loss", "z_loss"]:
+        for key in list(_IMBALANCE) + ["aux_loss", "aux_loss_unbiased", "seq_aux_loss", "z_loss"]:
             worst_is = _IMBALANCE[key][1] if key in _IMBALANCE else figures[key]
             vals = [(x[key], x["layer"]) for x in layers if x.get(key) is not None]
             if not vals:
@@ -230,6 +242,25 @@ class ModelStats:
         summary["accuracy"] = accs[0][0] if accs else None
         flagged = [r for x in layers for r in (x.get("expert_accuracy") or []) if r["below_overall"]]
         summary["below_overall_experts"] = len(flagged) if accs else None
+        summary["experts_touched"] = touched_summary(layers)
         windows_by_depth = sorted(self.paths, key=lambda w: (-len(w), w))
         summary["paths"] = [self.paths[w].compute() for w in windows_by_depth] or None
         return {"summary": summary, "layers": layers}
+
+
+def touched_summary(layers: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    """``summary.experts_touched``: per B, the mean over layers of the touched share and of the
+    uniform-routing share (moediag.stats.touched), and the fewest batches any layer counted."""
+    rows = [x["experts_touched"] for x in layers if x.get("experts_touched")]
+    if not rows:
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for b in rows[0]:
+        shares = [r[b]["share"] for r in rows if r[b]["share"] is not None]
+        uniform = [r[b]["uniform"] for r in rows if r[b]["uniform"] is not None]
+        out[b] = {
+            "share": sum(shares) / len(shares) if shares else None,
+            "uniform": sum(uniform) / len(uniform) if uniform else None,
+            "batches": min(r[b]["batches"] for r in rows),
+        }
+    return out
