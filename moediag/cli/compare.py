@@ -9,8 +9,9 @@ import typer
 
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import human_size, print_json, progress_bar, stdout_console
-from moediag.cli.options import CHECKPOINT, OUTPUT, ChunkTokens, Scheduler, Workers, json_option
+from moediag.cli.options import CHECKPOINT, OUTPUT, ChunkTokens, Force, Scheduler, Workers, json_option
 from moediag.errors import ExitCode, UsageError
+from moediag.io.paths import check_output
 
 VERDICT = "Verdict (two traces)"
 
@@ -61,6 +62,7 @@ def compare_cmd(
     chunk_tokens: ChunkTokens = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    force: Force = False,
 ) -> None:
     """Two traces: a verdict first (B better, worse or unchanged, by the check rules), then router
     saturation, load shift and accuracy shift. Two checkpoints
@@ -82,6 +84,8 @@ def compare_cmd(
     if trace is not None and len(trace) != 2:
         raise UsageError(f"--trace is given twice (A's trace, then B's); got {len(trace)}")
     eval_traces = (trace[0], trace[1]) if trace else None
+    if html is not None:
+        check_output(html, [a, b, *(trace or [])], force=force, flag="--html")
     check_config = load_config(config)
     with progress_bar("comparing: tokens read", None) as advance:
         result = compare(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from moediag.cli.app import app, echo_err
-from moediag.cli.options import OUTPUT, ROUTING
+from moediag.cli.options import OUTPUT, ROUTING, Force
 from moediag.errors import UsageError
 from moediag.importers import ImportFormat, import_routing, parse_format
 from moediag.words import plural
@@ -17,9 +17,14 @@ def _parse_layers(value: str | None) -> list[int] | None:
     if value is None:
         return None
     try:
-        return [int(x) for x in value.replace(" ", "").split(",") if x]
+        ids = [int(x) for x in value.replace(" ", "").split(",") if x]
     except ValueError:
         raise UsageError(f"--layers takes comma-separated layer indices, got {value!r}") from None
+    from moediag.checks import MAX_LAYER
+
+    if any(not 0 <= x <= MAX_LAYER for x in ids):
+        raise UsageError(f"--layers: layer indices must be in 0..{MAX_LAYER}")
+    return ids
 
 
 def complete_formats(ctx: typer.Context, args: list[str], incomplete: str) -> list[str]:
@@ -61,6 +66,7 @@ def import_command(
         rich_help_panel=ROUTING,
         metavar="NAME",
     ),
+    force: Force = False,
     layers: str | None = typer.Option(
         None,
         "--layers",
@@ -82,6 +88,7 @@ def import_command(
         top_k=top_k,
         score_function=score_function,
         layer_ids=_parse_layers(layers),
+        force=force,
     )
     what = (
         plural(result.num_tokens, "token")

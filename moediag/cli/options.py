@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from moediag.cli.common import PATH_WINDOW_HELP, SCHEDULER_HELP, WORKERS_HELP
+from moediag.io.paths import FORCE_HELP
 
 # help panels, in the order a reader needs them (moediag/cli/help.py prints Arguments first, Options last)
 OUTPUT = "Output"
@@ -23,6 +24,7 @@ WHAT_IF = "What-ifs"
 RUN = "Device and precision"
 EP = "Expert parallelism"
 
+Force = Annotated[bool, typer.Option("--force", help=FORCE_HELP, rich_help_panel=OUTPUT)]
 NumExperts = Annotated[
     int | None,
     typer.Option("--num-experts", metavar="N", help="Experts per layer.", rich_help_panel=ROUTING),

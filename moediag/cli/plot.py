@@ -9,8 +9,9 @@ import typer
 from moediag.cli.app import app, echo_err
 from moediag.cli.common import progress_bar
 from moediag.cli.help import EXTRA_PANELS
-from moediag.cli.options import OUTPUT, NumExperts, ScoreFunction, TopK
+from moediag.cli.options import OUTPUT, Force, NumExperts, ScoreFunction, TopK
 from moediag.errors import UsageError
+from moediag.io.paths import check_output
 from moediag.render.plots import DESCRIPTIONS, SUFFIXES, PlotKind
 
 EXTRA_PANELS["plot"] = ("Figures (--kind)", [(k.value, DESCRIPTIONS[k]) for k in PlotKind])
@@ -76,6 +77,7 @@ def plot_cmd(
     num_experts: NumExperts = None,
     top_k: TopK = None,
     score_function: ScoreFunction = None,
+    force: Force = False,
 ) -> None:
     """Draw figures of a trace as PNG or SVG from one analysis (written atomically; nothing is left on
     failure).
@@ -96,6 +98,8 @@ def plot_cmd(
     targets = plot_targets(kinds, output, fmt)
     if dpi < 10:
         raise UsageError("--dpi must be at least 10")
+    for target in targets.values():  # each figure file (in a folder: the folder itself may exist)
+        check_output(target, [path], force=force)
     if detect_kind(path) != "trace":
         raise UsageError(
             f"{path}: plot draws traces; for a checkpoint use 'moediag report {path} -o FILE.html'"

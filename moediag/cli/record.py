@@ -10,7 +10,7 @@ import typer
 
 from moediag.cli.app import app, echo_err, is_quiet
 from moediag.cli.common import human_size, stderr_console
-from moediag.cli.options import OUTPUT, RUN
+from moediag.cli.options import OUTPUT, RUN, Force
 from moediag.words import plural
 
 
@@ -86,13 +86,16 @@ def record_command(
         help="Run modelling code from the model folder (local files only).",
         rich_help_panel=RUN,
     ),
+    force: Force = False,
 ) -> None:
     """Run a transformers causal LM over text and record its routing into a v1 trace.
 
     Example: moediag record ./tiny-mixtral --text prose.txt --text code.py -o trace/ --max-tokens 20000
     """
+    from moediag.io.paths import check_output
     from moediag.record import record
 
+    check_output(output, [model_dir, *text], force=force, folder=True)
     update, stop = _progress()
     try:
         result = record(

@@ -14,6 +14,7 @@ from moediag.cli.options import (
     CapacityGroup,
     ColdEps,
     ConfigFile,
+    Force,
     MinCapacity,
     NumExperts,
     PathWindow,
@@ -24,9 +25,12 @@ from moediag.cli.options import (
     Workers,
 )
 from moediag.errors import UsageError
+from moediag.io.paths import check_output
 
 
-def _checks(doc: dict[str, Any], config_file: Path | None) -> dict[str, Any] | None:
+def _checks(
+    doc: dict[str, Any], config_file: Path | None, allow_empty: bool = False
+) -> dict[str, Any] | None:
     """``moediag check`` results when thresholds are configured (a config file found or given), else None."""
     try:
         from moediag.checks import run_checks
@@ -36,7 +40,13 @@ def _checks(doc: dict[str, Any], config_file: Path | None) -> dict[str, Any] | N
     config = load_config(config_file)
     if config.file is None:
         return None
-    return run_checks(doc, config).to_dict()
+    from moediag.checks import NothingToCheckError
+    from moediag.errors import InvalidInputError
+
+    try:
+        return run_checks(doc, config, allow_empty=allow_empty).to_dict()
+    except NothingToCheckError as exc:
+        raise InvalidInputError(str(exc), (doc.get("meta") or {}).get("path")) from None
 
 
 @app.command("report")
@@ -63,6 +73,13 @@ def report_cmd(
     weights: Weights = True,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    force: Force = False,
+    allow_empty: bool = typer.Option(
+        False,
+        "--allow-empty",
+        help="With check thresholds: a verdict of pass when there is nothing to judge (no MoE layer, "
+        "no routed token) instead of exit 2.",
+    ),
 ) -> None:
     """Write one self-contained HTML report: verdict, overview, per-layer table and figures.
 
@@ -77,6 +94,7 @@ def report_cmd(
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group)
     if min_capacity < 0:
         raise UsageError("--min-capacity must be 0 or more")
+    check_output(output, [*paths, *([config] if config else [])], force=force)
     by_kind: dict[str, Path] = {}
     for p in paths:
         kind = detect_kind(p)
@@ -118,7 +136,7 @@ def report_cmd(
         if doc is None:
             doc = checkpoint.to_dict()
     assert doc is not None
-    checks = _checks(doc, config)
+    checks = _checks(doc, config, allow_empty)
     from moediag.render.html import render_report, write_report
 
     with progress_bar("drawing figures", None) as advance:
