@@ -110,7 +110,7 @@ DEEPSEEK_V3_CONFIG: dict[str, Any] = {
 
 def deepseek_v3_layer(L: int, *, experts: int = 256, dense: bool = False, mtp: bool = False) -> list[Spec]:
     """Every tensor of DeepSeek-V3's layer ``L`` as released (names, dtypes, shapes)."""
-    H, I, V = 7168, 2048, 129280
+    H, F, V = 7168, 2048, 129280
     p = f"model.layers.{L}."
     out: list[Spec] = [
         (p + "input_layernorm.weight", "BF16", (H,)),
@@ -132,9 +132,9 @@ def deepseek_v3_layer(L: int, *, experts: int = 256, dense: bool = False, mtp: b
             (p + "mlp.gate.e_score_correction_bias", "F32", (experts,)),
         ]
         for j in range(experts):
-            for proj, o, i in (("gate_proj", I, H), ("up_proj", I, H), ("down_proj", H, I)):
+            for proj, o, i in (("gate_proj", F, H), ("up_proj", F, H), ("down_proj", H, F)):
                 out += _fp8(p + f"mlp.experts.{j}.{proj}.weight", o, i)
-        for proj, o, i in (("gate_proj", I, H), ("up_proj", I, H), ("down_proj", H, I)):
+        for proj, o, i in (("gate_proj", F, H), ("up_proj", F, H), ("down_proj", H, F)):
             out += _fp8(p + f"mlp.shared_experts.{proj}.weight", o, i)
     if mtp:
         out += [
@@ -153,10 +153,10 @@ def deepseek_v3(
 ) -> dict[str, int]:
     """DeepSeek-V3's released layout (defaults: the real model, 91,991 tensors, ~688 GB sparse)."""
     H, V = 7168, 129280
-    dense = min(3, layers)
+    first_dense = min(3, layers)
     specs: list[Spec] = [("model.embed_tokens.weight", "BF16", (V, H))]
     for L in range(layers):
-        specs += deepseek_v3_layer(L, experts=experts, dense=L < dense)
+        specs += deepseek_v3_layer(L, experts=experts, dense=L < first_dense)
     if mtp:
         specs += deepseek_v3_layer(layers, experts=experts, mtp=True)
     specs += [("model.norm.weight", "BF16", (H,)), ("lm_head.weight", "BF16", (V, H))]
@@ -195,7 +195,7 @@ GPT_OSS_120B_CONFIG: dict[str, Any] = {
 
 def gpt_oss_layer(L: int, *, experts: int = 128) -> list[Spec]:
     """Every tensor of GPT-OSS-120B's layer ``L`` as released (MXFP4 experts)."""
-    H, I, D = 2880, 2880, 64
+    H, F, D = 2880, 2880, 64
     p = f"model.layers.{L}."
     return [
         (p + "input_layernorm.weight", "BF16", (H,)),
@@ -211,11 +211,11 @@ def gpt_oss_layer(L: int, *, experts: int = 128) -> list[Spec]:
         (p + "self_attn.sinks", "BF16", (64,)),
         (p + "mlp.router.weight", "BF16", (experts, H)),
         (p + "mlp.router.bias", "BF16", (experts,)),
-        (p + "mlp.experts.gate_up_proj_blocks", "U8", (experts, 2 * I, H // 32, 16)),
-        (p + "mlp.experts.gate_up_proj_scales", "U8", (experts, 2 * I, H // 32)),
-        (p + "mlp.experts.gate_up_proj_bias", "BF16", (experts, 2 * I)),
-        (p + "mlp.experts.down_proj_blocks", "U8", (experts, H, I // 32, 16)),
-        (p + "mlp.experts.down_proj_scales", "U8", (experts, H, I // 32)),
+        (p + "mlp.experts.gate_up_proj_blocks", "U8", (experts, 2 * F, H // 32, 16)),
+        (p + "mlp.experts.gate_up_proj_scales", "U8", (experts, 2 * F, H // 32)),
+        (p + "mlp.experts.gate_up_proj_bias", "BF16", (experts, 2 * F)),
+        (p + "mlp.experts.down_proj_blocks", "U8", (experts, H, F // 32, 16)),
+        (p + "mlp.experts.down_proj_scales", "U8", (experts, H, F // 32)),
         (p + "mlp.experts.down_proj_bias", "BF16", (experts, H)),
     ]
 
