@@ -155,8 +155,8 @@ def deepseek_v3(
     H, V = 7168, 129280
     first_dense = min(3, layers)
     specs: list[Spec] = [("model.embed_tokens.weight", "BF16", (V, H))]
-    for L in range(layers):
-        specs += deepseek_v3_layer(L, experts=experts, dense=L < first_dense)
+    for layer in range(layers):
+        specs += deepseek_v3_layer(layer, experts=experts, dense=layer < first_dense)
     if mtp:
         specs += deepseek_v3_layer(layers, experts=experts, mtp=True)
     specs += [("model.norm.weight", "BF16", (H,)), ("lm_head.weight", "BF16", (V, H))]

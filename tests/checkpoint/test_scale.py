@@ -29,9 +29,14 @@ def test_structure_time_grows_linearly_with_tensors(tmp_path: Path) -> None:
     big = deepseek_v3(tmp_path / "big", layers=19, experts=256, mtp=False, shards=32)
     ratio = big["tensors"] / small["tensors"]
     analyze_checkpoint(tmp_path / "small", weights=False)
-    t_small = _structure_seconds(tmp_path / "small", rounds=3)
-    t_big = _structure_seconds(tmp_path / "big", rounds=2)
-    assert t_big / t_small < 1.6 * ratio, (t_small, t_big, small, big)
+    seen = []
+    for _attempt in range(3):  # a burst of other load can spoil one series; a quadratic spoils all three
+        t_small = _structure_seconds(tmp_path / "small", rounds=3)
+        t_big = _structure_seconds(tmp_path / "big", rounds=2)
+        seen.append((round(t_small, 3), round(t_big, 3)))
+        if t_big / t_small < 1.6 * ratio:
+            return
+    raise AssertionError(f"structure time grew faster than the tensors (x{ratio:.2f}): {seen}")
 
 
 def test_full_deepseek_v3_layout(tmp_path: Path) -> None:
