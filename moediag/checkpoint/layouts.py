@@ -687,9 +687,7 @@ def _intermediate(
     return None
 
 
-def _family_hint(
-    split_of: dict[str, tuple[str, int, str] | None], blocks: list[MoEBlock]
-) -> str | None:
+def _family_hint(split_of: dict[str, tuple[str, int, str] | None], blocks: list[MoEBlock]) -> str | None:
     """A family guess from tensor names alone (used when there is no config.json)."""
     if not blocks:
         return None
