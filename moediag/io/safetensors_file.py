@@ -157,7 +157,7 @@ class SafetensorsFile:
             raise self._fail(f"malformed safetensors header: entry {name!r} is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         size = _ITEMSIZE.get(dtype) if isinstance(dtype, str) else None
-        if size is None:
+        if size is None or not isinstance(dtype, str):
             raise self._fail(f"malformed safetensors header: tensor {name!r} has unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise self._fail(f"malformed safetensors header: tensor {name!r} has invalid shape {shape!r}")
