@@ -26,6 +26,7 @@ from moediag.checkpoint.params import ParamCounts, block_key, count_params
 from moediag.checkpoint.routers import RouterSpec, specs_from_layout, top_k_for
 from moediag.checkpoint.weights import (
     DEFAULT_CHUNK_BYTES,
+    DEFAULT_SAMPLE,
     bias_stats,
     expert_similarity,
     load_tensor_f32,
@@ -55,6 +56,7 @@ class LayerResult:
     zero_experts: list[int] = field(default_factory=list)
     similarity_matrices: list[str] = field(default_factory=list)
     weights_note: str | None = None
+    screen: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         b = self.block
@@ -91,6 +93,7 @@ class LayerResult:
             "expert_norms": self.expert_norms,
             "zero_experts": self.zero_experts,
             "similarity_matrices": self.similarity_matrices,
+            "redundancy_screen": self.screen,
             "weights_note": self.weights_note,
         }
 
@@ -113,10 +116,15 @@ class CheckpointAnalysis:
     layer_filter: int | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: fraction of each expert's rows the redundancy screen reads (1: every row, exactly) and its seed
+    sample: float = DEFAULT_SAMPLE
+    seed: int = 0
 
-    def weight_bytes(self) -> int:
-        """Bytes :func:`check_weights` reads for the expert-redundancy pass (the progress total)."""
-        return sum(matrix_bytes(self.inventory, lr.block) for lr in self.layers)
+    def weight_bytes(self, sample: float | None = None) -> int:
+        """Bytes :func:`check_weights` reads for the expert-redundancy pass with ``sample`` (default:
+        this analysis's): the screen's sampled rows; verifying its candidates comes on top."""
+        f = self.sample if sample is None else sample
+        return sum(matrix_bytes(self.inventory, lr.block, f, self.seed) for lr in self.layers)
 
     # -- summaries ------------------------------------------------------------------------------
     @property
@@ -257,6 +265,8 @@ class CheckpointAnalysis:
             "bytes": inv.total_bytes,
             "weights": self.weights_checked,
             "redundancy_threshold": self.redundancy_threshold,
+            "sample": self.sample if self.weights_checked else None,
+            "seed": self.seed if self.weights_checked else None,
             "layer": self.layer_filter,
         }
 
@@ -375,13 +385,19 @@ def analyze_checkpoint(
     redundancy_threshold: float = 0.99,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
+    sample: float = DEFAULT_SAMPLE,
+    seed: int = 0,
 ) -> CheckpointAnalysis:
     """Inspect a checkpoint: structure and parameter counts from headers, then (``weights``) router and
     expert health read one bounded chunk at a time. ``layer`` restricts the per-layer results (and the
-    weight pass) to that layer index. Raises :class:`~moediag.errors.MoediagError` subclasses on bad input.
+    weight pass) to that layer index. ``sample``: fraction of each expert's rows the redundancy screen
+    reads (1 = every row; see :func:`~moediag.checkpoint.weights.expert_similarity`).
+    Raises :class:`~moediag.errors.MoediagError` subclasses on bad input.
     """
     if not -1.0 <= redundancy_threshold <= 1.0:
         raise UsageError(f"redundancy threshold {redundancy_threshold} is not a cosine in [-1, 1]")
+    if not 0.0 < sample <= 1.0:
+        raise UsageError(f"sample {sample} is not a fraction of rows in (0, 1]")
     with _gc_paused():
         inv = path if isinstance(path, Inventory) else open_inventory(path)
         cfg = normalise_config(inv.config)
@@ -446,6 +462,8 @@ def analyze_checkpoint(
         layer_filter=layer,
         warnings=warnings,
         notes=notes,
+        sample=sample,
+        seed=seed,
     )
     if weights:
         check_weights(analysis, chunk_bytes=chunk_bytes, progress=progress)
@@ -457,15 +475,26 @@ def check_weights(
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
+    plan: Callable[[int], None] | None = None,
 ) -> CheckpointAnalysis:
     """Fill in router, bias and expert-redundancy diagnostics of ``analysis`` (in place; returned too).
 
     Reads one layer at a time, in chunks of at most ``chunk_bytes`` (as float32); ``progress(n)`` is
-    called with the bytes read after each chunk (``analysis.weight_bytes()`` is the total).
+    called with the bytes read after each chunk. ``analysis.weight_bytes()`` is the screen's total;
+    ``plan(n)`` is told the bytes of each exact verification before it starts (add them to the total).
     """
     inv = analysis.inventory
     for lr in analysis.layers:
-        _weights_for(inv, lr, analysis.redundancy_threshold, chunk_bytes, progress)
+        _weights_for(
+            inv,
+            lr,
+            analysis.redundancy_threshold,
+            chunk_bytes,
+            progress,
+            plan,
+            analysis.sample,
+            analysis.seed,
+        )
     skipped = sorted({lr.weights_note for lr in analysis.layers if lr.weights_note})
     for s in skipped[:3]:
         if s not in analysis.notes:
@@ -480,6 +509,9 @@ def _weights_for(
     threshold: float,
     chunk_bytes: int,
     progress: Callable[[int], None] | None,
+    plan: Callable[[int], None] | None = None,
+    sample: float = 1.0,
+    seed: int = 0,
 ) -> None:
     b = lr.block
     if b.router:
@@ -489,7 +521,17 @@ def _weights_for(
     if b.router_bias:
         lr.router_bias = bias_stats(load_tensor_f32(inv, b.router_bias), "logit", b.router_bias)
 
-    sim = expert_similarity(inv, b, threshold=threshold, chunk_bytes=chunk_bytes, progress=progress)
+    sim = expert_similarity(
+        inv,
+        b,
+        threshold=threshold,
+        chunk_bytes=chunk_bytes,
+        progress=progress,
+        sample=sample,
+        seed=seed,
+        plan=plan,
+    )
+    lr.screen = sim.screen
     if sim.cosine is not None:
         lr.redundant_pairs = sim.pairs
         lr.distinct_experts = sim.distinct
