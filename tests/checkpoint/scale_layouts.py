@@ -230,3 +230,47 @@ def gpt_oss_120b(folder: Path, *, layers: int = 36, experts: int = 128, shards: 
     cfg = dict(GPT_OSS_120B_CONFIG, num_hidden_layers=layers, num_local_experts=experts)
     cfg["layer_types"] = ["sliding_attention" if L % 2 == 0 else "full_attention" for L in range(layers)]
     return write_checkpoint(folder, _split(specs, shards), cfg)
+
+
+def write_random(path: Path, specs: list[Spec], seed: int = 0) -> int:
+    """Like :func:`write_sparse` but with random data, written 64 MiB at a time (bounded memory): FP8
+    codes uniform over every non-NaN byte, F32 scales in [1e-4, 1e-3], BF16 standard normal."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    size = write_sparse(path, specs)
+    with open(path, "r+b") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        fh.seek(8 + n)
+        for _name, dtype, shape in specs:
+            count = math.prod(shape)
+            for a in range(0, count, 1 << 26):
+                k = min(count, a + (1 << 26)) - a
+                if dtype.startswith("F8"):
+                    t = np.frombuffer(rng.bytes(k), dtype=np.uint8).copy()
+                    t[(t & 0x7F) == 0x7F] -= 1  # no NaN codes (S.1111.111 in E4M3)
+                elif dtype == "F32":
+                    t = (rng.random(k, dtype=np.float32) * 9e-4 + 1e-4).astype(np.float32)
+                else:  # bf16: the top half of float32 normals
+                    t = (rng.standard_normal(k, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+                fh.write(t.tobytes())
+    return size
+
+
+def deepseek_v3_moe_layer(folder: Path, *, experts: int = 256, seed: int = 0) -> dict[str, int]:
+    """One real-size DeepSeek-V3 MoE layer (layer 3: router, bias, ``experts`` FP8 experts with their
+    scales, shared expert) with random data: 11.3 GB for 256 experts. The config is the real one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = [s for s in deepseek_v3_layer(3, experts=experts) if ".mlp." in s[0]]
+    size = write_random(folder / "model-00001-of-00001.safetensors", specs, seed)
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "metadata": {"total_size": size},
+                "weight_map": dict.fromkeys((n for n, _, _ in specs), "model-00001-of-00001.safetensors"),
+            }
+        )
+    )
+    cfg = dict(DEEPSEEK_V3_CONFIG, num_hidden_layers=4, n_routed_experts=experts, num_nextn_predict_layers=0)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    return {"tensors": len(specs), "bytes": size, "shards": 1}

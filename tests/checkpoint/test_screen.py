@@ -135,7 +135,9 @@ def test_zero_expert_is_verified_not_guessed(tmp_path: Path) -> None:
     data_seed=st.integers(0, 1000),
     sample_seed=st.integers(0, 1000),
 )
-def test_screen_equals_exact_pass(tmp_path: Path, levels: list[float], data_seed: int, sample_seed: int) -> None:
+def test_screen_equals_exact_pass(
+    tmp_path: Path, levels: list[float], data_seed: int, sample_seed: int
+) -> None:
     path = _write(tmp_path / f"h{data_seed}-{len(levels)}", levels, seed=data_seed, fp8=False)
     _check(path, 0.99, seed=sample_seed)
 
