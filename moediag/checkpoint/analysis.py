@@ -31,6 +31,7 @@ from moediag.checkpoint.weights import (
     expert_similarity,
     load_tensor_f32,
     matrix_bytes,
+    pass_cost,
     router_stats,
 )
 from moediag.errors import UsageError
@@ -39,6 +40,12 @@ __all__ = ["FORMAT", "CheckpointAnalysis", "LayerResult", "analyze_checkpoint", 
 
 #: Schema version of ``to_dict()`` (meta.format). History: 1 = first release.
 FORMAT = 1
+
+#: What :meth:`CheckpointAnalysis.weights_estimate` assumes, measured on the 2-core development machine
+#: under other load (docs/benchmarks.md): expert bytes read and dequantised per second, and Gram
+#: multiply-adds per second (float32 matmul on 2 threads).
+READ_BYTES_PER_S = 0.25e9
+GRAM_MADDS_PER_S = 12e9
 
 
 @dataclass
@@ -125,6 +132,16 @@ class CheckpointAnalysis:
         this analysis's): the screen's sampled rows; verifying its candidates comes on top."""
         f = self.sample if sample is None else sample
         return sum(matrix_bytes(self.inventory, lr.block, f, self.seed) for lr in self.layers)
+
+    def weights_estimate(self, sample: float | None = None) -> tuple[int, float]:
+        """(bytes, seconds) the weights pass is expected to take: the screen (or the exact pass), from
+        the bytes it reads and the Gram products it computes, at this module's measured rates."""
+        f = self.sample if sample is None else sample
+        nbytes = madds = 0
+        for lr in self.layers:
+            b, m = pass_cost(self.inventory, lr.block, f, self.seed)
+            nbytes, madds = nbytes + b, madds + m
+        return nbytes, nbytes / READ_BYTES_PER_S + madds / GRAM_MADDS_PER_S
 
     # -- summaries ------------------------------------------------------------------------------
     @property
@@ -476,31 +493,68 @@ def check_weights(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
     plan: Callable[[int], None] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> CheckpointAnalysis:
     """Fill in router, bias and expert-redundancy diagnostics of ``analysis`` (in place; returned too).
 
     Reads one layer at a time, in chunks of at most ``chunk_bytes`` (as float32); ``progress(n)`` is
     called with the bytes read after each chunk. ``analysis.weight_bytes()`` is the screen's total;
     ``plan(n)`` is told the bytes of each exact verification before it starts (add them to the total).
+    ``workers=N`` (local processes) or ``scheduler=`` (a Dask cluster, as for traces: every worker must
+    see the checkpoint at the same path) checks layers side by side, one torch thread each; progress
+    then comes a layer at a time.
     """
     inv = analysis.inventory
-    for lr in analysis.layers:
-        _weights_for(
-            inv,
-            lr,
-            analysis.redundancy_threshold,
-            chunk_bytes,
-            progress,
-            plan,
-            analysis.sample,
-            analysis.seed,
-        )
+    args = (analysis.redundancy_threshold, chunk_bytes)
+    if (workers is None or workers <= 1) and scheduler is None:
+        for lr in analysis.layers:
+            _weights_for(inv, lr, *args, progress, plan, analysis.sample, analysis.seed)
+    else:
+        from moediag.parallel import open_runner, ordered, submit_task
+
+        with open_runner(workers, scheduler) as runner:
+            assert runner is not None
+            n = workers if workers is not None else 4
+
+            def submit(lr: LayerResult) -> Any:
+                sub = inv.subset(_block_tensors(lr.block))
+                return submit_task(runner, _layer_task, sub, lr, *args, analysis.sample, analysis.seed)
+
+            # ordered() is typed for trace units but generic in what it submits
+            results = ordered(submit, analysis.layers, 2 * n)  # type: ignore[arg-type]
+            for lr, done in zip(analysis.layers, results, strict=True):
+                lr.__dict__.update({k: v for k, v in done.__dict__.items() if k != "block"})
+                if done.screen and plan is not None:
+                    plan(done.screen["verify_bytes"])
+                if progress is not None:
+                    progress((done.screen or {}).get("bytes", 0) + (done.screen or {}).get("verify_bytes", 0))
     skipped = sorted({lr.weights_note for lr in analysis.layers if lr.weights_note})
     for s in skipped[:3]:
         if s not in analysis.notes:
             analysis.notes.append(s)
     analysis.weights_checked = bool(analysis.layers)
     return analysis
+
+
+def _block_tensors(b: MoEBlock) -> list[str]:
+    """Every tensor the weights pass of block ``b`` reads."""
+    names = [n for n in (b.router, b.router_bias, b.selection_bias) if n]
+    for m in b.matrices:
+        names += list((m.names or {}).values()) + ([m.fused] if m.fused else [])
+        names += list(m.scales.values()) if isinstance(m.scales, dict) else ([m.scales] if m.scales else [])
+    return names
+
+
+def _layer_task(
+    inv: Inventory, lr: LayerResult, threshold: float, chunk_bytes: int, sample: float, seed: int
+) -> LayerResult:
+    """One layer's weights pass in a worker (one torch thread: workers share the machine's cores)."""
+    from moediag.parallel import pinned_threads
+
+    with pinned_threads(1):
+        _weights_for(inv, lr, threshold, chunk_bytes, None, None, sample, seed)
+    return lr
 
 
 def _weights_for(

@@ -38,6 +38,7 @@ __all__ = [
     "expert_similarity",
     "load_tensor_f32",
     "matrix_bytes",
+    "pass_cost",
     "router_stats",
     "sample_rows",
     "screen_cutoff",
@@ -339,18 +340,24 @@ def _itemsize(dtype: str) -> int:
     return itemsize(dtype)
 
 
-def matrix_bytes(inv: Inventory, block: MoEBlock, sample: float = 1.0, seed: int = 0) -> int:
-    """Bytes the redundancy pass reads for ``block``: all of its expert matrices (``sample`` 1), or the
-    sampled rows of the screen (candidates' verification comes on top, once they are known)."""
-    total = 0
+def pass_cost(inv: Inventory, block: MoEBlock, sample: float = 1.0, seed: int = 0) -> tuple[int, int]:
+    """(bytes read, Gram multiply-adds) of the redundancy pass over ``block``: every row of its expert
+    matrices (``sample`` 1), or the sampled rows of the screen (verifying candidates comes on top)."""
+    nbytes = madds = 0
     n = len(block.expert_ids)
     for m in block.matrices:
         rd = _reader(inv, block, m)
         if isinstance(rd, str):
             continue
         rows = sum(r1 - r0 for r0, r1 in sample_rows(rd.rows, rd.bytes_per_row, sample, seed, m.key))
-        total += rows * rd.bytes_per_row * n
-    return total
+        nbytes += rows * rd.bytes_per_row * n
+        madds += n * n * rows * rd.cols
+    return nbytes, madds
+
+
+def matrix_bytes(inv: Inventory, block: MoEBlock, sample: float = 1.0, seed: int = 0) -> int:
+    """Bytes the redundancy pass reads for ``block`` (see :func:`pass_cost`)."""
+    return pass_cost(inv, block, sample, seed)[0]
 
 
 # -- statistics ---------------------------------------------------------------------------------------

@@ -98,6 +98,12 @@ class SafetensorsFile:
         self.metadata: dict[str, str] = {}
         self._parse()
 
+    def without_tensors(self) -> SafetensorsFile:
+        """The same file (path, metadata) with an empty tensor table to fill: cheap to pickle."""
+        other = object.__new__(SafetensorsFile)
+        other.path, other.metadata, other.tensors = self.path, dict(self.metadata), {}
+        return other
+
     # -- header --------------------------------------------------------------------------------
     def _fail(self, message: str) -> InvalidInputError:
         return InvalidInputError(message, self.path)

@@ -151,3 +151,75 @@ def test_sample_rows_are_seeded_runs() -> None:
     assert all(b[0] >= a_[1] for a_, b in zip(a, a[1:], strict=False))  # sorted, disjoint
     assert sample_rows(24, 64, 1 / 32, 0, "w") == [(0, 24)]  # small matrices are read whole
     assert sample_rows(5000, 64, 1.0, 0, "w") == [(0, 5000)]
+
+
+def _weights_view(d: dict) -> list[dict]:
+    keys = (
+        "redundant_pairs",
+        "distinct_experts",
+        "zero_experts",
+        "redundancy_screen",
+        "router_norms",
+        "bias",
+    )
+    return [{k: layer[k] for k in keys} for layer in d["layers"]]
+
+
+def _two_layers(folder: Path) -> Path:
+    """Two MoE layers: layer 0 with a planted pair, layer 1 without."""
+    a = _write(folder / "a", [0.999], seed=4, fp8=True)
+    b = _write(folder / "b", [], seed=5, fp8=True)
+    from safetensors.torch import load_file
+
+    t = load_file(str(a / "model.safetensors"))
+    t.update(
+        {k.replace("layers.0.", "layers.1."): v for k, v in load_file(str(b / "model.safetensors")).items()}
+    )
+    out = folder / "two"
+    out.mkdir()
+    save_file(t, str(out / "model.safetensors"))
+    cfg = json.loads((a / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(dict(cfg, num_hidden_layers=2)))
+    return out
+
+
+def _near_equal(x: object, y: object) -> None:
+    if isinstance(x, dict) and isinstance(y, dict):
+        assert x.keys() == y.keys()
+        for k in x:
+            _near_equal(x[k], y[k])
+    elif isinstance(x, list) and isinstance(y, list):
+        assert len(x) == len(y)
+        for a, b in zip(x, y, strict=True):
+            _near_equal(a, b)
+    elif isinstance(x, float):
+        assert x == pytest.approx(y, rel=1e-4, abs=1e-6)  # workers use one torch thread: other sum order
+    else:
+        assert x == y
+
+
+def test_workers_check_layers_side_by_side(tmp_path: Path) -> None:
+    from moediag.checkpoint import check_weights
+
+    path = _two_layers(tmp_path)
+    serial = analyze_checkpoint(path).to_dict()
+    assert [p[:2] for p in serial["layers"][0]["redundant_pairs"]] == [[0, 1]]
+    seen: list[int] = []
+    a = analyze_checkpoint(path, weights=False)
+    check_weights(a, workers=2, progress=seen.append)
+    _near_equal(_weights_view(a.to_dict()), _weights_view(serial))
+    assert len(seen) == 2 and sum(seen) > 0  # progress a layer at a time
+
+
+def test_dask_scheduler_checks_layers(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    from moediag.checkpoint import check_weights
+
+    path = _two_layers(tmp_path)
+    serial = analyze_checkpoint(path).to_dict()
+    with distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
+    ) as cluster:
+        a = analyze_checkpoint(path, weights=False)
+        check_weights(a, scheduler=cluster.scheduler_address)
+    _near_equal(_weights_view(a.to_dict()), _weights_view(serial))
