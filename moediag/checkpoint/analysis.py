@@ -529,6 +529,15 @@ def check_weights(
                     plan(done.screen["verify_bytes"])
                 if progress is not None:
                     progress((done.screen or {}).get("bytes", 0) + (done.screen or {}).get("verify_bytes", 0))
+    screens = [lr.screen for lr in analysis.layers if lr.screen]
+    if screens:
+        cand = sum(sc["candidate_pairs"] for sc in screens)
+        verified = sum(len(sc["verified_experts"]) for sc in screens)
+        analysis.notes.append(
+            f"expert redundancy screened on a {analysis.sample:.1%} sample of rows (seed {analysis.seed}) "
+            f"in {len(screens)} layer(s): {cand} candidate pair(s), {verified} expert(s) verified on the "
+            "full weights; unverified experts' norms are estimates (--sample 1: every row, exactly)"
+        )
     skipped = sorted({lr.weights_note for lr in analysis.layers if lr.weights_note})
     for s in skipped[:3]:
         if s not in analysis.notes:

@@ -200,3 +200,10 @@ def test_estimate_for_the_full_deepseek_v3(tmp_path: Path) -> None:
     assert 0.025 < nbytes / full < 0.04 and seconds < full_s / 10  # the 1/32 screen
     line = _estimate_line(a, nbytes, seconds)
     assert line.startswith(f"reading {nbytes / 1e9:.1f} GB of expert weights in 2 MoE layers (a 3.1% sample")
+
+
+def test_cli_default_sample_is_the_librarys() -> None:
+    from moediag.checkpoint.weights import DEFAULT_SAMPLE
+    from moediag.cli.inspect import DEFAULT_SAMPLE as CLI_DEFAULT
+
+    assert CLI_DEFAULT == DEFAULT_SAMPLE

@@ -108,6 +108,8 @@ def test_planted_near_duplicates_at_several_noise_levels(tmp_path: Path, fp8: bo
     assert scr["bytes"] < 0.1 * (scr["bytes"] + scr["verify_bytes"] * E / len(scr["verified_experts"]))
     assert set(scr["verified_experts"]) <= set(range(10))
     assert scr["cutoff"] == pytest.approx(screen_cutoff(0.99))
+    note = next(n for n in analyze_checkpoint(path).to_dict()["summary"]["notes"] if "screened" in n)
+    assert f"{scr['candidate_pairs']} candidate pair(s), {len(scr['verified_experts'])} expert(s)" in note
     # estimated norms of unverified experts are close to the exact ones; verified ones are exact
     for j, (est, ex) in enumerate(zip(screened["expert_norms"], exact["expert_norms"], strict=True)):
         tol = 1e-4 if j in scr["verified_experts"] else 0.2
