@@ -82,14 +82,22 @@ def _check(path: Path, threshold: float, seed: int = 0) -> tuple[dict, dict]:
     scr = screened["redundancy_screen"]
     assert exact["redundancy_screen"] is None  # sample 1: no screen, every pair exact
     assert scr is not None and all(n < rows for n, rows in scr["rows"].values())  # it did sample
-    # no missed pair at or above the threshold, none reported that is not one
-    assert [p[:2] for p in screened["redundant_pairs"]] == [p[:2] for p in exact["redundant_pairs"]]
+    # no missed pair at or above the threshold, none reported that is not one. Both are full-weight
+    # values that differ only in float32 summation order over ~10^5 products (~1e-5): a pair within
+    # 1e-4 of the threshold may fall on either side in either pass, and is compared by value only.
+    near = 1e-4
+    got = {(a, b): c for a, b, c in screened["redundant_pairs"]}
+    want = {(a, b): c for a, b, c in exact["redundant_pairs"]}
+    assert {k for k, c in want.items() if c >= threshold + near} <= set(got)
+    assert set(got) <= set(want) | {k for k, c in got.items() if c < threshold + near}
     # every reported pair is verified: its experts were read in full and its cosine is the exact one
-    for (a, b, c), (_, _, c_exact) in zip(screened["redundant_pairs"], exact["redundant_pairs"], strict=True):
+    for (a, b), c in got.items():
         assert a in scr["verified_experts"] and b in scr["verified_experts"]
-        # (both are full-weight values; they differ only in float32 summation order over ~10^5 products)
-        assert c == pytest.approx(c_exact, abs=1e-4) and c >= threshold
-    assert screened["distinct_experts"] == exact["distinct_experts"]
+        assert c >= threshold
+        if (a, b) in want:
+            assert c == pytest.approx(want[(a, b)], abs=near)
+    if all(abs(c - threshold) > near for c in [*got.values(), *want.values()]):
+        assert screened["distinct_experts"] == exact["distinct_experts"]
     assert screened["zero_experts"] == exact["zero_experts"]
     return exact, screened
 
