@@ -137,11 +137,15 @@ def test_bad_input_is_one_line_exit_2(ckpt: Factory, tmp_path: Path) -> None:
 def test_cli_in_process(ckpt: Factory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from moediag.cli import main
 
-    assert main(["inspect", str(ckpt("granitemoe").path), "--json", "--no-weights"]) == 0
+    granite = ckpt("granitemoe").path
+    capsys.readouterr()  # building the fixture may print (transformers, deepspeed): not moediag's output
+    assert main(["inspect", str(granite), "--json", "--no-weights"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["meta"]["kind"] == "checkpoint" and doc["summary"]["family"] == "granitemoe"
     assert doc["summary"]["weights_checked"] is False
-    assert main(["inspect", str(ckpt("qwen2_moe").path), "--layer", "1"]) == 2
+    qwen = ckpt("qwen2_moe").path
+    capsys.readouterr()
+    assert main(["inspect", str(qwen), "--layer", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not an MoE layer" in err[0]
     bad = tmp_path / "model.safetensors"
