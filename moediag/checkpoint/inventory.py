@@ -78,6 +78,22 @@ class Inventory:
     def total_bytes(self) -> int:
         return sum(t.info.nbytes for t in self.tensors.values())
 
+    def subset(self, names: list[str]) -> Inventory:
+        """An inventory of just ``names`` (same files, same config): small to send to a worker process,
+        since its file objects carry only these tensors' headers."""
+        slim: dict[str, SafetensorsFile] = {}
+        tensors: dict[str, TensorRef] = {}
+        for name in names:
+            ref = self.tensors[name]
+            f = slim.get(str(ref.file.path))
+            if f is None:
+                f = slim[str(ref.file.path)] = ref.file.without_tensors()
+            f.tensors[ref.info.name] = ref.info
+            tensors[name] = TensorRef(ref.info, f)
+        return Inventory(
+            self.path, list(slim.values()), tensors, self.config, self.config_path, self.index_path
+        )
+
     def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """Rows ``[a, b)`` of a tensor (all of it when ``rows`` is None), read by byte range."""
         ref = self.tensors[name]

@@ -9,6 +9,8 @@ import typer
 
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import (
+    SCHEDULER_HELP,
+    WORKERS_HELP,
     given_options,
     parse_path_windows,
     print_json,
@@ -17,7 +19,9 @@ from moediag.cli.common import (
     stdout_console,
 )
 from moediag.cli.options import (
+    CHECKPOINT,
     OUTPUT,
+    SCALE,
     CapacityGroup,
     ChunkTokens,
     ColdEps,
@@ -25,14 +29,15 @@ from moediag.cli.options import (
     NumExperts,
     PathWindow,
     RedundancyThreshold,
-    Scheduler,
     ScoreFunction,
     TopK,
     Weights,
-    Workers,
     json_option,
 )
 from moediag.errors import UsageError
+
+#: the library's default (moediag.checkpoint.weights.DEFAULT_SAMPLE), repeated so --help needs no torch
+DEFAULT_SAMPLE = 1 / 32
 
 if TYPE_CHECKING:
     from moediag.trace import RoutingSpec
@@ -89,9 +94,30 @@ def inspect_cmd(
     path_window: PathWindow = None,
     weights: Weights = True,
     redundancy_threshold: RedundancyThreshold = 0.99,
+    sample: float = typer.Option(
+        DEFAULT_SAMPLE,
+        "--sample",
+        metavar="FRACTION",
+        help="Fraction of each expert's rows the redundancy screen reads; candidate pairs are then "
+        "verified on the full weights. 1 reads every row exactly.",
+        rich_help_panel=CHECKPOINT,
+    ),
     chunk_tokens: ChunkTokens = None,
-    workers: Workers = None,
-    scheduler: Scheduler = None,
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        "-w",
+        metavar="N",
+        help=WORKERS_HELP + " Checkpoints: N layers' weights at once.",
+        rich_help_panel=SCALE,
+    ),
+    scheduler: str | None = typer.Option(
+        None,
+        "--scheduler",
+        metavar="ADDRESS",
+        help=SCHEDULER_HELP + " Checkpoints: one task per layer.",
+        rich_help_panel=SCALE,
+    ),
 ) -> None:
     """Print what a trace or checkpoint says about routing: a verdict, an overview, one row per layer.
 
@@ -107,9 +133,8 @@ def inspect_cmd(
     kind = detect_kind(path)
     # options of the other kind of input: derived from what was set, so defaults live in one place
     trace_only = ("worst", "sort", "detail", "num_experts", "top_k", "score_function", "cold_eps",
-                  "capacity_group", "min_capacity", "chunk_tokens", "workers", "scheduler",
-                  "path_window")  # fmt: skip
-    checkpoint_only = ("weights", "redundancy_threshold")
+                  "capacity_group", "min_capacity", "chunk_tokens", "path_window")  # fmt: skip
+    checkpoint_only = ("weights", "redundancy_threshold", "sample")
     unused = given_options(ctx, trace_only if kind == "checkpoint" else checkpoint_only)
     if unused:
         what = "traces" if kind == "checkpoint" else "checkpoints"
@@ -120,7 +145,14 @@ def inspect_cmd(
 
         finish(
             inspect_checkpoint_command(
-                path, as_json=as_json, layer=layer, weights=weights, redundancy_threshold=redundancy_threshold
+                path,
+                as_json=as_json,
+                layer=layer,
+                weights=weights,
+                redundancy_threshold=redundancy_threshold,
+                sample=sample,
+                workers=workers,
+                scheduler=scheduler,
             )
         )
         return

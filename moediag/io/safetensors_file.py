@@ -53,12 +53,15 @@ FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 INT_DTYPES = {"I64", "I32", "I16", "I8", "U8", "U16", "U32", "U64"}
 
 
+_ITEMSIZE: dict[str, int] = {
+    **_EXTRA_ITEMSIZE,
+    **{name: torch.empty((), dtype=dt).element_size() for name, dt in DTYPES.items()},
+}
+
+
 def itemsize(dtype: str) -> int:
-    if dtype in DTYPES:
-        return torch.empty((), dtype=DTYPES[dtype]).element_size()
-    if dtype in _EXTRA_ITEMSIZE:
-        return _EXTRA_ITEMSIZE[dtype]
-    raise KeyError(dtype)
+    """Bytes per element of a safetensors dtype (a dict lookup: called once per tensor of a header)."""
+    return _ITEMSIZE[dtype]
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,12 @@ class SafetensorsFile:
         self.tensors: dict[str, TensorInfo] = {}
         self.metadata: dict[str, str] = {}
         self._parse()
+
+    def without_tensors(self) -> SafetensorsFile:
+        """The same file (path, metadata) with an empty tensor table to fill: cheap to pickle."""
+        other = object.__new__(SafetensorsFile)
+        other.path, other.metadata, other.tensors = self.path, dict(self.metadata), {}
+        return other
 
     # -- header --------------------------------------------------------------------------------
     def _fail(self, message: str) -> InvalidInputError:
@@ -150,18 +159,20 @@ class SafetensorsFile:
         if not isinstance(info, dict):
             raise self._fail(f"malformed safetensors header: entry {name!r} is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(dtype, str) or (dtype not in DTYPES and dtype not in _EXTRA_ITEMSIZE):
+        size = _ITEMSIZE.get(dtype) if isinstance(dtype, str) else None
+        if size is None or not isinstance(dtype, str):
             raise self._fail(f"malformed safetensors header: tensor {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise self._fail(f"malformed safetensors header: tensor {name!r} has invalid shape {shape!r}")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(isinstance(o, int) and o >= 0 for o in offsets)
-            or offsets[1] < offsets[0]
+            or type(offsets[0]) is not int
+            or type(offsets[1]) is not int
+            or not 0 <= offsets[0] <= offsets[1]
         ):
             raise self._fail(f"malformed safetensors header: tensor {name!r} has invalid data_offsets")
-        expected = math.prod(shape) * itemsize(dtype)
+        expected = math.prod(shape) * size
         if dtype == "F4":  # two values a byte
             expected = (math.prod(shape) + 1) // 2
         if offsets[1] - offsets[0] != expected:
