@@ -15,6 +15,7 @@ Built-in specs (each tracker is an optional extra, imported only when its sink i
 ``"wandb"`` / ``wandb:P``   the active W&B run, else a new one in project ``P`` (default ``moediag``)
 ``"mlflow"`` / ``mlflow:E`` the active MLflow run, else a new one in experiment ``E``
 ``"logging"`` / ``logging:NAME``  Python ``logging`` (logger ``moediag.monitor`` by default)
+``"prometheus:HOST:PORT"``  ``/metrics`` and ``/healthz`` served from this process (docs/watch.md)
 ==========================  ===========================================================================
 
 Trackers get a bounded number of series (:func:`scalars`): per layer the figures of
@@ -305,12 +306,19 @@ def _needs_arg(name: str, factory: Callable[[str], Sink]) -> SinkFactory:
     return make
 
 
+def _prometheus(arg: str | None) -> Sink:
+    from moediag.live.prometheus import prometheus_sink
+
+    return prometheus_sink(arg)
+
+
 SINKS: dict[str, SinkFactory] = {
     "jsonl": _needs_arg("jsonl", JsonlSink),
     "tensorboard": _needs_arg("tensorboard", TensorBoardSink),
     "wandb": lambda arg: WandbSink(arg),
     "mlflow": lambda arg: MlflowSink(arg),
     "logging": lambda arg: LoggingSink(arg or "moediag.monitor"),
+    "prometheus": _prometheus,
 }
 
 
