@@ -179,17 +179,17 @@ def watch_command(
             stopped_by.append(signal.Signals(signum).name)
             stop.set()
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             code = watcher.run(stop, exit_on_alert=exit_on_alert)
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         _summary(watcher, f"stopped ({stopped_by[0]})" if stopped_by else "stopped on an alert")
         finish(code)
     finally:
-        for s in sinks:
-            s.close()
+        for each in sinks:
+            each.close()
 
 
 def _counter_help() -> dict[str, str]:
