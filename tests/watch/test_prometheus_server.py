@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 N_DUMPS = 6
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(
         PROMETHEUS is None,
         reason="the prometheus server binary is not installed (apt-get install prometheus)",
