@@ -120,7 +120,13 @@ def watch_command(
     --check max_vio=1.5
     """
     from moediag.config import load_config
-    from moediag.live.prometheus import PrometheusMetrics, parse_listen
+
+    try:
+        from moediag.live.prometheus import PrometheusMetrics, parse_listen
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise UsageError(
+            f"moediag watch needs prometheus_client ({exc}): pip install 'moediag[watch]'"
+        ) from None
     from moediag.live.sinks import make_sink
     from moediag.watch import DecodeOptions, Watcher, WatchOptions
     from moediag.watch.decoders import parse_watch_format

@@ -146,3 +146,19 @@ def test_every_metric_is_documented_with_its_type() -> None:
         assert re.search(rf"^\| `{name}(\{{[^`]*\}})?` \| {kind} \|", text, re.M), (
             f"docs/watch.md: {name} ({kind})"
         )
+
+
+def test_the_grafana_dashboard_queries_only_metrics_we_export() -> None:
+    import json
+
+    dash = json.loads((ROOT / "examples" / "grafana" / "moediag-watch.json").read_text())
+    known = {m.name for m in METRICS} | {f"moediag_watch_{n}_total" for n in WATCH_COUNTERS}
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"moediag_[a-z_]+", e)}
+    assert used and used <= known, used - known
+    kinds = {p["type"] for p in dash["panels"]}
+    assert {"timeseries", "heatmap", "state-timeline"} <= kinds
+    assert any("moediag_layer_balancedness" in e for e in exprs)
+    assert any("moediag_expert_load_share" in e for e in exprs) and any(
+        "moediag_rule_alert" in e for e in exprs
+    )
