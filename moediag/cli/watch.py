@@ -110,6 +110,9 @@ def watch_command(
     layers: str | None = typer.Option(
         None, "--layers", help="Model layer index of each MoE layer, in source order (vllm), e.g. 1,3,5."
     ),
+    threads: int = typer.Option(
+        1, "--threads", metavar="N", help="torch threads (1: leave the cores to the server it watches)."
+    ),
 ) -> None:
     """Follow a serving system's routing dumps; serve Prometheus metrics; evaluate rules per window.
 
@@ -140,6 +143,11 @@ def watch_command(
         raise UsageError(f"--window-steps must be at least 1, got {window_steps}")
     if judge_windows < 1:
         raise UsageError(f"--judge-windows must be at least 1, got {judge_windows}")
+    if threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)  # small tensors per record: more threads only spin against the server
     host, port = parse_listen(listen)
     sources = list(src)
     checks = None if no_checks else load_config(config, _check_flags(check))

@@ -146,6 +146,14 @@ def _num(value: Any) -> float | None:
     return None
 
 
+def _tokens(row: Mapping[str, Any]) -> float | None:
+    """Tokens of a figure row; for counts-only data, assignments / top-k when top-k is known."""
+    tokens = _num(row.get("tokens"))
+    if tokens is None and row.get("top_k") and row.get("assignments") is not None:
+        return float(int(row["assignments"]) // int(row["top_k"]))
+    return tokens
+
+
 def _fmt(value: float) -> str:
     return repr(float(value)) if value == value else "NaN"
 
@@ -227,8 +235,8 @@ class PrometheusMetrics:
                     rec["judged_dead"] if rec.get("judged_dead") is not None else rec.get("dead_experts")
                 ),
                 "moediag_layer_cold_experts": _num(rec.get("cold_experts")),
-                "moediag_layer_window_tokens": _num(rec.get("tokens")),
-                "moediag_layer_tokens_total": _num(cum.get("tokens")),
+                "moediag_layer_window_tokens": _tokens(rec),
+                "moediag_layer_tokens_total": _tokens(cum),
                 "moediag_layer_assignments_total": _num(cum.get("assignments")),
                 "moediag_layer_balancedness_cumulative": balancedness(cum.get("load")),
                 "moediag_layer_max_vio_cumulative": _num(cum.get("max_vio")),

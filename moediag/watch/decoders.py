@@ -20,6 +20,7 @@ trace     moediag v1 traces (``.safetensors``), e.g. flight-recorder dumps  a fi
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -73,28 +74,33 @@ class Observation:
         return 0
 
 
-def ids_batch(ids: torch.Tensor, num_experts: int) -> LayerBatch:
+def ids_batch(ids: torch.Tensor, num_experts: int, index: torch.Tensor | None = None) -> LayerBatch:
     """A :class:`LayerBatch` of chosen expert ids ``[n, slots]`` (-1 = empty slot; trailing empty columns
-    are dropped)."""
+    are dropped). ``index``: the tokens' indices (``arange(n)`` unless given; layers of one record share
+    it)."""
     ids = ids.to(torch.int64)
     filled = ids >= 0
     if ids.shape[1] and bool(filled.any()):
         cols = torch.nonzero(filled.any(dim=0)).flatten()
         ids = ids[:, : int(cols.max()) + 1]
     n = ids.shape[0]
-    batch = LayerBatch(num_experts, max(ids.shape[1], 1), ids, ids[:, 0], torch.arange(n, dtype=torch.int64))
+    if index is None:
+        index = torch.arange(n, dtype=torch.int64)
+    batch = LayerBatch(num_experts, max(ids.shape[1], 1), ids, ids[:, 0], index)
     batch.filled = bool((ids >= 0).all())
     return batch
 
 
 class _Recent:
-    """A bounded set of recently seen keys (tensor-parallel duplicates arrive close together)."""
+    """A bounded set of recently seen records, by digest (tensor-parallel duplicates arrive close together):
+    at most ``capacity`` 20-byte digests, whatever the size of the records."""
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
-        self._keys: OrderedDict[Any, None] = OrderedDict()
+        self._keys: OrderedDict[tuple[Any, ...], None] = OrderedDict()
 
-    def seen(self, key: Any) -> bool:
+    def seen(self, kind: str, step: int, data: torch.Tensor) -> bool:
+        key = (kind, step, hashlib.sha1(data.contiguous().numpy().tobytes()).digest())
         if key in self._keys:
             return True
         self._keys[key] = None
@@ -163,7 +169,7 @@ class SglangDecoder(Decoder):
         e = sglang.num_logical(p2l, ImportOptions(num_experts=self.options.num_experts), path)
         if mode == "per_pass":
             for fp, _rank, gpc in sglang.pass_records(obj, p2l, path):
-                if self.recent.seen(("pass", fp, gpc.numpy().tobytes())):
+                if self.recent.seen("pass", fp, gpc):
                     continue  # tensor parallel: another rank's identical record
                 logical = sglang.physical_to_logical_counts(gpc, p2l, e)
                 per_layer = logical.sum(dim=1)
@@ -176,14 +182,16 @@ class SglangDecoder(Decoder):
             if topk.shape[1] == 0:
                 continue
             fp = int(rec.get("forward_pass_id", j))
-            if self.recent.seen(("token", fp, topk.numpy().tobytes())):
+            if self.recent.seen("token", fp, topk):
                 continue
             batches: dict[int, LayerBatch] = {}
+            index = torch.arange(topk.shape[1], dtype=torch.int64)
+            routed = (topk >= 0).flatten(1).any(dim=1).tolist()
             for layer in range(topk.shape[0]):
-                if not bool((topk[layer] >= 0).any()):
+                if not routed[layer]:
                     continue  # a dense layer: every slot empty
                 logical = sglang.logical_ids(topk[layer], p2l[layer])
-                batches[layer] = ids_batch(logical, e)
+                batches[layer] = ids_batch(logical, e, index)
             if batches:
                 k = max(b.top_k for b in batches.values())
                 yield Observation(step=fp, batches=batches, num_experts=e, top_k=k)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -167,3 +168,56 @@ def test_rules_alert_once_per_onset_and_resolve(tmp_path: Path) -> None:
     assert got == [[("max_vio", 1)], [("max_vio", 1)], []]
     assert [line.split(":")[0] for line in logs] == ["alert", "resolved"]
     assert "max_vio_rising" in w.rules() and "max_vio" in w.rules() and "max_cv" not in w.rules()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(1, 400), min_size=1, max_size=8))
+def test_jsonl_appended_in_arbitrary_pieces_counts_as_written_at_once(
+    tmp_path_factory, cuts: list[int]
+) -> None:
+    tmp = tmp_path_factory.mktemp("jsonl")
+    e = 6
+    g = torch.Generator().manual_seed(len(cuts))
+    lines = [
+        json.dumps(
+            {
+                "step": s,
+                "layer": layer,
+                "rank": 0,
+                "num_tokens": 3,
+                "topk": 2,
+                "top_indices": torch.stack([torch.randperm(e, generator=g)[:2] for _ in range(3)]).tolist(),
+            }
+        )
+        for s in range(6)
+        for layer in (1, 2)
+    ]
+    data = ("\n".join(lines) + "\n").encode()
+    whole = tmp / "whole"
+    whole.mkdir()
+    (whole / "router_trace_rank0.jsonl").write_bytes(data)
+    want = cumulative_loads(watch_once(whole, "megatron", num_experts=e))
+    d = tmp / "d"
+    d.mkdir()
+    target = d / "router_trace_rank0.jsonl"
+    target.write_bytes(b"")
+    opts = WatchOptions("megatron", DecodeOptions(num_experts=e), settle=0, check=None, window_seconds=None)
+    w = Watcher([d], opts, log=lambda m: None)
+    pos = 0
+    for cut in cuts + [len(data)]:
+        with open(target, "ab") as fh:
+            fh.write(data[pos : pos + cut])  # a writer's buffer flushes anywhere, mid-line included
+        pos = min(len(data), pos + cut)
+        w.poll()
+    assert cumulative_loads(w) == want and w.counters["bad_lines"] == 0
+
+
+def test_tensor_parallel_memory_is_bounded_by_digests() -> None:
+    from moediag.watch.decoders import _Recent
+
+    recent = _Recent(capacity=8)
+    big = torch.zeros(1 << 16, dtype=torch.int64)
+    for i in range(100):
+        assert not recent.seen("token", i, big)
+    assert len(recent._keys) == 8 and all(len(k[2]) == 20 for k in recent._keys)
+    assert recent.seen("token", 99, big) and not recent.seen("token", 0, big)
