@@ -15,7 +15,9 @@ Windows are a ring of mergeable *buckets*: what arrives between two closes is on
   in the last S steps and/or whose end lies in the last T seconds (what a serving watcher scrapes).
 
 Memory is bounded by the window, never by the input: at most ``max_buckets`` buckets are kept, each of a
-fixed size per layer (O(E) counters and sums plus a fixed margin histogram).
+fixed size per layer (O(E) counters and sums plus a fixed margin histogram). When more would be needed, the
+two oldest buckets are merged into one: the window's old edge gets coarser (it may then cover a little
+more than asked, never less).
 """
 
 from __future__ import annotations
@@ -134,6 +136,20 @@ class Bucket:
             return
         self.first_step = step if self.first_step is None else min(self.first_step, step)
         self.last_step = step if self.last_step is None else max(self.last_step, step)
+
+
+def _merge_buckets(older: Bucket, newer: Bucket) -> Bucket:
+    """One bucket holding both (``older`` closed first)."""
+    out = Bucket(started=older.started, ended=newer.ended)
+    for b in (older, newer):
+        out.see(b.first_step)
+        out.see(b.last_step)
+        for layer, stats in b.layers.items():
+            if layer in out.layers:
+                out.layers[layer].merge(stats)
+            else:
+                out.layers[layer] = stats.copy()
+    return out
 
 
 @dataclass
@@ -345,8 +361,11 @@ class LiveStats:
             while len(self.ring) > 1:
                 self.ring.popleft()
             return
-        while len(self.ring) > self.max_buckets:
-            self.ring.popleft()
+        while (
+            len(self.ring) > self.max_buckets
+        ):  # coarsen the old end: merge, never lose what is in the window
+            oldest = self.ring.popleft()
+            self.ring[0] = _merge_buckets(oldest, self.ring[0])
         while len(self.ring) > 1:
             oldest = self.ring[0]
             old_by_steps = (

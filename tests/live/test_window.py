@@ -145,3 +145,15 @@ def test_records_follow_the_jsonl_contract(trace: Path) -> None:
     summary = records[-1]
     assert summary["max_vio"] == max(r["max_vio"] for r in records[:2])
     assert summary["layers"] == 2
+
+
+def test_a_full_ring_merges_its_oldest_buckets_instead_of_dropping_them() -> None:
+    from moediag.watch.decoders import ids_batch
+
+    live = LiveStats(window_steps=6, max_buckets=2)
+    for step in range(1, 5):  # one token a step, on expert step % 4
+        live.update(0, ids_batch(torch.tensor([[step % 4]]), 4), step=step)
+        report = live.close_window(step=step)
+        assert len(live.ring) <= 2
+        assert report.layers[0]["tokens"] == step  # all of the last 6 steps: none dropped
+    assert report.layers[0]["load"] == [1, 1, 1, 1] and report.window == (1, 4)
