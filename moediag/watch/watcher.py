@@ -65,6 +65,8 @@ class WatchOptions:
     state_path: Path | None = None
     #: seconds between state saves while data arrives (always saved at exit)
     save_every: float = 5.0
+    #: per-poll buckets a window is made of, at most (older ones are merged): bounds memory
+    max_buckets: int = 64
 
 
 class Watcher:
@@ -98,6 +100,7 @@ class Watcher:
             StatsOptions(cold_eps=cold_eps),
             window_steps=options.window_steps,
             window_seconds=options.window_seconds,
+            max_buckets=options.max_buckets,
             clock=clock,
         )
         min_load = float(options.check["min_expected_load"]) if options.check is not None else 20.0
