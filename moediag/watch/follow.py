@@ -110,8 +110,8 @@ def _head(path: Path) -> str:
 class Follower:
     """Polls ``sources`` (folders, searched recursively, or single files) for readable data.
 
-    ``wants(path)`` says whether a file the follower has not seen is input; ``appendable(path)`` whether it
-    is read line by line as it grows (else it is read whole once complete). ``states`` maps ``(dev, ino)``
+    ``wants(path)`` says whether a file found in a folder is input (a file named in ``sources`` always
+    is); ``appendable(path)`` whether it is read line by line as it grows (else whole, once complete). ``states`` maps ``(dev, ino)``
     to what was consumed (restored from a state file to resume).
     """
 
@@ -136,7 +136,8 @@ class Follower:
         self.states: dict[tuple[int, int], FileState] = dict(states or {})
         self.clock = clock or time.monotonic
 
-    def _scan(self) -> Iterator[tuple[Path, os.stat_result]]:
+    def _scan(self) -> Iterator[tuple[Path, os.stat_result, bool]]:
+        """Every candidate file, its stat, and whether it was named explicitly (then always input)."""
         for src in self.sources:
             if src.is_dir():
                 for root, dirs, files in os.walk(src):
@@ -149,20 +150,20 @@ class Follower:
                             st = p.stat()
                         except OSError:  # gone between listing and stat
                             continue
-                        yield p, st
+                        yield p, st, False
             else:
                 try:
                     st = src.stat()
                 except OSError:
                     continue
-                yield src, st
+                yield src, st, True
 
     def poll(self) -> list[Ready]:
         """What became readable since the last poll, in path order."""
         now = self.clock()
         seen: set[tuple[int, int]] = set()
         ready: list[Ready] = []
-        for path, st in self._scan():
+        for path, st, explicit in self._scan():
             key = (st.st_dev, st.st_ino)
             if key in seen:  # a hard link or the same file named twice
                 continue
@@ -171,7 +172,7 @@ class Follower:
             if state is not None and state.head and st.st_size >= HEAD_BYTES and _head(path) != state.head:
                 state = None  # the inode was reused by another file
             if state is None:
-                if ROTATED_NAME.fullmatch(path.name) or not self.wants(path):
+                if not explicit and (ROTATED_NAME.fullmatch(path.name) or not self.wants(path)):
                     continue
                 state = FileState(
                     str(path), st.st_dev, st.st_ino, _head(path), appendable=self.appendable(path)

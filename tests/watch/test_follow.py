@@ -140,3 +140,10 @@ def test_polling_writes_nothing_into_the_folder(tmp_path: Path) -> None:
     for _ in range(3):
         f.poll()
     assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir()) == before
+
+
+def test_a_file_named_explicitly_is_followed_whatever_its_name(tmp_path: Path) -> None:
+    log = tmp_path / "responses.log"
+    log.write_bytes(b"1\n")
+    f = Follower([log], wants=lambda p: False, appendable=lambda p: True, settle=0, clock=Clock())
+    assert _lines(f.poll()) == [("responses.log", 1, [b"1"])]
