@@ -111,8 +111,8 @@ class Follower:
     """Polls ``sources`` (folders, searched recursively, or single files) for readable data.
 
     ``wants(path)`` says whether a file found in a folder is input (a file named in ``sources`` always
-    is); ``appendable(path)`` whether it is read line by line as it grows (else whole, once complete). ``states`` maps ``(dev, ino)``
-    to what was consumed (restored from a state file to resume).
+    is); ``appendable(path)`` whether it is read line by line as it grows (else whole, once complete).
+    ``states`` maps ``(dev, ino)`` to what was consumed (restored from a state file to resume).
     """
 
     def __init__(
