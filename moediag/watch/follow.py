@@ -135,6 +135,7 @@ class Follower:
         self.max_read = max_read
         self.states: dict[tuple[int, int], FileState] = dict(states or {})
         self.clock = clock or time.monotonic
+        self._verified: set[tuple[int, int]] = set()
 
     def _scan(self) -> Iterator[tuple[Path, os.stat_result, bool]]:
         """Every candidate file, its stat, and whether it was named explicitly (then always input)."""
@@ -169,7 +170,7 @@ class Follower:
                 continue
             seen.add(key)
             state = self.states.get(key)
-            if state is not None and state.head and st.st_size >= HEAD_BYTES and _head(path) != state.head:
+            if state is not None and self._reused(key, state, path, st):
                 state = None  # the inode was reused by another file
             if state is None:
                 if not explicit and (ROTATED_NAME.fullmatch(path.name) or not self.wants(path)):
@@ -179,6 +180,7 @@ class Follower:
                 )
                 state.size, state.mtime_ns, state.stable_since = st.st_size, st.st_mtime_ns, now
                 self.states[key] = state
+                self._verified.add(key)
                 if not state.appendable:
                     if self.settle <= 0:
                         ready.append(WholeFile(path, state))
@@ -202,7 +204,18 @@ class Follower:
                     ready.append(WholeFile(path, state))
         for key in [k for k in self.states if k not in seen]:  # deleted: forget (bounded state)
             del self.states[key]
+            self._verified.discard(key)
         return ready
+
+    def _reused(self, key: tuple[int, int], state: FileState, path: Path, st: os.stat_result) -> bool:
+        """Whether a known inode now holds another file: its first bytes differ. Checked once per process
+        for each file (after a restart) and whenever its size or mtime moved, so an idle folder of
+        thousands of dumps costs one stat per file per poll, no reads."""
+        moved = (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns)
+        if key in self._verified and not moved:
+            return False
+        self._verified.add(key)
+        return bool(state.head) and st.st_size >= HEAD_BYTES and _head(path) != state.head
 
     def _lines(self, path: Path, st: os.stat_result, state: FileState) -> NewLines | None:
         if st.st_size < state.offset:  # truncated in place: start again

@@ -147,3 +147,23 @@ def test_a_file_named_explicitly_is_followed_whatever_its_name(tmp_path: Path) -
     log.write_bytes(b"1\n")
     f = Follower([log], wants=lambda p: False, appendable=lambda p: True, settle=0, clock=Clock())
     assert _lines(f.poll()) == [("responses.log", 1, [b"1"])]
+
+
+def test_an_idle_folder_costs_no_reads_and_a_rewritten_dump_is_new(tmp_path: Path, monkeypatch) -> None:
+    import moediag.watch.follow as follow
+
+    clock = Clock()
+    f = _follower(tmp_path, clock, settle=0)
+    for i in range(3):
+        (tmp_path / f"{i}.pt").write_bytes(bytes([i]) * 100)
+    for item in f.poll():
+        Follower.mark_done(item.state)
+    reads = []
+    real = follow._head
+    monkeypatch.setattr(follow, "_head", lambda p: reads.append(p.name) or real(p))
+    for _ in range(3):
+        assert f.poll() == []
+    assert reads == []
+    clock.t = 1
+    (tmp_path / "1.pt").write_bytes(b"another dump in the same inode" * 4)  # rewritten in place
+    assert _whole(f.poll()) == ["1.pt"] and reads
