@@ -116,6 +116,8 @@ class Decoder:
 
     pattern: re.Pattern[str] = re.compile(r".*")
     lines: re.Pattern[str] | None = None
+    #: decode_file yields observations as it reads (True) rather than after checking the whole file
+    streams: bool = False
 
     def __init__(self, options: DecodeOptions) -> None:
         self.options = options
@@ -335,6 +337,7 @@ class TraceDecoder(Decoder):
     by chunk (one observation per chunk, so memory is bounded by a chunk)."""
 
     pattern = re.compile(r".*\.safetensors")
+    streams = True
 
     def decode_file(self, path: Path) -> Iterator[Observation]:
         from moediag.analysis import chunk_mask, layer_batch

@@ -159,22 +159,33 @@ class Watcher:
         return ingested
 
     def _whole(self, item: WholeFile) -> int:
+        """Decode a complete file. Dump formats are decoded whole before anything is counted, so a file
+        that fails half-way adds nothing; traces stream chunk by chunk (memory bounded by a chunk: their
+        headers were validated when opened), and a failure after the first chunk keeps what was read."""
+        streamed = 0
         observations: list[Observation] = []
         try:
-            observations = list(self.decoder.decode_file(item.path))
+            decoded = self.decoder.decode_file(item.path)
+            if self.decoder.streams:
+                for obs in decoded:
+                    self._ingest(obs)
+                    streamed += 1
+            else:
+                observations = list(decoded)
         except MissingMetadataError:
             raise
         except Exception as exc:  # malformed, or unforeseen: skip the file, never crash the daemon
-            self.log(f"skipped {item.path}: {_reason(exc, item.path)}")
+            kept = f" ({streamed} records before the problem were kept)" if streamed else ""
+            self.log(f"skipped {item.path}: {_reason(exc, item.path)}{kept}")
             self._count("bad_files")
-            Follower.mark_done(item.state, failed=True)
+            Follower.mark_done(item.state, failed=not streamed)
             self._dirty = True
-            return 0
+            return streamed
         Follower.mark_done(item.state)
         self._count("files")
         for obs in observations:
             self._ingest(obs)
-        return len(observations)
+        return streamed + len(observations)
 
     def _lines(self, item: NewLines) -> int:
         if item.first_line == 1 and item.lines:

@@ -221,3 +221,16 @@ def test_tensor_parallel_memory_is_bounded_by_digests() -> None:
         assert not recent.seen("token", i, big)
     assert len(recent._keys) == 8 and all(len(k[2]) == 20 for k in recent._keys)
     assert recent.seen("token", 99, big) and not recent.seen("token", 0, big)
+
+
+def test_a_dump_that_fails_half_way_adds_nothing(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    path, _ = sglang_per_token_dump(d, 1.0, passes=3, seed=0)
+    obj = torch.load(path, weights_only=True)
+    obj["records"][2]["topk_ids_of_layer"] = obj["records"][2]["topk_ids_of_layer"][:2]  # 2 of 4 layers
+    torch.save(obj, path)
+    logs: list[str] = []
+    w = Watcher([d], WatchOptions("sglang", settle=0, check=None, window_seconds=None), log=logs.append)
+    w.poll()
+    assert w.counters["bad_files"] == 1 and w.counters["records"] == 0 and w.step == 0
+    assert logs == [f"skipped {path}: record 2: topk_ids_of_layer has 2 layers, the map has 4"]
