@@ -121,3 +121,17 @@ def test_exit_on_alert_while_following(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, err
     assert "stopped on an alert" in err
+
+
+def test_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = runner.invoke(
+            app, ["watch", str(tmp_path), "-f", "sglang", "--no-state", "--listen", f"127.0.0.1:{port}"]
+        )
+    assert result.exit_code == 2, result.output
+    assert f"--listen 127.0.0.1:{port}: cannot listen" in result.output
