@@ -108,8 +108,11 @@ class Monitor:
     Trainer and Lightning callbacks turn into a stop), ``"ignore"``, or a callable taking the alerts.
     ``windows``: W of the temporal judgement. ``flight_recorder``: keep the last K steps' routing and
     write it as a v1 trace into ``flight_dir`` on an alert, an exception, or :meth:`dump_flight`.
-    ``process_group``: the group statistics are summed over (default: the world; under tensor
-    parallelism pass the data-parallel group, since tensor-parallel ranks route the same tokens).
+    ``training_only``: forwards in eval mode are not steps. ``hook_forward=False``: no hooks on the
+    model's own forward; the caller brackets each forward with :meth:`begin_forward` and
+    :meth:`end_forward` (the Lightning callback does). ``process_group``: the group statistics are
+    summed over (default: the world; under tensor parallelism pass the data-parallel group, since
+    tensor-parallel ranks route the same tokens).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class Monitor:
         flight_max_bytes: int = DEFAULT_MAX_BYTES,
         flight_dir: str | os.PathLike[str] = "moediag-flight",
         training_only: bool = True,
+        hook_forward: bool = True,
         process_group: Any = None,
         options: StatsOptions | None = None,
     ) -> None:
@@ -148,6 +152,7 @@ class Monitor:
         self.on_alert = on_alert
         self.options = options or StatsOptions(cold_eps=float(self.config["cold_eps"]))
         self.training_only = training_only
+        self.hook_forward = hook_forward
         self.process_group = process_group
         self.flight_dir = Path(flight_dir)
         self._sink_specs = sinks
@@ -214,8 +219,9 @@ class Monitor:
         self.sinks = make_sinks(self._sink_specs) if self._rank == 0 else []
         for site in self.sites:
             self._handles.append(site.module.register_forward_hook(self._make_hook(site), with_kwargs=True))
-        self._handles.append(self.model.register_forward_pre_hook(self._pre, with_kwargs=True))
-        self._handles.append(self.model.register_forward_hook(self._post, with_kwargs=True))
+        if self.hook_forward:
+            self._handles.append(self.model.register_forward_pre_hook(self._pre, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._post, with_kwargs=True))
         self._started = True
         return self
 
@@ -304,28 +310,40 @@ class Monitor:
         return not self._paused and not self._closed and (self.model.training or not self.training_only)
 
     def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids")
+        if ids is None and args and isinstance(args[0], torch.Tensor):
+            ids = args[0]
+        self.begin_forward(ids, kwargs.get("attention_mask"), kwargs.get("inputs_embeds"))
+
+    def _post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        self.end_forward()
+
+    def begin_forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> None:
+        """Start observing the routers (the top-level forward pre-hook calls this; with
+        ``hook_forward=False`` a callback does). ``attention_mask`` [B, S] leaves padding out."""
         if not self._active():
             self._armed = False
             return
         self._armed = True
         self._valid = None
-        ids = kwargs.get("input_ids")
-        if ids is None and args and isinstance(args[0], torch.Tensor):
-            ids = args[0]
-        mask = kwargs.get("attention_mask")
-        if isinstance(ids, torch.Tensor) and ids.dim() >= 2:
-            self._shape = (int(ids.shape[0]), int(ids.shape[1]))
-        else:
-            embeds = kwargs.get("inputs_embeds")
-            self._shape = (
-                (int(embeds.shape[0]), int(embeds.shape[1])) if isinstance(embeds, torch.Tensor) else (0, 0)
-            )
+        self._shape = (0, 0)
+        for t in (input_ids, inputs_embeds):
+            if isinstance(t, torch.Tensor) and t.dim() >= 2:
+                self._shape = (int(t.shape[0]), int(t.shape[1]))
+                break
+        mask = attention_mask
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and self._shape[0]:
             self._valid = mask[:, -self._shape[1] :].reshape(-1).bool()
         if self.flight is not None:
             self.flight.begin(self._step)
 
-    def _post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    def end_forward(self) -> None:
+        """Stop observing: the forward of the current step is done (reports when auto-stepping)."""
         if not self._armed:
             return
         self._armed = False
