@@ -150,7 +150,7 @@ class DeviceStats:
             v.counts.index_add_(0, r.ids.reshape(-1), ones_k)
             v.top1.index_add_(0, r.top1, ones)
             v.hf_counts.index_add_(0, r.hf_ids.reshape(-1), ones_k)
-            tokens = torch.tensor(n, dtype=torch.int64, device=r.ids.device) if n else None
+            tokens = torch.full((), n, dtype=torch.int64, device=r.ids.device)  # a fill: no host copy
             w = None
         else:
             vi = valid.to(torch.int64)

@@ -211,10 +211,16 @@ class Monitor:
             raise UsageError(f"top-k unknown for layers {missing}: pass Monitor(..., top_k=K)")
         self.info = routing_info(self.model, self.sites, score_function=self._score_function)
         device = self.sites[0].weight.device
+        elsewhere = [s.name for s in self.sites if s.weight.device != device]
+        if elsewhere:
+            raise UsageError(
+                f"routers on several devices ({self.sites[0].name} on {device}, {elsewhere[0]} on "
+                f"{self.sites[[s.name for s in self.sites].index(elsewhere[0])].weight.device}): the "
+                "monitor keeps its statistics on one device; monitor each pipeline stage's module"
+            )
         self._device_stats = DeviceStats(
             {s.layer: (s.num_experts, s.top_k) for s in self.sites}, device, self.options.cold_eps
         )
-        self._biases = {s.layer: self._bias(s) for s in self.sites}
         self._rank = self._get_rank()
         self.sinks = make_sinks(self._sink_specs) if self._rank == 0 else []
         for site in self.sites:
@@ -231,11 +237,6 @@ class Monitor:
         if dist.is_available() and dist.is_initialized():
             return int(dist.get_rank())
         return 0
-
-    @staticmethod
-    def _bias(site: RouterSite) -> torch.Tensor | None:
-        b = site.selection_bias()
-        return None if b is None else b.to(site.weight.device)
 
     def close(self) -> None:
         """Report the last (partial) window, remove the hooks and close the sinks."""
@@ -375,7 +376,7 @@ class Monitor:
             out.ids,
             top_k=site.top_k,
             score_function=info.score_function,
-            bias=self._biases.get(site.layer),
+            bias=site.selection_bias_tensor(),  # the live tensor: training may move it
             n_group=info.n_group,
             topk_group=info.topk_group,
         )

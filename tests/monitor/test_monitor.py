@@ -18,7 +18,7 @@ from moediag.errors import UsageError  # noqa: E402
 from moediag.live.window import LAYER_KEYS  # noqa: E402
 from moediag.monitor.flight import step_bytes  # noqa: E402
 from tests.conftest import assert_same  # noqa: E402
-from tests.monitor.helpers import batch, collapse, tiny_mixtral  # noqa: E402
+from tests.monitor.helpers import TinyNet, batch, collapse, tiny_mixtral  # noqa: E402
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -162,51 +162,9 @@ def test_flight_recorder_memory_bound(tmp_path: Path) -> None:
         assert mon.flight is not None and len(mon.flight.ring) == 2 and mon.flight.nbytes <= cap
 
 
-class _Expert(torch.nn.Module):
-    def __init__(self, h: int) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(h, h)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x)
-
-
-class _MegatronStyleMoE(torch.nn.Module):
-    """A custom block: a ``gate`` linear beside an ``experts`` list, routing with sigmoid top-2."""
-
-    def __init__(self, h: int, e: int, k: int) -> None:
-        super().__init__()
-        self.gate = torch.nn.Linear(h, e, bias=False)
-        self.experts = torch.nn.ModuleList(_Expert(h) for _ in range(e))
-        self.k = k
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = torch.sigmoid(self.gate(x))
-        w, idx = scores.topk(self.k, dim=-1)
-        out = torch.zeros_like(x)
-        for j in range(self.k):
-            for e, expert in enumerate(self.experts):
-                sel = idx[..., j] == e
-                out[sel] += w[..., j][sel].unsqueeze(-1) * expert(x[sel])
-        return out
-
-
-class _Net(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = torch.nn.Embedding(50, 16)
-        self.blocks = torch.nn.ModuleList(_MegatronStyleMoE(16, 4, 2) for _ in range(2))
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.emb(input_ids)
-        for b in self.blocks:
-            x = x + b(x)
-        return x
-
-
 def test_custom_megatron_style_modules(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net = _Net().train()
+    net = TinyNet().train()
     ids = torch.randint(0, 50, (3, 10))
     found = moediag.Monitor(net, every=1, top_k=2, score_function="sigmoid", on_alert="ignore")
     with found as mon:
