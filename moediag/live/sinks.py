@@ -249,7 +249,11 @@ class WandbSink:
         messages = alert_messages(records)
         if messages:
             data[f"{PREFIX}/alert_messages"] = self.wandb.Html("<br>".join(messages))
-        self.run.log(data, step=step)
+        if self._own:
+            self.run.log(data, step=step)
+        else:  # the run's owner (the Trainer's WandbCallback) drives W&B's step: ours is a metric
+            data[f"{PREFIX}/step"] = step
+            self.run.log(data)
 
     def close(self) -> None:
         if self._own:
