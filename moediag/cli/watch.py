@@ -75,7 +75,7 @@ def watch_command(
         None, "--window-steps", metavar="N", help="The window covers the last N steps."
     ),
     window_seconds: float | None = typer.Option(
-        60.0, "--window-seconds", metavar="S", help="The window covers the last S seconds (0: no limit)."
+        60.0, "--window-seconds", metavar="S", help="The window covers the last S seconds (0: no time limit)."
     ),
     judge_windows: int = typer.Option(
         3,
