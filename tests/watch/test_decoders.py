@@ -126,3 +126,26 @@ def test_trace_files_equal_inspect(tmp_path: Path) -> None:
     for layer, row in rep.cumulative.items():
         assert row["load"] == want[layer]["load"] and row["tokens"] == want[layer]["tokens"]
         assert row["max_vio"] == want[layer]["max_vio"]
+
+
+def test_trace_folders_written_by_the_trace_writer_are_read_once_complete(tmp_path: Path) -> None:
+    from moediag.analysis import analyze_trace
+    from moediag.trace import build_metadata
+    from moediag.trace.writer import TraceWriter
+
+    d = tmp_path / "watched"
+    d.mkdir()
+    g = torch.Generator().manual_seed(0)
+    writer = TraceWriter(
+        d / "run", build_metadata(num_experts=8, top_k=2, score_function="softmax"), shard_tokens=50
+    )
+    for _ in range(4):
+        writer.add(
+            {"layers.0.topk_ids": torch.stack([torch.randperm(8, generator=g)[:2] for _ in range(40)])}
+        )
+        assert (
+            cumulative_loads(watch_once(d, "trace")) == {}
+        )  # shards in a hidden temporary folder until closed
+    writer.close()
+    want = {row["layer"]: row["load"] for row in analyze_trace(d / "run").to_dict()["layers"]}
+    assert cumulative_loads(watch_once(d, "trace")) == want
