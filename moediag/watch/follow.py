@@ -136,6 +136,9 @@ class Follower:
         self.states: dict[tuple[int, int], FileState] = dict(states or {})
         self.clock = clock or time.monotonic
         self._verified: set[tuple[int, int]] = set()
+        self._unreadable: set[tuple[int, int]] = set()
+        #: (file, problem) found while polling, for the caller to report (it empties the list)
+        self.problems: list[tuple[Path, str]] = []
 
     def _scan(self) -> Iterator[tuple[Path, os.stat_result, bool]]:
         """Every candidate file, its stat, and whether it was named explicitly (then always input)."""
@@ -231,8 +234,12 @@ class Follower:
             with open(path, "rb") as fh:
                 fh.seek(state.offset)
                 data = fh.read(min(self.max_read, st.st_size - state.offset))
-        except OSError:
+        except OSError as exc:  # unreadable for now (permissions, a stale mount): say so once, keep trying
+            if state.key not in self._unreadable:
+                self._unreadable.add(state.key)
+                self.problems.append((path, f"cannot read ({exc.strerror or exc}); will keep trying"))
             return None
+        self._unreadable.discard(state.key)
         end = data.rfind(b"\n")
         if end < 0:
             if len(data) >= self.max_read:  # one line longer than max_read: skip it whole

@@ -147,7 +147,11 @@ class Watcher:
         """Read what became readable; returns the number of records ingested."""
         self.last_poll = self.clock()
         ingested = 0
-        for item in self.follower.poll():
+        items = self.follower.poll()
+        for path, problem in self.follower.problems:
+            self.log(f"{path}: {problem}")
+        self.follower.problems.clear()
+        for item in items:
             if isinstance(item, WholeFile):
                 ingested += self._whole(item)
             else:

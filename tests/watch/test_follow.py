@@ -167,3 +167,26 @@ def test_an_idle_folder_costs_no_reads_and_a_rewritten_dump_is_new(tmp_path: Pat
     clock.t = 1
     (tmp_path / "1.pt").write_bytes(b"another dump in the same inode" * 4)  # rewritten in place
     assert _whole(f.poll()) == ["1.pt"] and reads
+
+
+def test_an_unreadable_appended_file_is_reported_once_and_read_when_it_can_be(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import builtins
+
+    import moediag.watch.follow as follow
+
+    log = tmp_path / "r.jsonl"
+    log.write_bytes(b"1\n")
+    f = _follower(tmp_path, Clock())
+
+    def denied(path, mode="r", *args, **kwargs):  # what a file without read permission gives a non-root user
+        if "b" in mode and Path(path).name == "r.jsonl":
+            raise PermissionError(13, "Permission denied")
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(follow, "open", denied, raising=False)
+    assert f.poll() == [] and f.poll() == []
+    assert len(f.problems) == 1 and f.problems[0][1] == "cannot read (Permission denied); will keep trying"
+    monkeypatch.undo()
+    assert _lines(f.poll()) == [("r.jsonl", 1, [b"1"])]
