@@ -21,6 +21,7 @@ from moediag.stats.paths import DEFAULT_CAPACITY, ChunkPaths, PathStats, windows
 from moediag.stats.router import RouterStats
 from moediag.stats.sequences import ConsecutiveStats, SeqAuxStats
 from moediag.stats.specialisation import DEFAULT_VOCAB_CAPACITY, SpecialisationStats
+from moediag.stats.touched import ExpertsTouchedStats
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class LayerStats:
         self.coactivation = CoactivationStats(num_experts)
         self.accuracy = ExpertAccuracyStats(num_experts)
         self.specialisation = SpecialisationStats(num_experts, k, self.options.vocab_capacity)
+        self.touched = ExpertsTouchedStats(num_experts)
         self.count_only = False
         self.has_logits = False
         self.excluded_nonfinite = 0
@@ -74,6 +76,7 @@ class LayerStats:
         self.coactivation.update(batch)
         self.accuracy.update(batch)
         self.specialisation.update(batch)
+        self.touched.update(batch)
 
     def update_counts(self, counts: torch.Tensor) -> None:
         """Count-only data: ``expert_counts`` [S, E] rows."""
@@ -91,6 +94,7 @@ class LayerStats:
         self.coactivation.merge(other.coactivation)
         self.accuracy.merge(other.accuracy)
         self.specialisation.merge(other.specialisation)
+        self.touched.merge(other.touched)
         self.count_only = self.count_only or other.count_only
         self.has_logits = self.has_logits or other.has_logits
         self.excluded_nonfinite += other.excluded_nonfinite
@@ -124,6 +128,7 @@ class LayerStats:
             spec["consecutive_same_rate"] = out["consecutive_same_rate"]
             spec["consecutive_same_baseline"] = out["consecutive_same_baseline"]
             out["specialisation"] = spec
+        out["experts_touched"] = None if self.count_only else self.touched.compute(self.top_k)
         out["excluded_nonfinite"] = self.excluded_nonfinite
         return out
 
@@ -230,6 +235,25 @@ class ModelStats:
         summary["accuracy"] = accs[0][0] if accs else None
         flagged = [r for x in layers for r in (x.get("expert_accuracy") or []) if r["below_overall"]]
         summary["below_overall_experts"] = len(flagged) if accs else None
+        summary["experts_touched"] = touched_summary(layers)
         windows_by_depth = sorted(self.paths, key=lambda w: (-len(w), w))
         summary["paths"] = [self.paths[w].compute() for w in windows_by_depth] or None
         return {"summary": summary, "layers": layers}
+
+
+def touched_summary(layers: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    """``summary.experts_touched``: per B, the mean over layers of the touched share and of the
+    uniform-routing share (moediag.stats.touched), and the fewest batches any layer counted."""
+    rows = [x["experts_touched"] for x in layers if x.get("experts_touched")]
+    if not rows:
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for b in rows[0]:
+        shares = [r[b]["share"] for r in rows if r[b]["share"] is not None]
+        uniform = [r[b]["uniform"] for r in rows if r[b]["uniform"] is not None]
+        out[b] = {
+            "share": sum(shares) / len(shares) if shares else None,
+            "uniform": sum(uniform) / len(uniform) if uniform else None,
+            "batches": min(r[b]["batches"] for r in rows),
+        }
+    return out
