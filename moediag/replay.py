@@ -24,6 +24,7 @@ The library imports no CLI code; ``moediag replay`` renders :meth:`ReplayResult.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 from collections.abc import Callable, Mapping
@@ -46,16 +47,18 @@ from moediag.device import resolve_device
 from moediag.errors import InvalidInputError, UsageError
 from moediag.placement import (
     PlacementFile,
+    ReplicaPlan,
     balanced,
     balancedness,
     contiguous,
     hierarchical,
     load_placement,
     node_loads,
+    plan_replicas,
     rank_loads,
 )
-from moediag.stats import LayerBatch, ModelStats, StatsOptions
-from moediag.stats.capacity import DEFAULT_GROUP_TOKENS, POLICIES
+from moediag.stats import ModelStats, StatsOptions
+from moediag.stats.capacity import DEFAULT_GROUP_TOKENS, POLICIES, resolve_policy
 from moediag.trace import Chunk, Trace, open_trace
 
 __all__ = [
@@ -80,9 +83,9 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
-#: a disagreement whose replayed top-k margin is at most this (selection-score units) is a near-tie
+#: a disagreement whose replayed top-k margin (probability units, moediag.routing) is at most this: a tie
 TIE_EPS = 1e-6
-#: lower edges of the margin buckets of the noise what-if (selection-score units; last is open-ended)
+#: lower edges of the margin buckets of the noise what-if (probability units, moediag.routing; last open)
 MARGIN_EDGES = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 #: figures of ``inspect``'s layer rows repeated under each replayed layer's ``stats``
 STAT_KEYS = (
@@ -98,6 +101,7 @@ STAT_KEYS = (
     "dead_experts",
     "cold_experts",
     "aux_loss",
+    "aux_loss_unbiased",
     "z_loss",
     "router_entropy_norm",
     "confidence",
@@ -106,7 +110,17 @@ STAT_KEYS = (
     "margin_p10",
     "drop_rate",
 )
-SUMMARY_STAT_KEYS = ("max_vio", "max_mean", "min_mean", "cv", "gini", "entropy_norm", "aux_loss", "z_loss")
+SUMMARY_STAT_KEYS = (
+    "max_vio",
+    "max_mean",
+    "min_mean",
+    "cv",
+    "gini",
+    "entropy_norm",
+    "aux_loss",
+    "aux_loss_unbiased",
+    "z_loss",
+)
 
 BiasArg = str | torch.Tensor | Mapping[int, torch.Tensor] | None
 PlacementArg = str | os.PathLike[str] | PlacementFile
@@ -304,14 +318,6 @@ def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device)
 
 
-def _margin(spec: RouterSpec, sel: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Top-k boundary margin within the groups the token may use (plain s_(k) - s_(k+1) without groups)."""
-    if spec.n_group and spec.topk_group and spec.n_group > 1:
-        allowed = routing.group_mask(sel, spec.n_group, spec.topk_group, spec.score_function)
-        sel = sel.masked_fill(~allowed, float("-inf"))
-    return routing.margin(sel, ids)
-
-
 def _check_groups(spec: RouterSpec, k: int, e: int, what: str) -> None:
     if spec.n_group and spec.topk_group and spec.n_group > 1:
         allowed = spec.topk_group * (e // spec.n_group)
@@ -413,14 +419,7 @@ class _Replayer:
                 rank_of[list(experts)] = rank
             self.rank_of[layer] = rank_of.to(self.device)
 
-    # routing on the device ----------------------------------------------------------------------
-    def _route(self, r: _Router, logits: torch.Tensor, k: int, bias: torch.Tensor | None) -> torch.Tensor:
-        s = r.spec
-        sel = routing.selection_scores(logits, s.score_function, bias)
-        return routing.select(
-            sel, k, n_group=s.n_group, topk_group=s.topk_group, score_function=s.score_function
-        )
-
+    # routing on the device: every choice, weight and margin comes from moediag.routing.route ----------
     def run_chunk(self, chunk: Chunk) -> None:
         mask = chunk.token("mask")
         valid = None if mask is None else mask.to(torch.bool)
@@ -449,36 +448,36 @@ class _Replayer:
         if n == 0:
             return
         e = r.num_experts
-        spec = r.spec
-        sf = spec.score_function
-        # the routing the checkpoint does, compared with the recorded one
-        base_sel = routing.selection_scores(logits, sf, r.selection_bias)
-        base_ids = routing.select(
-            base_sel, r.top_k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf
-        )
-        acc.tokens += n
-        self._agreement(chunk, r, acc, keep if subset else None, logits, base_sel, base_ids)
-        acc.load_before += _bincount(base_ids, e)
-        # the routing in effect (what-ifs applied)
+        # the routing in effect (what-ifs applied) ...
+        routed = routing.route(logits, spec=r.spec, bias=r.whatif_bias, top_k=r.whatif_top_k)
+        # ... and the routing the checkpoint does, compared with the recorded one
         if self.whatif:
-            sel = routing.selection_scores(logits, sf, r.whatif_bias)
-            ids = routing.select(
-                sel, r.whatif_top_k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf
-            )
-            a, b = _membership(base_ids, e), _membership(ids, e)
-            inter = (a & b).sum(dim=1)
-            acc.whatif_overlap_sum += int(inter.sum())
+            base_ids = routing.choose(logits, spec=r.spec, bias=r.selection_bias, top_k=r.top_k)
+            a, b = _membership(base_ids, e), _membership(routed.ids, e)
+            acc.whatif_overlap_sum += int((a & b).sum())
             acc.whatif_changed += int((a != b).any(dim=1).sum())
         else:
-            sel, ids = base_sel, base_ids
-        acc.load_after += _bincount(ids, e)
+            base_ids = routed.ids
+        acc.tokens += n
+        self._agreement(chunk, r, acc, keep if subset else None, logits, base_ids, routed)
+        acc.load_before += _bincount(base_ids, e)
+        acc.load_after += _bincount(routed.ids, e)
         rank_of = self.rank_of.get(r.layer)
         if rank_of is not None:
-            ranks = rank_of[ids.clamp_min(0)].masked_fill(ids < 0, -1)
+            ranks = rank_of[routed.ids.clamp_min(0)].masked_fill(routed.ids < 0, -1)
             acc.rank_hits += int(_membership(ranks, self.ep_size).sum())
         if self.noise:
-            self._noise(r, acc, logits, sel, ids)
-        self._stats(chunk, r, keep if subset else None, logits, sel, ids)
+            self._noise(r, acc, logits, routed)
+        self._stats(chunk, r, keep if subset else None, routed)
+
+    def _base_margin(self, r: _Router, logits: torch.Tensor, routed: routing.Routed) -> torch.Tensor:
+        """Margin of the checkpoint's own routing (= the routing in effect without what-ifs)."""
+        if not self.whatif:
+            assert routed.margin is not None
+            return routed.margin
+        base = routing.route(logits, spec=r.spec, bias=r.selection_bias, top_k=r.top_k)
+        assert base.margin is not None
+        return base.margin
 
     def _agreement(
         self,
@@ -487,8 +486,8 @@ class _Replayer:
         acc: LayerReplay,
         keep: torch.Tensor | None,
         logits: torch.Tensor,
-        sel: torch.Tensor,
         ids: torch.Tensor,
+        routed: routing.Routed,
     ) -> None:
         rec_logits = chunk.layer_tensor(r.layer, "router_logits")
         rec_ids = chunk.layer_tensor(r.layer, "topk_ids")
@@ -503,10 +502,9 @@ class _Replayer:
             acc.logits_compared += int(logits.shape[0])
         if rec_ids is None and rec_logits is not None:
             tspec = self.trace.layers[r.layer].spec
-            sf = tspec.score_function or r.spec.score_function
-            rsel = routing.selection_scores(rec_logits.to(self.device), sf, r.recorded_bias)
-            rec_ids = routing.select(
-                rsel, r.top_k, n_group=tspec.n_group, topk_group=tspec.topk_group, score_function=sf
+            rule = dataclasses.replace(tspec, score_function=tspec.score_function or r.spec.score_function)
+            rec_ids = routing.choose(
+                rec_logits.to(self.device).float(), spec=rule, bias=r.recorded_bias, top_k=r.top_k
             )
         if rec_ids is None:
             return
@@ -521,14 +519,12 @@ class _Replayer:
         acc.top1_hits += int((rec[:, 0] == ids[:, 0]).sum())
         acc.overlap_sum += int((a & b).sum())
         if not bool(same.all()):
-            m = _margin(r.spec, sel[~same], ids[~same])
+            m = self._base_margin(r, logits, routed)[~same]
             acc.mismatched_near_ties += int((m.abs() <= TIE_EPS).sum())
 
-    def _noise(
-        self, r: _Router, acc: LayerReplay, logits: torch.Tensor, sel: torch.Tensor, ids: torch.Tensor
-    ) -> None:
-        assert self.noise is not None
-        m = _margin(r.spec, sel, ids)
+    def _noise(self, r: _Router, acc: LayerReplay, logits: torch.Tensor, routed: routing.Routed) -> None:
+        assert self.noise is not None and routed.margin is not None
+        ids, m = routed.ids, routed.margin
         edges = torch.tensor(MARGIN_EDGES[1:], device=m.device, dtype=m.dtype)
         bucket = torch.bucketize(m.nan_to_num(float("inf")).clamp_min(0), edges, right=True)
         base = _membership(ids, r.num_experts)
@@ -537,48 +533,15 @@ class _Replayer:
             z = logits + self.noise * torch.randn(
                 logits.shape, generator=self.generator, device=logits.device, dtype=logits.dtype
             )
-            noisy = self._route(r, z, ids.shape[1], r.whatif_bias)
+            noisy = routing.choose(z, spec=r.spec, bias=r.whatif_bias, top_k=ids.shape[1])
             flips += (_membership(noisy, r.num_experts) != base).any(dim=1)
         nb = len(MARGIN_EDGES)
         acc.noise_tokens += torch.bincount(bucket, minlength=nb).cpu() * self.samples
         acc.noise_flips += torch.bincount(bucket, weights=flips.double(), minlength=nb).cpu().to(torch.int64)
 
-    def _stats(
-        self,
-        chunk: Chunk,
-        r: _Router,
-        keep: torch.Tensor | None,
-        logits: torch.Tensor,
-        sel: torch.Tensor,
-        ids: torch.Tensor,
-    ) -> None:
-        spec = r.spec
-        sf = spec.score_function
-        k = ids.shape[1]
-        z = logits.cpu()
-        ids_c = ids.cpu()
-        parts = routing.softmax_parts(z)
-        softmax = parts.softmax
-        w = routing.weights(z, ids_c, sf, spec.norm_topk_prob)
-        own = sf != "sigmoid"  # the softmax is the distribution whose entropy and confidence count
-        probs = softmax if own else routing.distribution(z, sf)
+    def _stats(self, chunk: Chunk, r: _Router, keep: torch.Tensor | None, routed: routing.Routed) -> None:
         index = chunk.index if keep is None else chunk.index[keep]
-        batch = LayerBatch(
-            num_experts=r.num_experts,
-            top_k=k,
-            ids=ids_c,
-            top1=ids_c[:, 0],
-            index=index,
-            weights=w,
-            logits=z,
-            probs=probs,
-            margin=_margin(spec, sel, ids).cpu(),
-            hf_ids=softmax.topk(k, dim=-1).indices,
-            lse=parts.lse,
-            entropy=parts.entropy if own else None,
-            confidence=parts.confidence if own else None,
-            softmax=softmax,
-        )
+        batch = routed.to("cpu").batch(num_experts=r.num_experts, top_k=int(routed.ids.shape[1]), index=index)
         for name in ("sequence_ids", "positions", "step"):
             t = chunk.token(name)
             if t is not None:
@@ -604,6 +567,7 @@ class ReplayResult:
     settings: dict[str, Any]
     ep: dict[int, dict[str, Any]] = field(default_factory=dict)
     placement: dict[int, list[list[int]]] = field(default_factory=dict)
+    plan: ReplicaPlan | None = None
     seconds: float = 0.0
     created: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -639,15 +603,18 @@ class ReplayResult:
         if cf is not None:
             rate = stats_row["drop_rate"]
             by_pos = stats_row["drop_rate_by_position"]
+            # the total is the same under every policy; where the drops fall (by position) is not
             row["capacity"] = {
                 "capacity_factor": cf,
+                "min_capacity": s["min_capacity"],
                 "drop_policy": s["drop_policy"],
-                "drop_rate": rate[s["drop_policy"]][str(cf)],
+                "drop_rate": stats_row["drop_rate_total"][str(cf)],
                 "drop_rate_other_policy": {p: rate[p][str(cf)] for p in POLICIES if p != s["drop_policy"]},
                 "drop_rate_by_position": {
                     "buckets": by_pos["buckets"],
                     "assignments": by_pos["assignments"],
                     "rate": by_pos["rate"][s["drop_policy"]][str(cf)],
+                    "rate_by_policy": {p: by_pos["rate"][p][str(cf)] for p in POLICIES},
                 },
             }
         if s["noise"] is not None:
@@ -708,6 +675,13 @@ class ReplayResult:
             ]
             # a token passes every MoE layer: the volumes add up over layers
             summary["a2a_bytes_per_token"] = sum(volume) if volume else None
+        if self.plan is not None:
+            summary["replica_plan"] = {
+                "target_balancedness": self.plan.target,
+                "replicas": self.plan.replicas,
+                "reached": self.plan.reached,
+                "balancedness_min": self.plan.min_balancedness,
+            }
         return {
             "meta": {
                 "format": JSON_FORMAT,
@@ -766,7 +740,8 @@ def _ep(
     replicas: int,
     nodes: int | None = None,
     groups: dict[int, int | None] | None = None,
-) -> tuple[dict[int, dict[str, Any]], dict[int, list[list[int]]]]:
+    target_balancedness: float | None = None,
+) -> tuple[dict[int, dict[str, Any]], dict[int, list[list[int]]], ReplicaPlan | None]:
     file: PlacementFile | None = None
     if isinstance(placement, PlacementFile):
         file = placement
@@ -781,21 +756,31 @@ def _ep(
     name = "file" if file is not None else str(placement)
     out: dict[int, dict[str, Any]] = {}
     proposed: dict[int, list[list[int]]] = {}
+
+    def place(layer: int, loads: torch.Tensor, r: int) -> list[list[int]]:
+        if name == "balanced":
+            return balanced(loads, ep_size, r)
+        n_groups = (groups or {}).get(layer)
+        if not n_groups:
+            raise UsageError(
+                f"layer {layer}: --placement hierarchical needs --expert-groups "
+                "(the checkpoint's router has no group limit to take it from)"
+            )
+        return hierarchical(loads, ep_size, r, num_groups=n_groups, num_nodes=nodes or 1)
+
+    plan: ReplicaPlan | None = None
+    if target_balancedness is not None:
+        loads_by_layer = {layer: acc.load_after for layer, acc in layers.items()}
+        plan = plan_replicas(loads_by_layer, ep_size, target_balancedness, place)
     for layer, acc in sorted(layers.items()):
         loads = acc.load_after
         before = contiguous(acc.num_experts, ep_size)
         if file is not None:
             after = file.for_layer(layer, acc.num_experts)
-        elif name == "balanced":
-            after = balanced(loads, ep_size, replicas)
-        elif name == "hierarchical":
-            n_groups = (groups or {}).get(layer)
-            if not n_groups:
-                raise UsageError(
-                    f"layer {layer}: --placement hierarchical needs --expert-groups "
-                    "(the checkpoint's router has no group limit to take it from)"
-                )
-            after = hierarchical(loads, ep_size, replicas, num_groups=n_groups, num_nodes=nodes or 1)
+        elif plan is not None:
+            after = plan.layers[layer]
+        elif name in ("balanced", "hierarchical"):
+            after = place(layer, loads, replicas)
         else:
             after = before
         rb, ra = rank_loads(loads, before), rank_loads(loads, after)
@@ -827,7 +812,7 @@ def _ep(
                 }
             )
         proposed[layer] = after
-    return out, proposed
+    return out, proposed, plan
 
 
 def replay(
@@ -838,17 +823,19 @@ def replay(
     dtype: str | torch.dtype | None = None,
     top_k: int | None = None,
     capacity_factor: float | None = None,
-    drop_policy: str = "position",
+    drop_policy: str = "token-order",
     bias: BiasArg = "checkpoint",
     noise: float | None = None,
     samples: int = 8,
     ep_size: int | None = None,
     placement: PlacementArg = "contiguous",
     replicas: int = 0,
+    target_balancedness: float | None = None,
     nodes: int | None = None,
     expert_groups: int | None = None,
     chunk_tokens: int | None = None,
     capacity_group: int = DEFAULT_GROUP_TOKENS,
+    min_capacity: int = 0,
     seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> ReplayResult:
@@ -858,13 +845,19 @@ def replay(
     for every layer, or a mapping layer -> tensor (key -1 = every other layer; :func:`load_bias_file`).
     ``placement``: ``"contiguous"``, ``"balanced"``, ``"hierarchical"`` or a placement file path (needs
     ``ep_size``). ``nodes``: EP nodes (ranks numbered node by node; adds per-node loads); hierarchical needs
-    it, and ``expert_groups`` (default: the router's ``n_group``).
+    it, and ``expert_groups`` (default: the router's ``n_group``). ``target_balancedness``: instead of
+    ``replicas``, the fewest replicas whose ``balanced``/``hierarchical`` placement reaches it in every layer
+    (:func:`moediag.placement.plan_replicas`).
     """
     import time
 
     t0 = time.perf_counter()
-    if drop_policy not in POLICIES:
-        raise UsageError(f"--drop-policy {drop_policy!r}: expected {' or '.join(POLICIES)}")
+    try:
+        drop_policy = resolve_policy(drop_policy)
+    except ValueError as exc:
+        raise UsageError(f"--drop-policy: {exc}") from None
+    if min_capacity < 0:
+        raise UsageError("--min-capacity must be 0 or more")
     if capacity_factor is not None and capacity_factor <= 0:
         raise UsageError("--capacity-factor must be positive")
     if noise is not None and noise < 0:
@@ -879,6 +872,13 @@ def replay(
         raise UsageError("--ep-size must be positive")
     if replicas and str(placement) not in ("balanced", "hierarchical"):
         raise UsageError("--replicas needs --placement balanced or hierarchical")
+    if target_balancedness is not None:
+        if str(placement) not in ("balanced", "hierarchical"):
+            raise UsageError("--target-balancedness needs --placement balanced or hierarchical")
+        if replicas:
+            raise UsageError("--target-balancedness chooses the replicas: leave out --replicas")
+        if not 0 < target_balancedness <= 1:
+            raise UsageError(f"--target-balancedness {target_balancedness}: expected a value in (0, 1]")
     if str(placement) == "hierarchical" and nodes is None:
         raise UsageError("--placement hierarchical needs --nodes")
     if nodes is not None and ep_size is None:
@@ -897,7 +897,9 @@ def replay(
     dt = resolve_dtype(dtype)
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     factors = (capacity_factor,) if capacity_factor is not None else StatsOptions().capacity_factors
-    options = StatsOptions(capacity_factors=factors, capacity_group_tokens=capacity_group)
+    options = StatsOptions(
+        capacity_factors=factors, capacity_group_tokens=capacity_group, min_capacity=min_capacity
+    )
     rp = _Replayer(
         tr,
         checkpoint,
@@ -923,17 +925,21 @@ def replay(
     stats = rp.stats.compute()
     ep: dict[int, dict[str, Any]] = {}
     proposed: dict[int, list[list[int]]] = {}
+    plan: ReplicaPlan | None = None
     if ep_size is not None:
         groups = {
             layer: expert_groups or (r.spec.n_group if r.spec.n_group and r.spec.n_group > 1 else None)
             for layer, r in rp.routers.items()
         }
-        ep, proposed = _ep(rp.layers, ep_size, placement, replicas, nodes, groups)
+        ep, proposed, plan = _ep(rp.layers, ep_size, placement, replicas, nodes, groups, target_balancedness)
+        if plan is not None:
+            replicas = plan.replicas
     settings = {
         "top_k": top_k,
         "capacity_factor": capacity_factor,
         "drop_policy": drop_policy,
         "capacity_group_tokens": capacity_group,
+        "min_capacity": min_capacity,
         "bias": bias if isinstance(bias, str) or bias is None else "given",
         "noise": noise or None,
         "samples": samples if noise else None,
@@ -943,6 +949,7 @@ def replay(
         if ep_size is None
         else (str(placement) if not isinstance(placement, PlacementFile) else placement.path),
         "replicas": replicas,
+        "target_balancedness": target_balancedness,
         "nodes": nodes,
         "expert_groups": expert_groups,
         "chunk_tokens": chunk_tokens,
@@ -959,5 +966,6 @@ def replay(
         settings=settings,
         ep=ep,
         placement=proposed,
+        plan=plan,
         seconds=time.perf_counter() - t0,
     )

@@ -104,6 +104,51 @@ def route_ref(
     return topk_rows(sel, k)
 
 
+def allowed_ref(
+    sel: np.ndarray, score_function: str, n_group: int | None, topk_group: int | None
+) -> np.ndarray:
+    """Boolean [n, E]: experts in the groups the rule keeps (all without group limits), by loops."""
+    n, e = sel.shape
+    if not (n_group and topk_group and n_group > 1):
+        return np.ones((n, e), dtype=bool)
+    size = e // n_group
+    out = np.zeros((n, e), dtype=bool)
+    for t, row in enumerate(sel):
+        gscore = []
+        for g in range(n_group):
+            members = sorted(row[g * size : (g + 1) * size], reverse=True)
+            gscore.append(members[0] + members[1] if score_function == "sigmoid" else members[0])
+        for g in sorted(range(n_group), key=lambda g: -gscore[g])[:topk_group]:
+            out[t, g * size : (g + 1) * size] = True
+    return out
+
+
+def margin_ref(
+    logits: np.ndarray,
+    ids: np.ndarray,
+    score_function: str,
+    bias: np.ndarray | None = None,
+    n_group: int | None = None,
+    topk_group: int | None = None,
+) -> np.ndarray:
+    """docs/metrics.md: lowest chosen minus highest unchosen allowed score, in probability units."""
+    z = np.asarray(logits, dtype=np.float64)
+    if score_function == "topk_softmax":
+        choice = z + (0 if bias is None else bias)
+        prob = softmax(choice)
+    else:
+        prob = (sigmoid(z) if score_function == "sigmoid" else softmax(z)) + (0 if bias is None else bias)
+        choice = prob
+    allowed = allowed_ref(choice, score_function, n_group, topk_group)
+    out = []
+    for t in range(len(z)):
+        chosen = set(int(i) for i in ids[t] if i >= 0)
+        low = min(prob[t, i] for i in chosen)
+        rest = [prob[t, i] for i in range(z.shape[1]) if allowed[t, i] and i not in chosen]
+        out.append(low - max(rest) if rest else np.nan)
+    return np.array(out)
+
+
 def distribution_ref(logits: np.ndarray, score_function: str) -> np.ndarray:
     if score_function == "sigmoid":
         s = sigmoid(logits)
@@ -152,8 +197,8 @@ def margin_mean(scores: np.ndarray, k: int) -> float:
 
 
 # -- capacity ------------------------------------------------------------------------------------
-def capacity(cf: float, k: int, n: int, e: int) -> int:
-    return math.ceil(Fraction(cf).limit_denominator(10_000) * k * n / e)
+def capacity(cf: float, k: int, n: int, e: int, min_capacity: int = 0) -> int:
+    return max(math.ceil(Fraction(cf).limit_denominator(10_000) * k * n / e), min_capacity)
 
 
 def bucket(pos: int) -> int:
@@ -172,10 +217,13 @@ def drops(
     cf: float,
     policy: str,
     positions: list[int] | None = None,
+    min_capacity: int = 0,
 ) -> tuple[int, int, list[int], list[int]]:
     """Brute force: (dropped, assignments, dropped per bucket, assignments per bucket).
 
     ``groups`` gives each token's capacity group; a group is a run of equal consecutive values.
+    Policies: token-order (position), highest-weight (probs), first-choices-first (slot 0 of every token,
+    then slot 1, ...).
     """
     k = ids.shape[1]
     nb = len(POSITION_EDGES)
@@ -188,12 +236,14 @@ def drops(
         else:
             runs.append([t])
     for run in runs:
-        cap = capacity(cf, k, len(run), e)
+        cap = capacity(cf, k, len(run), e, min_capacity)
         for expert in range(e):
-            got = [(t, float(weights[t][s])) for t in run for s in range(k) if ids[t][s] == expert]
-            if policy == "probs":
+            got = [(t, float(weights[t][s]), s) for t in run for s in range(k) if ids[t][s] == expert]
+            if policy in ("probs", "highest-weight"):
                 got.sort(key=lambda tw: (-tw[1], tw[0]))
-            for rank, (t, _) in enumerate(got):
+            elif policy == "first-choices-first":
+                got.sort(key=lambda tw: (tw[2], tw[0]))
+            for rank, (t, _, _) in enumerate(got):
                 pos = positions[t] if positions is not None else run.index(t)
                 b = bucket(pos)
                 assigned += 1

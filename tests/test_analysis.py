@@ -72,14 +72,10 @@ def reference_layer(
             if norm:
                 weights = weights / weights.sum(axis=1, keepdims=True)
         top1 = [int(max(ids[i], key=lambda j, i=i: sel[i][j])) for i in range(t)]
-        # the margin is measured against the choice actually made (s_(k) - s_(k+1) for a plain top-k)
-        margins = []
-        for i in range(t):
-            chosen = set(ids[i].tolist())
-            low = min(sel[i][j] for j in chosen)
-            high = max(sel[i][j] for j in range(e) if j not in chosen)
-            margins.append(low - high)
-        out["margin_mean"] = sum(margins) / t
+        # the margin is measured against the choice actually made, among the experts the rule allows, in
+        # probability units (s_(k) - s_(k+1) for a plain top-k; docs/metrics.md)
+        margins = ref.margin_ref(zz, ids, sf, bias, n_group, topk_group)
+        out["margin_mean"] = float(np.nanmean(margins))
         if ids_t is None and not n_group:
             assert out["margin_mean"] == pytest.approx(ref.margin_mean(sel, k))
     else:
@@ -90,9 +86,6 @@ def reference_layer(
     for policy in ("position", "probs"):
         out["drop_rate"][policy] = {}
         for cf in CAPACITY_FACTORS:
-            if policy == "probs" and weights is None:
-                out["drop_rate"][policy][str(cf)] = None
-                continue
             d, a, _, _ = ref.drops(
                 ids, weights if weights is not None else np.zeros(ids.shape), groups, e, cf, policy, positions
             )
@@ -179,7 +172,8 @@ def test_ids_only_trace(make_trace) -> None:
     a = analyze_trace(make_trace(tensors=tensors, metadata=trace_metadata(e, k, None)), chunk_tokens=9)
     row = a.layer(0)
     check_layer(row, reference_layer(tensors, 0, e, k, None))
-    assert row["drop_rate"]["probs"]["1.0"] is None  # no weights: the probs policy is absent, not 0
+    # no weights: the total stands (it does not depend on the policy), not where highest-weight drops
+    assert row["drop_rate"]["probs"]["1.0"] == row["drop_rate_total"]["1.0"] is not None
 
 
 def test_nonfinite_rows_excluded_and_counted(make_trace) -> None:

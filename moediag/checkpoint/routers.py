@@ -7,7 +7,7 @@
 Each :class:`RouterSpec` names the router weight, the optional logit bias (added to the logits, as
 GPT-OSS's ``router.bias``) and the optional selection bias (added to the scores for choosing only, as
 DeepSeek-V3's ``e_score_correction_bias``), and carries the normalised routing settings that
-:func:`moediag.routing.route` takes.
+:func:`moediag.routing.route` takes (a RouterSpec is a ``RoutingRule``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from moediag.checkpoint.inventory import Inventory, open_inventory
 from moediag.checkpoint.layouts import Layout, MoEBlock, detect_layout
 from moediag.checkpoint.weights import load_tensor_f32
 from moediag.errors import UnsupportedLayoutError
+from moediag.routing import group_score_from_config
 
 __all__ = [
     "RouterSpec",
@@ -55,19 +56,11 @@ class RouterSpec:
     n_group: int | None
     topk_group: int | None
     routed_scaling_factor: float | None
+    #: how a group is scored (moediag.routing.GROUP_SCORES); None without group limits
+    group_score: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def route_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`moediag.routing.route` (add ``selection_bias`` yourself)."""
-        return {
-            "top_k": self.top_k,
-            "score_function": self.score_function,
-            "norm_topk_prob": self.norm_topk_prob,
-            "n_group": self.n_group,
-            "topk_group": self.topk_group,
-        }
 
 
 def top_k_for(cfg: NormalisedConfig, block: MoEBlock) -> int | None:
@@ -102,6 +95,11 @@ def specs_from_layout(layout: Layout, cfg: NormalisedConfig) -> list[RouterSpec]
                 n_group=cfg.n_group if cfg.n_group and cfg.n_group > 1 else None,
                 topk_group=cfg.topk_group if cfg.n_group and cfg.n_group > 1 else None,
                 routed_scaling_factor=cfg.routed_scaling_factor,
+                group_score=(
+                    cfg.group_score or group_score_from_config(None, score)
+                    if cfg.n_group and cfg.n_group > 1
+                    else None
+                ),
             )
         )
     return out

@@ -67,7 +67,11 @@ def analysis_document(
 
     trace = open_trace(path, overrides=routing_overrides(num_experts, top_k, score_function))
     factors = tuple(sorted(set(CAPACITY_FACTORS) | {float(config["capacity_factor"])}))
-    options = StatsOptions(cold_eps=float(config["cold_eps"]), capacity_factors=factors)
+    options = StatsOptions(
+        cold_eps=float(config["cold_eps"]),
+        capacity_factors=factors,
+        min_capacity=int(config["min_capacity"]),
+    )
     wanted = config["layers"]
     if wanted is not None:
         missing = [x for x in wanted if x not in trace.layers]

@@ -24,7 +24,7 @@ from moediag.errors import UsageError
 if TYPE_CHECKING:
     from moediag.trace import RoutingSpec
 
-SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "z_loss", "max_mean")
+SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "aux_loss_unbiased", "z_loss", "max_mean")
 
 
 def routing_overrides(
@@ -67,6 +67,9 @@ def inspect_cmd(
         None, "--score-function", help="softmax | sigmoid | topk_softmax, if the trace lacks it."
     ),
     cold_eps: float = typer.Option(0.1, "--cold-eps", help="An expert is cold when its share < eps / E."),
+    min_capacity: int = typer.Option(
+        0, "--min-capacity", help="Capacity floor per expert and group (DeepSpeed's min_capacity; 0 = none)."
+    ),
     capacity_group: int = typer.Option(
         4096, "--capacity-group", help="Tokens per capacity group when the trace has no sequence ids."
     ),
@@ -96,10 +99,13 @@ def inspect_cmd(
     if sort not in SORT_KEYS:
         raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}")
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group, chunk_tokens=chunk_tokens, worst=worst)
+    if min_capacity < 0:
+        raise UsageError("--min-capacity must be 0 or more")
     kind = detect_kind(path)
     # options of the other kind of input: derived from what was set, so defaults live in one place
     trace_only = ("worst", "sort", "detail", "num_experts", "top_k", "score_function", "cold_eps",
-                  "capacity_group", "chunk_tokens", "workers", "scheduler", "path_window")  # fmt: skip
+                  "capacity_group", "min_capacity", "chunk_tokens", "workers", "scheduler",
+                  "path_window")  # fmt: skip
     checkpoint_only = ("weights", "redundancy_threshold")
     unused = given_options(ctx, trace_only if kind == "checkpoint" else checkpoint_only)
     if unused:
@@ -128,6 +134,7 @@ def inspect_cmd(
     options = StatsOptions(
         cold_eps=cold_eps,
         capacity_group_tokens=capacity_group,
+        min_capacity=min_capacity,
         path_windows=parse_path_windows(path_window, trace.layers),
     )
     with progress_bar("analysing", trace.num_tokens) as advance:

@@ -51,6 +51,9 @@ def report_cmd(
         None, "--score-function", help="softmax | sigmoid | topk_softmax, if the trace lacks it."
     ),
     cold_eps: float = typer.Option(0.1, "--cold-eps", help="An expert is cold when its share < eps / E."),
+    min_capacity: int = typer.Option(
+        0, "--min-capacity", help="Capacity floor per expert and group (DeepSpeed's min_capacity; 0 = none)."
+    ),
     capacity_group: int = typer.Option(
         4096, "--capacity-group", help="Tokens per capacity group when the trace has no sequence ids."
     ),
@@ -76,6 +79,8 @@ def report_cmd(
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o {output}: the report is HTML; name it something.html")
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group)
+    if min_capacity < 0:
+        raise UsageError("--min-capacity must be 0 or more")
     by_kind: dict[str, Path] = {}
     for p in paths:
         kind = detect_kind(p)
@@ -97,6 +102,7 @@ def report_cmd(
                 options=StatsOptions(
                     cold_eps=cold_eps,
                     capacity_group_tokens=capacity_group,
+                    min_capacity=min_capacity,
                     path_windows=parse_path_windows(path_window, trace.layers),
                 ),
                 progress=advance,

@@ -31,6 +31,8 @@ class StatsOptions:
     cold_eps: float = 0.1
     capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
     capacity_group_tokens: int = DEFAULT_GROUP_TOKENS
+    #: capacity floor per expert and group (DeepSpeed's ``min_capacity``); 0 = none
+    min_capacity: int = 0
     #: extra path windows ``(first, last)`` of MoE layers, inclusive (the full depth is always computed)
     path_windows: tuple[tuple[int, int], ...] = ()
     path_capacity: int = DEFAULT_CAPACITY
@@ -52,7 +54,11 @@ class LayerStats:
         self.steps = StepLoadStats(num_experts)
         self.router = RouterStats(num_experts, k)
         self.capacity = CapacityStats(
-            num_experts, k, self.options.capacity_factors, self.options.capacity_group_tokens
+            num_experts,
+            k,
+            self.options.capacity_factors,
+            self.options.capacity_group_tokens,
+            self.options.min_capacity,
         )
         self.seq_aux = SeqAuxStats(num_experts, k)
         self.consecutive = ConsecutiveStats(num_experts)
@@ -209,10 +215,11 @@ class ModelStats:
                 summary[key] = None
         figures = dict.fromkeys(_IMBALANCE, None) | {
             "aux_loss": "max",
+            "aux_loss_unbiased": "max",
             "seq_aux_loss": "max",
             "z_loss": "max",
         }
-        for key in list(_IMBALANCE) + ["aux_loss", "seq_aux_loss", "z_loss"]:
+        for key in list(_IMBALANCE) + ["aux_loss", "aux_loss_unbiased", "seq_aux_loss", "z_loss"]:
             worst_is = _IMBALANCE[key][1] if key in _IMBALANCE else figures[key]
             vals = [(x[key], x["layer"]) for x in layers if x.get(key) is not None]
             if not vals:
