@@ -67,7 +67,11 @@ def route_on_device(
         top1 = ids[:, 0]
     else:
         if ids is None:
-            sel = margin_scores if sf != "topk_softmax" else routing.selection_scores(z, sf, bias)
+            sel = margin_scores
+            if sf == "topk_softmax":  # selection over the scores plus the selection-only bias
+                sel = routing.scores(z, sf)
+                if bias is not None:
+                    sel = sel + bias.to(sel.device, sel.dtype)
             ids = routing.select(sel, k, n_group=n_group, topk_group=topk_group, score_function=sf)
         ids = ids.to(torch.int64)
         margin = routing.margin(margin_scores, ids)

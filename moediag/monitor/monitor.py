@@ -386,7 +386,7 @@ class Monitor:
             valid = valid.to(r.ids.device, non_blocking=True)
         self._device_stats.update(site.layer, r, valid)
         if self.flight is not None:
-            weights = routing.weights(
+            weights = routing.combine_weights(
                 out.logits, r.ids, info.score_function, info.norm_topk_prob, softmax=r.softmax
             )
             self.flight.add_layer(site.layer, r.ids, weights, out.logits, site.num_experts)
