@@ -390,6 +390,14 @@ def open_runner(workers: int | None = None, scheduler: str | None = None) -> Ite
             runner.close()
 
 
+def submit_task(runner: Runner, fn: Callable[..., T], *args: Any) -> Any:
+    """Run any picklable ``fn(*args)`` on the runner's workers (a local process, or a Dask task) and
+    return its future (``.result()``). For work that is not a trace unit: a checkpoint's layers."""
+    if isinstance(runner, DaskRunner):
+        return runner.client.submit(fn, *args, pure=False)
+    return runner._executor().submit(fn, *args)
+
+
 def _raise_failure(result: UnitResult, unit: WorkUnit, total: int) -> None:
     where = f"(worker, unit {unit.index + 1} of {total}: {unit.describe()})"
     if result.internal:

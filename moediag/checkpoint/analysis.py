@@ -9,10 +9,12 @@ The JSON contract (``to_dict``) is documented key by key in docs/checkpoints.md.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,12 @@ from moediag.checkpoint.params import ParamCounts, block_key, count_params
 from moediag.checkpoint.routers import RouterSpec, specs_from_layout, top_k_for
 from moediag.checkpoint.weights import (
     DEFAULT_CHUNK_BYTES,
+    DEFAULT_SAMPLE,
     bias_stats,
     expert_similarity,
     load_tensor_f32,
     matrix_bytes,
+    pass_cost,
     router_stats,
 )
 from moediag.errors import UsageError
@@ -36,6 +40,12 @@ __all__ = ["FORMAT", "CheckpointAnalysis", "LayerResult", "analyze_checkpoint", 
 
 #: Schema version of ``to_dict()`` (meta.format). History: 1 = first release.
 FORMAT = 1
+
+#: What :meth:`CheckpointAnalysis.weights_estimate` assumes, measured on the 2-core development machine
+#: under other load (docs/benchmarks.md): expert bytes read and dequantised per second, and Gram
+#: multiply-adds per second (float32 matmul on 2 threads).
+READ_BYTES_PER_S = 0.25e9
+GRAM_MADDS_PER_S = 12e9
 
 
 @dataclass
@@ -53,6 +63,7 @@ class LayerResult:
     zero_experts: list[int] = field(default_factory=list)
     similarity_matrices: list[str] = field(default_factory=list)
     weights_note: str | None = None
+    screen: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         b = self.block
@@ -89,6 +100,7 @@ class LayerResult:
             "expert_norms": self.expert_norms,
             "zero_experts": self.zero_experts,
             "similarity_matrices": self.similarity_matrices,
+            "redundancy_screen": self.screen,
             "weights_note": self.weights_note,
         }
 
@@ -111,10 +123,25 @@ class CheckpointAnalysis:
     layer_filter: int | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: fraction of each expert's rows the redundancy screen reads (1: every row, exactly) and its seed
+    sample: float = DEFAULT_SAMPLE
+    seed: int = 0
 
-    def weight_bytes(self) -> int:
-        """Bytes :func:`check_weights` reads for the expert-redundancy pass (the progress total)."""
-        return sum(matrix_bytes(self.inventory, lr.block) for lr in self.layers)
+    def weight_bytes(self, sample: float | None = None) -> int:
+        """Bytes :func:`check_weights` reads for the expert-redundancy pass with ``sample`` (default:
+        this analysis's): the screen's sampled rows; verifying its candidates comes on top."""
+        f = self.sample if sample is None else sample
+        return sum(matrix_bytes(self.inventory, lr.block, f, self.seed) for lr in self.layers)
+
+    def weights_estimate(self, sample: float | None = None) -> tuple[int, float]:
+        """(bytes, seconds) the weights pass is expected to take: the screen (or the exact pass), from
+        the bytes it reads and the Gram products it computes, at this module's measured rates."""
+        f = self.sample if sample is None else sample
+        nbytes = madds = 0
+        for lr in self.layers:
+            b, m = pass_cost(self.inventory, lr.block, f, self.seed)
+            nbytes, madds = nbytes + b, madds + m
+        return nbytes, nbytes / READ_BYTES_PER_S + madds / GRAM_MADDS_PER_S
 
     # -- summaries ------------------------------------------------------------------------------
     @property
@@ -258,6 +285,8 @@ class CheckpointAnalysis:
             "bytes": inv.total_bytes,
             "weights": self.weights_checked,
             "redundancy_threshold": self.redundancy_threshold,
+            "sample": self.sample if self.weights_checked else None,
+            "seed": self.seed if self.weights_checked else None,
             "layer": self.layer_filter,
         }
 
@@ -354,6 +383,20 @@ def _cross_check(cfg: NormalisedConfig, layout: Layout, warnings: list[str], not
         )
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while headers become ~10 objects a tensor (none of them cyclic):
+    collections triggered by the allocations rescan everything built so far, and for 90k tensors cost
+    a quarter of the structure time."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def analyze_checkpoint(
     path: str | os.PathLike[str] | Inventory,
     *,
@@ -362,16 +405,23 @@ def analyze_checkpoint(
     redundancy_threshold: float = 0.99,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
+    sample: float = DEFAULT_SAMPLE,
+    seed: int = 0,
 ) -> CheckpointAnalysis:
     """Inspect a checkpoint: structure and parameter counts from headers, then (``weights``) router and
     expert health read one bounded chunk at a time. ``layer`` restricts the per-layer results (and the
-    weight pass) to that layer index. Raises :class:`~moediag.errors.MoediagError` subclasses on bad input.
+    weight pass) to that layer index. ``sample``: fraction of each expert's rows the redundancy screen
+    reads (1 = every row; see :func:`~moediag.checkpoint.weights.expert_similarity`).
+    Raises :class:`~moediag.errors.MoediagError` subclasses on bad input.
     """
     if not -1.0 <= redundancy_threshold <= 1.0:
         raise UsageError(f"redundancy threshold {redundancy_threshold} is not a cosine in [-1, 1]")
-    inv = path if isinstance(path, Inventory) else open_inventory(path)
-    cfg = normalise_config(inv.config)
-    layout = detect_layout(inv, cfg)
+    if not 0.0 < sample <= 1.0:
+        raise UsageError(f"sample {sample} is not a fraction of rows in (0, 1]")
+    with _gc_paused():
+        inv = path if isinstance(path, Inventory) else open_inventory(path)
+        cfg = normalise_config(inv.config)
+        layout = detect_layout(inv, cfg)
     family, family_source = _family(inv, layout, cfg)
     if not cfg.raw and family:
         # no config.json: take routing defaults from the family the tensor names suggest
@@ -432,6 +482,8 @@ def analyze_checkpoint(
         layer_filter=layer,
         warnings=warnings,
         notes=notes,
+        sample=sample,
+        seed=seed,
     )
     if weights:
         check_weights(analysis, chunk_bytes=chunk_bytes, progress=progress)
@@ -443,15 +495,52 @@ def check_weights(
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
+    plan: Callable[[int], None] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> CheckpointAnalysis:
     """Fill in router, bias and expert-redundancy diagnostics of ``analysis`` (in place; returned too).
 
     Reads one layer at a time, in chunks of at most ``chunk_bytes`` (as float32); ``progress(n)`` is
-    called with the bytes read after each chunk (``analysis.weight_bytes()`` is the total).
+    called with the bytes read after each chunk. ``analysis.weight_bytes()`` is the screen's total;
+    ``plan(n)`` is told the bytes of each exact verification before it starts (add them to the total).
+    ``workers=N`` (local processes) or ``scheduler=`` (a Dask cluster, as for traces: every worker must
+    see the checkpoint at the same path) checks layers side by side, one torch thread each; progress
+    then comes a layer at a time.
     """
     inv = analysis.inventory
-    for lr in analysis.layers:
-        _weights_for(inv, lr, analysis.redundancy_threshold, chunk_bytes, progress)
+    args = (analysis.redundancy_threshold, chunk_bytes)
+    if (workers is None or workers <= 1) and scheduler is None:
+        for lr in analysis.layers:
+            _weights_for(inv, lr, *args, progress, plan, analysis.sample, analysis.seed)
+    else:
+        from moediag.parallel import open_runner, ordered, submit_task
+
+        with open_runner(workers, scheduler) as runner:
+            assert runner is not None
+            n = workers if workers is not None else 4
+
+            def submit(lr: LayerResult) -> Any:
+                sub = inv.subset(_block_tensors(lr.block))
+                return submit_task(runner, _layer_task, sub, lr, *args, analysis.sample, analysis.seed)
+
+            # ordered() is typed for trace units but generic in what it submits
+            results = ordered(submit, analysis.layers, 2 * n)  # type: ignore[arg-type]
+            for lr, done in zip(analysis.layers, results, strict=True):
+                lr.__dict__.update({k: v for k, v in done.__dict__.items() if k != "block"})
+                if done.screen and plan is not None:
+                    plan(done.screen["verify_bytes"])
+                if progress is not None:
+                    progress((done.screen or {}).get("bytes", 0) + (done.screen or {}).get("verify_bytes", 0))
+    screens = [lr.screen for lr in analysis.layers if lr.screen]
+    if screens:
+        cand = sum(sc["candidate_pairs"] for sc in screens)
+        verified = sum(len(sc["verified_experts"]) for sc in screens)
+        analysis.notes.append(
+            f"expert redundancy screened on a {analysis.sample:.1%} sample of rows (seed {analysis.seed}) "
+            f"in {len(screens)} layer(s): {cand} candidate pair(s), {verified} expert(s) verified on the "
+            "full weights; unverified experts' norms are estimates (--sample 1: every row, exactly)"
+        )
     skipped = sorted({lr.weights_note for lr in analysis.layers if lr.weights_note})
     for s in skipped[:3]:
         if s not in analysis.notes:
@@ -460,12 +549,35 @@ def check_weights(
     return analysis
 
 
+def _block_tensors(b: MoEBlock) -> list[str]:
+    """Every tensor the weights pass of block ``b`` reads."""
+    names = [n for n in (b.router, b.router_bias, b.selection_bias) if n]
+    for m in b.matrices:
+        names += list((m.names or {}).values()) + ([m.fused] if m.fused else [])
+        names += list(m.scales.values()) if isinstance(m.scales, dict) else ([m.scales] if m.scales else [])
+    return names
+
+
+def _layer_task(
+    inv: Inventory, lr: LayerResult, threshold: float, chunk_bytes: int, sample: float, seed: int
+) -> LayerResult:
+    """One layer's weights pass in a worker (one torch thread: workers share the machine's cores)."""
+    from moediag.parallel import pinned_threads
+
+    with pinned_threads(1):
+        _weights_for(inv, lr, threshold, chunk_bytes, None, None, sample, seed)
+    return lr
+
+
 def _weights_for(
     inv: Inventory,
     lr: LayerResult,
     threshold: float,
     chunk_bytes: int,
     progress: Callable[[int], None] | None,
+    plan: Callable[[int], None] | None = None,
+    sample: float = 1.0,
+    seed: int = 0,
 ) -> None:
     b = lr.block
     if b.router:
@@ -475,7 +587,17 @@ def _weights_for(
     if b.router_bias:
         lr.router_bias = bias_stats(load_tensor_f32(inv, b.router_bias), "logit", b.router_bias)
 
-    sim = expert_similarity(inv, b, threshold=threshold, chunk_bytes=chunk_bytes, progress=progress)
+    sim = expert_similarity(
+        inv,
+        b,
+        threshold=threshold,
+        chunk_bytes=chunk_bytes,
+        progress=progress,
+        sample=sample,
+        seed=seed,
+        plan=plan,
+    )
+    lr.screen = sim.screen
     if sim.cosine is not None:
         lr.redundant_pairs = sim.pairs
         lr.distinct_experts = sim.distinct

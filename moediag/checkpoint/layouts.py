@@ -26,6 +26,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from moediag.errors import InvalidInputError
+
 if TYPE_CHECKING:
     from moediag.checkpoint.config import NormalisedConfig
     from moediag.checkpoint.inventory import Inventory, TensorRef
@@ -284,10 +286,13 @@ def detect_layout(inv: Inventory, cfg: NormalisedConfig) -> Layout:
     roles: dict[str, str] = {}
     params: dict[str, int] = {}
     qmeta_of: dict[str, str] = {}
+    #: weight -> its quantisation siblings (built once: every lookup below is by weight, O(1))
+    meta_by_owner: dict[str, list[str]] = defaultdict(list)
     for name, ref in tensors.items():
         owner = _qmeta(name, tensors)
         if owner is not None:
             qmeta_of[name] = owner
+            meta_by_owner[owner].append(name)
             roles[name] = "quant_meta"
             params[name] = 0
         else:
@@ -295,8 +300,8 @@ def detect_layout(inv: Inventory, cfg: NormalisedConfig) -> Layout:
 
     # 1. layers
     by_layer: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
-    for name in tensors:
-        sp = split_layer(name)
+    split_of = {name: split_layer(name) for name in tensors}  # once: the rules below reuse it
+    for name, sp in split_of.items():
         if sp is not None:
             stack, layer, rest = sp
             by_layer[(stack, layer)].append((rest, name))
@@ -309,7 +314,9 @@ def detect_layout(inv: Inventory, cfg: NormalisedConfig) -> Layout:
     for key in sorted(by_layer, key=lambda k: (k[0], k[1])):
         stack, layer = key
         entries = by_layer[key]
-        blocks_here = _detect_blocks(stack, layer, entries, tensors, qmeta_of, params, roles, cfg, warnings)
+        blocks_here = _detect_blocks(
+            stack, layer, entries, tensors, qmeta_of, meta_by_owner, params, roles, cfg, warnings
+        )
         for b in blocks_here:
             if b.router:
                 router_widths[tensors[b.router].shape[1]] += 1
@@ -339,8 +346,8 @@ def detect_layout(inv: Inventory, cfg: NormalisedConfig) -> Layout:
             layer_kind[(stack, layer)] = "mtp"
             for _rest, name in by_layer[(stack, layer)]:
                 mtp_tensors.add(name)
-    for name in tensors:
-        if split_layer(name) is None and MTP_STACK_RE.match(name.rsplit(".", 1)[0] + "."):
+    for name, sp in split_of.items():
+        if sp is None and MTP_STACK_RE.match(name.rsplit(".", 1)[0] + "."):
             mtp_tensors.add(name)
     for b in blocks:
         b.mtp = layer_kind.get((b.stack, b.layer)) == "mtp"
@@ -354,12 +361,12 @@ def detect_layout(inv: Inventory, cfg: NormalisedConfig) -> Layout:
     for name in tensors:
         if name in roles:
             continue
-        if EMBED_RE.search(name) and split_layer(name) is None and len(tensors[name].shape) == 2:
+        if split_of[name] is None and len(tensors[name].shape) == 2 and EMBED_RE.search(name):
             roles[name] = "embedding"
         else:
             roles[name] = "other"
 
-    family_hint = _family_hint(tensors, blocks)
+    family_hint = _family_hint(split_of, blocks)
     lay = Layout(
         blocks=blocks,
         layers=layer_kind,
@@ -380,11 +387,13 @@ def _detect_blocks(
     entries: list[tuple[str, str]],
     tensors: dict[str, TensorRef],
     qmeta_of: dict[str, str],
+    meta_by_owner: dict[str, list[str]],
     params: dict[str, int],
     roles: dict[str, str],
     cfg: NormalisedConfig,
     warnings: list[str],
 ) -> list[MoEBlock]:
+    """The MoE blocks of one layer. Linear in the layer's tensors: no lookup scans another list."""
     label = f"{stack}.{layer}" if stack else f"layer {layer}"
     groups: dict[str, _Group] = {}
     routers: dict[str, str] = {}
@@ -518,12 +527,12 @@ def _detect_blocks(
             expert_names.extend(g.per_expert[j].values())
         expert_names.extend(fused_ok.values())
         # quantisation siblings of expert weights belong to the experts too
-        meta = [mn for mn, owner in qmeta_of.items() if owner in set(expert_names) and mn in rest_of]
+        meta = [mn for n in expert_names for mn in meta_by_owner.get(n, ()) if mn in rest_of]
         for n in expert_names:
             roles[n] = "expert"
         b.expert_tensors = expert_names + meta
         b.expert_params = sum(params[n] for n in expert_names)
-        b.matrices = _matrices(g, fused_ok, num_ids, tensors, qmeta_of, label, warnings)
+        b.matrices = _matrices(g, fused_ok, num_ids, tensors, meta_by_owner, label, warnings)
         if num_ids and router is not None and len(num_ids) != e:
             warnings.append(
                 f"{label}: router has {e} rows but weights for {len(num_ids)} experts were found "
@@ -555,8 +564,8 @@ def _detect_blocks(
         target = next((b for b in out if b.kind == "ffn"), None)
         for _rest, name in shared:
             roles[name] = "shared"
-        for mn, owner in qmeta_of.items():
-            if owner in {n for _, n in shared}:
+        for _rest, name in shared:
+            for mn in meta_by_owner.get(name, ()):
                 roles[mn] = "quant_meta"
         if target is not None:
             target.shared_tensors = [n for _, n in shared]
@@ -598,16 +607,12 @@ def _matrices(
     fused_ok: dict[str, str],
     ids: list[int],
     tensors: dict[str, TensorRef],
-    qmeta_of: dict[str, str],
+    meta_by_owner: dict[str, list[str]],
     label: str,
     warnings: list[str],
 ) -> list[ExpertMatrix]:
-    scale_for: dict[str, list[str]] = defaultdict(list)
-    for mn, owner in qmeta_of.items():
-        scale_for[owner].append(mn)
-
     def scale_of(weight: str) -> str | None:
-        for s in scale_for.get(weight, []):
+        for s in meta_by_owner.get(weight, ()):
             if s.endswith(("weight_scale_inv", ".scale", "_scales", "weight_scale")):
                 return s
         return None
@@ -633,7 +638,15 @@ def _matrices(
         for key, p in sorted(keys.items()):
             names = {j: g.per_expert[j][p] for j in ids if p in g.per_expert[j]}
             if len(names) != len(ids):
-                warnings.append(f"{label}: projection {key!r} is missing for {len(ids) - len(names)} experts")
+                # an incomplete checkpoint (a tensor lost in a download or a bad conversion): one line, exit 2
+                missing = [j for j in ids if j not in names]
+                some = tensors[next(iter(names.values()))]
+                raise InvalidInputError(
+                    f"{label}: {len(missing)} of {len(ids)} experts have no {key!r} tensor (e.g. expert "
+                    f"{missing[0]}; expert {next(iter(names))} has {next(iter(names.values()))!r}); the "
+                    "checkpoint is incomplete",
+                    some.file.path,
+                )
             if len(tensors[next(iter(names.values()))].shape) < 2:
                 continue
             first = next(iter(names.values()))
@@ -684,15 +697,13 @@ def _intermediate(
     return None
 
 
-def _family_hint(tensors: dict[str, TensorRef], blocks: list[MoEBlock]) -> str | None:
+def _family_hint(split_of: dict[str, tuple[str, int, str] | None], blocks: list[MoEBlock]) -> str | None:
     """A family guess from tensor names alone (used when there is no config.json)."""
     if not blocks:
         return None
     # the first MoE layer and the top-level tensors are enough to recognise a family
     first = blocks[0]
-    names = [
-        n for n in tensors if (sp := split_layer(n)) is None or (sp[0], sp[1]) == (first.stack, first.layer)
-    ]
+    names = [n for n, sp in split_of.items() if sp is None or (sp[0], sp[1]) == (first.stack, first.layer)]
 
     def has(rx: str) -> bool:
         r = re.compile(rx)

@@ -8,7 +8,6 @@ generated from :data:`moediag.checks.KEYS`, the same table that checks the confi
 from __future__ import annotations
 
 import inspect as _inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,14 @@ from moediag.checks import (
     CheckConfig,
     CheckReport,
     ConfigValueError,
+    NothingToCheckError,
     run_checks,
 )
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar, stdout_console
 from moediag.errors import InvalidInputError, UsageError
 from moediag.io import atomic
+from moediag.io.paths import FORCE_HELP, check_output
 from moediag.render.check_formats import OutputFormat, render
 
 _FIXED = (
@@ -35,6 +36,8 @@ _FIXED = (
     "baseline",
     "output_format",
     "output",
+    "force",
+    "allow_empty",
     "num_experts",
     "top_k",
     "score_function",
@@ -121,13 +124,13 @@ def checkpoint_document(path: Path) -> dict[str, Any]:
 
 def load_baseline(path: Path, config: CheckConfig) -> dict[str, Any]:
     from moediag.checks import baseline_figures
+    from moediag.io import strict_json
+    from moediag.io.paths import JSON_MAX_BYTES
 
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError("baseline file not found", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"baseline is not readable JSON: {exc}", path) from None
+    if not path.exists() and not path.is_symlink():
+        raise InvalidInputError("baseline file not found", path)
+    # a regular file (no FIFO, no /dev/zero), size-capped, depth- and number-checked
+    doc = strict_json.load_file(path, limit=JSON_MAX_BYTES, what="baseline")
     try:
         return baseline_figures(doc, config)
     except ConfigValueError as exc:
@@ -151,6 +154,7 @@ def run_check(
     chunk_tokens: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    allow_empty: bool = False,
 ) -> CheckReport:
     """Resolve the settings, analyse ``path``, and run the rules (what the command does, minus output)."""
     from moediag.config import load_config
@@ -162,7 +166,11 @@ def run_check(
     )
     doc.setdefault("meta", {})["path"] = str(path)
     try:
-        return run_checks(doc, config, base, None if baseline is None else str(baseline))
+        return run_checks(
+            doc, config, base, None if baseline is None else str(baseline), allow_empty=allow_empty
+        )
+    except NothingToCheckError as exc:
+        raise InvalidInputError(str(exc), path) from None
     except BaselineMismatchError as exc:
         raise InvalidInputError(f"baseline: {exc}", baseline) from None
     except ConfigValueError as exc:
@@ -181,6 +189,11 @@ def check_cmd(**kwargs: Any) -> None:
     path: Path = kwargs.pop("path")
     fmt = OutputFormat(kwargs.pop("output_format"))
     output: Path | None = kwargs.pop("output")
+    force: bool = kwargs.pop("force")
+    allow_empty: bool = kwargs.pop("allow_empty")
+    if output is not None:
+        extra = [p for p in (kwargs.get("config"), kwargs.get("baseline")) if p is not None]
+        check_output(output, [path, *extra], force=force)
     if (chunk_tokens := kwargs.get("chunk_tokens")) is not None and chunk_tokens < 1:
         raise UsageError("--chunk-tokens must be positive")
     report = run_check(
@@ -193,6 +206,7 @@ def check_cmd(**kwargs: Any) -> None:
         chunk_tokens=kwargs.pop("chunk_tokens"),
         workers=kwargs.pop("workers"),
         scheduler=kwargs.pop("scheduler"),
+        allow_empty=allow_empty,
         flags={name: kwargs.pop(name) for name in KEYS},
     )
     if fmt is OutputFormat.TABLE and output is None:
@@ -260,6 +274,17 @@ def _parameters() -> list[_inspect.Parameter]:
                 "--output",
                 "-o",
                 help="Write the report here (atomically; not written when the input or config is unusable).",
+            ),
+        ),
+        param("force", bool, typer.Option(False, "--force", help=FORCE_HELP)),
+        param(
+            "allow_empty",
+            bool,
+            typer.Option(
+                False,
+                "--allow-empty",
+                help="Pass (exit 0) when there is nothing to judge (no MoE layer, no routed token, a "
+                "dense checkpoint) instead of exit 2 (for pipelines that mix dense and sparse models).",
             ),
         ),
         param(

@@ -62,6 +62,44 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
         yield lambda n: progress.advance(task, n)
 
 
+@contextmanager
+def byte_progress(
+    description: str, total: int
+) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """A progress bar over bytes (size, speed, time left) on stderr when it is a terminal. Yields
+    ``(advance, grow)``: ``advance(n)`` after reading n bytes, ``grow(n)`` when n more are planned."""
+    console = stderr_console()
+    if not console.is_terminal or not total:
+        yield (lambda n: None), (lambda n: None)
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        held = [total]
+
+        def grow(n: int) -> None:
+            held[0] += n
+            progress.update(task, total=held[0])
+
+        yield (lambda n: progress.advance(task, n)), grow
+
+
 PATH_WINDOW_HELP = (
     "Also track routing paths over MoE layers FIRST..LAST (inclusive; repeatable), besides the full depth."
 )

@@ -21,6 +21,9 @@ from moediag.cli.common import (
 )
 from moediag.errors import UsageError
 
+#: the library's default (moediag.checkpoint.weights.DEFAULT_SAMPLE), repeated so --help needs no torch
+DEFAULT_SAMPLE = 1 / 32
+
 if TYPE_CHECKING:
     from moediag.trace import RoutingSpec
 
@@ -84,11 +87,22 @@ def inspect_cmd(
     redundancy_threshold: float = typer.Option(
         0.99, "--redundancy-threshold", help="Checkpoints: cosine above which two experts are duplicates."
     ),
+    sample: float = typer.Option(
+        DEFAULT_SAMPLE,
+        "--sample",
+        metavar="FRACTION",
+        help="Checkpoints: fraction of each expert's rows the redundancy screen reads; candidate pairs "
+        "are then verified on the full weights. 1 reads every row exactly.",
+    ),
     path_window: list[str] | None = typer.Option(
         None, "--path-window", metavar="FIRST:LAST", help=PATH_WINDOW_HELP
     ),
-    workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
-    scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", metavar="N", help=WORKERS_HELP + " Checkpoints: N layers' weights at once."
+    ),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP + " Checkpoints: one task per layer."
+    ),
 ) -> None:
     """Print what a trace or checkpoint says about routing: a verdict, an overview, one row per layer.
 
@@ -104,9 +118,8 @@ def inspect_cmd(
     kind = detect_kind(path)
     # options of the other kind of input: derived from what was set, so defaults live in one place
     trace_only = ("worst", "sort", "detail", "num_experts", "top_k", "score_function", "cold_eps",
-                  "capacity_group", "min_capacity", "chunk_tokens", "workers", "scheduler",
-                  "path_window")  # fmt: skip
-    checkpoint_only = ("weights", "redundancy_threshold")
+                  "capacity_group", "min_capacity", "chunk_tokens", "path_window")  # fmt: skip
+    checkpoint_only = ("weights", "redundancy_threshold", "sample")
     unused = given_options(ctx, trace_only if kind == "checkpoint" else checkpoint_only)
     if unused:
         what = "traces" if kind == "checkpoint" else "checkpoints"
@@ -117,7 +130,14 @@ def inspect_cmd(
 
         finish(
             inspect_checkpoint_command(
-                path, as_json=as_json, layer=layer, weights=weights, redundancy_threshold=redundancy_threshold
+                path,
+                as_json=as_json,
+                layer=layer,
+                weights=weights,
+                redundancy_threshold=redundancy_threshold,
+                sample=sample,
+                workers=workers,
+                scheduler=scheduler,
             )
         )
         return

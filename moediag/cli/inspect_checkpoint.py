@@ -23,17 +23,37 @@ def inspect_checkpoint_command(
     redundancy_threshold: float,
     console_width: int | None = None,
     chunk_mib: int = 64,
+    sample: float | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> int:
     """Inspect a checkpoint; returns the exit code (0). Bad input raises a MoediagError (exit 2).
 
     Example: moediag inspect ./Qwen1.5-MoE-A2.7B --no-weights
     """
-    from moediag.cli.common import print_json, progress_bar, stdout_console
+    from moediag.checkpoint.weights import DEFAULT_SAMPLE
+    from moediag.cli.common import byte_progress, print_json, stdout_console
 
-    analysis = analyze_checkpoint(path, weights=False, layer=layer, redundancy_threshold=redundancy_threshold)
+    analysis = analyze_checkpoint(
+        path,
+        weights=False,
+        layer=layer,
+        redundancy_threshold=redundancy_threshold,
+        sample=DEFAULT_SAMPLE if sample is None else sample,
+    )
     if weights:
-        with progress_bar("reading expert weights", analysis.weight_bytes()) as advance:
-            check_weights(analysis, chunk_bytes=max(1, chunk_mib) * 1024 * 1024, progress=advance)
+        nbytes, seconds = analysis.weights_estimate()
+        if seconds > 60:
+            sys.stderr.write(f"moediag: {_estimate_line(analysis, nbytes, seconds)}\n")
+        with byte_progress("reading expert weights", nbytes) as (advance, grow):
+            check_weights(
+                analysis,
+                chunk_bytes=max(1, chunk_mib) * 1024 * 1024,
+                progress=advance,
+                plan=grow,
+                workers=workers,
+                scheduler=scheduler,
+            )
     for w in analysis.warnings:
         sys.stderr.write(f"moediag: warning: {os.fspath(path)}: {w}\n")
     if as_json:
@@ -46,3 +66,24 @@ def inspect_checkpoint_command(
         console.width = console_width
     render_checkpoint(analysis, console)
     return int(ExitCode.OK)
+
+
+def _estimate_line(analysis: object, nbytes: int, seconds: float) -> str:
+    """One line before a long weights pass: what it reads, how long it should take, how to change that."""
+    from moediag.checkpoint import CheckpointAnalysis
+
+    assert isinstance(analysis, CheckpointAnalysis)
+    layers = len(analysis.layers)
+    what = (
+        f"a {analysis.sample:.1%} sample of every expert's rows, then candidate pairs in full"
+        if analysis.sample < 1
+        else "every expert row (exact)"
+    )
+    eta = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    faster = (
+        "--sample 1 reads every row exactly" if analysis.sample < 1 else "--sample 0.03 screens a 3% sample"
+    )
+    return (
+        f"reading {nbytes / 1e9:.1f} GB of expert weights in {layers} MoE layer{'s' * (layers != 1)} "
+        f"({what}): about {eta}; {faster}, --layer N reads one layer, --no-weights reads headers only"
+    )

@@ -17,9 +17,12 @@ from moediag.cli.common import (
     require_positive,
 )
 from moediag.errors import UsageError
+from moediag.io.paths import FORCE_HELP, check_output
 
 
-def _checks(doc: dict[str, Any], config_file: Path | None) -> dict[str, Any] | None:
+def _checks(
+    doc: dict[str, Any], config_file: Path | None, allow_empty: bool = False
+) -> dict[str, Any] | None:
     """``moediag check`` results when thresholds are configured (a config file found or given), else None."""
     try:
         from moediag.checks import run_checks
@@ -29,7 +32,13 @@ def _checks(doc: dict[str, Any], config_file: Path | None) -> dict[str, Any] | N
     config = load_config(config_file)
     if config.file is None:
         return None
-    return run_checks(doc, config).to_dict()
+    from moediag.checks import NothingToCheckError
+    from moediag.errors import InvalidInputError
+
+    try:
+        return run_checks(doc, config, allow_empty=allow_empty).to_dict()
+    except NothingToCheckError as exc:
+        raise InvalidInputError(str(exc), (doc.get("meta") or {}).get("path")) from None
 
 
 @app.command("report")
@@ -67,6 +76,13 @@ def report_cmd(
     ),
     workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
     scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    allow_empty: bool = typer.Option(
+        False,
+        "--allow-empty",
+        help="With check thresholds: a verdict of pass when there is nothing to judge (no MoE layer, "
+        "no routed token) instead of exit 2.",
+    ),
 ) -> None:
     """Write one self-contained HTML report: verdict, overview, per-layer table and figures.
 
@@ -81,6 +97,7 @@ def report_cmd(
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group)
     if min_capacity < 0:
         raise UsageError("--min-capacity must be 0 or more")
+    check_output(output, [*paths, *([config] if config else [])], force=force)
     by_kind: dict[str, Path] = {}
     for p in paths:
         kind = detect_kind(p)
@@ -122,7 +139,7 @@ def report_cmd(
         if doc is None:
             doc = checkpoint.to_dict()
     assert doc is not None
-    checks = _checks(doc, config)
+    checks = _checks(doc, config, allow_empty)
     from moediag.render.html import render_report, write_report
 
     page = render_report(analysis, checkpoint, checks=checks, title=title)

@@ -20,8 +20,8 @@ are summed.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,37 +36,43 @@ from moediag.importers.base import (
     check_ids,
     finish_per_token,
     import_counts,
+    int_tensor,
     natural_key,
     rank_of,
     torch_load,
     trace_metadata,
 )
+from moediag.io import strict_json
+from moediag.io.paths import confined, open_regular
 
 _TRACE = "router_trace_rank"
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below
+        fh = os.fdopen(open_regular(path, "JSONL file"), "rb")
     except OSError as exc:
         raise InvalidInputError(f"cannot read ({exc.strerror})", path) from None
     with fh:
-        for lineno, line in enumerate(fh, start=1):
-            obj = parse_line(line, path, lineno)
+        for lineno, raw in enumerate(fh, start=1):
+            obj = parse_line(raw, path, lineno)
             if obj is not None:
                 yield lineno, obj
 
 
 def parse_line(line: str | bytes, path: Path, lineno: int) -> dict[str, Any] | None:
     """One JSONL line -> its object (None for a blank line); anything else is one line naming the file."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"line {lineno}: not UTF-8 text", path) from None
     if not line.strip():
         return None
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"line {lineno}: not valid JSON ({exc.msg})", path) from None
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"line {lineno}: not UTF-8 text", path) from None
+        obj = strict_json.loads(line)
+    except strict_json.StrictJSONError as exc:
+        raise InvalidInputError(f"line {lineno}: {exc}", path) from None
     if not isinstance(obj, dict):
         raise InvalidInputError(f"line {lineno}: expected a JSON object", path)
     return obj
@@ -111,6 +117,7 @@ class _Sidecar:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh: BinaryIO | None = None
+        self._size = 0
 
     def read(self, offset: int, nbytes: int, shape: list[int], context: str) -> torch.Tensor:
         if (
@@ -121,13 +128,21 @@ class _Sidecar:
             raise InvalidInputError(f"{context}: shape {shape!r} is not [tokens, width]", self.path)
         if nbytes != math.prod(shape) * 2:
             raise InvalidInputError(f"{context}: {nbytes} bytes cannot hold bfloat16 {shape}", self.path)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise InvalidInputError(f"{context}: offset {offset!r} is not a non-negative integer", self.path)
         if self._fh is None:
-            try:
-                self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open across reads; close()
-            except FileNotFoundError:
-                raise InvalidInputError(
-                    f"sidecar file referenced by {context} is missing", self.path
-                ) from None
+            if not self.path.exists():
+                raise InvalidInputError(f"sidecar file referenced by {context} is missing", self.path)
+            # a regular file (no FIFO) that stays inside the trace's folder (no symlink out)
+            confined(self.path.parent, self.path.name, self.path)
+            self._fh = os.fdopen(open_regular(self.path, "sidecar file"), "rb")
+            self._size = os.fstat(self._fh.fileno()).st_size
+        if offset + nbytes > self._size:
+            raise InvalidInputError(
+                f"{context}: truncated sidecar (wanted {nbytes} bytes at offset {offset}, the file has "
+                f"{self._size})",
+                self.path,
+            )
         self._fh.seek(offset)
         data = self._fh.read(nbytes)
         if len(data) != nbytes:
@@ -379,9 +394,12 @@ def top_indices(rec: dict[str, Any], path: Path, lineno: int, num_experts: int) 
     where = f"line {lineno}"
     n = int_field(rec, "num_tokens", path, lineno)
     k = int_field(rec, "topk", path, lineno)
+    if "top_indices" not in rec:
+        raise InvalidInputError(f"{where}: no top_indices", path)
+    ids = int_tensor(rec["top_indices"], path, f"{where}: top_indices")
     try:
-        ids = torch.tensor(rec["top_indices"], dtype=torch.int64).reshape(-1, k)
-    except (KeyError, TypeError, ValueError, RuntimeError):
+        ids = ids.reshape(-1, k)
+    except RuntimeError:
         raise InvalidInputError(f"{where}: top_indices is not a [tokens, topk] list", path) from None
     if ids.shape[0] != n:
         raise InvalidInputError(f"{where}: top_indices has {ids.shape[0]} rows but num_tokens={n}", path)
@@ -391,10 +409,9 @@ def top_indices(rec: dict[str, Any], path: Path, lineno: int, num_experts: int) 
 
 def tpe_rows(rec: dict[str, Any], path: Path, lineno: int) -> torch.Tensor:
     """A tokens-per-expert record's ``tpe`` as int64 ``[rows, experts]`` (one step per row), checked."""
-    try:
-        rows = torch.tensor(rec["tpe"], dtype=torch.int64)
-    except (KeyError, TypeError, ValueError, RuntimeError):
-        raise InvalidInputError(f"line {lineno}: tpe is not a list of count lists", path) from None
+    if "tpe" not in rec:
+        raise InvalidInputError(f"line {lineno}: tpe is not a list of count lists", path)
+    rows = int_tensor(rec["tpe"], path, f"line {lineno}: tpe")
     if rows.dim() == 1:
         rows = rows[None]
     if rows.dim() != 2:

@@ -9,7 +9,6 @@ Every structural problem is raised as :class:`~moediag.errors.InvalidInputError`
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -20,6 +19,8 @@ from typing import Any
 import torch
 
 from moediag.errors import InvalidInputError
+from moediag.io import strict_json
+from moediag.io.paths import open_regular, os_error_message
 
 #: The same bound the safetensors library itself applies to the JSON header.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -52,12 +53,15 @@ FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 INT_DTYPES = {"I64", "I32", "I16", "I8", "U8", "U16", "U32", "U64"}
 
 
+_ITEMSIZE: dict[str, int] = {
+    **_EXTRA_ITEMSIZE,
+    **{name: torch.empty((), dtype=dt).element_size() for name, dt in DTYPES.items()},
+}
+
+
 def itemsize(dtype: str) -> int:
-    if dtype in DTYPES:
-        return torch.empty((), dtype=DTYPES[dtype]).element_size()
-    if dtype in _EXTRA_ITEMSIZE:
-        return _EXTRA_ITEMSIZE[dtype]
-    raise KeyError(dtype)
+    """Bytes per element of a safetensors dtype (a dict lookup: called once per tensor of a header)."""
+    return _ITEMSIZE[dtype]
 
 
 @dataclass(frozen=True)
@@ -95,14 +99,22 @@ class SafetensorsFile:
         self.metadata: dict[str, str] = {}
         self._parse()
 
+    def without_tensors(self) -> SafetensorsFile:
+        """The same file (path, metadata) with an empty tensor table to fill: cheap to pickle."""
+        other = object.__new__(SafetensorsFile)
+        other.path, other.metadata, other.tensors = self.path, dict(self.metadata), {}
+        return other
+
     # -- header --------------------------------------------------------------------------------
     def _fail(self, message: str) -> InvalidInputError:
         return InvalidInputError(message, self.path)
 
     def _parse(self) -> None:
+        # a FIFO or a device is refused before it is opened (it could block or stream forever)
+        fd = open_regular(self.path, "safetensors file")
         try:
-            size = self.path.stat().st_size
-            with open(self.path, "rb") as fh:
+            with os.fdopen(fd, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
                 prefix = fh.read(8)
                 if len(prefix) < 8:
                     raise self._fail(f"not a safetensors file ({size} bytes, too short for a header)")
@@ -117,18 +129,12 @@ class SafetensorsFile:
                         f"truncated or not a safetensors file: header claims {n} bytes, file has {size}"
                     )
                 raw = fh.read(n)
-        except IsADirectoryError:
-            raise self._fail("is a directory, expected a .safetensors file") from None
-        except FileNotFoundError:
-            raise self._fail("no such file") from None
-        except PermissionError:
-            raise self._fail("permission denied") from None
+        except OSError as exc:
+            raise self._fail(os_error_message(exc)) from None
         try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._fail(
-                f"not a safetensors file: header is not valid JSON ({exc.__class__.__name__})"
-            ) from None
+            header = strict_json.loads(raw)
+        except strict_json.StrictJSONError as exc:
+            raise self._fail(f"not a safetensors file: header is not valid JSON ({exc})") from None
         if not isinstance(header, dict):
             raise self._fail("malformed safetensors header: expected a JSON object")
         data_start = 8 + n
@@ -153,18 +159,20 @@ class SafetensorsFile:
         if not isinstance(info, dict):
             raise self._fail(f"malformed safetensors header: entry {name!r} is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(dtype, str) or (dtype not in DTYPES and dtype not in _EXTRA_ITEMSIZE):
+        size = _ITEMSIZE.get(dtype) if isinstance(dtype, str) else None
+        if size is None or not isinstance(dtype, str):
             raise self._fail(f"malformed safetensors header: tensor {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise self._fail(f"malformed safetensors header: tensor {name!r} has invalid shape {shape!r}")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(isinstance(o, int) and o >= 0 for o in offsets)
-            or offsets[1] < offsets[0]
+            or type(offsets[0]) is not int
+            or type(offsets[1]) is not int
+            or not 0 <= offsets[0] <= offsets[1]
         ):
             raise self._fail(f"malformed safetensors header: tensor {name!r} has invalid data_offsets")
-        expected = math.prod(shape) * itemsize(dtype)
+        expected = math.prod(shape) * size
         if dtype == "F4":  # two values a byte
             expected = (math.prod(shape) + 1) // 2
         if offsets[1] - offsets[0] != expected:
@@ -192,9 +200,12 @@ class SafetensorsFile:
         shape = ((b - a), *info.shape[1:]) if info.shape else ()
         buf = bytearray(nbytes)
         if nbytes:
-            with open(self.path, "rb") as fh:
-                fh.seek(start)
-                got = fh.readinto(buf)
+            try:
+                with os.fdopen(open_regular(self.path, "safetensors file"), "rb") as fh:
+                    fh.seek(start)
+                    got = fh.readinto(buf)
+            except OSError as exc:
+                raise self._fail(f"reading tensor {name!r}: {os_error_message(exc)}") from None
             if got != nbytes:
                 raise self._fail(f"truncated while reading tensor {name!r}")
         if not nbytes:

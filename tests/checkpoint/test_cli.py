@@ -137,11 +137,15 @@ def test_bad_input_is_one_line_exit_2(ckpt: Factory, tmp_path: Path) -> None:
 def test_cli_in_process(ckpt: Factory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from moediag.cli import main
 
-    assert main(["inspect", str(ckpt("granitemoe").path), "--json", "--no-weights"]) == 0
+    granite = ckpt("granitemoe").path
+    capsys.readouterr()  # building the fixture may print (transformers, deepspeed): not moediag's output
+    assert main(["inspect", str(granite), "--json", "--no-weights"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["meta"]["kind"] == "checkpoint" and doc["summary"]["family"] == "granitemoe"
     assert doc["summary"]["weights_checked"] is False
-    assert main(["inspect", str(ckpt("qwen2_moe").path), "--layer", "1"]) == 2
+    qwen = ckpt("qwen2_moe").path
+    capsys.readouterr()
+    assert main(["inspect", str(qwen), "--layer", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not an MoE layer" in err[0]
     bad = tmp_path / "model.safetensors"
@@ -160,3 +164,51 @@ def test_layer_verdict_says_it_judged_one_layer(capsys: pytest.CaptureFixture[st
     assert code == 0 and whole.startswith("WEIGHTS: CHECK") and "outlier" in whole.splitlines()[0]
     code, one, _ = _run(sample, capsys, layer=1, console_width=200)
     assert code == 0 and "weights of layer 1 only" in one.splitlines()[0]
+
+
+def test_long_weights_pass_is_announced(
+    ckpt: Factory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line before a pass estimated at over a minute: bytes, time, and the options that change it."""
+    import moediag.checkpoint.analysis as analysis_mod
+
+    path = ckpt("deepseek_v3").path
+    _, _, err = _run(path, capsys)
+    assert "expert weights" not in err  # a tiny model: seconds, no line
+    monkeypatch.setattr(analysis_mod, "GRAM_MADDS_PER_S", 1.0)  # as slow as a 700 GB model
+    code, _, err = _run(path, capsys)
+    line = next(x for x in err.splitlines() if "expert weights" in x)
+    assert code == 0 and line.startswith("moediag: reading ") and " GB of expert weights in " in line
+    assert "about " in line and "--sample 1" in line and "--no-weights" in line
+    _, _, err = _run(path, capsys, sample=1.0)
+    assert "every expert row (exact)" in err
+
+
+def test_sample_must_be_a_fraction(ckpt: Factory, tmp_path: Path) -> None:
+    from moediag.cli.app import main
+
+    for bad in ("0", "1.5", "-0.1"):
+        assert main(["inspect", str(ckpt("mixtral").path), "--sample", bad]) == 2
+
+
+def test_estimate_for_the_full_deepseek_v3(tmp_path: Path) -> None:
+    from moediag.checkpoint import analyze_checkpoint
+    from moediag.cli.inspect_checkpoint import _estimate_line
+
+    from .scale_layouts import deepseek_v3
+
+    deepseek_v3(tmp_path / "ds3", layers=5, mtp=False)  # 2 MoE layers of 256 real-size FP8 experts
+    a = analyze_checkpoint(tmp_path / "ds3", weights=False)
+    nbytes, seconds = a.weights_estimate()
+    full, full_s = a.weights_estimate(1.0)
+    assert full == 2 * 256 * 3 * 2048 * 7168  # every FP8 expert byte of both layers
+    assert 0.025 < nbytes / full < 0.04 and seconds < full_s / 10  # the 1/32 screen
+    line = _estimate_line(a, nbytes, seconds)
+    assert line.startswith(f"reading {nbytes / 1e9:.1f} GB of expert weights in 2 MoE layers (a 3.1% sample")
+
+
+def test_cli_default_sample_is_the_librarys() -> None:
+    from moediag.checkpoint.weights import DEFAULT_SAMPLE
+    from moediag.cli.inspect import DEFAULT_SAMPLE as CLI_DEFAULT
+
+    assert CLI_DEFAULT == DEFAULT_SAMPLE

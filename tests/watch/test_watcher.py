@@ -57,8 +57,8 @@ def test_a_bad_jsonl_line_is_skipped_and_the_rest_read(tmp_path: Path) -> None:
     w.poll()
     assert cumulative_loads(w) == {1: [2, 2, 0, 0]}
     assert w.counters["bad_lines"] == 1 and logs == [
-        f"skipped {d}/router_trace_rank0.jsonl line 2: not valid JSON "
-        "(Expecting property name enclosed in double quotes)"
+        f"skipped {d}/router_trace_rank0.jsonl line 2: not valid JSON: "
+        "Expecting property name enclosed in double quotes at line 1 column 2"
     ]
 
 
