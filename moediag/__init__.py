@@ -23,7 +23,9 @@ __all__ = [
     "MoediagError",
     "UnsupportedLayoutError",
     "UsageError",
+    "Monitor",
     "Recorder",
+    "RoutingAlert",
 ]
 
 
@@ -33,4 +35,8 @@ def __getattr__(name: str) -> object:
         from moediag.record import Recorder
 
         return Recorder
+    if name in ("Monitor", "RoutingAlert"):
+        import moediag.monitor
+
+        return getattr(moediag.monitor, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,7 @@ from moediag.cli import plot as _plot  # noqa: F401
 from moediag.cli import record as _record  # noqa: F401
 from moediag.cli import replay as _replay  # noqa: F401
 from moediag.cli import report as _report  # noqa: F401
+from moediag.cli import watch as _watch  # noqa: F401
 from moediag.cli.app import app, main
 
 __all__ = ["app", "main", "run"]

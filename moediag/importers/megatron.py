@@ -55,19 +55,27 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise InvalidInputError(f"cannot read ({exc.strerror})", path) from None
     with fh:
         for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInputError(f"line {lineno}: not UTF-8 text", path) from None
-            if not line.strip():
-                continue
-            try:
-                obj = strict_json.loads(line)
-            except strict_json.StrictJSONError as exc:
-                raise InvalidInputError(f"line {lineno}: {exc}", path) from None
-            if not isinstance(obj, dict):
-                raise InvalidInputError(f"line {lineno}: expected a JSON object", path)
-            yield lineno, obj
+            obj = parse_line(raw, path, lineno)
+            if obj is not None:
+                yield lineno, obj
+
+
+def parse_line(line: str | bytes, path: Path, lineno: int) -> dict[str, Any] | None:
+    """One JSONL line -> its object (None for a blank line); anything else is one line naming the file."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"line {lineno}: not UTF-8 text", path) from None
+    if not line.strip():
+        return None
+    try:
+        obj = strict_json.loads(line)
+    except strict_json.StrictJSONError as exc:
+        raise InvalidInputError(f"line {lineno}: {exc}", path) from None
+    if not isinstance(obj, dict):
+        raise InvalidInputError(f"line {lineno}: expected a JSON object", path)
+    return obj
 
 
 def _discover(sources: list[Path]) -> tuple[str, list[Path]]:
@@ -96,7 +104,7 @@ def _discover(sources: list[Path]) -> tuple[str, list[Path]]:
     )
 
 
-def _int(rec: dict[str, Any], key: str, path: Path, lineno: int) -> int:
+def int_field(rec: dict[str, Any], key: str, path: Path, lineno: int) -> int:
     v = rec.get(key)
     if not isinstance(v, int) or isinstance(v, bool):
         raise InvalidInputError(f"line {lineno}: field {key!r} is {v!r}, expected an integer", path)
@@ -156,7 +164,7 @@ def _steps(path: Path) -> Iterator[tuple[int, list[tuple[int, dict[str, Any]]]]]
     current: int | None = None
     group: list[tuple[int, dict[str, Any]]] = []
     for lineno, rec in _jsonl(path):
-        step = _int(rec, "step", path, lineno)
+        step = int_field(rec, "step", path, lineno)
         if current is not None and step != current:
             yield current, group
             group = []
@@ -188,10 +196,10 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
     decoder = [(n, r) for n, r in first_step[1] if r.get("block", "decoder") == "decoder"]
     if not decoder:
         raise InvalidInputError("no decoder-layer records in the first step", files[0])
-    layers = sorted({_int(r, "layer", files[0], n) for n, r in decoder})
+    layers = sorted({int_field(r, "layer", files[0], n) for n, r in decoder})
     topk: dict[int, int | None] = {layer: None for layer in layers}
     for n, r in decoder:
-        topk[r["layer"]] = _int(r, "topk", files[0], n)
+        topk[r["layer"]] = int_field(r, "topk", files[0], n)
     has_logits = all("logit_offset" in r for _, r in decoder)
     if any(v is None for v in topk.values()):  # pragma: no cover - every layer came from a record
         raise InvalidInputError("a layer has no topk", files[0])
@@ -265,8 +273,8 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                         if rec.get("block", "decoder") != "decoder":
                             mtp += 1
                             continue
-                        layer = _int(rec, "layer", path, lineno)
-                        rec_rank = _int(rec, "rank", path, lineno)
+                        layer = int_field(rec, "layer", path, lineno)
+                        rec_rank = int_field(rec, "rank", path, lineno)
                         if file_rank is None:
                             file_rank = rec_rank
                             logits_bin = _Sidecar(path.parent / f"logits_rank{rec_rank}.bin")
@@ -298,8 +306,8 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                         for layer in layers:
                             lineno, rec = by_layer[layer][i]
                             where = f"line {lineno}"
-                            n = _int(rec, "num_tokens", path, lineno)
-                            k = _int(rec, "topk", path, lineno)
+                            n = int_field(rec, "num_tokens", path, lineno)
+                            k = int_field(rec, "topk", path, lineno)
                             if k != top_k:
                                 raise InvalidInputError(
                                     f"{where}: topk={k} but {files[0].name} has {top_k} (ranks are "
@@ -315,20 +323,7 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                                     f"step {step}",
                                     path,
                                 )
-                            if "top_indices" not in rec:
-                                raise InvalidInputError(f"{where}: no top_indices", path)
-                            ids = int_tensor(rec["top_indices"], path, f"{where}: top_indices")
-                            try:
-                                ids = ids.reshape(-1, k)
-                            except RuntimeError:
-                                raise InvalidInputError(
-                                    f"{where}: top_indices is not a [tokens, topk] list", path
-                                ) from None
-                            if ids.shape[0] != n:
-                                raise InvalidInputError(
-                                    f"{where}: top_indices has {ids.shape[0]} rows but num_tokens={n}", path
-                                )
-                            check_ids(ids, num_experts, path, where)
+                            ids = top_indices(rec, path, lineno, num_experts)
                             batch[f"layers.{layer}.topk_ids"] = ids.to(torch.int32)
                             if has_logits:
                                 if "logit_offset" not in rec:
@@ -336,8 +331,8 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                                         f"{where}: no logit_offset, unlike earlier records", path
                                     )
                                 lg = logits_bin.read(
-                                    _int(rec, "logit_offset", path, lineno),
-                                    _int(rec, "logit_bytes", path, lineno),
+                                    int_field(rec, "logit_offset", path, lineno),
+                                    int_field(rec, "logit_bytes", path, lineno),
                                     rec.get("logit_shape") or [],
                                     f"{path.name} {where}",
                                 )
@@ -354,8 +349,8 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                                         f"{where}: no hs_offset, unlike earlier records", path
                                     )
                                 hs = hs_bin.read(
-                                    _int(rec, "hs_offset", path, lineno),
-                                    _int(rec, "hs_bytes", path, lineno),
+                                    int_field(rec, "hs_offset", path, lineno),
+                                    int_field(rec, "hs_bytes", path, lineno),
                                     rec.get("hs_shape") or [],
                                     f"{path.name} {where}",
                                 )
@@ -394,6 +389,38 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
         )
 
 
+def top_indices(rec: dict[str, Any], path: Path, lineno: int, num_experts: int) -> torch.Tensor:
+    """A router-trace record's ``top_indices`` as int64 ``[num_tokens, topk]``, checked."""
+    where = f"line {lineno}"
+    n = int_field(rec, "num_tokens", path, lineno)
+    k = int_field(rec, "topk", path, lineno)
+    if "top_indices" not in rec:
+        raise InvalidInputError(f"{where}: no top_indices", path)
+    ids = int_tensor(rec["top_indices"], path, f"{where}: top_indices")
+    try:
+        ids = ids.reshape(-1, k)
+    except RuntimeError:
+        raise InvalidInputError(f"{where}: top_indices is not a [tokens, topk] list", path) from None
+    if ids.shape[0] != n:
+        raise InvalidInputError(f"{where}: top_indices has {ids.shape[0]} rows but num_tokens={n}", path)
+    check_ids(ids, num_experts, path, where)
+    return ids
+
+
+def tpe_rows(rec: dict[str, Any], path: Path, lineno: int) -> torch.Tensor:
+    """A tokens-per-expert record's ``tpe`` as int64 ``[rows, experts]`` (one step per row), checked."""
+    if "tpe" not in rec:
+        raise InvalidInputError(f"line {lineno}: tpe is not a list of count lists", path)
+    rows = int_tensor(rec["tpe"], path, f"line {lineno}: tpe")
+    if rows.dim() == 1:
+        rows = rows[None]
+    if rows.dim() != 2:
+        raise InvalidInputError(f"line {lineno}: tpe has shape {list(rows.shape)}", path)
+    if rows.numel() and int(rows.min()) < 0:
+        raise InvalidInputError(f"line {lineno}: negative counts", path)
+    return rows
+
+
 def _import_tpe(files: list[Path], out: Path, options: ImportOptions) -> ImportResult:
     total: dict[tuple[int, int], torch.Tensor] = {}
     ref_keys: set[tuple[int, int]] | None = None
@@ -405,23 +432,15 @@ def _import_tpe(files: list[Path], out: Path, options: ImportOptions) -> ImportR
             if rec.get("block", "decoder") != "decoder":
                 mtp += 1
                 continue
-            it = _int(rec, "iter", path, lineno)
-            layer = _int(rec, "layer", path, lineno)
-            if "tpe" not in rec:
-                raise InvalidInputError(f"line {lineno}: tpe is not a list of count lists", path)
-            rows = int_tensor(rec["tpe"], path, f"line {lineno}: tpe")
-            if rows.dim() == 1:
-                rows = rows[None]
-            if rows.dim() != 2:
-                raise InvalidInputError(f"line {lineno}: tpe has shape {list(rows.shape)}", path)
+            it = int_field(rec, "iter", path, lineno)
+            layer = int_field(rec, "layer", path, lineno)
+            rows = tpe_rows(rec, path, lineno)
             if width is None:
                 width = rows.shape[1]
             elif rows.shape[1] != width:
                 raise InvalidInputError(
                     f"line {lineno}: tpe rows have {rows.shape[1]} experts, earlier {width}", path
                 )
-            if rows.numel() and int(rows.min()) < 0:
-                raise InvalidInputError(f"line {lineno}: negative counts", path)
             key = (it, layer)
             if key in keys:
                 raise InvalidInputError(f"line {lineno}: iter {it} layer {layer} appears twice", path)

@@ -52,7 +52,7 @@ from moediag.words import layers_have
 _FILES = r"(expert_distribution.*\.(pt|csv))|(.*\.csv)"
 
 
-def _mode(obj: Any, path: Path) -> str:
+def dump_mode(obj: Any, path: Path) -> str:
     if isinstance(obj, dict) and "logical_count" in obj:
         return "stat"
     if isinstance(obj, dict) and "records" in obj:
@@ -104,14 +104,14 @@ def _dense_note(total: int, kept: list[int]) -> list[str]:
     return [f"{layers_have(dense)} no routed tokens (dense layers; left out, not dead experts)"]
 
 
-def _p2l(obj: dict[str, Any], path: Path) -> torch.Tensor:
+def physical_map(obj: dict[str, Any], path: Path) -> torch.Tensor:
     m = _tensor(obj["last_physical_to_logical_map"], "last_physical_to_logical_map", path, 2).to(torch.int64)
     if m.numel() and int(m.min()) < 0:
         raise InvalidInputError("last_physical_to_logical_map has negative entries", path)
     return m
 
 
-def _num_logical(p2l: torch.Tensor, options: ImportOptions, path: Path) -> int:
+def num_logical(p2l: torch.Tensor, options: ImportOptions, path: Path) -> int:
     found = int(p2l.max()) + 1 if p2l.numel() else None
     if options.num_experts is not None and found is not None and options.num_experts < found:
         raise InvalidInputError(
@@ -128,25 +128,34 @@ def _num_logical(p2l: torch.Tensor, options: ImportOptions, path: Path) -> int:
 # -- stat ----------------------------------------------------------------------------------------
 
 
+def stat_counts(obj: dict[str, Any], path: Path) -> tuple[torch.Tensor, int]:
+    """One stat dump: its recorded steps ``[steps, layers, experts]`` int64 (empty circular-buffer slots
+    dropped) and how many empty slots there were. Used by the importer and by ``moediag watch``."""
+    lc = _tensor(obj["logical_count"], "logical_count", path, 3).to(torch.int64)
+    if lc.numel() and int(lc.min()) < 0:
+        raise InvalidInputError("logical_count has negative counts", path)
+    used = lc.sum(dim=(1, 2)) > 0
+    return lc[used], int((~used).sum())
+
+
 def _import_stat(files: list[Path], first: Any, out: Path, options: ImportOptions) -> ImportResult:
     parts: list[torch.Tensor] = []
     empty_slots = 0
     for i, path in enumerate(files):
         obj = first if i == 0 else torch_load(path)
-        if _mode(obj, path) != "stat":
-            raise InvalidInputError(f"is a {_mode(obj, path)} dump but {files[0].name} is a stat dump", path)
-        lc = _tensor(obj["logical_count"], "logical_count", path, 3).to(torch.int64)
+        if dump_mode(obj, path) != "stat":
+            raise InvalidInputError(
+                f"is a {dump_mode(obj, path)} dump but {files[0].name} is a stat dump", path
+            )
+        lc, empty = stat_counts(obj, path)
         if parts and lc.shape[1:] != parts[0].shape[1:]:
             raise InvalidInputError(
                 f"logical_count has shape {list(lc.shape)}; {files[0].name} has [*, {parts[0].shape[1]}, "
                 f"{parts[0].shape[2]}]",
                 path,
             )
-        if lc.numel() and int(lc.min()) < 0:
-            raise InvalidInputError("logical_count has negative counts", path)
-        used = lc.sum(dim=(1, 2)) > 0
-        empty_slots += int((~used).sum())
-        parts.append(lc[used])
+        empty_slots += empty
+        parts.append(lc)
     counts = torch.cat(parts)
     num_experts = require_num_experts(counts.shape[2], options, files[0], "logical_count")
     if counts.shape[0] == 0:
@@ -178,16 +187,38 @@ def _import_stat(files: list[Path], first: Any, out: Path, options: ImportOption
 # -- per_pass ------------------------------------------------------------------------------------
 
 
+def pass_records(
+    obj: dict[str, Any], p2l: torch.Tensor, path: Path, default_rank: int = 0
+) -> list[tuple[int, int, torch.Tensor]]:
+    """A per_pass (or per_token) dump's records as ``(forward_pass_id, rank, physical counts [layers,
+    physical] int64)``, validated against the file's physical-to-logical map ``p2l``."""
+    out: list[tuple[int, int, torch.Tensor]] = []
+    for j, rec in enumerate(obj["records"]):
+        if not isinstance(rec, dict) or "global_physical_count" not in rec:
+            raise InvalidInputError(f"record {j} has no global_physical_count", path)
+        gpc = _tensor(rec["global_physical_count"], f"record {j} global_physical_count", path, 2)
+        if tuple(gpc.shape) != tuple(p2l.shape):
+            raise InvalidInputError(
+                f"record {j} global_physical_count has shape {list(gpc.shape)} but the "
+                "physical-to-logical "
+                f"map has {list(p2l.shape)}",
+                path,
+            )
+        rank = int(rec.get("rank", default_rank))
+        out.append((int(rec.get("forward_pass_id", j)), rank, gpc.to(torch.int64)))
+    return out
+
+
 def _import_per_pass(files: list[Path], first: Any, out: Path, options: ImportOptions) -> ImportResult:
     by_pass: dict[int, dict[int, torch.Tensor]] = {}
     p2l_ref: torch.Tensor | None = None
     ranks: list[int] = []
     for i, path in enumerate(files):
         obj = first if i == 0 else torch_load(path)
-        mode = _mode(obj, path)
+        mode = dump_mode(obj, path)
         if mode not in ("per_pass", "per_token"):
             raise InvalidInputError(f"is a {mode} dump but {files[0].name} is a per_pass dump", path)
-        p2l = _p2l(obj, path)
+        p2l = physical_map(obj, path)
         if p2l_ref is None:
             p2l_ref = p2l
         elif not torch.equal(p2l, p2l_ref):
@@ -197,32 +228,20 @@ def _import_per_pass(files: list[Path], first: Any, out: Path, options: ImportOp
                 path,
             )
         file_rank: int | None = None
-        for j, rec in enumerate(obj["records"]):
-            if not isinstance(rec, dict) or "global_physical_count" not in rec:
-                raise InvalidInputError(f"record {j} has no global_physical_count", path)
-            gpc = _tensor(rec["global_physical_count"], f"record {j} global_physical_count", path, 2)
-            if tuple(gpc.shape) != tuple(p2l.shape):
-                raise InvalidInputError(
-                    f"record {j} global_physical_count has shape {list(gpc.shape)} but the "
-                    "physical-to-logical "
-                    f"map has {list(p2l.shape)}",
-                    path,
-                )
-            rank = int(rec.get("rank", rank_of(path, i) or 0))
+        for fp, rank, gpc in pass_records(obj, p2l, path, rank_of(path, i) or 0):
             file_rank = rank if file_rank is None else file_rank
-            fp = int(rec.get("forward_pass_id", j))
             slot = by_pass.setdefault(fp, {})
             if rank in slot:
-                slot[rank] = slot[rank] + gpc.to(torch.int64)
+                slot[rank] = slot[rank] + gpc
             else:
-                slot[rank] = gpc.to(torch.int64)
+                slot[rank] = gpc
         ranks.append(file_rank if file_rank is not None else (rank_of(path, i) or 0))
     if len(set(ranks)) != len(ranks):
         raise InvalidInputError(
             f"two files hold the same rank ({sorted(ranks)}): pass each rank's file once", files[0]
         )
     assert p2l_ref is not None
-    num_experts = _num_logical(p2l_ref, options, files[0])
+    num_experts = num_logical(p2l_ref, options, files[0])
     if not by_pass:
         raise InvalidInputError("no records", files[0])
     steps: list[torch.Tensor] = []
@@ -267,10 +286,30 @@ def _fingerprint(rec: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def record_topk(rec: dict[str, Any], p2l: torch.Tensor, path: Path, where: str) -> torch.Tensor:
+    """A per_token record's ``topk_ids_of_layer`` int64 ``[layers, tokens, slots]`` of physical expert ids
+    (-1 = empty slot), checked against the physical-to-logical map ``p2l`` [layers, physical]."""
+    topk = _tensor(rec.get("topk_ids_of_layer"), f"{where} topk_ids_of_layer", path, 3).to(torch.int64)
+    if topk.shape[0] != p2l.shape[0]:
+        raise InvalidInputError(
+            f"{where}: topk_ids_of_layer has {topk.shape[0]} layers, the map has {p2l.shape[0]}", path
+        )
+    if topk.numel() and int(topk.max()) >= p2l.shape[1]:
+        raise InvalidInputError(
+            f"{where}: physical expert id {int(topk.max())} >= {p2l.shape[1]} physical experts", path
+        )
+    return topk
+
+
+def logical_ids(physical: torch.Tensor, p2l_row: torch.Tensor) -> torch.Tensor:
+    """Physical expert ids of one layer (any shape, -1 = empty) -> logical ids (-1 kept)."""
+    return torch.where(physical >= 0, p2l_row[physical.clamp_min(0)], torch.full_like(physical, -1))
+
+
 def _import_per_token(files: list[Path], first: Any, out: Path, options: ImportOptions) -> ImportResult:
-    p2l_ref = _p2l(first, files[0])
-    num_layers, num_physical = p2l_ref.shape
-    num_experts = _num_logical(p2l_ref, options, files[0])
+    p2l_ref = physical_map(first, files[0])
+    num_layers = p2l_ref.shape[0]
+    num_experts = num_logical(p2l_ref, options, files[0])
     # Which layers are MoE, and top-k: from the first record with tokens (dense layers are all -1).
     layers: list[int] | None = None
     top_k = options.top_k
@@ -310,11 +349,11 @@ def _import_per_token(files: list[Path], first: Any, out: Path, options: ImportO
         sink.begin(meta)
         for fi, path in enumerate(files):
             obj = first if fi == 0 else torch_load(path)
-            if _mode(obj, path) != "per_token":
+            if dump_mode(obj, path) != "per_token":
                 raise InvalidInputError(
-                    f"is a {_mode(obj, path)} dump but {files[0].name} is a per_token dump", path
+                    f"is a {dump_mode(obj, path)} dump but {files[0].name} is a per_token dump", path
                 )
-            p2l = _p2l(obj, path)
+            p2l = physical_map(obj, path)
             if not torch.equal(p2l, p2l_ref):
                 raise InvalidInputError(
                     f"last_physical_to_logical_map differs from {files[0].name}'s: ranks are not from "
@@ -325,15 +364,8 @@ def _import_per_token(files: list[Path], first: Any, out: Path, options: ImportO
             for j, rec in enumerate(obj["records"]):
                 where = f"record {j}"
                 file_rank = int(rec.get("rank", file_rank))
-                topk = _tensor(rec.get("topk_ids_of_layer"), f"{where} topk_ids_of_layer", path, 3).to(
-                    torch.int64
-                )
+                topk = record_topk(rec, p2l, path, where)
                 n = topk.shape[1]
-                if topk.shape[0] != num_layers:
-                    raise InvalidInputError(
-                        f"{where}: topk_ids_of_layer has {topk.shape[0]} layers, the map has {num_layers}",
-                        path,
-                    )
                 input_ids = rec.get("input_ids")
                 positions = rec.get("positions")
                 if input_ids is None or len(input_ids) != n or positions is None or len(positions) != n:
@@ -362,15 +394,9 @@ def _import_per_token(files: list[Path], first: Any, out: Path, options: ImportO
                         path,
                     )
                 phys = topk[:, :, :top_k]
-                if int(phys.max()) >= num_physical:
-                    raise InvalidInputError(
-                        f"{where}: physical expert id {int(phys.max())} >= {num_physical} physical experts",
-                        path,
-                    )
                 batch: dict[str, torch.Tensor] = {}
                 for layer in layers:
-                    p = phys[layer]
-                    logical = torch.where(p >= 0, p2l[layer][p.clamp_min(0)], torch.full_like(p, -1))
+                    logical = logical_ids(phys[layer], p2l[layer])
                     check_ids(logical, num_experts, path, f"{where} layer {layer}")
                     batch[f"layers.{layer}.topk_ids"] = logical.to(torch.int32)
                 lens = rec.get("extend_seq_lens")
@@ -409,7 +435,7 @@ def _import_per_token(files: list[Path], first: Any, out: Path, options: ImportO
 # -- legacy CSV ----------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path) -> dict[tuple[int, int], int]:
+def read_csv(path: Path) -> dict[tuple[int, int], int]:
     out: dict[tuple[int, int], int] = {}
     try:
         with open(path, newline="") as fh:
@@ -441,7 +467,7 @@ def _read_csv(path: Path) -> dict[tuple[int, int], int]:
 
 
 def _import_csv(files: list[Path], out: Path, options: ImportOptions) -> ImportResult:
-    tables = [_read_csv(p) for p in files]
+    tables = [read_csv(p) for p in files]
     if all(t == tables[0] for t in tables[1:]) and len(tables) > 1:
         merged = tables[0]
         notes = [f"{len(tables)} rank files are identical (tensor parallel): counted once"]
@@ -495,7 +521,7 @@ def import_sglang(sources: list[Path], out: Path, options: ImportOptions) -> Imp
             )
         return _import_csv(files, out, options)
     first = torch_load(files[0])
-    mode = _mode(first, files[0])
+    mode = dump_mode(first, files[0])
     if mode == "stat":
         return _import_stat(files, first, out, options)
     if mode == "per_pass":

@@ -29,7 +29,7 @@ from moediag.io.paths import SIDECAR_MAX_BYTES
 from moediag.io.safetensors_file import SafetensorsFile
 from moediag.trace.schema import MAX_EXPERTS
 
-_RANK_FILE = re.compile(r"rank(\d+)\.safetensors")
+RANK_FILE = re.compile(r"rank(\d+)\.safetensors")
 _KEY = re.compile(r"(\d+)_(\d+)")
 
 
@@ -38,7 +38,7 @@ def _rank_files(sources: list[Path]) -> tuple[list[Path], Path | None]:
     meta: Path | None = None
     for p in sources:
         if p.is_dir():
-            files.extend(c for c in p.iterdir() if c.is_file() and _RANK_FILE.fullmatch(c.name))
+            files.extend(c for c in p.iterdir() if c.is_file() and RANK_FILE.fullmatch(c.name))
             if (p / "meta_info.json").is_file():
                 meta = p / "meta_info.json"
         elif p.name == "meta_info.json":
@@ -50,7 +50,7 @@ def _rank_files(sources: list[Path]) -> tuple[list[Path], Path | None]:
     return sorted(set(files), key=natural_key), meta
 
 
-def _read_meta(path: Path) -> dict[str, int]:
+def read_meta(path: Path) -> dict[str, int]:
     obj = strict_json.load_file(path, limit=SIDECAR_MAX_BYTES, what="meta_info.json")
     if not isinstance(obj, dict):
         raise InvalidInputError("expected a JSON object with num_experts and num_experts_per_token", path)
@@ -67,11 +67,33 @@ def _read_meta(path: Path) -> dict[str, int]:
     return out
 
 
+def rank_counts(path: Path, num_experts: int) -> dict[tuple[int, int], torch.Tensor]:
+    """One ``rank{r}.safetensors`` file: ``{(iteration, layer): counts [num_experts] int64}``."""
+    st = SafetensorsFile(path)
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    for name, info in st.tensors.items():
+        m = _KEY.fullmatch(name)
+        if not m:
+            raise InvalidInputError(f"tensor {name!r} is not named '{{iter}}_{{layer}}'", path)
+        if info.dtype not in ("I64", "I32", "I16", "U8", "I8"):
+            raise InvalidInputError(f"tensor {name!r} has dtype {info.dtype}; expected integer counts", path)
+        if info.shape != (num_experts,):
+            raise InvalidInputError(
+                f"tensor {name!r} has shape {list(info.shape)}; expected [{num_experts}] (num_experts)",
+                path,
+            )
+        counts = st.read(name).to(torch.int64)
+        if int(counts.min()) < 0:
+            raise InvalidInputError(f"tensor {name!r} has negative counts", path)
+        out[(int(m.group(1)), int(m.group(2)))] = counts
+    return out
+
+
 def import_trtllm(sources: list[Path], out: Path, options: ImportOptions) -> ImportResult:
     files, meta_path = _rank_files(sources)
     if not files:
         raise InvalidInputError("no rank*.safetensors files", sources[0])
-    meta = _read_meta(meta_path) if meta_path is not None else {}
+    meta = read_meta(meta_path) if meta_path is not None else {}
     num_experts = options.num_experts
     if "num_experts" in meta:
         if num_experts is not None and num_experts != meta["num_experts"]:
@@ -92,26 +114,9 @@ def import_trtllm(sources: list[Path], out: Path, options: ImportOptions) -> Imp
     keys_ref: set[tuple[int, int]] | None = None
     ranks: list[int] = []
     for path in files:
-        st = SafetensorsFile(path)
-        keys: set[tuple[int, int]] = set()
-        for name, info in st.tensors.items():
-            m = _KEY.fullmatch(name)
-            if not m:
-                raise InvalidInputError(f"tensor {name!r} is not named '{{iter}}_{{layer}}'", path)
-            if info.dtype not in ("I64", "I32", "I16", "U8", "I8"):
-                raise InvalidInputError(
-                    f"tensor {name!r} has dtype {info.dtype}; expected integer counts", path
-                )
-            if info.shape != (num_experts,):
-                raise InvalidInputError(
-                    f"tensor {name!r} has shape {list(info.shape)}; expected [{num_experts}] (num_experts)",
-                    path,
-                )
-            key = (int(m.group(1)), int(m.group(2)))
-            keys.add(key)
-            counts = st.read(name).to(torch.int64)
-            if int(counts.min()) < 0:
-                raise InvalidInputError(f"tensor {name!r} has negative counts", path)
+        per_key = rank_counts(path, num_experts)
+        keys = set(per_key)
+        for key, counts in per_key.items():
             total[key] = total[key] + counts if key in total else counts
         if keys_ref is None:
             keys_ref = keys

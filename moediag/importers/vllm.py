@@ -51,7 +51,9 @@ from moediag.words import layers_have
 _FILES = r".*\.(npy|npz|pt|pth|json|jsonl)"
 
 
-class _Request:
+class Request:
+    """One request's routed experts ``[tokens, moe_layers, top_k]`` and its token ids, if known."""
+
     def __init__(self, routed: torch.Tensor, token_ids: list[int] | None, where: str) -> None:
         self.routed = routed
         self.token_ids = token_ids
@@ -102,7 +104,7 @@ def _token_ids(obj: dict[str, Any], choice: dict[str, Any], path: Path, where: s
     return list(prompt or []) + list(completion or [])
 
 
-def _from_json_obj(obj: Any, path: Path, where: str) -> Iterator[_Request]:
+def requests_from_json(obj: Any, path: Path, where: str) -> Iterator[Request]:
     if not isinstance(obj, dict):
         raise InvalidInputError(f"{where}: expected a JSON object", path)
     if "choices" in obj:
@@ -115,13 +117,13 @@ def _from_json_obj(obj: Any, path: Path, where: str) -> Iterator[_Request]:
                     "--enable-return-routed-experts?)",
                     path,
                 )
-            yield _Request(
+            yield Request(
                 _as_tensor(choice["routed_experts"], path, where),
                 _token_ids(obj, choice, path, f"{where} choice {ci}"),
                 f"{where} choice {ci}",
             )
     elif obj.get("routed_experts") is not None:
-        yield _Request(
+        yield Request(
             _as_tensor(obj["routed_experts"], path, where), _token_ids(obj, obj, path, where), where
         )
     else:
@@ -147,7 +149,8 @@ def _check_npy_claim(fh: Any, available: int, path: Path, where: str) -> None:
         )
 
 
-def _requests(path: Path) -> Iterator[_Request]:
+def requests(path: Path) -> Iterator[Request]:
+    """The requests in one file (any supported kind), in order."""
     suffix = path.suffix
     if suffix == ".npy":
         try:
@@ -157,7 +160,7 @@ def _requests(path: Path) -> Iterator[_Request]:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise InvalidInputError(f"not a readable .npy array ({exc})", path) from None
-        yield _Request(_as_tensor(arr, path, "array"), None, "array")
+        yield Request(_as_tensor(arr, path, "array"), None, "array")
     elif suffix == ".npz":
         try:
             require_regular(path, ".npz file")
@@ -171,12 +174,12 @@ def _requests(path: Path) -> Iterator[_Request]:
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
             raise InvalidInputError(f"not a readable .npz archive ({exc})", path) from None
         for name, arr in arrays:
-            yield _Request(_as_tensor(arr, path, name), None, name)
+            yield Request(_as_tensor(arr, path, name), None, name)
     elif suffix in (".pt", ".pth"):
         obj = torch_load(path)
         items = obj if isinstance(obj, (list, tuple)) else [obj]
         for i, item in enumerate(items):
-            yield _Request(_as_tensor(item, path, f"item {i}"), None, f"item {i}")
+            yield Request(_as_tensor(item, path, f"item {i}"), None, f"item {i}")
     elif suffix == ".jsonl":
         lines = read_text_capped(path, JSON_MAX_BYTES, "JSONL file").splitlines()
         for lineno, line in enumerate(lines, start=1):
@@ -185,16 +188,16 @@ def _requests(path: Path) -> Iterator[_Request]:
                     obj = strict_json.loads(line)
                 except strict_json.StrictJSONError as exc:
                     raise InvalidInputError(f"line {lineno}: {exc}", path) from None
-                yield from _from_json_obj(obj, path, f"line {lineno}")
+                yield from requests_from_json(obj, path, f"line {lineno}")
     elif suffix == ".json":
         obj = strict_json.load_file(path, limit=JSON_MAX_BYTES, what="JSON file")
         for i, o in enumerate(obj if isinstance(obj, list) else [obj]):
-            yield from _from_json_obj(o, path, f"object {i}")
+            yield from requests_from_json(o, path, f"object {i}")
     else:
         raise InvalidInputError("unsupported file type for vllm (use .npy, .npz, .pt, .json or .jsonl)", path)
 
 
-def _placeholder(slab: torch.Tensor) -> bool:
+def is_placeholder(slab: torch.Tensor) -> bool:
     """[tokens, top_k] of one layer: all -1, or all 0 with top_k > 1 (a token never picks one expert "
     "twice)."""
     if bool((slab == -1).all()):
@@ -204,9 +207,9 @@ def _placeholder(slab: torch.Tensor) -> bool:
 
 def import_vllm(sources: list[Path], out: Path, options: ImportOptions) -> ImportResult:
     files = sorted(files_in(sources, _FILES, where=sources[0]), key=natural_key)
-    stream = ((path, req) for path in files for req in _requests(path))
+    stream = ((path, req) for path in files for req in requests(path))
     first = None
-    pending: list[tuple[Path, _Request]] = []
+    pending: list[tuple[Path, Request]] = []
     for path, req in stream:
         pending.append((path, req))
         if req.routed.shape[0] > 0:
@@ -217,7 +220,7 @@ def import_vllm(sources: list[Path], out: Path, options: ImportOptions) -> Impor
     path0, req0 = first
     n_layers, top_k = req0.routed.shape[1], req0.routed.shape[2]
     all_ids = resolve_layer_ids(n_layers, options, path0)
-    kept = [i for i in range(n_layers) if not _placeholder(req0.routed[:, i, :])]
+    kept = [i for i in range(n_layers) if not is_placeholder(req0.routed[:, i, :])]
     if not kept:
         raise InvalidInputError(f"{req0.where}: every layer is empty (-1)", path0)
     if options.num_experts is None:
@@ -248,7 +251,7 @@ def import_vllm(sources: list[Path], out: Path, options: ImportOptions) -> Impor
     with TraceSink(out, shard_tokens=options.shard_tokens) as sink:
         sink.begin(meta)
 
-        def add(path: Path, req: _Request) -> None:
+        def add(path: Path, req: Request) -> None:
             nonlocal has_ids, seq
             r = req.routed
             if r.shape[1:] != (n_layers, top_k):
@@ -262,7 +265,7 @@ def import_vllm(sources: list[Path], out: Path, options: ImportOptions) -> Impor
             if n == 0:
                 return
             for i in range(n_layers):
-                if i not in kept and not _placeholder(r[:, i, :]):
+                if i not in kept and not is_placeholder(r[:, i, :]):
                     raise InvalidInputError(
                         f"{req.where}: layer {all_ids[i]} holds routing here but was empty in the "
                         "first request",

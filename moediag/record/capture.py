@@ -122,34 +122,55 @@ class RouterHooks:
         return hook
 
     def _capture(self, site: RouterSite, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        x = _router_input(args, kwargs)
-        if x is None:
-            raise MoediagError(f"router {site.name}: could not find its input tensor")
-        x = x.detach().reshape(-1, site.hidden_size)
-        n, e = x.shape[0], site.num_experts
-        tensors = _tensors(output)
-        logits = None
-        for t in tensors:
-            if t.is_floating_point() and t.shape[-1] == e and t.numel() == n * e:
-                logits = t.detach().reshape(n, e)
-                break
-        source = self.logits_source.get(site.layer)
-        if source is None:
-            source = (
-                "output"
-                if logits is not None and not _looks_like_probabilities(logits.float())
-                else "recomputed"
-            )
-            self.logits_source[site.layer] = source
-        if source == "recomputed" or logits is None:
-            w = site.weight.detach().float()
-            b = site.bias
-            logits = F.linear(x.float(), w, None if b is None else b.detach().float())
+        out = router_output(site, args, kwargs, output, self.logits_source.get(site.layer))
+        self.logits_source[site.layer] = out.source
         p = self._pending[site.layer]
-        p.logits.append(logits.detach().to("cpu", torch.float32, copy=True))
-        for t in tensors:
-            if not t.is_floating_point() and t.dtype != torch.bool and t.dim() == 2 and t.shape[0] == n:
-                p.ids.append(t.detach().to("cpu", copy=True))
-                break
+        p.logits.append(out.logits.detach().to("cpu", torch.float32, copy=True))
+        if out.ids is not None:
+            p.ids.append(out.ids.detach().to("cpu", copy=True))
         if self.router_inputs:
-            p.inputs.append(x.to("cpu", copy=True))
+            p.inputs.append(out.router_input.to("cpu", copy=True))
+
+
+@dataclass
+class RouterOutput:
+    """One router call, on the model's device: its logits, its chosen experts (when it returns them) and
+    its input, flattened to ``[T, ...]``."""
+
+    logits: torch.Tensor  # [T, E] (the router's dtype)
+    ids: torch.Tensor | None  # [T, k] integer
+    router_input: torch.Tensor  # [T, H]
+    source: str  # "output" or "recomputed"
+
+
+def router_output(
+    site: RouterSite, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, source: str | None
+) -> RouterOutput:
+    """What a router hook sees, as logits and ids (the module docstring says how). ``source`` is where the
+    logits came from on an earlier call of this router; None decides it now, which reads the values once
+    (a host-device synchronisation on the first call only)."""
+    x = _router_input(args, kwargs)
+    if x is None:
+        raise MoediagError(f"router {site.name}: could not find its input tensor")
+    x = x.detach().reshape(-1, site.hidden_size)
+    n, e = x.shape[0], site.num_experts
+    tensors = _tensors(output)
+    logits = None
+    for t in tensors:
+        if t.is_floating_point() and t.shape[-1] == e and t.numel() == n * e:
+            logits = t.detach().reshape(n, e)
+            break
+    if source is None:
+        source = (
+            "output" if logits is not None and not _looks_like_probabilities(logits.float()) else "recomputed"
+        )
+    if source == "recomputed" or logits is None:
+        w = site.weight.detach().float()
+        b = site.bias
+        logits = F.linear(x.float(), w, None if b is None else b.detach().float())
+    ids = None
+    for t in tensors:
+        if not t.is_floating_point() and t.dtype != torch.bool and t.dim() == 2 and t.shape[0] == n:
+            ids = t.detach()
+            break
+    return RouterOutput(logits=logits, ids=ids, router_input=x, source=source)

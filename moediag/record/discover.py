@@ -77,16 +77,22 @@ class RouterSite:
         b = getattr(self.module, "bias", None)
         return b if isinstance(b, torch.Tensor) and b.numel() == self.num_experts else None
 
-    def selection_bias(self) -> torch.Tensor | None:
-        """The selection-only bias (DeepSeek-V3 ``e_score_correction_bias``), flattened to [E], if any."""
+    def selection_bias_tensor(self) -> torch.Tensor | None:
+        """The model's own selection-only bias tensor (DeepSeek-V3 ``e_score_correction_bias``), detached
+        and flattened to [E] but not copied: it follows the model as training moves it."""
         for owner in (self.module, self.block, getattr(self.module, "moe_statics", None)):
             if owner is None:
                 continue
             for attr in SELECTION_BIAS_ATTRS:
                 t = getattr(owner, attr, None)
                 if isinstance(t, torch.Tensor) and t.numel() == self.num_experts:
-                    return t.detach().reshape(-1).float().cpu().clone()
+                    return t.detach().reshape(-1)
         return None
+
+    def selection_bias(self) -> torch.Tensor | None:
+        """A float32 CPU copy of the selection-only bias, if any."""
+        t = self.selection_bias_tensor()
+        return None if t is None else t.float().cpu().clone()
 
 
 def _text_config(config: Any) -> Any:
