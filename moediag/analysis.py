@@ -22,6 +22,7 @@ from moediag import __version__, routing
 from moediag.errors import InvalidInputError
 from moediag.stats import LayerBatch, ModelStats, StatsOptions
 from moediag.trace import Chunk, LayerInfo, RoutingSpec, Trace, open_trace
+from moediag.verdict import Verdict, trace_verdict
 
 #: JSON schema version of ``--json`` output (``meta.format``). History: 1 = first release.
 JSON_FORMAT = 1
@@ -212,6 +213,8 @@ class TraceAnalysis:
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
     _computed: dict[str, Any] | None = None
+    #: the check thresholds the verdict uses (None: the rule table's defaults)
+    check_config: Any = None
 
     def computed(self) -> dict[str, Any]:
         if self._computed is None:
@@ -225,6 +228,13 @@ class TraceAnalysis:
     @property
     def summary(self) -> dict[str, Any]:
         return dict(self.computed()["summary"])
+
+    def verdict(self, config: Any = None) -> Verdict:
+        """The one verdict of this trace (:func:`moediag.verdict.trace_verdict`; ``config``: a
+        :class:`~moediag.checks.CheckConfig` whose thresholds judge, default the rule table's)."""
+        if config is None and self.check_config is not None:
+            config = self.check_config
+        return trace_verdict(self, config)
 
     def layer(self, layer: int) -> dict[str, Any]:
         for row in self.layers:
@@ -260,7 +270,7 @@ class TraceAnalysis:
                 },
                 "trace": self.trace_meta,
             },
-            "summary": computed["summary"],
+            "summary": {**computed["summary"], "verdict": self.verdict().to_dict()},
             "layers": layers,
         }
 

@@ -260,10 +260,12 @@ class CheckpointAnalysis:
 
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable result (``--json``); keys documented in docs/checkpoints.md."""
+        from moediag.verdict import checkpoint_verdict
+
         return _finite(
             {
                 "meta": self.meta(),
-                "summary": self.summary(),
+                "summary": {**self.summary(), "verdict": checkpoint_verdict(self).to_dict()},
                 "layers": [lr.to_dict() for lr in self.layers],
             }
         )
