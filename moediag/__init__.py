@@ -24,13 +24,25 @@ __all__ = [
     "UnsupportedLayoutError",
     "UsageError",
     "Recorder",
+    "check",
+    "inspect",
+    "report",
 ]
+
+#: lazy exports: name -> module (importing moediag stays cheap; torch loads when one is used)
+_LAZY = {
+    "Recorder": "moediag.record",
+    "inspect": "moediag.api",
+    "check": "moediag.api",
+    "report": "moediag.api",
+}
 
 
 def __getattr__(name: str) -> object:
-    """Lazy exports: ``moediag.Recorder`` imports the recording code (and torch) only when used."""
-    if name == "Recorder":
-        from moediag.record import Recorder
+    """Lazy exports: ``moediag.Recorder``, ``moediag.inspect``, ``moediag.check``, ``moediag.report`` import
+    their code (and torch) only when used."""
+    if name in _LAZY:
+        import importlib
 
-        return Recorder
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

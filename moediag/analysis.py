@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from moediag.errors import InvalidInputError
 from moediag.stats import LayerBatch, ModelStats, StatsOptions
 from moediag.trace import Chunk, LayerInfo, RoutingSpec, Trace, open_trace
 from moediag.verdict import Verdict, trace_verdict
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: JSON schema version of ``--json`` output (``meta.format``). History: 1 = first release.
 JSON_FORMAT = 1
@@ -215,6 +218,8 @@ class TraceAnalysis:
     _computed: dict[str, Any] | None = None
     #: the check thresholds the verdict uses (None: the rule table's defaults)
     check_config: Any = None
+    #: the resolved settings of the run (moediag.options.Resolved), when it came through moediag.inspect
+    settings: Any = None
 
     def computed(self) -> dict[str, Any]:
         if self._computed is None:
@@ -235,6 +240,24 @@ class TraceAnalysis:
         if config is None and self.check_config is not None:
             config = self.check_config
         return trace_verdict(self, config)
+
+    def layers_frame(self) -> pd.DataFrame:
+        """One row per layer (pandas; :func:`moediag.frames.layers_frame`)."""
+        from moediag.frames import layers_frame
+
+        return layers_frame(self.layers)
+
+    def experts_frame(self) -> pd.DataFrame:
+        """One row per (layer, expert): load, share, dead, cold, accuracy and interval when known."""
+        from moediag.frames import experts_frame
+
+        return experts_frame(self.layers)
+
+    def paths_frame(self) -> pd.DataFrame:
+        """One row per frequent routing path of each tracked window."""
+        from moediag.frames import paths_frame
+
+        return paths_frame(self.summary)
 
     def layer(self, layer: int) -> dict[str, Any]:
         for row in self.layers:

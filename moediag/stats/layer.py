@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from moediag import options
 from moediag.stats.accuracy import ExpertAccuracyStats
 from moediag.stats.batch import LayerBatch
 from moediag.stats.capacity import CAPACITY_FACTORS, DEFAULT_GROUP_TOKENS, CapacityStats
@@ -27,7 +28,7 @@ from moediag.stats.specialisation import DEFAULT_VOCAB_CAPACITY, SpecialisationS
 class StatsOptions:
     """Analysis settings that change figures (recorded in the JSON ``meta``)."""
 
-    cold_eps: float = 0.1
+    cold_eps: float = options.default("cold_eps")
     capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
     capacity_group_tokens: int = DEFAULT_GROUP_TOKENS
     #: extra path windows ``(first, last)`` of MoE layers, inclusive (the full depth is always computed)

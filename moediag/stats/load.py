@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from moediag import options
 from moediag.stats.batch import LayerBatch
 from moediag.stats.imbalance import imbalance_figures
 
@@ -34,7 +35,7 @@ def group_counts(group: torch.Tensor, ids: torch.Tensor, groups: int, num_expert
 class LoadStats:
     """Sufficient statistics: assignment counts, first-choice counts, token and empty-slot counts."""
 
-    def __init__(self, num_experts: int, cold_eps: float = 0.1) -> None:
+    def __init__(self, num_experts: int, cold_eps: float = options.default("cold_eps")) -> None:
         self.num_experts = num_experts
         self.cold_eps = cold_eps
         self.counts = torch.zeros(num_experts, dtype=torch.int64)
