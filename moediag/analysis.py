@@ -335,6 +335,7 @@ def analyze_trace(
     with open_runner(workers, scheduler) if own else contextlib.nullcontext(runner) as active:
         stats = unit_stats(
             trace,
+            collect=trace_stats,
             options=options,
             chunk_tokens=chunk_tokens,
             unit_tokens=unit_tokens,

@@ -39,7 +39,6 @@ CHECK_JSON_FORMAT = 1
 Direction = Literal["max", "min"]
 Status = Literal["pass", "fail", "skip"]
 Scope = Literal["layer", "model"]
-InputKind = Literal["trace", "checkpoint"]
 
 CAPACITY_POLICIES = ("position", "probs")
 SCOPES = ("layer", "model")
