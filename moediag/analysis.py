@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from moediag import __version__, routing
+from moediag import envelope, routing
 from moediag.errors import InvalidInputError
 from moediag.stats import LayerBatch, ModelStats, StatsOptions
 from moediag.trace import Chunk, LayerInfo, RoutingSpec, Trace, open_trace
@@ -280,19 +280,14 @@ class TraceAnalysis:
                 row["margin_histogram"] = s.router.margin_histogram()
             layers.append(row)
         return {
-            "meta": {
-                "format": JSON_FORMAT,
-                "moediag_version": __version__,
-                "kind": "trace",
-                "path": self.path,
-                "created": self.created,
-                "options": {
-                    "cold_eps": self.options.cold_eps,
-                    "capacity_factors": list(self.options.capacity_factors),
-                    "capacity_group_tokens": self.options.capacity_group_tokens,
-                },
-                "trace": self.trace_meta,
-            },
+            "meta": envelope.meta(
+                "trace",
+                JSON_FORMAT,
+                created=self.created,
+                path=self.path,
+                options=envelope.options_of(self.options),
+                trace=self.trace_meta,
+            ),
             "summary": {**computed["summary"], "verdict": self.verdict().to_dict()},
             "layers": layers,
         }

@@ -752,21 +752,20 @@ class CheckReport:
         return check_frame(self)
 
     def to_dict(self) -> dict[str, Any]:
-        from moediag import __version__
+        from moediag import envelope
 
         return {
-            "meta": {
-                "format": CHECK_JSON_FORMAT,
-                "moediag_version": __version__,
-                "command": "check",
-                "kind": self.kind,
-                "path": self.path,
-                "created": self.created,
-                "config": self.config.to_dict(),
-                "config_sources": dict(self.config.sources),
-                "config_file": self.config.file,
-                "baseline": self.baseline,
-            },
+            "meta": envelope.meta(
+                self.kind,
+                CHECK_JSON_FORMAT,
+                created=self.created,
+                command="check",
+                path=self.path,
+                config=self.config.to_dict(),
+                config_sources=dict(self.config.sources),
+                config_file=self.config.file,
+                baseline=self.baseline,
+            ),
             "status": self.status,
             "exit_code": int(self.exit_code),
             "verdict": self.verdict(),

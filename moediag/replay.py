@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from moediag import __version__, routing
+from moediag import envelope, routing
 from moediag.checkpoint import (
     RouterSpec,
     load_router_bias,
@@ -622,18 +622,17 @@ class ReplayResult:
             summary["balancedness_before_min"] = min(before, default=None)
             summary["balancedness_after_min"] = min(after, default=None)
         return {
-            "meta": {
-                "format": JSON_FORMAT,
-                "moediag_version": __version__,
-                "kind": "replay",
-                "checkpoint": self.checkpoint,
-                "trace": self.trace,
-                "device": self.device,
-                "dtype": self.dtype,
-                "created": self.created,
-                "seconds": round(self.seconds, 3),
-                "settings": {k: v for k, v in self.settings.items() if k != "whatif"},
-            },
+            "meta": envelope.meta(
+                "replay",
+                JSON_FORMAT,
+                created=self.created,
+                checkpoint=self.checkpoint,
+                trace=self.trace,
+                device=self.device,
+                dtype=self.dtype,
+                seconds=round(self.seconds, 3),
+                settings={k: v for k, v in self.settings.items() if k != "whatif"},
+            ),
             "summary": summary,
             "layers": layers,
             "skipped": self.skipped,

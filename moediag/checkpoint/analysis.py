@@ -241,23 +241,22 @@ class CheckpointAnalysis:
         }
 
     def meta(self) -> dict[str, Any]:
-        from moediag import __version__
+        from moediag import envelope
 
         inv = self.inventory
-        return {
-            "format": FORMAT,
-            "moediag_version": __version__,
-            "kind": "checkpoint",
-            "path": str(self.path),
-            "files": len(inv.files),
-            "index": inv.index_path.name if inv.index_path else None,
-            "config": str(inv.config_path) if inv.config_path else None,
-            "tensors": len(inv.tensors),
-            "bytes": inv.total_bytes,
-            "weights": self.weights_checked,
-            "redundancy_threshold": self.redundancy_threshold,
-            "layer": self.layer_filter,
-        }
+        return envelope.meta(
+            "checkpoint",
+            FORMAT,
+            path=str(self.path),
+            files=len(inv.files),
+            index=inv.index_path.name if inv.index_path else None,
+            config=str(inv.config_path) if inv.config_path else None,
+            tensors=len(inv.tensors),
+            bytes=inv.total_bytes,
+            weights=self.weights_checked,
+            redundancy_threshold=self.redundancy_threshold,
+            layer=self.layer_filter,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable result (``--json``); keys documented in docs/checkpoints.md."""
