@@ -113,11 +113,11 @@ def test_inline_svg_strips_namespaces_and_prefixes_ids() -> None:
     assert 'id="f3-m1"' in out and 'href="#f3-m1"' in out and "url(#f3-m1)" in out and 'fill="#m1x"' in out
 
 
-def test_golden(analysis: TraceAnalysis) -> None:
+def test_golden(analysis: TraceAnalysis, regen_golden: bool) -> None:
     """The page's structure and text (figures replaced by placeholders: their bytes depend on matplotlib)."""
     page = scrub(render_report(analysis, figures=False, created="2000-01-01T00:00:00+00:00"))
     page = page.replace(os.path.basename(analysis.path), "t.safetensors")
-    if os.environ.get("MOEDIAG_REGEN_GOLDEN"):
+    if regen_golden:
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(page, encoding="utf-8")
     assert GOLDEN.exists(), "no golden file: run MOEDIAG_REGEN_GOLDEN=1 pytest tests/render/test_html.py"
