@@ -23,7 +23,7 @@ from typing import Any, Literal
 Level = Literal["healthy", "imbalanced", "unhealthy", "weights_only", "structure_only", "dense"]
 Severity = Literal["ok", "warn", "bad", "info"]
 
-__all__ = ["Verdict", "checkpoint_verdict", "human", "trace_verdict"]
+__all__ = ["Verdict", "checkpoint_verdict", "human", "threshold", "trace_verdict"]
 
 #: dead/cold-expert rules: failing one means experts are lost, not only uneven
 _LOSS_RULES = ("max_dead", "max_cold")
@@ -53,6 +53,15 @@ class Verdict:
             "text": self.text,
             "reasons": list(self.reasons),
         }
+
+
+def threshold(rule: str, config: Any = None) -> float | None:
+    """A check rule's threshold: from ``config`` (a CheckConfig) when given, else the rule table's default;
+    None when the rule is off. Plots and report findings draw their guides with it."""
+    from moediag.checks import RULES_BY_NAME
+
+    value = config[rule] if config is not None else RULES_BY_NAME[rule].key.default
+    return None if value is None else float(value)
 
 
 def _document(source: Any) -> Mapping[str, Any]:

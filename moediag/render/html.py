@@ -180,15 +180,6 @@ def _try_figure(
 # -- verdict and findings ---------------------------------------------------------------------------------
 
 
-def _threshold(analysis: TraceAnalysis, rule: str) -> float | None:
-    """A check rule's threshold: the analysis' check config, else the rule table's default."""
-    from moediag.checks import RULES_BY_NAME
-
-    config = getattr(analysis, "check_config", None)
-    value = config[rule] if config is not None else RULES_BY_NAME[rule].key.default
-    return None if value is None else float(value)
-
-
 def findings(analysis: TraceAnalysis) -> list[str]:
     """The main findings in plain words, worst first (HTML-escaped)."""
     s = analysis.summary
@@ -209,7 +200,9 @@ def findings(analysis: TraceAnalysis) -> list[str]:
             f"gets {1 + vio['worst']:.2f}× the balanced load (mean MaxVio over layers {vio['mean']:.2f}; "
             "balanced = 0)."
         )
-    cv_bound = _threshold(analysis, "max_cv")
+    from moediag.verdict import threshold
+
+    cv_bound = threshold("max_cv", getattr(analysis, "check_config", None))
     high_cv = [
         r["layer"] for r in rows if r.get("cv") is not None and cv_bound is not None and r["cv"] > cv_bound
     ]
