@@ -79,6 +79,7 @@ def inspect_trace(
     score_function: str | None = None,
     cold_eps: float | None = None,
     capacity_group: int | None = None,
+    min_capacity: int | None = None,
     capacity_factors: Iterable[float] | None = None,
     path_windows: Sequence[tuple[int, int]] = (),
     chunk_tokens: int | None = None,
@@ -97,7 +98,12 @@ def inspect_trace(
 
     settings = resolve(
         command,
-        {"cold_eps": cold_eps, "capacity_group": capacity_group, "chunk_tokens": chunk_tokens},
+        {
+            "cold_eps": cold_eps,
+            "capacity_group": capacity_group,
+            "min_capacity": min_capacity,
+            "chunk_tokens": chunk_tokens,
+        },
         config,
     )
     _positive(
@@ -115,6 +121,7 @@ def inspect_trace(
         cold_eps=float(settings["cold_eps"]),
         capacity_factors=factors,
         capacity_group_tokens=int(settings["capacity_group"]),
+        min_capacity=int(settings["min_capacity"]),
         path_windows=tuple(path_windows),
     )
     with (progress or _silent)("analysing", trace.num_tokens) as advance:
@@ -211,6 +218,7 @@ def check_document(
         trace,
         command="check",
         cold_eps=float(config["cold_eps"]),
+        min_capacity=int(config["min_capacity"]),
         capacity_factors=set(CAPACITY_FACTORS) | {float(config["capacity_factor"])},
         chunk_tokens=chunk_tokens,
         layers=wanted,
@@ -308,6 +316,7 @@ def report(
     score_function: str | None = None,
     cold_eps: float | None = None,
     capacity_group: int | None = None,
+    min_capacity: int | None = None,
     weights: bool | None = None,
     path_windows: Sequence[tuple[int, int]] = (),
     workers: int | None = None,
@@ -343,6 +352,7 @@ def report(
             score_function=score_function,
             cold_eps=cold_eps,
             capacity_group=capacity_group,
+            min_capacity=min_capacity,
             path_windows=path_windows,
             workers=workers,
             scheduler=scheduler,

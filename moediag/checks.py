@@ -40,7 +40,8 @@ Direction = Literal["max", "min"]
 Status = Literal["pass", "fail", "skip"]
 Scope = Literal["layer", "model"]
 
-CAPACITY_POLICIES = ("position", "probs")
+#: drop policies (and their former names); the total rate a check reads is the same under each
+CAPACITY_POLICIES = ("token-order", "highest-weight", "first-choices-first", "position", "probs")
 SCOPES = ("layer", "model")
 
 
@@ -176,7 +177,8 @@ def _drop_rate(row: Mapping[str, Any], config: CheckConfig) -> tuple[float | Non
         return None, needs_reason(row, "needs per-token routing (top-k ids or logits)")
     policy = str(config["drop_policy"])
     cf = float(config["capacity_factor"])
-    by_cf = rates.get(policy)
+    # the total drop rate is the same under every policy (documents before it: per policy)
+    by_cf = row.get("drop_rate_total") or rates.get(policy)
     if by_cf is None:
         return None, f"no drop rates for policy {policy!r}"
     for key, rate in by_cf.items():
@@ -342,6 +344,19 @@ RULES: tuple[Rule, ...] = (
         extract=_ratio("aux_loss", "needs router logits"),
     ),
     _rule(
+        "max_aux_loss_unbiased",
+        None,
+        "Fail when the aux loss of the plain top-k (no selection bias or group limits; Megatron's logged "
+        "value) exceeds this.",
+        figure="unbiased aux loss",
+        direction="max",
+        precision=3,
+        formula="E * sum_i (c'_i / (k*T)) * P_i, c' = loads of the top-k of the scores alone",
+        kinds=_TRACE,
+        agg="mean",
+        extract=_ratio("aux_loss_unbiased", "needs router logits"),
+    ),
+    _rule(
         "max_drop_rate",
         None,
         "Fail when the share of assignments dropped at --capacity-factor exceeds this.",
@@ -421,9 +436,17 @@ OPTIONS: tuple[Key, ...] = (
     Key(
         "drop_policy",
         "str",
-        "position",
-        "Which assignments a full expert drops: position | probs.",
+        "token-order",
+        "Which assignments a full expert drops first (the total rate is the same for every policy): "
+        "token-order | highest-weight | first-choices-first.",
         CAPACITY_POLICIES,
+    ),
+    Key(
+        "min_capacity",
+        "int",
+        options.default("min_capacity"),
+        "Capacity floor per expert and group for max_drop_rate (DeepSpeed's min_capacity; 0 = none).",
+        minimum=0,
     ),
     Key("cold_eps", "float", options.default("cold_eps"), options.BY_NAME["cold_eps"].help, minimum=0),
     Key(

@@ -57,6 +57,15 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "min_capacity",
+        0,
+        "int",
+        "Capacity floor per expert and group (DeepSpeed's min_capacity; 0 = none).",
+        ("inspect", "report", "plot", "check"),
+        minimum=0,
+        shared_with_check=True,
+    ),
+    Setting(
         "capacity_factor",
         1.25,
         "float",

@@ -48,16 +48,18 @@ from moediag.device import resolve_device
 from moediag.errors import InvalidInputError, UsageError
 from moediag.placement import (
     PlacementFile,
+    ReplicaPlan,
     balanced,
     balancedness,
     contiguous,
     hierarchical,
     load_placement,
     node_loads,
+    plan_replicas,
     rank_loads,
 )
 from moediag.stats import ModelStats, StatsOptions
-from moediag.stats.capacity import DEFAULT_GROUP_TOKENS, POLICIES
+from moediag.stats.capacity import DEFAULT_GROUP_TOKENS, POLICIES, resolve_policy
 from moediag.trace import Chunk, Trace, open_trace
 
 __all__ = [
@@ -100,6 +102,7 @@ STAT_KEYS = (
     "dead_experts",
     "cold_experts",
     "aux_loss",
+    "aux_loss_unbiased",
     "z_loss",
     "router_entropy_norm",
     "confidence",
@@ -108,7 +111,17 @@ STAT_KEYS = (
     "margin_p10",
     "drop_rate",
 )
-SUMMARY_STAT_KEYS = ("max_vio", "max_mean", "min_mean", "cv", "gini", "entropy_norm", "aux_loss", "z_loss")
+SUMMARY_STAT_KEYS = (
+    "max_vio",
+    "max_mean",
+    "min_mean",
+    "cv",
+    "gini",
+    "entropy_norm",
+    "aux_loss",
+    "aux_loss_unbiased",
+    "z_loss",
+)
 
 BiasArg = str | torch.Tensor | Mapping[int, torch.Tensor] | None
 PlacementArg = str | os.PathLike[str] | PlacementFile
@@ -441,8 +454,7 @@ class _Replayer:
         acc.load_after += _bincount(routed.ids, e)
         rank_of = self.rank_of.get(r.layer)
         if rank_of is not None:
-            ids = routed.ids
-            ranks = rank_of[ids.clamp_min(0)].masked_fill(ids < 0, -1)
+            ranks = rank_of[routed.ids.clamp_min(0)].masked_fill(routed.ids < 0, -1)
             acc.rank_hits += int(_membership(ranks, self.ep_size).sum())
         if self.noise:
             self._noise(r, acc, logits, routed)
@@ -545,6 +557,7 @@ class ReplayResult:
     settings: dict[str, Any]
     ep: dict[int, dict[str, Any]] = field(default_factory=dict)
     placement: dict[int, list[list[int]]] = field(default_factory=dict)
+    plan: ReplicaPlan | None = None
     seconds: float = 0.0
     created: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -580,15 +593,18 @@ class ReplayResult:
         if cf is not None:
             rate = stats_row["drop_rate"]
             by_pos = stats_row["drop_rate_by_position"]
+            # the total is the same under every policy; where the drops fall (by position) is not
             row["capacity"] = {
                 "capacity_factor": cf,
+                "min_capacity": s["min_capacity"],
                 "drop_policy": s["drop_policy"],
-                "drop_rate": rate[s["drop_policy"]][str(cf)],
+                "drop_rate": stats_row["drop_rate_total"][str(cf)],
                 "drop_rate_other_policy": {p: rate[p][str(cf)] for p in POLICIES if p != s["drop_policy"]},
                 "drop_rate_by_position": {
                     "buckets": by_pos["buckets"],
                     "assignments": by_pos["assignments"],
                     "rate": by_pos["rate"][s["drop_policy"]][str(cf)],
+                    "rate_by_policy": {p: by_pos["rate"][p][str(cf)] for p in POLICIES},
                 },
             }
         if s["noise"] is not None:
@@ -649,6 +665,13 @@ class ReplayResult:
             ]
             # a token passes every MoE layer: the volumes add up over layers
             summary["a2a_bytes_per_token"] = sum(volume) if volume else None
+        if self.plan is not None:
+            summary["replica_plan"] = {
+                "target_balancedness": self.plan.target,
+                "replicas": self.plan.replicas,
+                "reached": self.plan.reached,
+                "balancedness_min": self.plan.min_balancedness,
+            }
         return {
             "meta": envelope.meta(
                 "replay",
@@ -706,7 +729,8 @@ def _ep(
     replicas: int,
     nodes: int | None = None,
     groups: dict[int, int | None] | None = None,
-) -> tuple[dict[int, dict[str, Any]], dict[int, list[list[int]]]]:
+    target_balancedness: float | None = None,
+) -> tuple[dict[int, dict[str, Any]], dict[int, list[list[int]]], ReplicaPlan | None]:
     file: PlacementFile | None = None
     if isinstance(placement, PlacementFile):
         file = placement
@@ -721,21 +745,31 @@ def _ep(
     name = "file" if file is not None else str(placement)
     out: dict[int, dict[str, Any]] = {}
     proposed: dict[int, list[list[int]]] = {}
+
+    def place(layer: int, loads: torch.Tensor, r: int) -> list[list[int]]:
+        if name == "balanced":
+            return balanced(loads, ep_size, r)
+        n_groups = (groups or {}).get(layer)
+        if not n_groups:
+            raise UsageError(
+                f"layer {layer}: --placement hierarchical needs --expert-groups "
+                "(the checkpoint's router has no group limit to take it from)"
+            )
+        return hierarchical(loads, ep_size, r, num_groups=n_groups, num_nodes=nodes or 1)
+
+    plan: ReplicaPlan | None = None
+    if target_balancedness is not None:
+        loads_by_layer = {layer: acc.load_after for layer, acc in layers.items()}
+        plan = plan_replicas(loads_by_layer, ep_size, target_balancedness, place)
     for layer, acc in sorted(layers.items()):
         loads = acc.load_after
         before = contiguous(acc.num_experts, ep_size)
         if file is not None:
             after = file.for_layer(layer, acc.num_experts)
-        elif name == "balanced":
-            after = balanced(loads, ep_size, replicas)
-        elif name == "hierarchical":
-            n_groups = (groups or {}).get(layer)
-            if not n_groups:
-                raise UsageError(
-                    f"layer {layer}: --placement hierarchical needs --expert-groups "
-                    "(the checkpoint's router has no group limit to take it from)"
-                )
-            after = hierarchical(loads, ep_size, replicas, num_groups=n_groups, num_nodes=nodes or 1)
+        elif plan is not None:
+            after = plan.layers[layer]
+        elif name in ("balanced", "hierarchical"):
+            after = place(layer, loads, replicas)
         else:
             after = before
         rb, ra = rank_loads(loads, before), rank_loads(loads, after)
@@ -767,7 +801,7 @@ def _ep(
                 }
             )
         proposed[layer] = after
-    return out, proposed
+    return out, proposed, plan
 
 
 def replay(
@@ -778,17 +812,19 @@ def replay(
     dtype: str | torch.dtype | None = None,
     top_k: int | None = None,
     capacity_factor: float | None = None,
-    drop_policy: str = "position",
+    drop_policy: str = "token-order",
     bias: BiasArg = "checkpoint",
     noise: float | None = None,
     samples: int = 8,
     ep_size: int | None = None,
     placement: PlacementArg = "contiguous",
     replicas: int = 0,
+    target_balancedness: float | None = None,
     nodes: int | None = None,
     expert_groups: int | None = None,
     chunk_tokens: int | None = None,
     capacity_group: int = DEFAULT_GROUP_TOKENS,
+    min_capacity: int = 0,
     seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> ReplayResult:
@@ -798,13 +834,19 @@ def replay(
     for every layer, or a mapping layer -> tensor (key -1 = every other layer; :func:`load_bias_file`).
     ``placement``: ``"contiguous"``, ``"balanced"``, ``"hierarchical"`` or a placement file path (needs
     ``ep_size``). ``nodes``: EP nodes (ranks numbered node by node; adds per-node loads); hierarchical needs
-    it, and ``expert_groups`` (default: the router's ``n_group``).
+    it, and ``expert_groups`` (default: the router's ``n_group``). ``target_balancedness``: instead of
+    ``replicas``, the fewest replicas whose ``balanced``/``hierarchical`` placement reaches it in every layer
+    (:func:`moediag.placement.plan_replicas`).
     """
     import time
 
     t0 = time.perf_counter()
-    if drop_policy not in POLICIES:
-        raise UsageError(f"--drop-policy {drop_policy!r}: expected {' or '.join(POLICIES)}")
+    try:
+        drop_policy = resolve_policy(drop_policy)
+    except ValueError as exc:
+        raise UsageError(f"--drop-policy: {exc}") from None
+    if min_capacity < 0:
+        raise UsageError("--min-capacity must be 0 or more")
     if capacity_factor is not None and capacity_factor <= 0:
         raise UsageError("--capacity-factor must be positive")
     if noise is not None and noise < 0:
@@ -819,6 +861,13 @@ def replay(
         raise UsageError("--ep-size must be positive")
     if replicas and str(placement) not in ("balanced", "hierarchical"):
         raise UsageError("--replicas needs --placement balanced or hierarchical")
+    if target_balancedness is not None:
+        if str(placement) not in ("balanced", "hierarchical"):
+            raise UsageError("--target-balancedness needs --placement balanced or hierarchical")
+        if replicas:
+            raise UsageError("--target-balancedness chooses the replicas: leave out --replicas")
+        if not 0 < target_balancedness <= 1:
+            raise UsageError(f"--target-balancedness {target_balancedness}: expected a value in (0, 1]")
     if str(placement) == "hierarchical" and nodes is None:
         raise UsageError("--placement hierarchical needs --nodes")
     if nodes is not None and ep_size is None:
@@ -837,7 +886,9 @@ def replay(
     dt = resolve_dtype(dtype)
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     factors = (capacity_factor,) if capacity_factor is not None else StatsOptions().capacity_factors
-    options = StatsOptions(capacity_factors=factors, capacity_group_tokens=capacity_group)
+    options = StatsOptions(
+        capacity_factors=factors, capacity_group_tokens=capacity_group, min_capacity=min_capacity
+    )
     rp = _Replayer(
         tr,
         checkpoint,
@@ -863,17 +914,21 @@ def replay(
     stats = rp.stats.compute()
     ep: dict[int, dict[str, Any]] = {}
     proposed: dict[int, list[list[int]]] = {}
+    plan: ReplicaPlan | None = None
     if ep_size is not None:
         groups = {
             layer: expert_groups or (r.spec.n_group if r.spec.n_group and r.spec.n_group > 1 else None)
             for layer, r in rp.routers.items()
         }
-        ep, proposed = _ep(rp.layers, ep_size, placement, replicas, nodes, groups)
+        ep, proposed, plan = _ep(rp.layers, ep_size, placement, replicas, nodes, groups, target_balancedness)
+        if plan is not None:
+            replicas = plan.replicas
     settings = {
         "top_k": top_k,
         "capacity_factor": capacity_factor,
         "drop_policy": drop_policy,
         "capacity_group_tokens": capacity_group,
+        "min_capacity": min_capacity,
         "bias": bias if isinstance(bias, str) or bias is None else "given",
         "noise": noise or None,
         "samples": samples if noise else None,
@@ -883,6 +938,7 @@ def replay(
         if ep_size is None
         else (str(placement) if not isinstance(placement, PlacementFile) else placement.path),
         "replicas": replicas,
+        "target_balancedness": target_balancedness,
         "nodes": nodes,
         "expert_groups": expert_groups,
         "chunk_tokens": chunk_tokens,
@@ -899,5 +955,6 @@ def replay(
         settings=settings,
         ep=ep,
         placement=proposed,
+        plan=plan,
         seconds=time.perf_counter() - t0,
     )

@@ -13,11 +13,14 @@ Score functions (shared/design/metrics.md, "score functions seen in real models"
                   renormalisation of the k weights (``norm_topk_prob``).
 ``topk_softmax``  top-k on the logits, then softmax over the k (GPT-OSS, Granite, Megatron's default).
 ``sigmoid``       sigmoid scores; a selection-only bias (DeepSeek-V3 ``e_score_correction_bias``) is added
-                  for choosing, and group-limited top-k keeps the ``topk_group`` best of ``n_group`` groups
-                  (group score = sum of the top-2 biased scores, as DeepSeek-V3). Weights are the unbiased
-                  sigmoid scores of the chosen experts, renormalised when ``norm_topk_prob``.
+                  for choosing. Weights are the unbiased sigmoid scores of the chosen experts,
+                  renormalised when ``norm_topk_prob``.
 
-Group limits with ``softmax`` follow DeepSeek-V2 (group score = the group's max score).
+Group-limited top-k keeps the experts of the ``topk_group`` best of ``n_group`` groups, scored by the
+layer's ``group_score`` rule: ``max`` (a group's best score, DeepSeek-V2), ``top2_sum`` (the sum of its
+best 2, DeepSeek-V3) or ``topk_sum`` (the sum of its best ``top_k // topk_group``, Megatron-Core's
+``group_limited_topk`` for softmax and sigmoid alike). Without the key, sigmoid routers use ``top2_sum``
+and the others ``max`` (:func:`default_group_score`), as traces written before the key meant.
 
 **Margin** (docs/metrics.md), defined here only: per token, the lowest *chosen* score minus the highest
 *unchosen* score among the experts the routing rule allows (the ``topk_group`` groups it kept; every expert
@@ -46,6 +49,7 @@ import torch
 
 from moediag.blocked import per_row
 from moediag.stats.batch import LayerBatch
+from moediag.trace.schema import GROUP_SCORES
 
 SCORE_FUNCTIONS = ("softmax", "sigmoid", "topk_softmax")
 
@@ -64,6 +68,8 @@ class RoutingRule(Protocol):
     def n_group(self) -> int | None: ...
     @property
     def topk_group(self) -> int | None: ...
+    @property
+    def group_score(self) -> str | None: ...
 
 
 def grouped(rule: RoutingRule) -> bool:
@@ -120,14 +126,56 @@ def scores(logits: torch.Tensor, score_function: str) -> torch.Tensor:
     raise ValueError(f"unknown score function {score_function!r}")
 
 
-def group_mask(sel: torch.Tensor, n_group: int, topk_group: int, score_function: str) -> torch.Tensor:
-    """Boolean [n, E]: experts in the ``topk_group`` best groups of each token."""
+# How group-limited routing scores a group (trace metadata ``group_score``, docs/trace-format.md,
+# GROUP_SCORES): ``max`` its best score (DeepSeek-V2), ``top2_sum`` the sum of its best 2 (DeepSeek-V3 in
+# transformers, SGLang, vLLM), ``topk_sum`` the sum of its best ``top_k // topk_group`` (Megatron-Core
+# ``group_limited_topk``, for every score function).
+
+
+def default_group_score(score_function: str | None) -> str:
+    """The rule of a trace or config that does not name one: ``top2_sum`` for sigmoid routers, else
+    ``max`` (what moediag always did, and what DeepSeek-V3 and -V2 do)."""
+    return "top2_sum" if score_function == "sigmoid" else "max"
+
+
+def group_score_from_config(group_key: str | None, score_function: str | None) -> str:
+    """The rule a model config implies: Megatron-Core's keys (``moe_router_num_groups``) mean its
+    ``topk_sum``; any other config (DeepSeek's ``n_group``, ...) the family's default."""
+    if group_key is not None and group_key.startswith("moe_router_"):
+        return "topk_sum"
+    return default_group_score(score_function)
+
+
+def group_mask(
+    sel: torch.Tensor,
+    n_group: int,
+    topk_group: int,
+    score_function: str,
+    group_score: str | None = None,
+    top_k: int | None = None,
+) -> torch.Tensor:
+    """Boolean [n, E]: experts in the ``topk_group`` best groups of each token, groups scored by
+    ``group_score`` (:data:`GROUP_SCORES`; None = :func:`default_group_score`). ``topk_sum`` needs
+    ``top_k``."""
     n, e = sel.shape
-    grouped_sel = sel.view(n, n_group, e // n_group)
-    if score_function == "sigmoid" and e // n_group >= 2:
-        group_scores = grouped_sel.topk(2, dim=-1).values.sum(dim=-1)
+    size = e // n_group
+    grouped_sel = sel.view(n, n_group, size)
+    rule = group_score or default_group_score(score_function)
+    if rule == "max":
+        best = 1
+    elif rule == "top2_sum":
+        best = 2
+    elif rule == "topk_sum":
+        if top_k is None:
+            raise ValueError("group_score topk_sum needs top_k")
+        best = max(1, top_k // topk_group)
     else:
-        group_scores = grouped_sel.max(dim=-1).values
+        raise ValueError(f"unknown group_score {rule!r}: expected {', '.join(GROUP_SCORES)}")
+    best = min(best, size)
+    if best == 1:
+        group_scores = grouped_sel.amax(dim=-1)
+    else:
+        group_scores = grouped_sel.topk(best, dim=-1).values.sum(dim=-1)
     keep = group_scores.topk(topk_group, dim=-1).indices
     mask = torch.zeros(n, n_group, dtype=torch.bool, device=sel.device)
     mask.scatter_(1, keep, True)
@@ -141,10 +189,11 @@ def select(
     n_group: int | None = None,
     topk_group: int | None = None,
     score_function: str = "softmax",
+    group_score: str | None = None,
 ) -> torch.Tensor:
     """Top-k expert ids [n, k] (int64) over selection scores, group limits applied when given."""
     if n_group and topk_group and n_group > 1:
-        allowed = group_mask(sel, n_group, topk_group, score_function)
+        allowed = group_mask(sel, n_group, topk_group, score_function, group_score, top_k)
         sel = sel.masked_fill(~allowed, float("-inf"))
     return sel.topk(top_k, dim=-1).indices
 
@@ -258,11 +307,11 @@ def _choice_scores(
     return prob, prob
 
 
-def _allowed(choice: torch.Tensor, rule: RoutingRule, score_function: str) -> torch.Tensor | None:
+def _allowed(choice: torch.Tensor, rule: RoutingRule, score_function: str, top_k: int) -> torch.Tensor | None:
     if not grouped(rule):
         return None
     assert rule.n_group is not None and rule.topk_group is not None
-    return group_mask(choice, rule.n_group, rule.topk_group, score_function)
+    return group_mask(choice, rule.n_group, rule.topk_group, score_function, rule.group_score, top_k)
 
 
 def choose(
@@ -272,7 +321,7 @@ def choose(
     sf = _score_function(spec)
     k = _top_k(spec, top_k)
     choice, _ = _choice_scores(logits.float(), sf, bias)
-    allowed = _allowed(choice, spec, sf)
+    allowed = _allowed(choice, spec, sf, k)
     if allowed is not None:
         choice = choice.masked_fill(~allowed, float("-inf"))
     return choice.topk(k, dim=-1).indices
@@ -320,7 +369,7 @@ def route(
     parts = softmax_parts(z)
     softmax = parts.softmax
     choice, prob = _choice_scores(z, sf, bias, softmax)
-    allowed = _allowed(choice, spec, sf)
+    allowed = _allowed(choice, spec, sf, k)
     chosen_here = ids is None
     if ids is None:
         masked = choice if allowed is None else choice.masked_fill(~allowed, float("-inf"))

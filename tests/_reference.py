@@ -197,8 +197,8 @@ def margin_mean(scores: np.ndarray, k: int) -> float:
 
 
 # -- capacity ------------------------------------------------------------------------------------
-def capacity(cf: float, k: int, n: int, e: int) -> int:
-    return math.ceil(Fraction(cf).limit_denominator(10_000) * k * n / e)
+def capacity(cf: float, k: int, n: int, e: int, min_capacity: int = 0) -> int:
+    return max(math.ceil(Fraction(cf).limit_denominator(10_000) * k * n / e), min_capacity)
 
 
 def bucket(pos: int) -> int:
@@ -217,10 +217,13 @@ def drops(
     cf: float,
     policy: str,
     positions: list[int] | None = None,
+    min_capacity: int = 0,
 ) -> tuple[int, int, list[int], list[int]]:
     """Brute force: (dropped, assignments, dropped per bucket, assignments per bucket).
 
     ``groups`` gives each token's capacity group; a group is a run of equal consecutive values.
+    Policies: token-order (position), highest-weight (probs), first-choices-first (slot 0 of every token,
+    then slot 1, ...).
     """
     k = ids.shape[1]
     nb = len(POSITION_EDGES)
@@ -233,12 +236,14 @@ def drops(
         else:
             runs.append([t])
     for run in runs:
-        cap = capacity(cf, k, len(run), e)
+        cap = capacity(cf, k, len(run), e, min_capacity)
         for expert in range(e):
-            got = [(t, float(weights[t][s])) for t in run for s in range(k) if ids[t][s] == expert]
-            if policy == "probs":
+            got = [(t, float(weights[t][s]), s) for t in run for s in range(k) if ids[t][s] == expert]
+            if policy in ("probs", "highest-weight"):
                 got.sort(key=lambda tw: (-tw[1], tw[0]))
-            for rank, (t, _) in enumerate(got):
+            elif policy == "first-choices-first":
+                got.sort(key=lambda tw: (tw[2], tw[0]))
+            for rank, (t, _, _) in enumerate(got):
                 pos = positions[t] if positions is not None else run.index(t)
                 b = bucket(pos)
                 assigned += 1

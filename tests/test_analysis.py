@@ -86,9 +86,6 @@ def reference_layer(
     for policy in ("position", "probs"):
         out["drop_rate"][policy] = {}
         for cf in CAPACITY_FACTORS:
-            if policy == "probs" and weights is None:
-                out["drop_rate"][policy][str(cf)] = None
-                continue
             d, a, _, _ = ref.drops(
                 ids, weights if weights is not None else np.zeros(ids.shape), groups, e, cf, policy, positions
             )
@@ -175,7 +172,8 @@ def test_ids_only_trace(make_trace) -> None:
     a = analyze_trace(make_trace(tensors=tensors, metadata=trace_metadata(e, k, None)), chunk_tokens=9)
     row = a.layer(0)
     check_layer(row, reference_layer(tensors, 0, e, k, None))
-    assert row["drop_rate"]["probs"]["1.0"] is None  # no weights: the probs policy is absent, not 0
+    # no weights: the total stands (it does not depend on the policy), not where highest-weight drops
+    assert row["drop_rate"]["probs"]["1.0"] == row["drop_rate_total"]["1.0"] is not None
 
 
 def test_nonfinite_rows_excluded_and_counted(make_trace) -> None:

@@ -102,7 +102,8 @@ def layer_row(layer: int, **over: Any) -> dict[str, Any]:
         "dead_experts": [],
         "cold_experts": [],
         "aux_loss": 1.01,
-        "drop_rate": {"position": {"1.0": 0.05, "1.25": 0.01}, "probs": {"1.0": 0.04, "1.25": None}},
+        "drop_rate": {"position": {"1.0": 0.05, "1.25": 0.01}, "probs": {"1.0": 0.05, "1.25": 0.01}},
+        "drop_rate_total": {"1.0": 0.05, "1.25": 0.01},
     }
     row.update(over)
     return row
@@ -150,6 +151,7 @@ RULE_CASES = [
     ("max_cv", "cv", 0.3, 0.3, 0.3004 + 0.0007),
     ("min_entropy", "entropy_norm", 0.9, 0.9, 0.899),
     ("max_aux_loss", "aux_loss", 1.1, 1.1, 1.101),
+    ("max_aux_loss_unbiased", "aux_loss_unbiased", 1.1, 1.1, 1.101),
     ("max_bias_spread", "bias", 0.5, {"min": -0.25, "max": 0.25}, {"min": -0.25, "max": 0.2511}),
 ]
 
@@ -186,9 +188,10 @@ def test_drop_rate_reads_the_configured_factor_and_policy() -> None:
     o = outcome(run_checks(doc(row), cfg), "max_drop_rate")
     assert o.status == "fail"
     assert o.failures[0].message() == "layer 0: max_drop_rate 0.050 > 0.010"
-    cfg = CheckConfig.from_values({"max_drop_rate": 0.01, "drop_policy": "probs"})
-    o = outcome(run_checks(doc(row), cfg), "max_drop_rate")
-    assert o.status == "skip" and "weights" in (o.reason or "")
+    # the total does not depend on the policy: every policy (and a former name) reads the same rate
+    for policy in ("highest-weight", "first-choices-first", "probs"):
+        cfg = CheckConfig.from_values({"max_drop_rate": 0.01, "capacity_factor": 1.0, "drop_policy": policy})
+        assert outcome(run_checks(doc(row), cfg), "max_drop_rate").failures[0].value == 0.05
     cfg = CheckConfig.from_values({"max_drop_rate": 0.01, "capacity_factor": 3.0})
     assert "not analysed" in (outcome(run_checks(doc(row), cfg), "max_drop_rate").reason or "")
 

@@ -22,6 +22,7 @@ from moediag.placement import (
     rank_loads,
     save_placement,
 )
+from tests._eplb import eplb_ranks
 
 
 def test_contiguous_and_rank_loads_hand_case() -> None:
@@ -132,7 +133,10 @@ def test_hierarchical_keeps_groups_on_one_node(
     # node loads: the greedy packing of group loads, reproduced independently
     group_load = [sum(loads[g * size : (g + 1) * size]) for g in range(num_groups)]
     bins: list[list[int]] = [[] for _ in range(nodes)]
-    for g in sorted(range(num_groups), key=lambda g: (-group_load[g], g)):
+    # (EPLB: one group per node is group g on node g, no sorting)
+    order = sorted(range(num_groups), key=lambda g: (-group_load[g], g)) if groups_per_node > 1 else []
+    bins = bins if order else [[g] for g in range(num_groups)]
+    for g in order:
         open_bins = [i for i in range(nodes) if len(bins[i]) < groups_per_node]
         bins[min(open_bins, key=lambda i: (sum(group_load[x] for x in bins[i]), i))].append(g)
     want = [float(sum(group_load[g] for g in b)) for b in bins]
@@ -143,11 +147,78 @@ def test_hierarchical_hand_case_and_errors() -> None:
     loads = torch.tensor([9, 1, 1, 1, 5, 5, 1, 1])
     # groups {0,1}=10 {2,3}=2 {4,5}=10 {6,7}=2: node 0 takes groups 0 and 1, node 1 groups 2 and 3
     assert hierarchical(loads, 4, num_groups=4, num_nodes=2) == [[0, 3], [1, 2], [4, 6], [5, 7]]
-    # two replicas per node: node 0's go to its hottest expert (9 -> three copies of 3), and its GPUs'
-    # loads drop from 10 | 2 to 7 | 5; node 1 copies experts 4 and 5 (5 -> 2.5 each)
+    # two replicas per node. EPLB gives node 0's both to its hottest expert (9 -> three copies of 3) and
+    # packs 3,3,3,1,1,1 as 7 | 5. Local search moves one copy to expert 1 (9 -> 4.5 + 4.5, 1 -> 0.5 + 0.5):
+    # 4.5 + 0.5 + 1 on each GPU, 6 | 6
     ranks = hierarchical(loads, 4, 4, num_groups=4, num_nodes=2)
-    assert [x for s in ranks[:2] for x in s].count(0) == 3
-    assert sorted(rank_loads(loads, ranks)[:2].tolist()) == [5.0, 7.0]
+    assert sorted(rank_loads(loads, ranks)[:2].tolist()) == [6.0, 6.0]
+    eplb = eplb_ranks(loads, 4, 4, num_groups=4, num_nodes=2)
+    assert sorted(rank_loads(loads, eplb)[:2].tolist()) == [5.0, 7.0]
     for kw in ({"num_groups": 3, "num_nodes": 1}, {"num_groups": 4, "num_nodes": 3}):
         with pytest.raises(UsageError):
             hierarchical(loads, 4, **kw)
+
+
+def test_rank_loads_are_float64() -> None:
+    """Loads past float32's 24-bit mantissa stay exact (float32 would round 2^24 + 1)."""
+    rl = rank_loads(torch.tensor([2**24 + 1, 0, 1, 0]), [[0, 1], [2, 3]])
+    assert rl.dtype == torch.float64 and rl.tolist() == [2**24 + 1, 1]
+
+
+def test_a_second_copy_on_one_rank_as_filler() -> None:
+    """The issue's case: 4 ranks, 4 replicas. EPLB may put two copies of one expert on one rank; moediag
+    allows it too (a placement file may list an expert twice on a rank), so it is never worse."""
+    loads = torch.tensor([100, 90, 5, 5, 1, 1, 1, 1])
+    ours = balancedness(rank_loads(loads, balanced(loads, 4, 4)))
+    eplb = balancedness(rank_loads(loads, eplb_ranks(loads, 4, 4)))
+    assert ours is not None and eplb is not None and ours >= eplb - 1e-12
+    # 204 over 4 ranks: 51 each is reachable (100 and 90 in 2 copies each, 50 | 50 | 45 + 5 + 1 | ...)
+    assert ours == pytest.approx(51 / 52.0, abs=0.02)
+
+
+def _skewed(seed: int, e: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(e, generator=g, dtype=torch.float64) ** (1 + seed % 7) * 1000).round()
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    e=st.sampled_from([8, 16, 64]),
+    ep=st.sampled_from([2, 4, 8]),
+    replicas_eighths=st.sampled_from([0, 1, 2]),
+)
+def test_balanced_never_worse_than_eplb_global(seed: int, e: int, ep: int, replicas_eighths: int) -> None:
+    replicas = e * replicas_eighths // 8
+    if (e + replicas) % ep:
+        return
+    loads = _skewed(seed, e)
+    ranks = balanced(loads, ep, replicas)
+    check_placement(ranks, e)
+    assert [len(r) for r in ranks] == [(e + replicas) // ep] * ep
+    ours = balancedness(rank_loads(loads, ranks)) or 0.0
+    eplb = balancedness(rank_loads(loads, eplb_ranks(loads, ep, replicas))) or 0.0
+    assert ours >= eplb - 1e-12
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    nodes=st.sampled_from([1, 2, 4]),
+    groups_per_node=st.sampled_from([1, 2]),
+    gpus_per_node=st.sampled_from([1, 2, 4]),
+    replicas_per_node=st.sampled_from([0, 2, 4]),
+)
+def test_hierarchical_never_worse_than_eplb_hierarchical(
+    seed: int, nodes: int, groups_per_node: int, gpus_per_node: int, replicas_per_node: int
+) -> None:
+    e, groups, ep, replicas = 32, nodes * groups_per_node, nodes * gpus_per_node, nodes * replicas_per_node
+    if (e // nodes + replicas_per_node) % gpus_per_node:
+        return
+    loads = _skewed(seed, e)
+    ranks = hierarchical(loads, ep, replicas, num_groups=groups, num_nodes=nodes)
+    ours = rank_loads(loads, ranks)
+    eplb = rank_loads(loads, eplb_ranks(loads, ep, replicas, num_groups=groups, num_nodes=nodes))
+    assert (balancedness(ours) or 0.0) >= (balancedness(eplb) or 0.0) - 1e-12
+    # the same groups on the same nodes as EPLB: node loads agree
+    assert node_loads(ours, nodes).tolist() == pytest.approx(node_loads(eplb, nodes).tolist())

@@ -170,9 +170,21 @@ def test_capacity_drops_hand_case(tmp_path: Path) -> None:
     path = input_trace(tmp_path / "t.safetensors", x, top_k=1, sequence_ids=torch.zeros(4))
     doc = replay(ckpt, path, device="cpu", capacity_factor=1.0, drop_policy="position").to_dict()
     cap = doc["layers"][0]["capacity"]
-    assert cap["drop_rate"] == 0.5 and cap["drop_policy"] == "position"
-    assert cap["drop_rate_other_policy"] == {"probs": 0.5}
+    assert cap["drop_rate"] == 0.5 and cap["drop_policy"] == "token-order"  # the former name resolves
+    assert cap["drop_rate_other_policy"] == {"highest-weight": 0.5, "first-choices-first": 0.5}
     assert doc["summary"]["drop_rate_max"] == 0.5
+    # positions 0..3 are all in bucket 0; where they drop shows with several buckets, not here
+    assert cap["drop_rate_by_position"]["rate"][0] == 0.5
+    assert set(cap["drop_rate_by_position"]["rate_by_policy"]) == {
+        "token-order",
+        "highest-weight",
+        "first-choices-first",
+    }
+    floor = replay(ckpt, path, device="cpu", capacity_factor=1.0, min_capacity=3).to_dict()
+    assert floor["layers"][0]["capacity"]["drop_rate"] == 0.25  # C = max(2, 3) = 3
+    assert floor["meta"]["settings"]["min_capacity"] == 3
+    with pytest.raises(UsageError, match="drop policy 'random'"):
+        replay(ckpt, path, device="cpu", capacity_factor=1.0, drop_policy="random")
     doc2 = replay(ckpt, path, device="cpu", capacity_factor=2.0, drop_policy="probs").to_dict()
     assert doc2["layers"][0]["capacity"]["drop_rate"] == 0.0  # C = 4
     doc3 = replay(ckpt, path, device="cpu", capacity_factor=1.0, top_k=2).to_dict()

@@ -246,3 +246,45 @@ def test_softmax_parts_against_float64(scale: float, shift: float, e: int, dtype
     torch.testing.assert_close(parts.entropy.double(), want_entropy, rtol=1e-4, atol=2e-6)
     torch.testing.assert_close(parts.confidence.double(), p.amax(-1), rtol=1e-5, atol=1e-7)
     assert bool((parts.entropy >= -1e-6).all())
+
+
+def test_group_score_rules_hand_case() -> None:
+    """Two groups of 4; k = 4 from 1 group. Group A = [0.9, 0.0, 0.0, 0.0], B = [0.5, 0.45, 0.4, 0.0]:
+    max picks A (0.9 > 0.5); top2_sum picks B (0.95 > 0.9); topk_sum (top 4 / 1 = 4) picks B (1.35)."""
+    sel = torch.tensor([[0.9, 0.0, 0.0, 0.0, 0.5, 0.45, 0.4, 0.0]])
+    keep = {
+        rule: routing.group_mask(sel, 2, 1, "softmax", rule, top_k=4)[0, 0].item()
+        for rule in ("max", "top2_sum", "topk_sum")
+    }
+    assert keep == {"max": True, "top2_sum": False, "topk_sum": False}
+    # top_k / topk_group = 1: topk_sum is max; = 2: it is top2_sum
+    c = torch.tensor([[0.9, 0.5, 0.0, 0.0, 0.8, 0.7, 0.6, 0.0]])  # A: max 0.9, top2 1.4; B: 0.8, 1.5, 2.1
+    assert routing.group_mask(c, 2, 1, "sigmoid", "topk_sum", top_k=1)[0, 0].item()
+    assert not routing.group_mask(c, 2, 1, "sigmoid", "topk_sum", top_k=2)[0, 0].item()
+    assert not routing.group_mask(c, 2, 1, "sigmoid", "topk_sum", top_k=3)[0, 0].item()
+    # no rule given: what traces always meant (top2_sum for sigmoid, max otherwise)
+    assert not routing.group_mask(c, 2, 1, "sigmoid")[0, 0].item()
+    assert routing.group_mask(c, 2, 1, "softmax")[0, 0].item()
+    with pytest.raises(ValueError, match="needs top_k"):
+        routing.group_mask(c, 2, 1, "sigmoid", "topk_sum")
+    with pytest.raises(ValueError, match="unknown group_score"):
+        routing.group_mask(c, 2, 1, "sigmoid", "sum")
+
+
+def test_route_honours_the_specs_group_score() -> None:
+    """The same logits route differently under max and topk_sum; margins follow the experts allowed."""
+    z = torch.log(torch.tensor([[0.9, 0.01, 0.01, 0.01, 0.5, 0.45, 0.4, 0.01]]) / 0.1)
+    base = dict(num_experts=8, top_k=2, score_function="softmax", n_group=2, topk_group=1)
+    by_max = routing.route(z, spec=RoutingSpec(**base, group_score="max"))  # type: ignore[arg-type]
+    by_sum = routing.route(z, spec=RoutingSpec(**base, group_score="topk_sum"))  # type: ignore[arg-type]
+    assert 0 in by_max.ids[0].tolist() and set(by_max.ids[0].tolist()) <= {0, 1, 2, 3}
+    assert set(by_sum.ids[0].tolist()) == {4, 5}
+    assert by_sum.margin is not None and float(by_sum.margin[0]) > 0
+    assert torch.equal(routing.choose(z, spec=RoutingSpec(**base, group_score="topk_sum")), by_sum.ids)  # type: ignore[arg-type]
+
+
+def test_group_score_from_config() -> None:
+    assert routing.group_score_from_config("moe_router_num_groups", "softmax") == "topk_sum"
+    assert routing.group_score_from_config("moe_router_num_groups", "sigmoid") == "topk_sum"
+    assert routing.group_score_from_config("n_group", "sigmoid") == "top2_sum"
+    assert routing.group_score_from_config("n_group", "softmax") == "max"

@@ -212,6 +212,9 @@ class CheckpointAnalysis:
             "norm_topk_prob": cfg.norm_topk_prob if main else None,
             "n_group": cfg.n_group if main else None,
             "topk_group": cfg.topk_group if main else None,
+            "group_score": (self.routers[0].group_score if self.routers else cfg.group_score)
+            if main and cfg.n_group
+            else None,
             "routed_scaling_factor": cfg.routed_scaling_factor if main else None,
             "selection_bias": any(b.selection_bias for b in main),
             "router_bias": any(b.router_bias for b in main),

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from moediag.routing import group_score_from_config
+
 __all__ = ["NormalisedConfig", "normalise_config", "SCORE_FUNCTIONS"]
 
 SCORE_FUNCTIONS = ("softmax", "sigmoid", "topk_softmax")
@@ -153,6 +155,7 @@ class NormalisedConfig:
     score_function: str | None = None
     n_group: int | None = None
     topk_group: int | None = None
+    group_score: str | None = None  # how a group is scored (moediag.routing.GROUP_SCORES)
     routed_scaling_factor: float | None = None
     aux_loss_coef: float | None = None
     z_loss_coef: float | None = None
@@ -388,6 +391,8 @@ def normalise_config(raw: dict[str, Any] | None) -> NormalisedConfig:
             if _is_num(tg) and kt:
                 cfg.topk_group = int(tg)
                 src["topk_group"] = kt
+            cfg.group_score = group_score_from_config(kg, cfg.score_function)
+            src["group_score"] = f"implied by {kg}" if kg.startswith("moe_router_") else "family default"
             break
     v, k = g(*SCALE_KEYS)
     if _is_num(v) and k:

@@ -23,6 +23,7 @@ from moediag.checkpoint.inventory import Inventory, open_inventory
 from moediag.checkpoint.layouts import Layout, MoEBlock, detect_layout
 from moediag.checkpoint.weights import load_tensor_f32
 from moediag.errors import UnsupportedLayoutError
+from moediag.routing import group_score_from_config
 
 __all__ = [
     "RouterSpec",
@@ -55,6 +56,8 @@ class RouterSpec:
     n_group: int | None
     topk_group: int | None
     routed_scaling_factor: float | None
+    #: how a group is scored (moediag.routing.GROUP_SCORES); None without group limits
+    group_score: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +95,11 @@ def specs_from_layout(layout: Layout, cfg: NormalisedConfig) -> list[RouterSpec]
                 n_group=cfg.n_group if cfg.n_group and cfg.n_group > 1 else None,
                 topk_group=cfg.topk_group if cfg.n_group and cfg.n_group > 1 else None,
                 routed_scaling_factor=cfg.routed_scaling_factor,
+                group_score=(
+                    cfg.group_score or group_score_from_config(None, score)
+                    if cfg.n_group and cfg.n_group > 1
+                    else None
+                ),
             )
         )
     return out

@@ -26,7 +26,7 @@ from moediag.options import BY_NAME, default
 if TYPE_CHECKING:
     from moediag.trace import RoutingSpec
 
-SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "z_loss", "max_mean")
+SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "aux_loss_unbiased", "z_loss", "max_mean")
 
 
 def routing_overrides(
@@ -65,6 +65,9 @@ def inspect_cmd(
     cold_eps: float = typer.Option(
         default("cold_eps"), "--cold-eps", help="An expert is cold when its share < eps / E."
     ),
+    min_capacity: int = typer.Option(
+        0, "--min-capacity", help="Capacity floor per expert and group (DeepSpeed's min_capacity; 0 = none)."
+    ),
     capacity_group: int = typer.Option(
         default("capacity_group"), "--capacity-group", help=BY_NAME["capacity_group"].help
     ),
@@ -94,10 +97,13 @@ def inspect_cmd(
     if sort not in SORT_KEYS:
         raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}")
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group, chunk_tokens=chunk_tokens, worst=worst)
+    if min_capacity < 0:
+        raise UsageError("--min-capacity must be 0 or more")
     kind = detect_kind(path)
     # options of the other kind of input: derived from what was set, so defaults live in one place
     trace_only = ("worst", "sort", "detail", "num_experts", "top_k", "score_function", "cold_eps",
-                  "capacity_group", "chunk_tokens", "workers", "scheduler", "path_window")  # fmt: skip
+                  "capacity_group", "min_capacity", "chunk_tokens", "workers", "scheduler",
+                  "path_window")  # fmt: skip
     checkpoint_only = ("weights", "redundancy_threshold")
     unused = given_options(ctx, trace_only if kind == "checkpoint" else checkpoint_only)
     if unused:
@@ -125,7 +131,13 @@ def inspect_cmd(
         workers=workers,
         scheduler=scheduler,
         progress=progress_bar,
-        **explicit(ctx, cold_eps=cold_eps, capacity_group=capacity_group, chunk_tokens=chunk_tokens),
+        **explicit(
+            ctx,
+            cold_eps=cold_eps,
+            capacity_group=capacity_group,
+            min_capacity=min_capacity,
+            chunk_tokens=chunk_tokens,
+        ),
     )
     if as_json:
         print_json(analysis.to_dict(detail=detail))

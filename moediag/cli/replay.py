@@ -28,7 +28,13 @@ def replay_cmd(
         None, "--capacity-factor", help="What if each expert took at most ceil(CF*k*T/E) per group."
     ),
     drop_policy: str = typer.Option(
-        "position", "--drop-policy", help="Which assignments drop over capacity: position or probs."
+        "token-order",
+        "--drop-policy",
+        help="Which assignments a full expert drops first: token-order (later tokens), highest-weight "
+        "(lowest weights), first-choices-first (later choices); the total rate is the same for all.",
+    ),
+    min_capacity: int = typer.Option(
+        0, "--min-capacity", help="Capacity floor per expert and group (DeepSpeed's min_capacity; 0 = none)."
     ),
     capacity_group: int = typer.Option(
         default("capacity_group"), "--capacity-group", help=BY_NAME["capacity_group"].help
@@ -52,6 +58,12 @@ def replay_cmd(
     ),
     replicas: int = typer.Option(
         0, "--replicas", help="With --placement balanced or hierarchical: extra expert copies."
+    ),
+    target_balancedness: float | None = typer.Option(
+        None,
+        "--target-balancedness",
+        help="Instead of --replicas: the fewest replicas whose placement reaches this balancedness "
+        "in every layer.",
     ),
     nodes: int | None = typer.Option(
         None, "--nodes", help="EP nodes (ranks numbered node by node): adds per-node loads."
@@ -98,10 +110,12 @@ def replay_cmd(
             ep_size=ep_size,
             placement=placement,
             replicas=replicas,
+            target_balancedness=target_balancedness,
             nodes=nodes,
             expert_groups=expert_groups,
             chunk_tokens=chunk_tokens,
             capacity_group=capacity_group,
+            min_capacity=min_capacity,
             seed=seed,
             progress=advance,
         )
@@ -109,7 +123,7 @@ def replay_cmd(
     if placement_out is not None:
         from moediag.placement import save_placement
 
-        save_placement(placement_out, ep_size or 1, result.placement, replicas)
+        save_placement(placement_out, ep_size or 1, result.placement, result.settings["replicas"])
         echo_err(f"wrote placement to {placement_out}")
     if as_json:
         print_json(doc)

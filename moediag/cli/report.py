@@ -16,6 +16,7 @@ from moediag.cli.common import (
     progress_bar,
     require_positive,
 )
+from moediag.errors import UsageError
 from moediag.options import BY_NAME, default
 
 
@@ -41,6 +42,9 @@ def report_cmd(
     cold_eps: float = typer.Option(
         default("cold_eps"), "--cold-eps", help="An expert is cold when its share < eps / E."
     ),
+    min_capacity: int = typer.Option(
+        0, "--min-capacity", help="Capacity floor per expert and group (DeepSpeed's min_capacity; 0 = none)."
+    ),
     capacity_group: int = typer.Option(
         default("capacity_group"), "--capacity-group", help=BY_NAME["capacity_group"].help
     ),
@@ -65,6 +69,8 @@ def report_cmd(
     from moediag.inputs import detect_kind
 
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group)
+    if min_capacity < 0:
+        raise UsageError("--min-capacity must be 0 or more")
     layers: list[int] = []
     traces = [p for p in paths if path_window and detect_kind(p) == "trace"]
     if traces:  # --path-window is checked against the trace's layers
@@ -84,7 +90,9 @@ def report_cmd(
         scheduler=scheduler,
         progress=progress_bar,
         warn=echo_err,
-        **explicit(ctx, cold_eps=cold_eps, capacity_group=capacity_group, weights=weights),
+        **explicit(
+            ctx, cold_eps=cold_eps, capacity_group=capacity_group, min_capacity=min_capacity, weights=weights
+        ),
     )
     size = written.stat().st_size
     echo_err(f"moediag: wrote {output} ({size / 1e6:.1f} MB)")

@@ -24,6 +24,7 @@ from torch import nn
 from moediag.checkpoint.config import RENORM_TRUE_FAMILIES, TOPK_SOFTMAX_FAMILIES
 from moediag.checkpoint.config import SIGMOID_FAMILIES as CHECKPOINT_SIGMOID_FAMILIES
 from moediag.errors import UnsupportedLayoutError
+from moediag.routing import group_score_from_config
 from moediag.trace.schema import build_metadata
 
 #: module-path suffixes that name a router (the module that owns the weight)
@@ -193,6 +194,7 @@ class RoutingInfo:
     norm_topk_prob: bool | None
     n_group: int | None
     topk_group: int | None
+    group_score: str | None
     model_type: str | None
     extra: dict[str, Any]
     layer_overrides: dict[str, str]
@@ -208,6 +210,7 @@ class RoutingInfo:
             norm_topk_prob=self.norm_topk_prob,
             n_group=self.n_group,
             topk_group=self.topk_group,
+            group_score=self.group_score,
             model=model,
             domains=domains,
             extra=extra,
@@ -238,7 +241,9 @@ def routing_info(
         norm = True
     if score_function == "topk_softmax":
         norm = None
-    n_group = _config_value(config, "n_group", "n_expert_groups", "moe_router_num_groups")
+    group_keys = ("n_group", "n_expert_groups", "moe_router_num_groups")
+    n_group = _config_value(config, *group_keys)
+    group_key = next((key for key in group_keys if _config_value(config, key) is not None), None)
     topk_group = _config_value(config, "topk_group", "n_limited_groups", "moe_router_group_topk")
     method = _config_value(config, "topk_method")
     use_groups = isinstance(n_group, int) and isinstance(topk_group, int)
@@ -263,6 +268,7 @@ def routing_info(
         norm_topk_prob=None if norm is None else bool(norm),
         n_group=int(n_group) if use_groups else None,
         topk_group=int(topk_group) if use_groups else None,
+        group_score=group_score_from_config(group_key, score_function) if use_groups else None,
         model_type=model_type,
         extra=extra,
         layer_overrides=overrides,

@@ -59,6 +59,8 @@ def overview_table(analysis: CheckpointAnalysis) -> Table:
             routing += ", renormalised" if s["norm_topk_prob"] else ", not renormalised"
         if s["n_group"]:
             routing += f", {s['topk_group']} of {s['n_group']} groups"
+            if s.get("group_score"):
+                routing += f" (group score {s['group_score']})"
         if s["routed_scaling_factor"] not in (None, 1.0):
             routing += f", scale {s['routed_scaling_factor']:g}"
         if s["selection_bias"]:

@@ -215,13 +215,13 @@ def findings(analysis: TraceAnalysis) -> list[str]:
     if cold > 0:
         eps = analysis.options.cold_eps
         out.append(f"{cold} further expert(s) are cold (share below {eps:g}/E) but not dead.")
-    drops = [(r["drop_rate"]["position"].get("1.0"), r["layer"]) for r in rows if r.get("drop_rate")]
+    drops = [(r["drop_rate_total"].get("1.0"), r["layer"]) for r in rows if r.get("drop_rate_total")]
     drops = [(v, lay) for v, lay in drops if v is not None]
     if drops:
         worst, lay = max(drops)
         out.append(
-            f"With capacity factor 1.0, up to {pct(worst)} of assignments would be dropped (layer {lay}, "
-            "later tokens dropped first)."
+            f"With capacity factor 1.0, up to {pct(worst)} of assignments would be dropped (layer {lay}; "
+            "the same share under every drop policy, only which tokens drop differs)."
         )
     flips = [((r.get("margin_below") or {}).get("0.01"), r["layer"]) for r in rows]
     flips = [(v, lay) for v, lay in flips if v is not None]
@@ -290,16 +290,22 @@ _COLUMNS: list[tuple[str, Any, int, str]] = [
     ("eff. experts", "effective_experts", 1, "exp(entropy) (balanced E)"),
     ("dead", lambda r: len(r["dead_experts"]), 0, "experts with no tokens"),
     ("cold", lambda r: len(r["cold_experts"]), 0, "experts below eps/E of the load (includes dead)"),
-    ("aux", "aux_loss", 3, "Switch-style aux loss (balanced 1)"),
+    ("aux", "aux_loss", 3, "Switch-style aux loss of the routing in effect (balanced 1)"),
+    (
+        "aux*",
+        "aux_loss_unbiased",
+        3,
+        "aux loss of the plain top-k: no selection bias or group limits (Megatron)",
+    ),
     ("seq aux", "seq_aux_loss", 3, "per-sequence aux loss, mean over sequences"),
     ("z-loss", "z_loss", 2, "mean (logsumexp z)^2"),
     ("conf.", "confidence", 2, "mean max probability"),
     ("margin p50", "margin_median", 3, "median top-k boundary margin"),
     (
         "drop@CF1",
-        lambda r: (r.get("drop_rate") or {}).get("position", {}).get("1.0"),
+        lambda r: (r.get("drop_rate_total") or {}).get("1.0"),
         -1,
-        "share dropped at capacity factor 1.0, later tokens first",
+        "share dropped at capacity factor 1.0 (the same under every drop policy)",
     ),
     ("same-next", "consecutive_same_rate", -1, "share of next tokens with the same first choice"),
     ("accuracy", "accuracy", -1, "share of correct predictions (tokens.correct)"),
@@ -354,6 +360,7 @@ def overview_rows(analysis: TraceAnalysis) -> list[tuple[str, str]]:
         ("cv", "CV (balanced 0)"),
         ("entropy_norm", "load entropy, normalised (balanced 1)"),
         ("aux_loss", "aux loss (balanced 1)"),
+        ("aux_loss_unbiased", "aux loss of the unbiased top-k (Megatron's logged value, balanced 1)"),
         ("z_loss", "z-loss"),
     ):
         f = s[key]

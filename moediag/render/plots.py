@@ -546,24 +546,23 @@ def margin_distribution(analysis: TraceAnalysis, layer: int | None = None, bins:
 
 
 def drop_rate(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
-    """Share of assignments dropped at each capacity factor, for both drop policies."""
+    """Share of assignments dropped at each capacity factor (the same under every drop policy)."""
     rows = [r for r in _rows(analysis, layer) if r.get("drop_rate")]
     if not rows:
         raise PlotUnavailableError("drop rates need per-token routing (the trace holds only counts)")
     with _rc():
         fig = _new_figure(8.0, 4.0)
         ax = fig.add_subplot()
-        for policy, style in (("position", "-"), ("probs", "--")):
-            cfs = list(rows[0]["drop_rate"][policy])
-            series = []
-            for r in rows:
-                vals = [r["drop_rate"][policy].get(cf) for cf in cfs]
-                if any(v is not None for v in vals):
-                    series.append((int(r["layer"]), [None if v is None else 100 * v for v in vals]))
-            _band_or_lines(ax, [float(c) for c in cfs], series, style, label=f"{policy}: ")
+        cfs = list(rows[0]["drop_rate_total"])
+        series = []
+        for r in rows:
+            vals = [r["drop_rate_total"].get(cf) for cf in cfs]
+            if any(v is not None for v in vals):
+                series.append((int(r["layer"]), [None if v is None else 100 * v for v in vals]))
+        _band_or_lines(ax, [float(c) for c in cfs], series, "-", label="")
         ax.set_xlabel("capacity factor (capacity = CF × k × tokens ÷ E per group)")
         ax.set_ylabel("assignments dropped (%)")
-        ax.set_title("Capacity drop rate (solid: later tokens drop first; dashed: lowest gate weight first)")
+        ax.set_title("Capacity drop rate (the same under every drop policy; only which tokens drop differs)")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7, ncol=2)
     return fig

@@ -113,6 +113,16 @@ def render_replay(doc: dict[str, Any], console: Console) -> None:
     console.print(Text(text, style=style))
     console.print(layer_table(doc))
     s = doc["summary"]
+    settings = doc["meta"]["settings"]
+    if settings.get("capacity_factor") is not None:
+        floor = settings.get("min_capacity") or 0
+        console.print(
+            f"drop@{settings['capacity_factor']:g}: share of assignments over capacity"
+            + (f" (at least {floor} per expert and group)" if floor else "")
+            + ", the same under every drop policy; where they drop "
+            + f"({settings['drop_policy']}) is in --json, capacity.drop_rate_by_position",
+            style="dim",
+        )
     if "balancedness_after_mean" in s:
         settings = doc["meta"]["settings"]
         console.print(
@@ -127,5 +137,12 @@ def render_replay(doc: dict[str, Any], console: Console) -> None:
                 + ("—" if volume is None else f"{volume / 1e3:,.1f} kB")
                 + " a token over all layers (dispatch + combine, bf16)"
             )
+    plan = s.get("replica_plan")
+    if plan is not None:
+        verdict = "reached" if plan["reached"] else "NOT reached (best tried)"
+        console.print(
+            f"target balancedness {plan['target_balancedness']}: {verdict} with {plan['replicas']} replicas "
+            f"(lowest layer {_f(plan['balancedness_min'], 3)})"
+        )
     for skip in doc["skipped"]:
         console.print(f"skipped layer {skip['layer']}: {skip['reason']}")

@@ -49,6 +49,7 @@ def overview_table(analysis: TraceAnalysis) -> Table:
         ("cv", "CV"),
         ("entropy_norm", "load entropy (norm.)"),
         ("aux_loss", "aux loss (balanced=1)"),
+        ("aux_loss_unbiased", "aux loss, unbiased top-k (Megatron's log)"),
         ("z_loss", "z-loss"),
     ):
         fig = s[key]
@@ -86,8 +87,8 @@ def layer_table(analysis: TraceAnalysis, worst: int | None = None, sort_key: str
     for col in ("layer", "MaxVio", "CV", "H", "dead", "cold", "aux", "z-loss", "conf", "drop", "same"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in rows:
-        drop = r.get("drop_rate")
-        drop1 = None if not drop else drop["position"].get("1.0")
+        drop = r.get("drop_rate_total")
+        drop1 = None if not drop else drop.get("1.0")
         dead = len(r["dead_experts"])
         t.add_row(
             str(r["layer"]),
@@ -158,7 +159,7 @@ def render_trace(
     console.print(overview_table(analysis))
     console.print(layer_table(analysis, worst, sort_key))
     console.print(
-        "H = load entropy / log E; drop = drop rate at capacity factor 1.0 (position policy); "
+        "H = load entropy / log E; drop = drop rate at capacity factor 1.0 (any drop policy); "
         "same = next token keeps its first-choice expert",
         style="dim",
     )

@@ -26,10 +26,34 @@ from moediag.stats.load import group_counts
 from moediag.stats.runs import RunAccumulator
 
 CAPACITY_FACTORS = _options.CAPACITY_FACTORS
-POLICIES = ("position", "probs")
+POLICIES = ("token-order", "highest-weight", "first-choices-first")
+#: former names, accepted on input and kept as keys of ``drop_rate`` for existing readers
+POLICY_ALIASES = {"position": "token-order", "probs": "highest-weight"}
 #: position bucket lower edges; the last bucket is open-ended
 POSITION_EDGES = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 DEFAULT_GROUP_TOKENS: int = _options.default("capacity_group")
+
+
+def resolve_policy(name: str) -> str:
+    """The policy a name (or a former name) stands for; ValueError when it is none."""
+    policy = POLICY_ALIASES.get(name, name)
+    if policy not in POLICIES:
+        former = ", ".join(POLICY_ALIASES)
+        raise ValueError(f"drop policy {name!r}: expected {', '.join(POLICIES)} (or the former {former})")
+    return policy
+
+
+def capacities(
+    lengths: torch.Tensor, factors: tuple[float, ...], top_k: int, num_experts: int, min_capacity: int = 0
+) -> torch.Tensor:
+    """[groups, factors] int64: max(ceil(CF * k * n_g / E), min_capacity), in exact integer arithmetic."""
+    caps = []
+    for cf in factors:
+        frac_cf = Fraction(cf).limit_denominator(10_000)
+        num = frac_cf.numerator * top_k * lengths
+        den = frac_cf.denominator * num_experts
+        caps.append(((num + den - 1) // den).clamp_min(min_capacity))
+    return torch.stack(caps, dim=1)
 
 
 def bucket_labels() -> list[str]:
@@ -87,12 +111,14 @@ class CapacityStats(RunAccumulator):
         top_k: int,
         capacity_factors: tuple[float, ...] = CAPACITY_FACTORS,
         group_tokens: int = DEFAULT_GROUP_TOKENS,
+        min_capacity: int = 0,
     ) -> None:
         super().__init__()
         self.num_experts = num_experts
         self.top_k = top_k
         self.capacity_factors = tuple(capacity_factors)
         self.group_tokens = group_tokens
+        self.min_capacity = min_capacity
         nb = len(POSITION_EDGES)
         self.assignments = torch.zeros(nb, dtype=torch.int64)  # per position bucket
         self.dropped = {p: torch.zeros(len(self.capacity_factors), nb, dtype=torch.int64) for p in POLICIES}
@@ -127,15 +153,9 @@ class CapacityStats(RunAccumulator):
         nb = len(POSITION_EDGES)
         filled = k - empty.sum(dim=1) if has_empty else torch.full((n,), k, dtype=torch.int64)
         self.assignments += torch.zeros(nb, dtype=torch.int64).index_add_(0, bucket, filled)
-        # capacity per run and factor, in exact integer arithmetic: ceil(CF * k * n_g / E)
-        caps = []
-        for cf in self.capacity_factors:
-            frac_cf = Fraction(cf).limit_denominator(10_000)
-            num = frac_cf.numerator * k * lengths
-            den = frac_cf.denominator * self.num_experts
-            caps.append((num + den - 1) // den)
-        capacity = torch.stack(caps, dim=1)  # [runs, factors]
-        if n < 2 or bool(((bucket[1:] >= bucket[:-1]) | (run[1:] != run[:-1])).all()):
+        capacity = capacities(lengths, self.capacity_factors, k, self.num_experts, self.min_capacity)
+        in_order = n < 2 or bool(((bucket[1:] >= bucket[:-1]) | (run[1:] != run[:-1])).all())
+        if in_order:
             self._add_position_drops(run, bucket, ids, capacity)
         else:
             ranks = _position_ranks(ids, lengths, self.num_experts)
@@ -144,8 +164,78 @@ class CapacityStats(RunAccumulator):
             if has_empty:
                 valid = ~empty.reshape(-1)
                 ranks, a_run, a_bucket = ranks[valid], a_run[valid], a_bucket[valid]
-            self._add_ranked_drops("position", ranks, a_run, a_bucket, capacity)
+            self._add_ranked_drops("token-order", ranks, a_run, a_bucket, capacity)
         self._add_weight_drops(run, bucket, ids, rows["weights"], capacity, has_empty)
+        if k == 1:  # one choice per token: choice order is token order
+            self.dropped["first-choices-first"] = self.dropped["token-order"].clone()
+        elif in_order and runs * len(POSITION_EDGES) * self.num_experts <= 4 * n:
+            self._add_choice_counts(run, bucket, ids, capacity)
+        else:
+            self._add_choice_drops(run, bucket, ids, capacity, has_empty)
+
+    def _add_choice_counts(
+        self, run: torch.Tensor, bucket: torch.Tensor, ids: torch.Tensor, capacity: torch.Tensor
+    ) -> None:
+        """``first-choices-first`` when buckets never go backwards inside a run: in each (run, expert)
+        the order is column 0 by bucket, then column 1 by bucket, ...; so the drops per bucket follow from
+        counts per (run, column, bucket, expert) and their running sum in that order (as
+        :meth:`_add_position_drops`; no per-assignment ranks)."""
+        e, nb, runs = self.num_experts, len(POSITION_EDGES), capacity.shape[0]
+        k = ids.shape[1]
+        group = (run * nb + bucket).unsqueeze(1) * k + torch.arange(k)  # [n, k]: (run, bucket, column)
+        e1 = e + 1
+        key = (group * e1 + torch.where(ids < 0, e, ids)).reshape(-1)  # empty slots: a spare column
+        counts = torch.bincount(key, minlength=runs * nb * k * e1).view(runs, nb, k, e1)[..., :e]
+        counts = counts.transpose(1, 2).reshape(runs, k * nb, e)  # the order: column, then bucket
+        hi = counts.cumsum(dim=1)
+        lo = hi - counts
+        for f in range(capacity.shape[1]):
+            c = capacity[:, f].view(runs, 1, 1)
+            dropped = ((hi - c).clamp_min(0) - (lo - c).clamp_min(0)).view(runs, k, nb, e)
+            self.dropped["first-choices-first"][f] += dropped.sum(dim=(0, 1, 3))
+
+    def _risky(
+        self, run: torch.Tensor, ids: torch.Tensor, capacity: torch.Tensor, has_empty: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Assignment keys (run * E + expert, a spare key for empty slots), the count per key, the
+        smallest capacity per key, and the spare key: only keys over their smallest capacity can drop."""
+        e = self.num_experts
+        spare = capacity.shape[0] * e
+        key = run.unsqueeze(1) * e + ids
+        if has_empty:
+            key = torch.where(ids < 0, spare, key)
+        key = key.reshape(-1)
+        group_count = torch.bincount(key, minlength=spare + 1)
+        min_cap = torch.cat([capacity.min(dim=1).values.repeat_interleave(e), torch.tensor([key.numel()])])
+        return key, group_count, min_cap, spare
+
+    def _add_choice_drops(
+        self,
+        run: torch.Tensor,
+        bucket: torch.Tensor,
+        ids: torch.Tensor,
+        capacity: torch.Tensor,
+        has_empty: bool,
+    ) -> None:
+        """The ``first-choices-first`` policy: in each (run, expert) group, assignments in the order
+        (choice column, token). Only groups over the smallest capacity are ordered (one stable sort of
+        their assignments by group, then column; the flat order is token-major, so token order stays)."""
+        e, k = self.num_experts, ids.shape[1]
+        key, group_count, min_cap, _spare = self._risky(run, ids, capacity, has_empty)
+        risky = group_count > min_cap
+        if not bool(risky.any()):
+            return
+        sel = torch.nonzero(risky.index_select(0, key)).squeeze(1)
+        sub_key = key.index_select(0, sel)
+        order = torch.sort(sub_key * k + sel % k, stable=True).indices
+        sorted_key = sub_key.index_select(0, order)
+        sub_count = torch.where(risky, group_count, 0)
+        starts = torch.cumsum(sub_count, 0) - sub_count
+        ranks = torch.arange(sel.numel(), dtype=torch.int64) - starts.index_select(0, sorted_key)
+        token = sel.index_select(0, order) // k
+        self._add_ranked_drops(
+            "first-choices-first", ranks, sorted_key // e, bucket.index_select(0, token), capacity
+        )
 
     def _add_weight_drops(
         self,
@@ -156,7 +246,7 @@ class CapacityStats(RunAccumulator):
         capacity: torch.Tensor,
         has_empty: bool,
     ) -> None:
-        """The ``probs`` policy: each (run, expert) group keeps its C highest-weight assignments.
+        """The ``highest-weight`` policy: each (run, expert) group keeps its C highest-weight assignments.
 
         Only groups over the smallest capacity can drop anything, so just their assignments are ordered
         (by group, then descending weight, then token order). In that order an assignment's rank is its
@@ -164,14 +254,7 @@ class CapacityStats(RunAccumulator):
         slots go to a spare group that is never over capacity, so no assignment array is ever masked.
         """
         e, k = self.num_experts, ids.shape[1]
-        runs = capacity.shape[0]
-        spare = runs * e
-        key = run.unsqueeze(1) * e + ids
-        if has_empty:
-            key = torch.where(ids < 0, spare, key)
-        key = key.reshape(-1)
-        group_count = torch.bincount(key, minlength=spare + 1)
-        min_cap = torch.cat([capacity.min(dim=1).values.repeat_interleave(e), torch.tensor([key.numel()])])
+        key, group_count, min_cap, spare = self._risky(run, ids, capacity, has_empty)
         risky = group_count > min_cap
         if not bool(risky.any()):
             return
@@ -191,7 +274,7 @@ class CapacityStats(RunAccumulator):
         place = starts.index_select(0, groups).index_select(0, of) + ranks
         token = sel.index_select(0, order.index_select(0, place)) // k
         self._add_ranked_drops(
-            "probs", ranks, groups.index_select(0, of) // e, bucket.index_select(0, token), capacity
+            "highest-weight", ranks, groups.index_select(0, of) // e, bucket.index_select(0, token), capacity
         )
 
     def _add_ranked_drops(
@@ -225,7 +308,7 @@ class CapacityStats(RunAccumulator):
         for j in range(capacity.shape[1]):
             c = capacity[:, j].view(runs, 1, 1)
             dropped = (hi - c).clamp_min(0) - (lo - c).clamp_min(0)
-            self.dropped["position"][j] += dropped.sum(dim=(0, 2))
+            self.dropped["token-order"][j] += dropped.sum(dim=(0, 2))
 
     def _merge_sums(self, other: RunAccumulator) -> None:
         assert isinstance(other, CapacityStats)
@@ -238,20 +321,29 @@ class CapacityStats(RunAccumulator):
         done = self.finalized()
         assert isinstance(done, CapacityStats)
         total = int(done.assignments.sum())
+        factors = [str(cf) for cf in self.capacity_factors]
+        # the same for every policy: token order drops exactly sum max(0, c - C) per group
+        overall = {
+            f: (float(done.dropped["token-order"][j].sum()) / total if total else None)
+            for j, f in enumerate(factors)
+        }
         rate: dict[str, dict[str, float | None]] = {}
         by_bucket: dict[str, dict[str, list[float | None]]] = {}
         for policy in POLICIES:
-            usable = total > 0 and (policy == "position" or done.has_weights)
-            rate[policy] = {}
+            usable = total > 0 and (policy != "highest-weight" or done.has_weights)
+            rate[policy] = dict(overall)
             by_bucket[policy] = {}
-            for j, cf in enumerate(self.capacity_factors):
+            for j, f in enumerate(factors):
                 d = done.dropped[policy][j]
-                rate[policy][str(cf)] = float(d.sum()) / total if usable else None
-                by_bucket[policy][str(cf)] = [
+                by_bucket[policy][f] = [
                     (float(d[b]) / float(done.assignments[b]) if usable and done.assignments[b] else None)
                     for b in range(len(POSITION_EDGES))
                 ]
+        for old, new in POLICY_ALIASES.items():
+            rate[old] = rate[new]
+            by_bucket[old] = by_bucket[new]
         return {
+            "drop_rate_total": overall,
             "drop_rate": rate,
             "drop_rate_by_position": {
                 "buckets": bucket_labels(),

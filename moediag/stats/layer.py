@@ -33,6 +33,8 @@ class StatsOptions:
     cold_eps: float = options.default("cold_eps")
     capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
     capacity_group_tokens: int = DEFAULT_GROUP_TOKENS
+    #: capacity floor per expert and group (DeepSpeed's ``min_capacity``); 0 = none
+    min_capacity: int = options.default("min_capacity")
     #: extra path windows ``(first, last)`` of MoE layers, inclusive (the full depth is always computed)
     path_windows: tuple[tuple[int, int], ...] = ()
     path_capacity: int = DEFAULT_CAPACITY
@@ -74,7 +76,13 @@ class LayerStats(Accumulator):
         self.add_child("router", RouterStats(num_experts, k))
         self.add_child(
             "capacity",
-            CapacityStats(num_experts, k, options.capacity_factors, options.capacity_group_tokens),
+            CapacityStats(
+                num_experts,
+                k,
+                options.capacity_factors,
+                options.capacity_group_tokens,
+                options.min_capacity,
+            ),
         )
         self.add_child("seq_aux", SeqAuxStats(num_experts, k))
         self.add_child("consecutive", ConsecutiveStats(num_experts))
@@ -216,10 +224,11 @@ class ModelStats:
                 summary[key] = None
         figures = dict.fromkeys(_IMBALANCE, None) | {
             "aux_loss": "max",
+            "aux_loss_unbiased": "max",
             "seq_aux_loss": "max",
             "z_loss": "max",
         }
-        for key in list(_IMBALANCE) + ["aux_loss", "seq_aux_loss", "z_loss"]:
+        for key in list(_IMBALANCE) + ["aux_loss", "aux_loss_unbiased", "seq_aux_loss", "z_loss"]:
             worst_is = _IMBALANCE[key][1] if key in _IMBALANCE else figures[key]
             vals = [(x[key], x["layer"]) for x in layers if x.get(key) is not None]
             if not vals:

@@ -121,6 +121,10 @@ class RouterStats(Accumulator):
         margins = self.margin_tokens > 0
         return {
             "aux_loss": self.aux_loss(counts),
+            # Megatron's logged load-balancing loss: the loads of a plain top-k of the scores (no selection
+            # bias, no group limits). Every score function orders experts as the logits do, so this is
+            # the softmax top-k that transformers' aux loss counts too
+            "aux_loss_unbiased": self.aux_loss(self.hf_counts),
             "z_loss": self.lse_sq_sum / n if has else None,
             "router_entropy": entropy,
             "router_entropy_norm": entropy / log_e if entropy is not None and log_e else None,

@@ -38,7 +38,18 @@ TOKEN_TENSORS: dict[str, str] = {
 }
 
 #: metadata keys that may be overridden per layer as ``layers.L.<key>``
-LAYER_OVERRIDABLE = ("num_experts", "top_k", "score_function", "norm_topk_prob", "n_group", "topk_group")
+LAYER_OVERRIDABLE = (
+    "num_experts",
+    "top_k",
+    "score_function",
+    "norm_topk_prob",
+    "n_group",
+    "topk_group",
+    "group_score",
+)
+#: how group-limited routing scores a group (moediag.routing.GROUP_SCORES; absent: top2_sum for sigmoid,
+#: max otherwise, what traces before the key meant)
+GROUP_SCORES = ("max", "top2_sum", "topk_sum")
 
 
 @dataclass
@@ -51,6 +62,7 @@ class RoutingSpec:
     norm_topk_prob: bool | None = None
     n_group: int | None = None
     topk_group: int | None = None
+    group_score: str | None = None
 
 
 @dataclass
@@ -83,6 +95,11 @@ def _parse_value(key: str, value: str) -> Any:
         if v in ("false", "0"):
             return False
         raise ValueError(f"metadata {key}={value!r} is not a boolean")
+    if key == "group_score":
+        v = value.strip().lower()
+        if v not in GROUP_SCORES:
+            raise ValueError(f"metadata group_score={value!r} is not one of {', '.join(GROUP_SCORES)}")
+        return v
     if key == "score_function":
         v = value.strip().lower()
         if v not in SCORE_FUNCTIONS:
@@ -128,6 +145,7 @@ def build_metadata(
     norm_topk_prob: bool | None = None,
     n_group: int | None = None,
     topk_group: int | None = None,
+    group_score: str | None = None,
     model: str | None = None,
     domains: list[str] | None = None,
     extra: dict[str, Any] | None = None,
@@ -146,6 +164,10 @@ def build_metadata(
         if score_function not in SCORE_FUNCTIONS:
             raise ValueError(f"score_function must be one of {SCORE_FUNCTIONS}, got {score_function!r}")
         meta["score_function"] = score_function
+    if group_score is not None:
+        if group_score not in GROUP_SCORES:
+            raise ValueError(f"group_score must be one of {GROUP_SCORES}, got {group_score!r}")
+        meta["group_score"] = group_score
     if norm_topk_prob is not None:
         meta["norm_topk_prob"] = "true" if norm_topk_prob else "false"
     if model is not None:

@@ -104,6 +104,9 @@ def test_groups_scaling_and_sources() -> None:
         }
     )
     assert (meg.n_group, meg.topk_group, meg.routed_scaling_factor) == (2, 1, 3.0)
+    # how a group is scored: Megatron-Core's keys mean its group_limited_topk (sum of the top k / groups)
+    assert meg.group_score == "topk_sum" and "moe_router_num_groups" in meg.sources["group_score"]
+    assert cfg.group_score == "top2_sum"  # DeepSeek-V3 (sigmoid)
 
 
 def _moe(raw: dict, n: int, stack: str = "model") -> list[int]:

@@ -70,6 +70,19 @@ def good(make_trace) -> Path:
     return make_trace(tensors=tensors, metadata=trace_metadata(8, 2, "softmax"))
 
 
+def test_min_capacity_floors_every_drop_rate(good: Path) -> None:
+    """--min-capacity N: C = max(ceil(CF k T/E), N); a floor above any expert's load drops nothing."""
+    plain = json.loads(invoke("inspect", good, "--json").stdout)
+    floored = invoke("inspect", good, "--json", "--min-capacity", "100000")
+    assert floored.exit_code == 0, floored.output
+    doc = json.loads(floored.stdout)
+    assert doc["meta"]["options"]["min_capacity"] == 100000 and plain["meta"]["options"]["min_capacity"] == 0
+    assert any(v > 0 for row in plain["layers"] for v in row["drop_rate_total"].values())
+    assert all(v == 0 for row in doc["layers"] for v in row["drop_rate_total"].values())
+    bad = invoke("inspect", good, "--min-capacity", "-1")
+    assert bad.exit_code == 2 and "--min-capacity" in bad.output
+
+
 def test_json_contract(good: Path) -> None:
     r = invoke("inspect", good, "--json", "--chunk-tokens", "17")
     assert r.exit_code == 0, r.output
@@ -79,7 +92,14 @@ def test_json_contract(good: Path) -> None:
     assert [x["layer"] for x in doc["layers"]] == [0, 2, 5]
     for row in doc["layers"]:
         assert set(row) >= LAYER_KEYS, LAYER_KEYS - set(row)
-        assert set(row["drop_rate"]) == {"position", "probs"}
+        assert set(row["drop_rate"]) == {
+            "token-order",
+            "highest-weight",
+            "first-choices-first",
+            "position",
+            "probs",
+        }
+        assert set(row["drop_rate_total"]) == {"1.0", "1.25", "1.5", "2.0"}
         assert set(row["drop_rate"]["position"]) == {"1.0", "1.25", "1.5", "2.0"}
         assert len(row["load"]) == 8 and sum(row["load"]) == 2 * row["tokens"]
         assert "coactivation" not in row and "drop_rate_by_position" not in row

@@ -105,6 +105,34 @@ def test_table_and_placement_out(
     assert doc["layers"][0]["ep"]["balancedness_after"] == 1.0
 
 
+def test_target_balancedness_plans_the_fewest_replicas(
+    case: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--target-balancedness picks R; the same replay with --replicas R gives the same placement, and
+    --replicas R - step (the next smaller count) does not reach the target."""
+    ckpt, trace = case
+    out = tmp_path / "planned.json"
+    args = ["replay", str(ckpt), str(trace), "--json", "--ep-size", "4", "--placement", "balanced"]
+    assert main([*args, "--target-balancedness", "0.99", "--placement-out", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    plan = doc["summary"]["replica_plan"]
+    assert plan["reached"] and plan["target_balancedness"] == 0.99
+    r = plan["replicas"]
+    assert doc["meta"]["settings"]["replicas"] == r and doc["layers"][0]["ep"]["replicas"] == r
+    assert json.loads(out.read_text())["replicas"] == r
+    assert min(x["ep"]["balancedness_after"] for x in doc["layers"]) >= 0.99
+    if r >= 4:
+        assert main([*args, "--replicas", str(r - 4)]) == 0
+        lower = json.loads(capsys.readouterr().out)
+        assert min(x["ep"]["balancedness_after"] for x in lower["layers"]) < 0.99
+    assert main([*args[:-1], "balanced", "--target-balancedness", "0.9"]) == 0
+    capsys.readouterr()
+    for extra in (["--target-balancedness", "1.5"], ["--target-balancedness", "0.9", "--replicas", "4"]):
+        assert main([*args, *extra]) == 2, extra
+        assert capsys.readouterr().err.startswith("moediag: error:")
+    assert main([*args[:-2], "--target-balancedness", "0.9"]) == 2  # contiguous has no replicas
+
+
 def test_hidden_size_mismatch_exits_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -137,3 +165,17 @@ def test_require_match(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["replay", str(ckpt), str(trace)]) == 0
     assert "MISMATCH" in capsys.readouterr().out
     assert main(["replay", str(ckpt), str(trace), "--require-match"]) == 1
+
+
+def test_table_says_the_drop_rate_does_not_depend_on_the_policy(
+    case: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt, trace = case
+    args = ["replay", str(ckpt), str(trace), "--capacity-factor", "1.0", "--min-capacity", "2"]
+    assert main([*args, "--drop-policy", "first-choices-first"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the same under every drop policy" in text and "at least 2 per expert" in text
+    assert "(first-choices-first)" in text
+    assert main([*args, "--drop-policy", "probs", "--json"]) == 0  # the former name still works
+    cap = json.loads(capsys.readouterr().out)["layers"][0]["capacity"]
+    assert cap["drop_policy"] == "highest-weight" and cap["min_capacity"] == 2

@@ -105,13 +105,13 @@ def test_deepseek_v3_groups_bias_and_choice(recorded) -> None:
     trace = open_trace(recorded["deepseek_v3"].path)
     data = _read_all(recorded["deepseek_v3"].path)
     spec = trace.layers[1].spec
-    assert (spec.n_group, spec.topk_group) == (2, 1)
+    assert (spec.n_group, spec.topk_group, spec.group_score) == (2, 1, "top2_sum")
     assert json.loads(trace.meta.raw["routed_scaling_factor"]) == 2.5
     for layer in (1, 2):
         bias = trace.selection_bias(layer)
         assert bias is not None
         assert torch.allclose(bias, torch.linspace(-0.3, 0.3, 8))
-        r = route(data[f"layers.{layer}.router_logits"], spec=spec, bias=bias)
+        r = route(data[f"layers.{layer}.router_logits"], spec=trace.layers[layer].spec, bias=bias)
         assert torch.equal(r.ids.sort(-1).values, data[f"layers.{layer}.topk_ids"].long().sort(-1).values)
 
 

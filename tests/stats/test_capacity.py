@@ -70,12 +70,43 @@ def test_capacity_uses_exact_ceiling() -> None:
     assert stats.compute()["drop_rate"]["position"]["1.25"] == pytest.approx(6 / 16)
 
 
-def test_no_weights_makes_probs_policy_absent() -> None:
+def test_without_weights_the_total_stands_and_the_weight_policy_has_no_positions() -> None:
+    """The total rate does not depend on the policy, so it is known without weights; only where the
+    highest-weight policy drops (its rate per position) needs them."""
     stats = CapacityStats(2, 1)
-    stats.update(batch([[0], [1]], None))
-    rate = stats.compute()["drop_rate"]
-    assert rate["probs"] == dict.fromkeys(map(str, CAPACITY_FACTORS))
-    assert rate["position"]["1.0"] == 0.0
+    stats.update(batch([[0], [0], [0], [1]], None, seq=[0] * 4))
+    out = stats.compute()
+    assert out["drop_rate_total"]["1.0"] == 0.25
+    assert out["drop_rate"]["highest-weight"]["1.0"] == out["drop_rate"]["probs"]["1.0"] == 0.25
+    assert set(out["drop_rate_by_position"]["rate"]["highest-weight"]["1.0"]) == {None}
+    assert out["drop_rate_by_position"]["rate"]["token-order"]["1.0"][0] == 0.25
+
+
+def test_first_choices_first_drops_second_choices_before_later_first_choices() -> None:
+    """E = 2, k = 2, 4 tokens: each expert is chosen by all 4 (twice first, twice second). CF 0.5:
+    C = ceil(0.5 * 2 * 4 / 2) = 2. Token order keeps tokens 0 and 1 of each expert (tokens 2, 3 drop);
+    first-choices-first keeps each expert's two first choices (every second choice drops)."""
+    ids = [[0, 1], [1, 0], [0, 1], [1, 0]]
+    stats = CapacityStats(2, 2, capacity_factors=(0.5,))
+    stats.update(batch(ids, [[0.6, 0.4]] * 4, seq=[0] * 4, positions=[0, 1, 40, 70]))
+    out = stats.compute()
+    assert out["drop_rate_total"] == {"0.5": 0.5}
+    by = out["drop_rate_by_position"]["rate"]
+    assert by["token-order"]["0.5"][:3] == [0.0, 1.0, 1.0]  # tokens 2 and 3 (positions 40, 70) drop
+    # first choices: expert 0 from tokens 0 and 2, expert 1 from tokens 1 and 3: all second choices drop
+    assert by["first-choices-first"]["0.5"][:3] == [0.5, 0.5, 0.5]
+
+
+def test_min_capacity_floors_the_capacity() -> None:
+    """DeepSpeed's min_capacity: 8 tokens, E = 8, k = 1, all on expert 0: C = ceil(8 / 8) = 1 keeps 1;
+    min_capacity 4 keeps 4."""
+    ids = [[0]] * 8
+    plain = CapacityStats(8, 1, capacity_factors=(1.0,))
+    floor = CapacityStats(8, 1, capacity_factors=(1.0,), min_capacity=4)
+    for s in (plain, floor):
+        s.update(batch(ids, [0.5] * 8, seq=[0] * 8))
+    assert plain.compute()["drop_rate_total"]["1.0"] == 7 / 8
+    assert floor.compute()["drop_rate_total"]["1.0"] == 4 / 8
 
 
 def _random_case(rng: np.random.Generator):
@@ -103,7 +134,8 @@ def test_brute_force_reference(seed: int, grouping: str) -> None:
     positions = None
     if grouping == "sequences+positions":
         positions = (rng.integers(0, 3000, size=n)).tolist()
-    stats = CapacityStats(e, k, group_tokens=block)
+    min_capacity = int(rng.integers(0, 6)) if seed % 2 else 0
+    stats = CapacityStats(e, k, group_tokens=block, min_capacity=min_capacity)
     # stream in random chunks
     cuts = sorted(set(rng.integers(0, n, size=int(rng.integers(0, 5))).tolist()) | {0, n})
     for a, b in zip(cuts[:-1], cuts[1:], strict=False):
@@ -120,8 +152,10 @@ def test_brute_force_reference(seed: int, grouping: str) -> None:
     groups = (np.arange(n) // block).tolist() if grouping == "blocks" else seq.tolist()
     for policy in POLICIES:
         for cf in CAPACITY_FACTORS:
-            d, a, d_b, a_b = ref.drops(ids, weights, groups, e, cf, policy, positions)
+            d, a, d_b, a_b = ref.drops(ids, weights, groups, e, cf, policy, positions, min_capacity)
             assert out["drop_rate"][policy][str(cf)] == pytest.approx(d / a, rel=1e-12), (policy, cf)
+            # the total is the same under every policy
+            assert out["drop_rate_total"][str(cf)] == pytest.approx(d / a, rel=1e-12)
             want_b = [db / ab if ab else None for db, ab in zip(d_b, a_b, strict=False)]
             assert out["drop_rate_by_position"]["rate"][policy][str(cf)] == pytest.approx(want_b), (
                 policy,
@@ -157,3 +191,36 @@ def test_order_by_key_then_weight_matches_lexicographic_order(scale: float, seed
     got = _order_by_key_then_weight(torch.from_numpy(key), torch.from_numpy(weights), 6).tolist()
     want = sorted(range(m), key=lambda i: (key[i], -float(weights[i]), i))
     assert got == want
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_first_choices_first_counting_path_matches_reference(seed: int, monkeypatch) -> None:
+    """Long in-order runs take the counting path (no per-assignment ranks), random positions the sorting
+    one; both equal the brute-force reference."""
+    rng = np.random.default_rng(100 + seed)
+    e, k, n = 4, 3, 400
+    skew = rng.dirichlet(np.full(e, 0.7))
+    ids = np.array([rng.choice(e, size=k, replace=False, p=skew) for _ in range(n)], dtype=np.int64)
+    weights = rng.random((n, k))
+    seq = np.repeat([0, 1], n // 2)
+    used: list[str] = []
+    for name in ("_add_choice_counts", "_add_choice_drops"):
+        original = getattr(CapacityStats, name)
+
+        def spy(self, *a, _o=original, _n=name, **kw):  # type: ignore[no-untyped-def]
+            used.append(_n)
+            return _o(self, *a, **kw)
+
+        monkeypatch.setattr(CapacityStats, name, spy)
+    for phase, positions in (("in order", None), ("shuffled", rng.integers(0, 300, size=n).tolist())):
+        used.append(phase)
+        stats = CapacityStats(e, k, capacity_factors=(0.5, 1.0))
+        stats.update(batch(ids, weights, seq, positions))
+        out = stats.compute()
+        for cf in (0.5, 1.0):
+            d, a, d_b, a_b = ref.drops(ids, weights, seq.tolist(), e, cf, "first-choices-first", positions)
+            assert d > 0
+            want = [db / ab if ab else None for db, ab in zip(d_b, a_b, strict=False)]
+            assert out["drop_rate_by_position"]["rate"]["first-choices-first"][str(cf)] == pytest.approx(want)
+    cut = used.index("shuffled")
+    assert set(used[1:cut]) == {"_add_choice_counts"} and set(used[cut + 1 :]) == {"_add_choice_drops"}

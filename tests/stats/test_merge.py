@@ -108,7 +108,8 @@ def _finish(trace, stats: ModelStats) -> dict[str, Any]:
 def test_streaming_equals_one_shot_equals_merge(case: dict[str, Any], data: st.DataObject) -> None:
     from moediag.stats import StatsOptions
 
-    options = StatsOptions(capacity_group_tokens=case["group_tokens"])
+    min_capacity = data.draw(st.sampled_from([0, 0, 3]), label="min_capacity")
+    options = StatsOptions(capacity_group_tokens=case["group_tokens"], min_capacity=min_capacity)
     with tempfile.TemporaryDirectory() as tmp:
         trace = open_trace(_write(Path(tmp), case))
         t = case["t"]

@@ -156,3 +156,24 @@ def test_hf_aux_loss_absent_without_logits(make_trace) -> None:
     for key in ("aux_loss", "z_loss", "router_entropy", "confidence", "margin_mean", "seq_aux_loss"):
         assert row[key] is None, key
     assert row["source"] == "topk_ids"
+
+
+@pytest.mark.parametrize("groups", [None, (4, 2)])
+def test_aux_loss_unbiased_counts_the_plain_top_k(make_trace, groups: tuple[int, int] | None) -> None:
+    """With a selection bias (and group limits), aux_loss counts the routing in effect and
+    aux_loss_unbiased the plain top-k of the scores (Megatron's compute_routing_scores_for_aux_loss)."""
+    e, k, t = 8, 2, 120
+    tensors = random_tensors(3, tokens=t, num_experts=e, top_k=k, layers=(0,), ids=False, skew=1.0)
+    bias = torch.tensor([0.0, 0, 0, 0, 0, 0, 0.3, 0.5])
+    tensors["layers.0.selection_bias"] = bias
+    extra = {} if groups is None else {"n_group": str(groups[0]), "topk_group": str(groups[1])}
+    path = make_trace(tensors=tensors, metadata=trace_metadata(e, k, "sigmoid", **extra))
+    row = analyze_trace(path, chunk_tokens=31).layer(0)
+    z = _np(tensors["layers.0.router_logits"])
+    probs = ref.distribution_ref(z, "sigmoid")
+    n_group, topk_group = groups or (None, None)
+    in_effect = ref.route_ref(z, k, "sigmoid", bias.double().numpy(), n_group, topk_group)
+    plain = ref.route_ref(z, k, "sigmoid")
+    assert row["aux_loss"] == pytest.approx(ref.aux_loss(in_effect, probs, e), rel=1e-6)
+    assert row["aux_loss_unbiased"] == pytest.approx(ref.aux_loss(plain, probs, e), rel=1e-6)
+    assert row["aux_loss"] != pytest.approx(row["aux_loss_unbiased"], rel=1e-3)  # the bias shows

@@ -163,6 +163,17 @@ def test_top_k_and_experts_come_from_tensors_when_metadata_lacks_them(make_trace
     assert trace.layers[0].num_experts == 6 and trace.layers[0].spec.top_k == 3
 
 
+def test_group_score_per_model_and_per_layer(make_trace) -> None:
+    tensors = random_tensors(0, tokens=20, num_experts=8, top_k=2, layers=(0, 1))
+    meta = trace_metadata(8, 2, "softmax", n_group="2", topk_group="1", group_score="topk_sum")
+    meta["layers.1.group_score"] = "max"
+    trace = open_trace(make_trace(tensors=tensors, metadata=meta))
+    assert trace.layers[0].spec.group_score == "topk_sum" and trace.layers[1].spec.group_score == "max"
+    del meta["group_score"], meta["layers.1.group_score"]
+    old = open_trace(make_trace(tensors=tensors, metadata=meta))
+    assert old.layers[0].spec.group_score is None  # routing.default_group_score: today's meaning
+
+
 def test_overrides_replace_metadata_and_layer_overrides(make_trace) -> None:
     tensors = random_tensors(0, tokens=20, num_experts=8, top_k=2, layers=(0, 1))
     meta = trace_metadata(8, 2, "softmax", **{"layers.1.top_k": "3"})
@@ -183,6 +194,7 @@ def test_overrides_replace_metadata_and_layer_overrides(make_trace) -> None:
         (lambda t, m: m.update(top_k="two"), "not an integer"),
         (lambda t, m: m.update(score_function="relu"), "score_function"),
         (lambda t, m: m.update(norm_topk_prob="maybe"), "boolean"),
+        (lambda t, m: m.update(group_score="sum"), "group_score"),
         (lambda t, m: m.update(domains="[1, 2]"), "domains"),
         (lambda t, m: m.update(domains="{"), "domains"),
         (lambda t, m: m.update(num_experts="5"), "num_experts=5"),
