@@ -22,6 +22,7 @@ from moediag import envelope, routing
 from moediag.errors import InvalidInputError
 from moediag.stats import LayerBatch, ModelStats, StatsOptions
 from moediag.trace import Chunk, LayerInfo, RoutingSpec, Trace, open_trace
+from moediag.trace.reader import check_topk_ids
 from moediag.verdict import Verdict, trace_verdict
 
 if TYPE_CHECKING:
@@ -57,24 +58,7 @@ def layer_batch(
         keep &= finite
     if ids is not None:
         ids = ids.to(torch.int64)
-        bad = (ids < -1) | (ids >= e)
-        if bool(bad.any()):
-            row = int(torch.nonzero(bad.any(dim=1))[0])
-            value = int(ids[row][bad[row]][0])
-            raise InvalidInputError(
-                f"layers.{info.layer}.topk_ids: expert id {value} at token {chunk.start + row} is outside "
-                f"0..{e - 1} (num_experts={e})",
-                chunk.trace.file_for(chunk),
-            )
-        if bool(keep.any()) and int(ids.max()) >= 0:
-            dup = ids.sort(dim=1).values
-            repeated = (dup[:, 1:] == dup[:, :-1]) & (dup[:, 1:] >= 0)
-            if bool((repeated.any(dim=1) & keep).any()):
-                row = int(torch.nonzero(repeated.any(dim=1) & keep)[0])
-                raise InvalidInputError(
-                    f"layers.{info.layer}.topk_ids: token {chunk.start + row} lists the same expert twice",
-                    chunk.trace.file_for(chunk),
-                )
+        check_topk_ids(ids, e, keep, info.layer, chunk.start, chunk.trace.file_for(chunk))
     sel_idx = keep if bool((~keep).any()) else None
 
     if sel_idx is not None:
@@ -275,7 +259,7 @@ class TraceAnalysis:
                 row.pop("drop_rate_by_position", None)
             else:
                 s = self.stats.layers[row["layer"]]
-                row["coactivation"] = s.coactivation.pairs.tolist() if not s.count_only else None
+                row["coactivation"] = s.coactivation.to_json() if not s.count_only else None
                 row["step_load"] = s.steps.compute()
                 row["margin_histogram"] = s.router.margin_histogram()
             layers.append(row)

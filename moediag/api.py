@@ -265,15 +265,17 @@ def check(
     workers: int | None = None,
     scheduler: str | None = None,
     progress: Progress | None = None,
+    allow_empty: bool = False,
     **thresholds: Any,
 ) -> CheckReport:
     """Run the routing-health rules on a trace or checkpoint: ``moediag check PATH`` without the output.
 
     ``config``: a TOML file (default: the one found from the working directory); ``thresholds``: any key of
     :data:`moediag.checks.KEYS` (``max_vio=0.5``, ``max_cv="off"``, ``layers="0,3-5"``), as the flags.
-    ``report.exit_code``, ``report.to_dict()`` and ``report.frame()`` give the outcome.
+    ``report.exit_code``, ``report.to_dict()`` and ``report.frame()`` give the outcome. Input with nothing
+    to judge is an :class:`~moediag.errors.InvalidInputError` unless ``allow_empty``.
     """
-    from moediag.checks import KEYS, BaselineMismatchError, ConfigValueError, run_checks
+    from moediag.checks import KEYS, BaselineMismatchError, ConfigValueError, NothingToCheckError, run_checks
     from moediag.config import load_config
 
     unknown = sorted(set(thresholds) - set(KEYS))
@@ -295,7 +297,11 @@ def check(
     )
     doc.setdefault("meta", {})["path"] = str(path)
     try:
-        return run_checks(doc, cfg, base, None if baseline is None else str(baseline))
+        return run_checks(
+            doc, cfg, base, None if baseline is None else str(baseline), allow_empty=allow_empty
+        )
+    except NothingToCheckError as exc:
+        raise InvalidInputError(str(exc), path) from None
     except BaselineMismatchError as exc:
         raise InvalidInputError(f"baseline: {exc}", baseline) from None
     except ConfigValueError as exc:
@@ -323,6 +329,7 @@ def report(
     scheduler: str | None = None,
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
+    allow_empty: bool = False,
 ) -> Path:
     """Write one self-contained HTML report of a trace, a checkpoint, or one of each (``moediag report``).
 
@@ -368,18 +375,23 @@ def report(
         if doc is None:
             doc = checkpoint.to_dict()
     assert doc is not None
-    checks = _configured_checks(doc, config)
+    checks = _configured_checks(doc, config, allow_empty)
     from moediag.render.html import render_report, write_report
 
     return write_report(output, render_report(analysis, checkpoint, checks=checks, title=title))
 
 
-def _configured_checks(doc: Mapping[str, Any], config_file: PathLike | None) -> dict[str, Any] | None:
+def _configured_checks(
+    doc: Mapping[str, Any], config_file: PathLike | None, allow_empty: bool = False
+) -> dict[str, Any] | None:
     """``moediag check`` results when thresholds are configured (a config file found or given), else None."""
-    from moediag.checks import run_checks
+    from moediag.checks import NothingToCheckError, run_checks
     from moediag.config import load_config
 
     config = load_config(config_file)
     if config.file is None:
         return None
-    return run_checks(doc, config).to_dict()
+    try:
+        return run_checks(doc, config, allow_empty=allow_empty).to_dict()
+    except NothingToCheckError as exc:
+        raise InvalidInputError(str(exc), (doc.get("meta") or {}).get("path")) from None

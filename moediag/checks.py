@@ -102,6 +102,10 @@ class Key:
     help: str
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
+    #: an upper bound (a claimed value past it is refused before anything is computed from it)
+    maximum: float | None = None
+    #: ``minimum`` itself is refused (a capacity factor of 0 drops everything)
+    exclusive: bool = False
     #: a rule's threshold: may be ``off`` (``false`` in TOML) to disable the rule
     is_threshold: bool = False
 
@@ -430,8 +434,10 @@ OPTIONS: tuple[Key, ...] = (
         "capacity_factor",
         "float",
         options.default("capacity_factor"),
-        "Capacity factor at which max_drop_rate is measured.",
+        "Capacity factor at which max_drop_rate is measured (0 < factor <= 1000).",
         minimum=0,
+        maximum=1000,
+        exclusive=True,
     ),
     Key(
         "drop_policy",
@@ -482,11 +488,15 @@ OPTIONS: tuple[Key, ...] = (
 KEYS: dict[str, Key] = {k.name: k for k in [r.key for r in RULES] + list(OPTIONS)}
 
 
+#: the largest layer index a selector may name (trace layer names have at most four digits)
+MAX_LAYER = 9999
+
+
 class ConfigValueError(ValueError):
     """A value that doesn't fit its key; the caller names the file or flag."""
 
 
-_LAYERS_RE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+_LAYERS_RE = re.compile(r"^\s*([0-9]{1,9})\s*(?:-\s*([0-9]{1,9})\s*)?$")
 
 
 def parse_layers(spec: str | Iterable[int]) -> tuple[int, ...]:
@@ -501,11 +511,17 @@ def parse_layers(spec: str | Iterable[int]) -> tuple[int, ...]:
             hi = int(m.group(2)) if m.group(2) is not None else lo
             if hi < lo:
                 raise ConfigValueError(f"layer selector {spec!r}: range {lo}-{hi} runs backwards")
+            if hi > MAX_LAYER:
+                raise ConfigValueError(
+                    f"layer selector {spec!r}: layer {hi} is past the limit of {MAX_LAYER}"
+                )
             out.update(range(lo, hi + 1))
         return tuple(sorted(out))
     values = list(spec)
     if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in values):
         raise ConfigValueError("expected a list of non-negative layer numbers or a string like '0,3-5'")
+    if any(x > MAX_LAYER for x in values):
+        raise ConfigValueError(f"layer {max(values)} is past the limit of {MAX_LAYER}")
     return tuple(sorted(set(values)))
 
 
@@ -555,8 +571,10 @@ def coerce(key: Key, value: Any) -> Any:
         number = float(number)
     if not math.isfinite(number):
         raise ConfigValueError(f"expected a finite number, got {value!r}")
-    if key.minimum is not None and number < key.minimum:
-        raise ConfigValueError(f"must be >= {key.minimum:g}, got {value!r}")
+    if key.minimum is not None and (number <= key.minimum if key.exclusive else number < key.minimum):
+        raise ConfigValueError(f"must be {'>' if key.exclusive else '>='} {key.minimum:g}, got {value!r}")
+    if key.maximum is not None and number > key.maximum:
+        raise ConfigValueError(f"must be <= {key.maximum:g}, got {value!r}")
     return number
 
 
@@ -808,6 +826,23 @@ def input_kind(doc: Mapping[str, Any]) -> str:
     return str((doc.get("meta") or {}).get("kind") or "trace")
 
 
+def nothing_to_judge(doc: Mapping[str, Any]) -> str | None:
+    """Why an ``inspect --json`` document gives the rules nothing to judge (no MoE layer, no routed token),
+    or None. The gate fails closed on such input unless ``allow_empty`` (docs/checks.md)."""
+    rows = [r for r in doc.get("layers") or [] if not r.get("mtp")]
+    if not rows:
+        if input_kind(doc) == "checkpoint":
+            return "no MoE layer found (a dense model, or not a checkpoint or trace moediag recognises)"
+        return "the input has no MoE layer"
+    if input_kind(doc) == "trace" and not any((r.get("assignments") or 0) > 0 for r in rows):
+        return "no routed tokens (every token is masked, excluded or empty)"
+    return None
+
+
+class NothingToCheckError(ValueError):
+    """The input has nothing the rules could judge; the caller names the file (exit 2)."""
+
+
 def selected_layers(doc: Mapping[str, Any], config: CheckConfig) -> list[Mapping[str, Any]]:
     """The rows of the layers the config selects; raises ConfigValueError for a layer the input lacks."""
     rows = [r for r in doc.get("layers") or [] if not r.get("mtp")]
@@ -902,14 +937,22 @@ def run_checks(
     config: CheckConfig | None = None,
     baseline: Mapping[str, Any] | None = None,
     baseline_name: str | None = None,
+    *,
+    allow_empty: bool = False,
 ) -> CheckReport:
     """Evaluate every enabled rule on an ``inspect --json`` document (and against a baseline's figures).
+
+    Fails closed: input with nothing to judge (:func:`nothing_to_judge`) raises
+    :class:`NothingToCheckError` unless ``allow_empty``, so a gate pointed at the wrong file never passes.
 
     A rule is *disabled* when its threshold is off. A rule enabled only by default whose input kind does
     not match (redundant pairs on a trace) is *not applicable* and left out; set explicitly, it runs and
     is skipped with the reason. ``baseline`` is the dict :func:`baseline_figures` returns.
     """
     config = config or CheckConfig()
+    empty = nothing_to_judge(doc)
+    if empty is not None and not allow_empty:
+        raise NothingToCheckError(f"nothing was checked: {empty} (pass --allow-empty to let that pass)")
     kind = input_kind(doc)
     rows = selected_layers(doc, config)
     scope: Scope = config["scope"]
@@ -999,18 +1042,54 @@ def baseline_figures(doc: Mapping[str, Any], config: CheckConfig) -> dict[str, A
         figures = doc.get("figures")
         if not isinstance(figures, Mapping) or "model" not in figures or "layers" not in figures:
             raise ConfigValueError("check document without 'figures'")
+        _check_figures(figures)
         return dict(figures) | {"kind": input_kind(doc)}
     if "layers" not in doc:
         raise ConfigValueError("neither a 'check --format json' nor an 'inspect --json' document")
+    layers = doc.get("layers") or []
+    if not isinstance(layers, list) or not all(isinstance(r, Mapping) and "layer" in r for r in layers):
+        raise ConfigValueError("'layers' is not a list of per-layer rows of an 'inspect --json' document")
     everything = CheckConfig(values=dict(config.values) | {"layers": None}, sources=dict(config.sources))
-    rows = list(doc.get("layers") or [])
+    rows = list(layers)
     result: dict[str, Any] = {"model": {}, "layers": {}, "kind": input_kind(doc)}
-    for rule in RULES:
-        per_layer, model = rule_figures(rule, doc, rows, everything)
-        result["model"][rule.name] = model[0]
-        for layer, (value, _) in per_layer.items():
-            result["layers"].setdefault(str(layer), {})[rule.name] = value
+    try:
+        for rule in RULES:
+            per_layer, model = rule_figures(rule, doc, rows, everything)
+            result["model"][rule.name] = model[0]
+            for layer, (value, _) in per_layer.items():
+                result["layers"].setdefault(str(layer), {})[rule.name] = value
+        _check_figures(result)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        if isinstance(exc, ConfigValueError):
+            raise
+        raise ConfigValueError(
+            f"figures of an unexpected type in the document ({type(exc).__name__})"
+        ) from None
     return result
+
+
+def _check_figures(figures: Mapping[str, Any]) -> None:
+    """A baseline's figures: ``model`` maps rule names to numbers or null, ``layers`` maps layer numbers
+    to such maps (a document of another shape is refused rather than compared)."""
+
+    def numbers(table: Any, where: str) -> None:
+        if not isinstance(table, Mapping):
+            raise ConfigValueError(f"figures: {where} is not an object")
+        for name, value in table.items():
+            ok = value is None or (
+                isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            )
+            if not ok:
+                raise ConfigValueError(f"figures: {where}.{name} is not a finite number or null")
+
+    numbers(figures.get("model"), "model")
+    layers = figures.get("layers")
+    if not isinstance(layers, Mapping):
+        raise ConfigValueError("figures: layers is not an object")
+    for layer, table in layers.items():
+        if not str(layer).isdigit() or not str(layer).isascii():
+            raise ConfigValueError(f"figures: layer {str(layer)[:20]!r} is not a layer number")
+        numbers(table, f"layers.{layer}")
 
 
 class BaselineMismatchError(ConfigValueError):

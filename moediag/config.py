@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from moediag.checks import KEYS, CheckConfig, ConfigValueError
-from moediag.errors import ConfigError, UsageError
+from moediag.errors import ConfigError, InvalidInputError, UsageError
+from moediag.io.paths import CONFIG_MAX_BYTES, read_capped
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,18 +34,44 @@ else:  # pragma: no cover - Python 3.10
 SECTION = "[tool.moediag.check]"
 
 
+#: nesting deeper than this is refused (the check table is two levels below the root)
+MAX_TOML_DEPTH = 32
+
+
+def _depth_ok(doc: Any, limit: int) -> bool:
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return True
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    """A regular file of at most CONFIG_MAX_BYTES, parsed as TOML (FIFOs and devices refused unopened)."""
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError("config file not found", path)
+    if path.is_dir():
+        raise ConfigError("config file is a directory", path)
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError("config file not found", path) from None
-    except IsADirectoryError:
-        raise ConfigError("config file is a directory", path) from None
+        data = read_capped(path, CONFIG_MAX_BYTES, "config file")
+    except InvalidInputError as exc:
+        raise ConfigError(exc.message, path) from None
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path) from None
     except UnicodeDecodeError:
         raise ConfigError("not valid TOML: not UTF-8 text", path) from None
+    except RecursionError:
+        raise ConfigError(f"not valid TOML: nested deeper than {MAX_TOML_DEPTH} levels", path) from None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise ConfigError(f"not valid TOML: {exc}", path) from None
+    if not _depth_ok(doc, MAX_TOML_DEPTH):
+        raise ConfigError(f"not valid TOML: nested deeper than {MAX_TOML_DEPTH} levels", path)
+    return doc
 
 
 def _tool_table(doc: Mapping[str, Any]) -> Any:

@@ -14,7 +14,6 @@ that leave it readable (a tensor in a shard that the index does not list) become
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from typing import Any
 import torch
 
 from moediag.errors import InvalidInputError, UnsupportedLayoutError
+from moediag.io import strict_json
+from moediag.io.paths import SIDECAR_MAX_BYTES, confined
 from moediag.io.safetensors_file import SafetensorsFile, TensorInfo, looks_like_safetensors
 
 __all__ = ["Inventory", "TensorRef", "is_checkpoint", "open_inventory"]
@@ -155,8 +156,8 @@ def is_checkpoint(path: Path) -> bool:
         return False
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = strict_json.load_file(path, limit=SIDECAR_MAX_BYTES, what="index")
+        except InvalidInputError:
             return path.name.endswith(".safetensors.index.json")
         return isinstance(data, dict) and "weight_map" in data
     if path.is_file() and looks_like_safetensors(path):
@@ -171,26 +172,15 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def _load_config(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"config is not valid JSON ({exc})", path) from None
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read config ({exc.strerror or exc})", path) from None
+    # regular file, size cap, depth and number syntax (NaN, 1e999, 5000 digits): moediag.io.strict_json
+    data = strict_json.load_file(path, limit=SIDECAR_MAX_BYTES, what="config")
     if not isinstance(data, dict):
         raise InvalidInputError("config is not a JSON object", path)
     return data
 
 
 def _load_index(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"index is not valid JSON ({exc})", path) from None
-    except FileNotFoundError:
-        raise InvalidInputError("no such file", path) from None
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read index ({exc.strerror or exc})", path) from None
+    data = strict_json.load_file(path, limit=SIDECAR_MAX_BYTES, what="index")
     wm = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
         raise InvalidInputError('not a safetensors index: expected a "weight_map" of tensor -> file', path)
@@ -265,7 +255,12 @@ def open_inventory(path: str | os.PathLike[str]) -> Inventory:
         for name, fname in weight_map.items():
             by_file.setdefault(fname, []).append(name)
         for fname in sorted(by_file):
-            fpath = index_path.parent / fname
+            # a shard name must stay inside the index's folder (no ../x, no /etc/passwd, no symlink out)
+            fpath = confined(index_path.parent, fname, index_path)
+            if fpath.exists() and not fpath.is_file():
+                raise InvalidInputError(
+                    f"shard {fname!r} named in the index is not a regular file", index_path
+                )
             if not fpath.is_file():
                 raise InvalidInputError(
                     f"shard {fname!r} named in the index is missing ({len(by_file[fname])} tensors); "

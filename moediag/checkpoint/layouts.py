@@ -26,6 +26,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from moediag.errors import InvalidInputError
+
 if TYPE_CHECKING:
     from moediag.checkpoint.config import NormalisedConfig
     from moediag.checkpoint.inventory import Inventory, TensorRef
@@ -633,7 +635,15 @@ def _matrices(
         for key, p in sorted(keys.items()):
             names = {j: g.per_expert[j][p] for j in ids if p in g.per_expert[j]}
             if len(names) != len(ids):
-                warnings.append(f"{label}: projection {key!r} is missing for {len(ids) - len(names)} experts")
+                # an incomplete checkpoint (a tensor lost in a download or a bad conversion): one line, exit 2
+                missing = [j for j in ids if j not in names]
+                some = tensors[next(iter(names.values()))]
+                raise InvalidInputError(
+                    f"{label}: {len(missing)} of {len(ids)} experts have no {key!r} tensor (e.g. expert "
+                    f"{missing[0]}; expert {next(iter(names))} has {next(iter(names.values()))!r}); the "
+                    "checkpoint is incomplete",
+                    some.file.path,
+                )
             if len(tensors[next(iter(names.values()))].shape) < 2:
                 continue
             first = next(iter(names.values()))

@@ -42,9 +42,21 @@ class MoediagGroup(TyperGroup):
             raise typer.Exit(int(ExitCode.INVALID_INPUT)) from None
         except (typer.Exit, typer.Abort, TyperException):
             raise
-        except KeyboardInterrupt:
-            echo_err("moediag: interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            # SIGTERM and SIGHUP arrive here too (see main): the same cleanup as Ctrl-C has run on the way
+            signum = getattr(exc, "signum", signal.SIGINT)
+            echo_err(
+                "moediag: interrupted" if signum == signal.SIGINT else f"moediag: terminated ({signum.name})"
+            )
+            raise typer.Exit(128 + int(signum)) from None
+        except OSError as exc:
+            # an I/O failure no reader or writer turned into a MoediagError (EIO, ELOOP, ...): still one line
+            if is_debug():
+                traceback.print_exc()
+            reason = (exc.strerror or type(exc).__name__).lower()
+            where = f"{exc.filename}: " if exc.filename else ""
+            echo_err(f"moediag: error: {where}{reason}")
+            raise typer.Exit(int(ExitCode.INVALID_INPUT)) from None
         except Exception as exc:  # pragma: no cover - exercised through the --debug test
             if is_debug():
                 traceback.print_exc()
@@ -89,8 +101,30 @@ def finish(code: int | ExitCode) -> None:
         raise typer.Exit(int(code))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so every ``finally``/``except BaseException`` cleanup (temp
+    files and folders beside an output) runs before the process exits with 128 + the signal number."""
+
+    def __init__(self, signum: signal.Signals) -> None:
+        super().__init__(signum.name)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(signal.Signals(signum))
+
+
+def install_signal_cleanup() -> None:
+    """SIGTERM and SIGHUP clean up like SIGINT (main thread only; a library caller keeps its handlers)."""
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _terminate)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
+    install_signal_cleanup()
     if hasattr(signal, "SIGPIPE"):
         # `moediag inspect ... | head` : end quietly like other Unix tools when the reader goes away
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -99,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()  # reuse freed chunk buffers instead of faulting them in again (moediag/memory.py)
     try:
         app(args=argv, prog_name="moediag")
+    except KeyboardInterrupt as exc:  # a signal before or after a command ran (inside one: MoediagGroup)
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 2)

@@ -22,6 +22,7 @@ from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar, stdout_console
 from moediag.errors import UsageError
 from moediag.io import atomic
+from moediag.io.paths import FORCE_HELP, check_output
 from moediag.render.check_formats import OutputFormat, render
 
 
@@ -37,6 +38,7 @@ def run_check(
     chunk_tokens: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    allow_empty: bool = False,
 ) -> CheckReport:
     """:func:`moediag.check` with the CLI's progress bar (what the command does, minus output)."""
     from moediag.api import check
@@ -52,6 +54,7 @@ def run_check(
         workers=workers,
         scheduler=scheduler,
         progress=progress_bar,
+        allow_empty=allow_empty,
         **(flags or {}),
     )
 
@@ -77,6 +80,11 @@ def check_cmd(**kwargs: Any) -> None:
             raise UsageError(f"--json and --format {fmt.value} ask for two formats; give one")
         fmt = OutputFormat.JSON
     output: Path | None = kwargs.pop("output")
+    force: bool = kwargs.pop("force")
+    allow_empty: bool = kwargs.pop("allow_empty")
+    if output is not None:
+        extra = [p for p in (kwargs.get("config"), kwargs.get("baseline")) if p is not None]
+        check_output(output, [path, *extra], force=force)
     if (chunk_tokens := kwargs.get("chunk_tokens")) is not None and chunk_tokens < 1:
         raise UsageError("--chunk-tokens must be positive")
     report = run_check(
@@ -89,6 +97,7 @@ def check_cmd(**kwargs: Any) -> None:
         chunk_tokens=kwargs.pop("chunk_tokens"),
         workers=kwargs.pop("workers"),
         scheduler=kwargs.pop("scheduler"),
+        allow_empty=allow_empty,
         flags={name: kwargs.pop(name) for name in KEYS},
     )
     if fmt is OutputFormat.TABLE and output is None:
@@ -161,6 +170,17 @@ def _parameters() -> list[_inspect.Parameter]:
                 "--output",
                 "-o",
                 help="Write the report here (atomically; not written when the input or config is unusable).",
+            ),
+        ),
+        param("force", bool, typer.Option(False, "--force", help=FORCE_HELP)),
+        param(
+            "allow_empty",
+            bool,
+            typer.Option(
+                False,
+                "--allow-empty",
+                help="Pass (exit 0) when there is nothing to judge (no MoE layer, no routed token, a "
+                "dense checkpoint) instead of exit 2 (for pipelines that mix dense and sparse models).",
             ),
         ),
         param(

@@ -9,6 +9,7 @@ import typer
 from moediag.cli.app import app, echo_err
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, print_json, stdout_console
 from moediag.errors import UsageError
+from moediag.io.paths import FORCE_HELP, check_output
 
 
 @app.command("compare")
@@ -39,6 +40,7 @@ def compare_cmd(
         help="Checkpoints: give twice, A's then B's trace on the same evaluation tokens (tokens.loss, "
         "tokens.correct, tokens.domain), for quality per compute.",
     ),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Router saturation, load shift and accuracy shift between two traces; between two checkpoints
     (dense or MoE, either order): parameters, FLOPs a token, weight bytes, the fair framing, quality per
@@ -58,6 +60,8 @@ def compare_cmd(
     if trace is not None and len(trace) != 2:
         raise UsageError(f"--trace is given twice (A's trace, then B's); got {len(trace)}")
     eval_traces = (trace[0], trace[1]) if trace else None
+    if html is not None:
+        check_output(html, [a, b, *(trace or [])], force=force, flag="--html")
     result = compare(
         a,
         b,

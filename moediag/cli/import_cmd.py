@@ -7,6 +7,7 @@ import typer
 from moediag.cli.app import app, echo_err
 from moediag.errors import UsageError
 from moediag.importers import ImportFormat, import_routing, parse_format
+from moediag.io.paths import FORCE_HELP
 
 _FORMATS = ", ".join(f.value for f in ImportFormat)
 
@@ -15,9 +16,14 @@ def _parse_layers(value: str | None) -> list[int] | None:
     if value is None:
         return None
     try:
-        return [int(x) for x in value.replace(" ", "").split(",") if x]
+        ids = [int(x) for x in value.replace(" ", "").split(",") if x]
     except ValueError:
         raise UsageError(f"--layers takes comma-separated layer indices, got {value!r}") from None
+    from moediag.checks import MAX_LAYER
+
+    if any(not 0 <= x <= MAX_LAYER for x in ids):
+        raise UsageError(f"--layers: layer indices must be in 0..{MAX_LAYER}")
+    return ids
 
 
 @app.command("import")
@@ -41,6 +47,7 @@ def import_command(
         "--score-function",
         help="softmax, sigmoid or topk_softmax, when the source has logits but not this.",
     ),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     layers: str | None = typer.Option(
         None, "--layers", help="Model layer index of each MoE layer, in source order (hf, vllm), e.g. 1,3,5."
     ),
@@ -59,6 +66,7 @@ def import_command(
         top_k=top_k,
         score_function=score_function,
         layer_ids=_parse_layers(layers),
+        force=force,
     )
     what = f"{result.num_tokens} tokens" if result.per_token else f"{result.num_steps} steps of counts"
     echo_err(

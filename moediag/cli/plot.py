@@ -9,6 +9,7 @@ import typer
 from moediag.cli.app import app, echo_err
 from moediag.cli.common import progress_bar
 from moediag.errors import UsageError
+from moediag.io.paths import FORCE_HELP, check_output
 from moediag.render.plots import DESCRIPTIONS, SUFFIXES, PlotKind
 
 _KINDS_HELP = "; ".join(f"{k.value}: {DESCRIPTIONS[k]}" for k in PlotKind)
@@ -30,6 +31,7 @@ def plot_cmd(
         None, "--score-function", help="softmax | sigmoid | topk_softmax, if the trace lacks it."
     ),
     dpi: int = typer.Option(110, "--dpi", help="PNG resolution (dots per inch)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Draw one figure of a trace as PNG or SVG (written atomically; nothing is left on failure).
 
@@ -45,6 +47,7 @@ def plot_cmd(
         raise UsageError(f"-o {output}: the file must end in .png or .svg")
     if dpi < 10:
         raise UsageError("--dpi must be at least 10")
+    check_output(output, [path], force=force)
     if detect_kind(path) != "trace":
         raise UsageError(
             f"{path}: plot draws traces; for a checkpoint use 'moediag report {path} -o FILE.html'"

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from moediag.cli.app import app, echo_err
+from moediag.io.paths import FORCE_HELP
 
 
 def _progress() -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
@@ -74,13 +75,16 @@ def record_command(
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="Run modelling code from the model folder (local files only)."
     ),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Run a transformers causal LM over text and record its routing into a v1 trace.
 
     Example: moediag record ./tiny-mixtral --text prose.txt --text code.py -o trace/ --max-tokens 20000
     """
+    from moediag.io.paths import check_output
     from moediag.record import record
 
+    check_output(output, [model_dir, *text], force=force, folder=True)
     update, stop = _progress()
     try:
         result = record(

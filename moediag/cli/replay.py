@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -93,6 +94,13 @@ def replay_cmd(
         raise UsageError("--no-bias and --bias exclude each other")
     if placement_out is not None and ep_size is None:
         raise UsageError("--placement-out needs --ep-size")
+    if placement_out is not None:
+        from moediag.io.paths import check_output
+
+        inputs: list[str | os.PathLike[str]] = [checkpoint, trace]
+        inputs += [placement] if os.path.exists(placement) else []
+        inputs += [bias_file] if bias_file else []
+        check_output(placement_out, inputs, flag="--placement-out")
     bias = None if no_bias else (load_bias_file(bias_file) if bias_file is not None else "checkpoint")
     tr = open_trace(trace)
     with progress_bar("replaying", tr.num_tokens) as advance:

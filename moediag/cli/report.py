@@ -17,6 +17,7 @@ from moediag.cli.common import (
     require_positive,
 )
 from moediag.errors import UsageError
+from moediag.io.paths import FORCE_HELP, check_output
 from moediag.options import BY_NAME, default
 
 
@@ -58,6 +59,13 @@ def report_cmd(
     ),
     workers: int | None = typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP),
     scheduler: str | None = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    allow_empty: bool = typer.Option(
+        False,
+        "--allow-empty",
+        help="With check thresholds: a verdict of pass when there is nothing to judge (no MoE layer, "
+        "no routed token) instead of exit 2.",
+    ),
 ) -> None:
     """Write one self-contained HTML report: verdict, overview, per-layer table and figures.
 
@@ -71,6 +79,7 @@ def report_cmd(
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group)
     if min_capacity < 0:
         raise UsageError("--min-capacity must be 0 or more")
+    check_output(output, [*paths, *([config] if config else [])], force=force)
     layers: list[int] = []
     traces = [p for p in paths if path_window and detect_kind(p) == "trace"]
     if traces:  # --path-window is checked against the trace's layers
@@ -90,6 +99,7 @@ def report_cmd(
         scheduler=scheduler,
         progress=progress_bar,
         warn=echo_err,
+        allow_empty=allow_empty,
         **explicit(
             ctx, cold_eps=cold_eps, capacity_group=capacity_group, min_capacity=min_capacity, weights=weights
         ),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from moediag.errors import UsageError
 from moediag.importers.formats import ImportFormat
+from moediag.io.paths import check_output
 
 if TYPE_CHECKING:
     from moediag.importers.base import ImportOptions, ImportResult
@@ -55,6 +56,7 @@ def import_routing(
     score_function: str | None = None,
     layer_ids: list[int] | None = None,
     shard_tokens: int = 65_536,
+    force: bool = False,
 ) -> ImportResult:
     """Convert ``src`` (a file, a folder, a glob, or a list of them) of ``format`` into a trace at ``out``.
 
@@ -75,8 +77,14 @@ def import_routing(
     srcs = src if isinstance(src, list) else [src]
     sources = [p for s in srcs for p in expand_source(s)]
     target = Path(os.fspath(out))
-    if any(target.resolve() == p.resolve() for p in sources):
-        raise UsageError(f"output {target} is also an input")
+    # never onto a source (nor a file in a source folder, which the importer reads), never a folder holding
+    # one, never over a folder moediag did not write
+    inputs: list[str | os.PathLike[str]] = [*sources, *(os.fspath(s) for s in srcs)]
+    for p in sources:
+        if p.is_dir():
+            inputs += [c for c in p.iterdir() if c.is_file()]
+            inputs += [g for c in p.iterdir() if c.is_dir() for g in c.iterdir() if g.is_file()]
+    check_output(target, inputs, force=force, folder=target.suffix != ".safetensors")
     return IMPORTERS[fmt](sources, target, options)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from moediag.errors import InvalidInputError, MissingMetadataError, UsageError
+from moediag.io.paths import require_regular
 from moediag.trace.schema import SCORE_FUNCTIONS, build_metadata
 from moediag.trace.writer import TraceWriter, write_trace
 
@@ -82,6 +83,8 @@ class ImportResult:
 
 def torch_load(path: Path) -> Any:
     """``torch.load`` with ``weights_only=True`` only; any failure becomes one line naming the file."""
+    if path.exists() and not path.is_dir():
+        require_regular(path, "torch.save file")  # a FIFO would block torch.load forever
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -102,6 +105,22 @@ def torch_load(path: Path) -> Any:
         ) from None
 
 
+def int_tensor(obj: Any, path: Path, what: str) -> torch.Tensor:
+    """An int64 tensor from nested lists of integers; floats, booleans and strings are refused (one line
+    naming ``path``), never truncated into expert ids."""
+    try:
+        t = torch.tensor(obj)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise InvalidInputError(f"{what} is not a list of integers", path) from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise InvalidInputError(
+            f"{what} holds {'booleans' if t.dtype == torch.bool else 'fractional numbers'}, "
+            "expected integers",
+            path,
+        )
+    return t.to(torch.int64)
+
+
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -110,6 +129,8 @@ def expand_source(src: str | os.PathLike[str]) -> list[Path]:
     s = os.fspath(src)
     p = Path(s)
     if p.exists():
+        if not p.is_dir():
+            require_regular(p)  # FIFOs and devices are refused before anything opens them
         return [p]
     if _GLOB_CHARS.search(s):
         matches = sorted(Path(m) for m in glob.glob(s))
@@ -244,7 +265,9 @@ class TraceSink:
         """Fix the metadata before streaming tokens (needed for folder output)."""
         self._metadata = dict(metadata)
         if not self.single_file and self._writer is None:
-            self._writer = TraceWriter(self.path, self._metadata, shard_tokens=self.shard_tokens)
+            self._writer = TraceWriter(
+                self.path, self._metadata, shard_tokens=self.shard_tokens, validate=True
+            )
 
     def add(self, tensors: Mapping[str, torch.Tensor]) -> None:
         n = next(iter(tensors.values())).shape[0]
@@ -272,10 +295,12 @@ class TraceSink:
         if self.single_file:
             tensors = {k: torch.cat(v) for k, v in self._batches.items()}
             tensors.update(self._constants)
-            write_trace(self.path, tensors, self._metadata)
+            write_trace(self.path, tensors, self._metadata, validate=True)
         else:
             if self._writer is None:
-                self._writer = TraceWriter(self.path, self._metadata, shard_tokens=self.shard_tokens)
+                self._writer = TraceWriter(
+                    self.path, self._metadata, shard_tokens=self.shard_tokens, validate=True
+                )
                 for k, v in self._constants.items():
                     self._writer.set_constant(k, v)
                 if self._batches:

@@ -20,8 +20,8 @@ are summed.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,30 +36,35 @@ from moediag.importers.base import (
     check_ids,
     finish_per_token,
     import_counts,
+    int_tensor,
     natural_key,
     rank_of,
     torch_load,
     trace_metadata,
 )
+from moediag.io import strict_json
+from moediag.io.paths import confined, open_regular
 
 _TRACE = "router_trace_rank"
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below
+        fh = os.fdopen(open_regular(path, "JSONL file"), "rb")
     except OSError as exc:
         raise InvalidInputError(f"cannot read ({exc.strerror})", path) from None
     with fh:
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInputError(f"line {lineno}: not UTF-8 text", path) from None
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"line {lineno}: not valid JSON ({exc.msg})", path) from None
-            except UnicodeDecodeError:
-                raise InvalidInputError(f"line {lineno}: not UTF-8 text", path) from None
+                obj = strict_json.loads(line)
+            except strict_json.StrictJSONError as exc:
+                raise InvalidInputError(f"line {lineno}: {exc}", path) from None
             if not isinstance(obj, dict):
                 raise InvalidInputError(f"line {lineno}: expected a JSON object", path)
             yield lineno, obj
@@ -104,6 +109,7 @@ class _Sidecar:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh: BinaryIO | None = None
+        self._size = 0
 
     def read(self, offset: int, nbytes: int, shape: list[int], context: str) -> torch.Tensor:
         if (
@@ -114,13 +120,21 @@ class _Sidecar:
             raise InvalidInputError(f"{context}: shape {shape!r} is not [tokens, width]", self.path)
         if nbytes != math.prod(shape) * 2:
             raise InvalidInputError(f"{context}: {nbytes} bytes cannot hold bfloat16 {shape}", self.path)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise InvalidInputError(f"{context}: offset {offset!r} is not a non-negative integer", self.path)
         if self._fh is None:
-            try:
-                self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open across reads; close()
-            except FileNotFoundError:
-                raise InvalidInputError(
-                    f"sidecar file referenced by {context} is missing", self.path
-                ) from None
+            if not self.path.exists():
+                raise InvalidInputError(f"sidecar file referenced by {context} is missing", self.path)
+            # a regular file (no FIFO) that stays inside the trace's folder (no symlink out)
+            confined(self.path.parent, self.path.name, self.path)
+            self._fh = os.fdopen(open_regular(self.path, "sidecar file"), "rb")
+            self._size = os.fstat(self._fh.fileno()).st_size
+        if offset + nbytes > self._size:
+            raise InvalidInputError(
+                f"{context}: truncated sidecar (wanted {nbytes} bytes at offset {offset}, the file has "
+                f"{self._size})",
+                self.path,
+            )
         self._fh.seek(offset)
         data = self._fh.read(nbytes)
         if len(data) != nbytes:
@@ -301,9 +315,12 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                                     f"step {step}",
                                     path,
                                 )
+                            if "top_indices" not in rec:
+                                raise InvalidInputError(f"{where}: no top_indices", path)
+                            ids = int_tensor(rec["top_indices"], path, f"{where}: top_indices")
                             try:
-                                ids = torch.tensor(rec["top_indices"], dtype=torch.int64).reshape(-1, k)
-                            except (KeyError, TypeError, ValueError, RuntimeError):
+                                ids = ids.reshape(-1, k)
+                            except RuntimeError:
                                 raise InvalidInputError(
                                     f"{where}: top_indices is not a [tokens, topk] list", path
                                 ) from None
@@ -390,10 +407,9 @@ def _import_tpe(files: list[Path], out: Path, options: ImportOptions) -> ImportR
                 continue
             it = _int(rec, "iter", path, lineno)
             layer = _int(rec, "layer", path, lineno)
-            try:
-                rows = torch.tensor(rec["tpe"], dtype=torch.int64)
-            except (KeyError, TypeError, ValueError, RuntimeError):
-                raise InvalidInputError(f"line {lineno}: tpe is not a list of count lists", path) from None
+            if "tpe" not in rec:
+                raise InvalidInputError(f"line {lineno}: tpe is not a list of count lists", path)
+            rows = int_tensor(rec["tpe"], path, f"line {lineno}: tpe")
             if rows.dim() == 1:
                 rows = rows[None]
             if rows.dim() != 2:

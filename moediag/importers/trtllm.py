@@ -11,7 +11,6 @@ TensorRT-LLM's layer index. Other files in the folder (``cooccurrence_rank*``,
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -25,7 +24,10 @@ from moediag.importers.base import (
     natural_key,
     rank_of,
 )
+from moediag.io import strict_json
+from moediag.io.paths import SIDECAR_MAX_BYTES
 from moediag.io.safetensors_file import SafetensorsFile
+from moediag.trace.schema import MAX_EXPERTS
 
 _RANK_FILE = re.compile(r"rank(\d+)\.safetensors")
 _KEY = re.compile(r"(\d+)_(\d+)")
@@ -49,16 +51,17 @@ def _rank_files(sources: list[Path]) -> tuple[list[Path], Path | None]:
 
 
 def _read_meta(path: Path) -> dict[str, int]:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"not valid JSON ({type(exc).__name__})", path) from None
+    obj = strict_json.load_file(path, limit=SIDECAR_MAX_BYTES, what="meta_info.json")
     if not isinstance(obj, dict):
         raise InvalidInputError("expected a JSON object with num_experts and num_experts_per_token", path)
     out: dict[str, int] = {}
     for key in ("num_experts", "num_experts_per_token"):
         if key in obj and obj[key] is not None:
-            if not isinstance(obj[key], int) or obj[key] < 1:
+            if (
+                not isinstance(obj[key], int)
+                or isinstance(obj[key], bool)
+                or not 1 <= obj[key] <= MAX_EXPERTS
+            ):
                 raise InvalidInputError(f"{key}={obj[key]!r} is not a positive integer", path)
             out[key] = obj[key]
     return out

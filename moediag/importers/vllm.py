@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,11 +38,14 @@ from moediag.importers.base import (
     check_ids,
     files_in,
     finish_per_token,
+    int_tensor,
     natural_key,
     resolve_layer_ids,
     torch_load,
     trace_metadata,
 )
+from moediag.io import strict_json
+from moediag.io.paths import JSON_MAX_BYTES, read_text_capped, require_regular
 
 _FILES = r".*\.(npy|npz|pt|pth|json|jsonl)"
 
@@ -58,7 +61,7 @@ def _as_tensor(obj: Any, path: Path, where: str) -> torch.Tensor:
     if isinstance(obj, str):
         try:
             obj = np.load(io.BytesIO(base64.b64decode(obj, validate=True)), allow_pickle=False)
-        except (binascii.Error, ValueError, OSError) as exc:
+        except (binascii.Error, ValueError, OSError, EOFError) as exc:
             raise InvalidInputError(
                 f"{where}: routed_experts is not a base64 .npy payload ({exc})", path
             ) from None
@@ -71,12 +74,7 @@ def _as_tensor(obj: Any, path: Path, where: str) -> torch.Tensor:
             raise InvalidInputError(f"{where}: routed_experts has dtype {obj.dtype}, expected integers", path)
         t = obj.to(torch.int64)
     elif isinstance(obj, list):
-        try:
-            t = torch.tensor(obj, dtype=torch.int64)
-        except (TypeError, ValueError, RuntimeError):
-            raise InvalidInputError(
-                f"{where}: routed_experts is not a [tokens, layers, top_k] list", path
-            ) from None
+        t = int_tensor(obj, path, f"{where}: routed_experts")
         if t.numel() == 0:
             t = t.reshape(0, 0, 0)
     else:
@@ -88,19 +86,27 @@ def _as_tensor(obj: Any, path: Path, where: str) -> torch.Tensor:
     return t
 
 
-def _token_ids(obj: dict[str, Any], choice: dict[str, Any]) -> list[int] | None:
+def _token_ids(obj: dict[str, Any], choice: dict[str, Any], path: Path, where: str) -> list[int] | None:
     prompt = choice.get("prompt_token_ids", obj.get("prompt_token_ids"))
     completion = choice.get("token_ids")
     if prompt is None and completion is None:
         return None
-    ids = list(prompt or []) + list(completion or [])
-    return [int(x) for x in ids]
+    for name, value in (("prompt_token_ids", prompt), ("token_ids", completion)):
+        ok = value is None or (
+            isinstance(value, list)
+            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 31 for x in value)
+        )
+        if not ok:
+            raise InvalidInputError(f"{where}: {name} is not a list of token ids (0 <= id < 2^31)", path)
+    return list(prompt or []) + list(completion or [])
 
 
 def _from_json_obj(obj: Any, path: Path, where: str) -> Iterator[_Request]:
     if not isinstance(obj, dict):
         raise InvalidInputError(f"{where}: expected a JSON object", path)
     if "choices" in obj:
+        if not isinstance(obj["choices"], list | None):
+            raise InvalidInputError(f"{where}: choices is not a list", path)
         for ci, choice in enumerate(obj["choices"] or []):
             if not isinstance(choice, dict) or choice.get("routed_experts") is None:
                 raise InvalidInputError(
@@ -110,29 +116,58 @@ def _from_json_obj(obj: Any, path: Path, where: str) -> Iterator[_Request]:
                 )
             yield _Request(
                 _as_tensor(choice["routed_experts"], path, where),
-                _token_ids(obj, choice),
+                _token_ids(obj, choice, path, f"{where} choice {ci}"),
                 f"{where} choice {ci}",
             )
     elif obj.get("routed_experts") is not None:
-        yield _Request(_as_tensor(obj["routed_experts"], path, where), _token_ids(obj, obj), where)
+        yield _Request(
+            _as_tensor(obj["routed_experts"], path, where), _token_ids(obj, obj, path, where), where
+        )
     else:
         raise InvalidInputError(f"{where}: no routed_experts or choices", path)
+
+
+def _check_npy_claim(fh: Any, available: int, path: Path, where: str) -> None:
+    """An .npy header's shape must be backed by the bytes that follow it (checked before numpy allocates)."""
+    from numpy.lib import format as npformat
+
+    try:
+        version = npformat.read_magic(fh)
+        reader = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        shape, _, dtype = reader(fh)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidInputError(f"{where}: not a readable .npy array ({exc})", path) from None
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > available - fh.tell():
+        raise InvalidInputError(
+            f"{where}: the .npy header claims shape {list(shape)} ({need} bytes) but only "
+            f"{max(0, available - fh.tell())} bytes follow",
+            path,
+        )
 
 
 def _requests(path: Path) -> Iterator[_Request]:
     suffix = path.suffix
     if suffix == ".npy":
         try:
+            require_regular(path, ".npy file")
+            with open(path, "rb") as fh:
+                _check_npy_claim(fh, path.stat().st_size, path, "array")
             arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError) as exc:
             raise InvalidInputError(f"not a readable .npy array ({exc})", path) from None
         yield _Request(_as_tensor(arr, path, "array"), None, "array")
     elif suffix == ".npz":
         try:
+            require_regular(path, ".npz file")
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    with zf.open(info) as member:
+                        _check_npy_claim(member, info.file_size, path, info.filename)
             with np.load(path, allow_pickle=False) as z:
                 names = sorted(z.files, key=lambda s: natural_key(Path(s)))
                 arrays = [(n, z[n]) for n in names]
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
             raise InvalidInputError(f"not a readable .npz archive ({exc})", path) from None
         for name, arr in arrays:
             yield _Request(_as_tensor(arr, path, name), None, name)
@@ -142,22 +177,16 @@ def _requests(path: Path) -> Iterator[_Request]:
         for i, item in enumerate(items):
             yield _Request(_as_tensor(item, path, f"item {i}"), None, f"item {i}")
     elif suffix == ".jsonl":
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise InvalidInputError("not UTF-8 text", path) from None
+        lines = read_text_capped(path, JSON_MAX_BYTES, "JSONL file").splitlines()
         for lineno, line in enumerate(lines, start=1):
             if line.strip():
                 try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InvalidInputError(f"line {lineno}: not valid JSON ({exc.msg})", path) from None
+                    obj = strict_json.loads(line)
+                except strict_json.StrictJSONError as exc:
+                    raise InvalidInputError(f"line {lineno}: {exc}", path) from None
                 yield from _from_json_obj(obj, path, f"line {lineno}")
     elif suffix == ".json":
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidInputError(f"not valid JSON ({exc})", path) from None
+        obj = strict_json.load_file(path, limit=JSON_MAX_BYTES, what="JSON file")
         for i, o in enumerate(obj if isinstance(obj, list) else [obj]):
             yield from _from_json_obj(o, path, f"object {i}")
     else:

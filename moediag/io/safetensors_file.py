@@ -9,7 +9,6 @@ Every structural problem is raised as :class:`~moediag.errors.InvalidInputError`
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -20,6 +19,8 @@ from typing import Any
 import torch
 
 from moediag.errors import InvalidInputError
+from moediag.io import strict_json
+from moediag.io.paths import open_regular, os_error_message
 
 #: The same bound the safetensors library itself applies to the JSON header.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -100,9 +101,11 @@ class SafetensorsFile:
         return InvalidInputError(message, self.path)
 
     def _parse(self) -> None:
+        # a FIFO or a device is refused before it is opened (it could block or stream forever)
+        fd = open_regular(self.path, "safetensors file")
         try:
-            size = self.path.stat().st_size
-            with open(self.path, "rb") as fh:
+            with os.fdopen(fd, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
                 prefix = fh.read(8)
                 if len(prefix) < 8:
                     raise self._fail(f"not a safetensors file ({size} bytes, too short for a header)")
@@ -117,18 +120,12 @@ class SafetensorsFile:
                         f"truncated or not a safetensors file: header claims {n} bytes, file has {size}"
                     )
                 raw = fh.read(n)
-        except IsADirectoryError:
-            raise self._fail("is a directory, expected a .safetensors file") from None
-        except FileNotFoundError:
-            raise self._fail("no such file") from None
-        except PermissionError:
-            raise self._fail("permission denied") from None
+        except OSError as exc:
+            raise self._fail(os_error_message(exc)) from None
         try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._fail(
-                f"not a safetensors file: header is not valid JSON ({exc.__class__.__name__})"
-            ) from None
+            header = strict_json.loads(raw)
+        except strict_json.StrictJSONError as exc:
+            raise self._fail(f"not a safetensors file: header is not valid JSON ({exc})") from None
         if not isinstance(header, dict):
             raise self._fail("malformed safetensors header: expected a JSON object")
         data_start = 8 + n
@@ -192,9 +189,12 @@ class SafetensorsFile:
         shape = ((b - a), *info.shape[1:]) if info.shape else ()
         buf = bytearray(nbytes)
         if nbytes:
-            with open(self.path, "rb") as fh:
-                fh.seek(start)
-                got = fh.readinto(buf)
+            try:
+                with os.fdopen(open_regular(self.path, "safetensors file"), "rb") as fh:
+                    fh.seek(start)
+                    got = fh.readinto(buf)
+            except OSError as exc:
+                raise self._fail(f"reading tensor {name!r}: {os_error_message(exc)}") from None
             if got != nbytes:
                 raise self._fail(f"truncated while reading tensor {name!r}")
         if not nbytes:

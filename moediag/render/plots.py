@@ -427,6 +427,10 @@ def _load_small_multiples(rows: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+#: above the dense co-activation limit the heatmap shows this many experts (the most chosen)
+COACTIVATION_EXPERTS = 256
+
+
 def coactivation_heatmap(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
     """Row-normalised co-activation P(j | i) of one layer (default: the layer with the worst MaxVio)."""
     import numpy as np
@@ -447,13 +451,24 @@ def coactivation_heatmap(analysis: TraceAnalysis, layer: int | None = None) -> F
         raise PlotUnavailableError(
             f"layer {layer} routes each token to one expert (top-k 1): no co-activation"
         )
-    mat = stats.coactivation.normalised().numpy().copy()
+    co = stats.coactivation
+    if co.dense:
+        sub = co.pairs
+        shown = ""
+    else:  # bounded like the statistic: the COACTIVATION_EXPERTS most chosen experts, never E^2 cells
+        import torch
+
+        top = torch.topk(co.diagonal, min(COACTIVATION_EXPERTS, co.num_experts)).indices.sort().values
+        sub = co.among(top)
+        shown = f"; the {top.numel()} most chosen of {co.num_experts} experts"
+    diag = sub.diagonal().double()
+    mat = (sub.double() / diag.clamp_min(1).unsqueeze(1)).numpy().copy()
     np.fill_diagonal(mat, np.nan)
-    e = mat.shape[0]
-    used = stats.coactivation.pairs.diagonal().numpy() > 0
+    e = co.num_experts
+    used = diag.numpy() > 0
     mat[~used, :] = np.nan
     with _rc():
-        size = min(10.0, 3.5 + e * 0.025)
+        size = min(10.0, 3.5 + mat.shape[0] * 0.025)
         fig = _new_figure(size + 1.4, size)
         ax = fig.add_subplot()
         import matplotlib
@@ -466,9 +481,16 @@ def coactivation_heatmap(analysis: TraceAnalysis, layer: int | None = None) -> F
             vmin=0,
             vmax=float(np.nanmax(mat)) if np.isfinite(mat).any() else 1.0,
         )
-        ax.set_title(f"Layer {layer}: co-activation (baseline (k−1)/(E−1) = {(k - 1) / max(1, e - 1):.3f})")
+        ax.set_title(
+            f"Layer {layer}: co-activation (baseline (k−1)/(E−1) = {(k - 1) / max(1, e - 1):.3f}{shown})"
+        )
         ax.set_xlabel("expert j (also chosen)")
         ax.set_ylabel("expert i (chosen)")
+        if shown:  # label the cells with the experts' own ids
+            ticks = np.linspace(0, mat.shape[0] - 1, 6).round().astype(int)
+            labels = [str(int(top[t])) for t in ticks]
+            ax.set_xticks(ticks, labels)
+            ax.set_yticks(ticks, labels)
         cb = fig.colorbar(im, ax=ax, shrink=0.85)
         cb.set_label("P(j in top-k | i in top-k)")
     return fig
@@ -782,7 +804,8 @@ def figure_bytes(fig: Figure, fmt: str, dpi: int = 110) -> bytes:
     import io
 
     buf = io.BytesIO()
-    meta: dict[str, Any] = {"Software": None} if fmt == "png" else {"Date": None, "Creator": None}
+    # "moediag" marks the file as moediag output, so a later -o may replace it (moediag.io.paths)
+    meta: dict[str, Any] = {"Software": "moediag"} if fmt == "png" else {"Date": None, "Creator": "moediag"}
     with _rc():
         fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta, facecolor="white")
     return buf.getvalue()

@@ -51,15 +51,39 @@ def _gram(ids: torch.Tensor, num_experts: int, empty: bool) -> torch.Tensor:
     return (f @ f.T).round().to(torch.int64)
 
 
+#: exact dense [E, E] int64 pair counts up to this many experts (8 MiB per layer at the limit)
+DENSE_MAX_EXPERTS = 1024
+#: above it, at most this many distinct pair counters per layer (16 MiB), kept as a Misra-Gries summary
+MAX_PAIRS = 1 << 20
+
+
 class CoactivationStats:
     """Symmetric pair counts N[i, j] over all pairs of the top-k set; the diagonal holds N(i).
 
     co-activation(i, j) = N[i, j] / N(i) (row-normalised).
+
+    Memory is bounded whatever E claims: up to :data:`DENSE_MAX_EXPERTS` experts the counts are one dense
+    exact [E, E] matrix. Above it, N(i) stays exact ([E]) and the pairs i < j are a sparse table of at most
+    ``max_pairs`` counters: exact while the data has no more distinct pairs than that; past it, a
+    mergeable Misra-Gries summary (Agarwal et al. 2012): the counters are reduced by the (max_pairs+1)-th
+    largest count, so every pair count is an underestimate by at most :attr:`max_error`, which the JSON
+    reports (docs/metrics.md).
     """
 
-    def __init__(self, num_experts: int) -> None:
+    def __init__(
+        self, num_experts: int, *, dense_max: int = DENSE_MAX_EXPERTS, max_pairs: int = MAX_PAIRS
+    ) -> None:
         self.num_experts = num_experts
-        self.pairs = torch.zeros(num_experts, num_experts, dtype=torch.int64)
+        self.dense = num_experts <= dense_max
+        self.max_pairs = max_pairs
+        #: the largest amount any one pair count may be short by (0 = exact)
+        self.max_error = 0
+        if self.dense:
+            self._pairs = torch.zeros(num_experts, num_experts, dtype=torch.int64)
+        else:
+            self.diagonal = torch.zeros(num_experts, dtype=torch.int64)
+            self.keys = torch.zeros(0, dtype=torch.int64)  # lo * E + hi, sorted, lo < hi
+            self.counts = torch.zeros(0, dtype=torch.int64)
 
     def update(self, batch: LayerBatch) -> None:
         ids = batch.ids
@@ -67,13 +91,13 @@ class CoactivationStats:
         k = ids.shape[1]
         if ids.numel() == 0:
             return
-        if e * e <= 128 * k * k:
+        if self.dense and e * e <= 128 * k * k:
             # small E: one-hot Gram matrix, block by block (exact: integer GEMM, or float32 on 4096 rows)
             empty = not batch.filled and bool((ids < 0).any())
             gram = torch.zeros(e, e, dtype=torch.int64)
             for rows in row_slices(ids.shape[0]):  # a cache-sized one-hot block at a time
                 gram += _gram(ids[rows], e, empty)
-            self.pairs += gram
+            self._pairs += gram
             return
         a_idx, b_idx = torch.triu_indices(k, k, offset=1)
         a, b = ids[:, a_idx].reshape(-1), ids[:, b_idx].reshape(-1)
@@ -83,12 +107,78 @@ class CoactivationStats:
             a, b = a[ok], b[ok]
             diag = diag[diag >= 0]
         lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-        upper = torch.bincount(lo * e + hi, minlength=e * e).view(e, e)
-        self.pairs += upper + upper.T + torch.diag(torch.bincount(diag, minlength=e))
+        if self.dense:
+            upper = torch.bincount(lo * e + hi, minlength=e * e).view(e, e)
+            self._pairs += upper + upper.T + torch.diag(torch.bincount(diag, minlength=e))
+            return
+        self.diagonal += torch.bincount(diag, minlength=e)
+        keys, counts = torch.unique(lo * e + hi, return_counts=True)
+        self._absorb(keys, counts)
+
+    def _absorb(self, keys: torch.Tensor, counts: torch.Tensor) -> None:
+        """Add counters (sparse form), then shrink back to ``max_pairs`` counters if needed."""
+        if self.keys.numel():
+            keys, inverse = torch.unique(torch.cat([self.keys, keys]), return_inverse=True)
+            summed = torch.zeros(keys.numel(), dtype=torch.int64)
+            counts = summed.scatter_add_(0, inverse, torch.cat([self.counts, counts.to(torch.int64)]))
+        counts = counts.to(torch.int64)
+        if counts.numel() > self.max_pairs:
+            cut = int(torch.topk(counts, self.max_pairs + 1).values[-1])
+            counts = counts - cut
+            keep = counts > 0
+            keys, counts = keys[keep], counts[keep]
+            self.max_error += cut
+        self.keys, self.counts = keys, counts
 
     def merge(self, other: CoactivationStats) -> None:
-        self.pairs += other.pairs
+        if self.dense:
+            self._pairs += other._pairs
+            return
+        self.diagonal += other.diagonal
+        self.max_error += other.max_error
+        self._absorb(other.keys, other.counts)
+
+    @property
+    def exact(self) -> bool:
+        return self.max_error == 0
+
+    @property
+    def pairs(self) -> torch.Tensor:
+        """The dense [E, E] counts (in the sparse form this materialises E^2 entries: plots only)."""
+        if self.dense:
+            return self._pairs
+        e = self.num_experts
+        out = torch.zeros(e * e, dtype=torch.int64)
+        out[self.keys] = self.counts
+        out = out.view(e, e)
+        return out + out.T + torch.diag(self.diagonal)
+
+    def to_json(self) -> list[list[int]] | dict[str, object]:
+        """``--detail``: the E x E matrix up to DENSE_MAX_EXPERTS; above it the sparse form (docs/json.md)."""
+        if self.dense:
+            return self._pairs.tolist()
+        e = self.num_experts
+        return {
+            "num_experts": e,
+            "diagonal": self.diagonal.tolist(),
+            "pairs": torch.stack([self.keys // e, self.keys % e, self.counts], dim=1).tolist(),
+            "max_error": self.max_error,
+        }
+
+    def among(self, experts: torch.Tensor) -> torch.Tensor:
+        """Dense pair counts [m, m] among ``experts`` (sorted ids) only: m^2 entries, never E^2."""
+        if self.dense:
+            return self._pairs[experts][:, experts]
+        e, m = self.num_experts, experts.numel()
+        pos = torch.full((e,), -1, dtype=torch.int64)
+        pos[experts] = torch.arange(m)
+        i, j = pos[self.keys // e], pos[self.keys % e]
+        keep = (i >= 0) & (j >= 0)
+        out = torch.zeros(m, m, dtype=torch.int64)
+        out[i[keep], j[keep]] = self.counts[keep]
+        return out + out.T + torch.diag(self.diagonal[experts])
 
     def normalised(self) -> torch.Tensor:
-        diag = self.pairs.diagonal().double().clamp_min(1)
-        return self.pairs.double() / diag.unsqueeze(1)
+        pairs = self.pairs
+        diag = pairs.diagonal().double().clamp_min(1)
+        return pairs.double() / diag.unsqueeze(1)

@@ -19,6 +19,7 @@ from moediag.io.safetensors_file import FLOAT_DTYPES, INT_DTYPES, SafetensorsFil
 from moediag.trace.schema import (
     LAYER_RE,
     LAYER_TENSORS,
+    MAX_EXPERTS,
     PER_TOKEN_LAYER_TENSORS,
     TOKEN_RE,
     TOKEN_TENSORS,
@@ -45,6 +46,10 @@ class LayerInfo:
     @property
     def has_logits(self) -> bool:
         return "router_logits" in self.kinds
+
+    @property
+    def has_topk(self) -> bool:
+        return "topk_ids" in self.kinds
 
     @property
     def num_experts(self) -> int:
@@ -265,6 +270,10 @@ class Trace:
             )
         if spec.num_experts < 1:
             raise InvalidInputError(f"layer {layer}: num_experts must be positive", where)
+        if spec.num_experts > MAX_EXPERTS:
+            raise InvalidInputError(
+                f"layer {layer}: {spec.num_experts} experts exceeds the limit of {MAX_EXPERTS}", where
+            )
         k = width("topk_ids")
         if k is not None:
             if spec.top_k is not None and spec.top_k != k:
@@ -358,6 +367,53 @@ class Trace:
 
     def file_for(self, chunk: Chunk) -> Path:
         return self.shards[chunk.shard_index].path
+
+
+def check_topk_ids(
+    ids: torch.Tensor, num_experts: int, keep: torch.Tensor, layer: int, start: int, where: Path
+) -> None:
+    """The value rules of ``layers.L.topk_ids`` (int64 [n, k]): ids in 0..E-1 or -1 for an empty slot,
+    and no expert twice in one kept token's row. InvalidInputError naming the first offending token."""
+    e = num_experts
+    bad = (ids < -1) | (ids >= e)
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad.any(dim=1))[0])
+        value = int(ids[row][bad[row]][0])
+        raise InvalidInputError(
+            f"layers.{layer}.topk_ids: expert id {value} at token {start + row} is outside "
+            f"0..{e - 1} (num_experts={e})",
+            where,
+        )
+    if ids.numel() and bool(keep.any()) and int(ids.max()) >= 0:
+        dup = ids.sort(dim=1).values
+        repeated = (dup[:, 1:] == dup[:, :-1]) & (dup[:, 1:] >= 0)
+        if bool((repeated.any(dim=1) & keep).any()):
+            row = int(torch.nonzero(repeated.any(dim=1) & keep)[0])
+            raise InvalidInputError(
+                f"layers.{layer}.topk_ids: token {start + row} lists the same expert twice", where
+            )
+
+
+def validate_trace(path: str | os.PathLike[str]) -> Trace:
+    """Everything the reader and the analysis check, without analysing: headers and metadata (opening),
+    then every chunk's ``topk_ids`` values and ``expert_counts`` signs. Importers run it on what they are
+    about to publish, so they never write a trace that ``inspect`` would refuse."""
+    trace = Trace(path)
+    for chunk in trace.iter_chunks():
+        keep = chunk.token("mask")
+        for layer, info in trace.layers.items():
+            if not info.has_topk:
+                continue
+            ids = chunk.layer_tensor(layer, "topk_ids")
+            assert ids is not None
+            mask = torch.ones(len(chunk), dtype=torch.bool) if keep is None else keep.bool()
+            check_topk_ids(
+                ids.to(torch.int64), info.num_experts, mask, layer, chunk.start, trace.file_for(chunk)
+            )
+    for layer, info in trace.layers.items():
+        if info.count_only:
+            trace.expert_counts(layer)
+    return trace
 
 
 def open_trace(path: str | os.PathLike[str], *, overrides: RoutingSpec | None = None) -> Trace:

@@ -7,12 +7,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from moediag.io import strict_json
+
 FORMAT_NAME = "moediag-trace"
 FORMAT_VERSION = "1"
 SCORE_FUNCTIONS = ("softmax", "sigmoid", "topk_softmax")
 
-LAYER_RE = re.compile(r"^layers\.(\d+)\.([a-z_]+)$")
+#: layer indices are ASCII decimal without leading zeros (``layers.01.x`` would alias ``layers.1.x``)
+LAYER_RE = re.compile(r"^layers\.(0|[1-9][0-9]{0,3})\.([a-z_]+)$")
 TOKEN_RE = re.compile(r"^tokens\.([a-z_]+)$")
+#: the most experts a layer may claim in metadata when no tensor shows its width (state is O(E) per layer)
+MAX_EXPERTS = 1 << 16
+_INT_RE = re.compile(r"^[0-9]{1,9}$")
 
 #: per-layer tensors: allowed dtype family, rank, meaning of the first dimension
 LAYER_TENSORS: dict[str, tuple[str, int]] = {
@@ -84,10 +90,15 @@ class TraceMeta:
 def _parse_value(key: str, value: str) -> Any:
     """Metadata values are strings; numbers and booleans may also be JSON-encoded."""
     if key in ("num_experts", "top_k", "n_group", "topk_group"):
-        try:
-            return int(json.loads(value))
-        except (ValueError, TypeError):
-            raise ValueError(f"metadata {key}={value!r} is not an integer") from None
+        text = value.strip()
+        if len(text) >= 2 and text[0] == text[-1] == '"':  # a JSON-encoded string of digits
+            text = text[1:-1].strip()
+        if not _INT_RE.match(text):
+            raise ValueError(f"metadata {key}={value[:40]!r} is not an integer")
+        number = int(text)
+        if number > MAX_EXPERTS:
+            raise ValueError(f"metadata {key}={number} exceeds the limit of {MAX_EXPERTS}")
+        return number
     if key == "norm_topk_prob":
         v = value.strip().lower()
         if v in ("true", "1"):
@@ -121,14 +132,19 @@ def parse_metadata(meta: dict[str, str]) -> TraceMeta:
     routing = RoutingSpec(**{k: _parse_value(k, meta[k]) for k in LAYER_OVERRIDABLE if k in meta})
     overrides: dict[int, dict[str, Any]] = {}
     for key, value in meta.items():
-        m = re.match(r"^layers\.(\d+)\.([a-z_]+)$", key)
+        m = LAYER_RE.match(key)
+        loose = re.match(r"^layers\.([^.]*)\.([a-z_]+)$", key)
+        if not m and loose and loose.group(2) in LAYER_OVERRIDABLE:
+            raise ValueError(
+                f"metadata key {key!r}: the layer index must be a plain number (layers.1.{loose.group(2)})"
+            )
         if m and m.group(2) in LAYER_OVERRIDABLE:
             overrides.setdefault(int(m.group(1)), {})[m.group(2)] = _parse_value(m.group(2), value)
     domains: list[str] = []
     if "domains" in meta:
         try:
-            domains = json.loads(meta["domains"])
-        except json.JSONDecodeError:
+            domains = strict_json.loads(meta["domains"])
+        except strict_json.StrictJSONError:
             raise ValueError("metadata domains is not a JSON list of names") from None
         if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
             raise ValueError("metadata domains is not a JSON list of names")

@@ -17,7 +17,8 @@ from types import TracebackType
 import torch
 from safetensors.torch import load_file, save_file
 
-from moediag.io.atomic import publish, write_atomic_with
+from moediag.io.atomic import make_parent, publish, write_atomic_with
+from moediag.io.paths import OutputError, is_trace_folder, output_error
 from moediag.io.safetensors_file import SafetensorsFile
 from moediag.trace.schema import LAYER_RE, PER_TOKEN_LAYER_TENSORS, TOKEN_RE
 
@@ -26,12 +27,37 @@ def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
+def _validate_before_publishing(tmp: Path, target: Path) -> None:
+    """The reader's and the analysis's rules on a finished temp output (moediag.trace.reader.validate_trace):
+    what does not pass is never published under ``target``."""
+    from moediag.errors import InvalidInputError
+    from moediag.trace.reader import validate_trace
+
+    try:
+        validate_trace(tmp)
+    except InvalidInputError as exc:
+        raise InvalidInputError(
+            f"not written, the result would not be a valid trace: {exc.message}", target
+        ) from None
+
+
 def write_trace(
-    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    *,
+    validate: bool = False,
 ) -> Path:
-    """Write one trace file atomically. Returns the path written."""
+    """Write one trace file atomically. Returns the path written. ``validate`` checks the result with the
+    reader's rules first (importers: data from elsewhere)."""
     target = Path(path)
-    write_atomic_with(target, lambda tmp: save_file(_contiguous(tensors), tmp, metadata=dict(metadata)))
+
+    def write(tmp: str) -> None:
+        _save(tensors, Path(tmp), metadata, target)
+        if validate:
+            _validate_before_publishing(Path(tmp), target)
+
+    write_atomic_with(target, write)
     return target
 
 
@@ -42,9 +68,26 @@ def _is_per_token(name: str) -> bool:
     return bool(TOKEN_RE.match(name))
 
 
+def _save(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str], target: Path) -> None:
+    """``save_file`` with write failures (ENOSPC, EACCES, ...) as one line naming the trace ``target``."""
+    try:
+        save_file(_contiguous(tensors), str(path), metadata=dict(metadata))
+    except OSError as exc:
+        raise output_error(exc, target) from None
+    except Exception as exc:  # safetensors reports I/O failures as its own SafetensorError
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise OutputError(f"cannot write: {exc}", target) from None
+
+
 def replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place, replacing what was there only after it is complete."""
-    if target.exists():
+    """Move a finished folder into place, replacing what was there only after it is complete.
+
+    Only a moediag trace folder (or an empty one) is ever replaced: anything else is refused, so a wrong
+    ``-o`` can't delete data moediag did not write (moediag.io.paths.check_output says so up front)."""
+    if os.path.lexists(target):
+        if target.is_symlink() or not target.is_dir() or not is_trace_folder(target):
+            raise OutputError("exists and is not a moediag trace folder; refusing to replace it", target)
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
         publish(tmp, target)
@@ -76,12 +119,19 @@ class TraceWriter:
         metadata: Mapping[str, str],
         *,
         shard_tokens: int = 65_536,
+        validate: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.validate = validate
         self.metadata = dict(metadata)
         self.shard_tokens = shard_tokens
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        make_parent(self.path)
+        try:
+            self._tmp = Path(
+                tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            )
+        except OSError as exc:
+            raise output_error(exc, self.path) from None
         self._pending: dict[str, list[torch.Tensor]] = {}
         self._pending_tokens = 0
         self._constants: dict[str, torch.Tensor] = {}
@@ -122,7 +172,7 @@ class TraceWriter:
         tensors = {k: torch.cat(v) for k, v in self._pending.items()}
         tensors.update(self._shard_constants(self._shards))
         shard = self._tmp / f"part-{self._shards:05d}.safetensors"
-        save_file(_contiguous(tensors), str(shard), metadata=self.metadata)
+        _save(tensors, shard, self.metadata, self.path)
         self.bytes_written += shard.stat().st_size
         self.tokens_written += self._pending_tokens
         self._shards += 1
@@ -146,7 +196,7 @@ class TraceWriter:
                 tensors = load_file(str(shard))
                 tensors.update({k: constants[k] for k in missing})
                 self.bytes_written -= shard.stat().st_size
-                save_file(_contiguous(tensors), str(shard), metadata=self.metadata)
+                _save(tensors, shard, self.metadata, self.path)
                 self.bytes_written += shard.stat().st_size
 
     def close(self) -> Path:
@@ -157,8 +207,14 @@ class TraceWriter:
         if self._shards == 0:
             self.abort()
             raise ValueError("nothing was written: no tokens and no constant tensors")
-        self._backfill_constants()
-        replace_dir(self._tmp, self.path)
+        try:
+            self._backfill_constants()
+            if self.validate:
+                _validate_before_publishing(self._tmp, self.path)
+            replace_dir(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         self._closed = True
         return self.path
 

@@ -240,3 +240,49 @@ def test_baseline_of_another_model_is_exit_2_one_line(tmp_path: Path) -> None:
         and "base.json" in err[0]
         and "covers layers 0, 1, 2, 3" in err[0]
     )
+
+
+def test_nothing_to_judge_fails_closed_unless_allow_empty(traces: dict[str, Path], tmp_path: Path) -> None:
+    """A gate pointed at the wrong file must not go green: a safetensors with one unrelated tensor (a
+    'dense checkpoint') and a trace whose every token is masked are exit 2, one line; --allow-empty passes."""
+    from safetensors.torch import save_file
+
+    dense = tmp_path / "wrong.safetensors"
+    save_file({"embed.weight": torch.zeros(4, 4)}, str(dense))
+    g = torch.Generator().manual_seed(0)
+    masked = write_trace(
+        tmp_path / "masked.safetensors",
+        {
+            "layers.0.router_logits": torch.randn(8, E, generator=g),
+            "tokens.mask": torch.zeros(8, dtype=torch.bool),
+        },
+        build_metadata(num_experts=E, top_k=K, score_function="softmax"),
+    )
+    for path, why in ((dense, "no MoE layer"), (masked, "no routed tokens")):
+        out = tmp_path / "verdict.json"
+        closed = invoke(str(path), "--format", "json", "-o", str(out))
+        assert closed.exit_code == 2, closed.output
+        assert "nothing was checked" in closed.output and why in closed.output
+        assert len(closed.output.strip().splitlines()) == 1 and not out.exists()
+        opened = invoke(str(path), "--allow-empty", "--format", "json", "-o", str(out))
+        assert opened.exit_code == 0, opened.output
+        assert json.loads(out.read_text())["exit_code"] == 0
+        out.unlink()
+
+
+def test_output_never_lands_on_an_input_and_force_is_for_foreign_files(traces: dict[str, Path]) -> None:
+    trace = traces["healthy"]
+    before = trace.read_bytes()
+    onto = invoke(str(trace), "--format", "json", "-o", str(trace), "--force")
+    assert onto.exit_code == 2 and "one of the inputs" in onto.output
+    assert trace.read_bytes() == before
+    foreign = trace.parent / "notes.json"
+    foreign.write_text('{"mine": true}')
+    refused = invoke(str(trace), "--format", "json", "-o", str(foreign))
+    assert refused.exit_code == 2 and "--force" in refused.output
+    assert foreign.read_text() == '{"mine": true}'
+    assert invoke(str(trace), "--format", "json", "-o", str(foreign), "--force").exit_code == 0
+    again = invoke(
+        str(trace), "--format", "json", "-o", str(foreign)
+    )  # now moediag's own: replaced, announced
+    assert again.exit_code == 0 and "replacing the previous moediag output" in again.output

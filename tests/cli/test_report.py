@@ -43,3 +43,21 @@ def test_report_errors_leave_nothing(tmp_path: Path) -> None:
 def test_report_help_lists_usage() -> None:
     result = runner.invoke(app, ["report", "--help"])
     assert result.exit_code == 0 and "--output" in result.output
+
+
+def test_report_verdict_fails_closed_on_nothing_to_judge(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    dense = tmp_path / "dense.safetensors"
+    save_file({"embed.weight": torch.zeros(4, 4)}, str(dense))
+    config = tmp_path / "moediag.toml"
+    config.write_text("[check]\nmax_vio = 1.0\n")
+    out = tmp_path / "r.html"
+    closed = runner.invoke(app, ["report", str(dense), "-o", str(out), "--config", str(config)])
+    assert closed.exit_code == 2 and "nothing was checked" in closed.output and not out.exists()
+    opened = runner.invoke(
+        app, ["report", str(dense), "-o", str(out), "--config", str(config), "--allow-empty"]
+    )
+    assert opened.exit_code == 0, opened.output
+    assert out.exists()

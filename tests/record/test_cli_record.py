@@ -78,3 +78,25 @@ def test_record_bad_inputs_exit_2(model_dirs, texts, tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1 and needle in result.output, result.output
     assert not (tmp_path / "t").exists() and not _leftovers(tmp_path)
+
+
+def test_record_never_replaces_what_it_did_not_write(model_dirs, texts, tmp_path: Path) -> None:
+    """-o a folder of someone else's files, the model folder itself, or one of the texts: exit 2, one line,
+    everything as it was (checked before the model is loaded)."""
+    model = model_dirs["deepseek_v3"]
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in model.iterdir())
+    for out, why in (
+        (foreign, "not a moediag trace"),
+        (model, "one of the inputs"),
+        (texts["prose"], "inputs"),
+    ):
+        result = runner.invoke(app, ["record", str(model), "--text", str(texts["prose"]), "-o", str(out)])
+        assert result.exit_code == 2, result.output
+        assert why in result.output and len(result.output.strip().splitlines()) == 1
+    assert (foreign / "notes.txt").read_text() == "mine" and sorted(foreign.iterdir()) == [
+        foreign / "notes.txt"
+    ]
+    assert sorted(p.name for p in model.iterdir()) == before
