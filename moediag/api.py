@@ -15,7 +15,6 @@ from :mod:`moediag.options` (defaults < ``[tool.moediag]`` tables < arguments), 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -239,14 +238,14 @@ def check_document(
 def load_baseline(path: PathLike, config: CheckConfig) -> dict[str, Any]:
     """The figures of a previous ``check --json`` or ``inspect --json`` output, for ``baseline=``."""
     from moediag.checks import ConfigValueError, baseline_figures
+    from moediag.io import strict_json
+    from moediag.io.paths import JSON_MAX_BYTES
 
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError("baseline file not found", p) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"baseline is not readable JSON: {exc}", p) from None
+    if not p.exists() and not p.is_symlink():
+        raise InvalidInputError("baseline file not found", p)
+    # a regular file (no FIFO, no /dev/zero), size-capped, depth- and number-checked
+    doc = strict_json.load_file(p, limit=JSON_MAX_BYTES, what="baseline")
     try:
         return baseline_figures(doc, config)
     except ConfigValueError as exc:
