@@ -62,12 +62,13 @@ def kernel(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     groups = args.groups if args.groups > 1 else None
     topk_group = args.topk_group if groups else None
 
+    from moediag.trace import RoutingSpec
+
+    spec = RoutingSpec(args.experts, args.top_k, args.score, None, groups, topk_group)
+
     def route() -> torch.Tensor:
         logits = (x @ w.T).float()
-        sel = routing.selection_scores(logits, args.score, bias)
-        return routing.select(
-            sel, args.top_k, n_group=groups, topk_group=topk_group, score_function=args.score
-        )
+        return routing.choose(logits, spec=spec, bias=bias)
 
     def gemm() -> torch.Tensor:
         return torch.matmul(x, w.T)

@@ -14,15 +14,19 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from moediag import __version__, routing
+from moediag import envelope, routing
 from moediag.errors import InvalidInputError
 from moediag.stats import LayerBatch, ModelStats, StatsOptions
 from moediag.trace import Chunk, LayerInfo, RoutingSpec, Trace, open_trace
 from moediag.trace.reader import check_topk_ids
+from moediag.verdict import Verdict, trace_verdict
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: JSON schema version of ``--json`` output (``meta.format``). History: 1 = first release.
 JSON_FORMAT = 1
@@ -196,6 +200,10 @@ class TraceAnalysis:
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
     _computed: dict[str, Any] | None = None
+    #: the check thresholds the verdict uses (None: the rule table's defaults)
+    check_config: Any = None
+    #: the resolved settings of the run (moediag.options.Resolved), when it came through moediag.inspect
+    settings: Any = None
 
     def computed(self) -> dict[str, Any]:
         if self._computed is None:
@@ -209,6 +217,31 @@ class TraceAnalysis:
     @property
     def summary(self) -> dict[str, Any]:
         return dict(self.computed()["summary"])
+
+    def verdict(self, config: Any = None) -> Verdict:
+        """The one verdict of this trace (:func:`moediag.verdict.trace_verdict`; ``config``: a
+        :class:`~moediag.checks.CheckConfig` whose thresholds judge, default the rule table's)."""
+        if config is None and self.check_config is not None:
+            config = self.check_config
+        return trace_verdict(self, config)
+
+    def layers_frame(self) -> pd.DataFrame:
+        """One row per layer (pandas; :func:`moediag.frames.layers_frame`)."""
+        from moediag.frames import layers_frame
+
+        return layers_frame(self.layers)
+
+    def experts_frame(self) -> pd.DataFrame:
+        """One row per (layer, expert): load, share, dead, cold, accuracy and interval when known."""
+        from moediag.frames import experts_frame
+
+        return experts_frame(self.layers)
+
+    def paths_frame(self) -> pd.DataFrame:
+        """One row per frequent routing path of each tracked window."""
+        from moediag.frames import paths_frame
+
+        return paths_frame(self.summary)
 
     def layer(self, layer: int) -> dict[str, Any]:
         for row in self.layers:
@@ -231,21 +264,15 @@ class TraceAnalysis:
                 row["margin_histogram"] = s.router.margin_histogram()
             layers.append(row)
         return {
-            "meta": {
-                "format": JSON_FORMAT,
-                "moediag_version": __version__,
-                "kind": "trace",
-                "path": self.path,
-                "created": self.created,
-                "options": {
-                    "cold_eps": self.options.cold_eps,
-                    "capacity_factors": list(self.options.capacity_factors),
-                    "capacity_group_tokens": self.options.capacity_group_tokens,
-                    "min_capacity": self.options.min_capacity,
-                },
-                "trace": self.trace_meta,
-            },
-            "summary": computed["summary"],
+            "meta": envelope.meta(
+                "trace",
+                JSON_FORMAT,
+                created=self.created,
+                path=self.path,
+                options=envelope.options_of(self.options),
+                trace=self.trace_meta,
+            ),
+            "summary": {**computed["summary"], "verdict": self.verdict().to_dict()},
             "layers": layers,
         }
 
@@ -287,6 +314,7 @@ def analyze_trace(
     with open_runner(workers, scheduler) if own else contextlib.nullcontext(runner) as active:
         stats = unit_stats(
             trace,
+            collect=trace_stats,
             options=options,
             chunk_tokens=chunk_tokens,
             unit_tokens=unit_tokens,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from moediag import options
 from moediag.errors import ExitCode
 
 #: JSON schema version of ``check --format json`` output (``meta.format``). History: 1 = first release.
@@ -38,7 +39,6 @@ CHECK_JSON_FORMAT = 1
 Direction = Literal["max", "min"]
 Status = Literal["pass", "fail", "skip"]
 Scope = Literal["layer", "model"]
-InputKind = Literal["trace", "checkpoint"]
 
 #: drop policies (and their former names); the total rate a check reads is the same under each
 CAPACITY_POLICIES = ("token-order", "highest-weight", "first-choices-first", "position", "probs")
@@ -433,7 +433,7 @@ OPTIONS: tuple[Key, ...] = (
     Key(
         "capacity_factor",
         "float",
-        1.25,
+        options.default("capacity_factor"),
         "Capacity factor at which max_drop_rate is measured (0 < factor <= 1000).",
         minimum=0,
         maximum=1000,
@@ -450,11 +450,11 @@ OPTIONS: tuple[Key, ...] = (
     Key(
         "min_capacity",
         "int",
-        0,
+        options.default("min_capacity"),
         "Capacity floor per expert and group for max_drop_rate (DeepSpeed's min_capacity; 0 = none).",
         minimum=0,
     ),
-    Key("cold_eps", "float", 0.1, "An expert is cold when its share < cold_eps / E.", minimum=0),
+    Key("cold_eps", "float", options.default("cold_eps"), options.BY_NAME["cold_eps"].help, minimum=0),
     Key(
         "min_expected_load",
         "float",
@@ -786,22 +786,27 @@ class CheckReport:
             return f"FAIL: {len(self.failed)} of {n} rules failed ({names}){skip_text}"
         return f"PASS: {n - skipped} of {n} rules passed{skip_text}"
 
+    def frame(self) -> Any:
+        """One row per (rule, layer) result, as a pandas DataFrame (:func:`moediag.frames.check_frame`)."""
+        from moediag.frames import check_frame
+
+        return check_frame(self)
+
     def to_dict(self) -> dict[str, Any]:
-        from moediag import __version__
+        from moediag import envelope
 
         return {
-            "meta": {
-                "format": CHECK_JSON_FORMAT,
-                "moediag_version": __version__,
-                "command": "check",
-                "kind": self.kind,
-                "path": self.path,
-                "created": self.created,
-                "config": self.config.to_dict(),
-                "config_sources": dict(self.config.sources),
-                "config_file": self.config.file,
-                "baseline": self.baseline,
-            },
+            "meta": envelope.meta(
+                self.kind,
+                CHECK_JSON_FORMAT,
+                created=self.created,
+                command="check",
+                path=self.path,
+                config=self.config.to_dict(),
+                config_sources=dict(self.config.sources),
+                config_file=self.config.file,
+                baseline=self.baseline,
+            ),
             "status": self.status,
             "exit_code": int(self.exit_code),
             "verdict": self.verdict(),

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from moediag import __version__
+from moediag import envelope
 from moediag.errors import InvalidInputError, UsageError
 from moediag.stats.accuracy import newcombe
 
@@ -97,15 +97,9 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "meta": {
-                "format": COMPARE_JSON_FORMAT,
-                "moediag_version": __version__,
-                "kind": "compare",
-                "inputs": self.inputs,
-                "a": self.a,
-                "b": self.b,
-                "created": self.created,
-            },
+            "meta": envelope.meta(
+                "compare", COMPARE_JSON_FORMAT, created=self.created, inputs=self.inputs, a=self.a, b=self.b
+            ),
             "summary": self.summary | {"notes": list(self.notes)},
             "layers": self.layers,
             "paths": self.paths,

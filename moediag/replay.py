@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import operator
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from typing import Any
 
 import torch
 
-from moediag import __version__, routing
+from moediag import envelope, routing
 from moediag.checkpoint import (
     RouterSpec,
     load_router_bias,
@@ -208,14 +209,18 @@ class _Router:
         return int(self.weight.shape[0])
 
 
+_SETTING = {"reduce": None}  # a field that is the same on both sides of a merge
+
+
 @dataclass
 class LayerReplay:
-    """Sufficient statistics of one replayed layer (sums and counts; ``merge`` adds)."""
+    """Sufficient statistics of one replayed layer (sums and counts; ``merge`` combines every field by
+    its declared reduction -- sum unless the field's metadata says otherwise -- so none can be left out)."""
 
-    layer: int
-    num_experts: int
-    top_k: int
-    whatif_top_k: int
+    layer: int = field(metadata=_SETTING)
+    num_experts: int = field(metadata=_SETTING)
+    top_k: int = field(metadata=_SETTING)
+    whatif_top_k: int = field(metadata=_SETTING)
     tokens: int = 0
     compared: int = 0
     top1_hits: int = 0
@@ -223,7 +228,7 @@ class LayerReplay:
     overlap_sum: int = 0
     mismatched_near_ties: int = 0
     logits_compared: int = 0
-    logits_max_abs_diff: float = 0.0
+    logits_max_abs_diff: float = field(default=0.0, metadata={"reduce": max})
     excluded_nonfinite: int = 0
     whatif_changed: int = 0
     whatif_overlap_sum: int = 0
@@ -246,25 +251,10 @@ class LayerReplay:
             self.load_after = torch.zeros(self.num_experts, dtype=torch.int64)
 
     def merge(self, other: LayerReplay) -> None:
-        for name in (
-            "tokens",
-            "compared",
-            "top1_hits",
-            "topk_hits",
-            "overlap_sum",
-            "mismatched_near_ties",
-            "logits_compared",
-            "excluded_nonfinite",
-            "whatif_changed",
-            "whatif_overlap_sum",
-            "rank_hits",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.logits_max_abs_diff = max(self.logits_max_abs_diff, other.logits_max_abs_diff)
-        self.load_before += other.load_before
-        self.load_after += other.load_after
-        self.noise_tokens += other.noise_tokens
-        self.noise_flips += other.noise_flips
+        for f in dataclasses.fields(self):
+            reduce = f.metadata.get("reduce", operator.add)
+            if reduce is not None:
+                setattr(self, f.name, reduce(getattr(self, f.name), getattr(other, f.name)))
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -721,18 +711,17 @@ class ReplayResult:
                 "balancedness_min": self.plan.min_balancedness,
             }
         return {
-            "meta": {
-                "format": JSON_FORMAT,
-                "moediag_version": __version__,
-                "kind": "replay",
-                "checkpoint": self.checkpoint,
-                "trace": self.trace,
-                "device": self.device,
-                "dtype": self.dtype,
-                "created": self.created,
-                "seconds": round(self.seconds, 3),
-                "settings": {k: v for k, v in self.settings.items() if k != "whatif"},
-            },
+            "meta": envelope.meta(
+                "replay",
+                JSON_FORMAT,
+                created=self.created,
+                checkpoint=self.checkpoint,
+                trace=self.trace,
+                device=self.device,
+                dtype=self.dtype,
+                seconds=round(self.seconds, 3),
+                settings={k: v for k, v in self.settings.items() if k != "whatif"},
+            ),
             "summary": summary,
             "layers": layers,
             "skipped": self.skipped,

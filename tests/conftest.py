@@ -154,3 +154,20 @@ def assert_same(a: Any, b: Any, where: str = "", rel: float = 1e-9) -> None:
         assert math.isclose(a, b, rel_tol=rel, abs_tol=rel * 1e-3), f"{where}: {a!r} != {b!r}"
     else:  # pragma: no cover
         raise AssertionError(f"{where}: unexpected {type(a)}")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--regen-golden",
+        action="store_true",
+        help="Rewrite the golden files under tests/golden and tests/render/golden from the current output "
+        "(review the diff before committing). MOEDIAG_REGEN_GOLDEN=1 does the same.",
+    )
+
+
+@pytest.fixture
+def regen_golden(request: pytest.FixtureRequest) -> bool:
+    """True when golden files are to be rewritten (``--regen-golden`` or ``MOEDIAG_REGEN_GOLDEN=1``)."""
+    import os
+
+    return bool(request.config.getoption("--regen-golden") or os.environ.get("MOEDIAG_REGEN_GOLDEN"))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moediag import options
 from moediag.checkpoint.config import TOP_K_FAMILIES, NormalisedConfig, normalise_config
 from moediag.checkpoint.inventory import Inventory, open_inventory
 from moediag.checkpoint.layouts import Layout, MoEBlock, detect_layout
@@ -270,32 +271,33 @@ class CheckpointAnalysis:
         }
 
     def meta(self) -> dict[str, Any]:
-        from moediag import __version__
+        from moediag import envelope
 
         inv = self.inventory
-        return {
-            "format": FORMAT,
-            "moediag_version": __version__,
-            "kind": "checkpoint",
-            "path": str(self.path),
-            "files": len(inv.files),
-            "index": inv.index_path.name if inv.index_path else None,
-            "config": str(inv.config_path) if inv.config_path else None,
-            "tensors": len(inv.tensors),
-            "bytes": inv.total_bytes,
-            "weights": self.weights_checked,
-            "redundancy_threshold": self.redundancy_threshold,
-            "sample": self.sample if self.weights_checked else None,
-            "seed": self.seed if self.weights_checked else None,
-            "layer": self.layer_filter,
-        }
+        return envelope.meta(
+            "checkpoint",
+            FORMAT,
+            path=str(self.path),
+            files=len(inv.files),
+            index=inv.index_path.name if inv.index_path else None,
+            config=str(inv.config_path) if inv.config_path else None,
+            tensors=len(inv.tensors),
+            bytes=inv.total_bytes,
+            weights=self.weights_checked,
+            redundancy_threshold=self.redundancy_threshold,
+            sample=self.sample if self.weights_checked else None,
+            seed=self.seed if self.weights_checked else None,
+            layer=self.layer_filter,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable result (``--json``); keys documented in docs/checkpoints.md."""
+        from moediag.verdict import checkpoint_verdict
+
         return _finite(
             {
                 "meta": self.meta(),
-                "summary": self.summary(),
+                "summary": {**self.summary(), "verdict": checkpoint_verdict(self).to_dict()},
                 "layers": [lr.to_dict() for lr in self.layers],
             }
         )
@@ -402,7 +404,7 @@ def analyze_checkpoint(
     *,
     weights: bool = True,
     layer: int | None = None,
-    redundancy_threshold: float = 0.99,
+    redundancy_threshold: float = options.default("redundancy_threshold"),
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
     sample: float = DEFAULT_SAMPLE,

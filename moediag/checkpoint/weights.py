@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from moediag import options
 from moediag.checkpoint.inventory import Inventory, TensorRef
 from moediag.checkpoint.layouts import ExpertMatrix, MoEBlock
 from moediag.errors import InvalidInputError
@@ -415,7 +416,9 @@ def _robust_outliers(x: torch.Tensor) -> list[tuple[int, float, str]]:
     return out
 
 
-def router_stats(w: torch.Tensor, threshold: float = 0.99) -> dict[str, Any]:
+def router_stats(
+    w: torch.Tensor, threshold: float = options.default("redundancy_threshold")
+) -> dict[str, Any]:
     """Row norms (with outliers) and pairwise row cosine of a router weight [E, H]."""
     w = w.float()
     norms = w.norm(dim=1)
@@ -550,7 +553,7 @@ def expert_similarity(
     inv: Inventory,
     block: MoEBlock,
     *,
-    threshold: float = 0.99,
+    threshold: float = options.default("redundancy_threshold"),
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress | None = None,
     sample: float = 1.0,

@@ -11,6 +11,7 @@ from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import (
     SCHEDULER_HELP,
     WORKERS_HELP,
+    explicit,
     given_options,
     parse_path_windows,
     print_json,
@@ -35,6 +36,7 @@ from moediag.cli.options import (
     json_option,
 )
 from moediag.errors import UsageError
+from moediag.options import default
 
 #: the library's default (moediag.checkpoint.weights.DEFAULT_SAMPLE), repeated so --help needs no torch
 DEFAULT_SAMPLE = 1 / 32
@@ -48,16 +50,10 @@ SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "aux_loss_unbiased", "z_loss",
 def routing_overrides(
     num_experts: int | None, top_k: int | None, score_function: str | None
 ) -> RoutingSpec | None:
-    from moediag.trace import (  # torch: loaded when a command runs, not for --help
-        SCORE_FUNCTIONS,
-        RoutingSpec,
-    )
+    """Kept for callers of the CLI module: :func:`moediag.api.routing_overrides`."""
+    from moediag.api import routing_overrides as overrides
 
-    if score_function is not None and score_function not in SCORE_FUNCTIONS:
-        raise UsageError(f"--score-function must be one of {', '.join(SCORE_FUNCTIONS)}")
-    if num_experts is None and top_k is None and score_function is None:
-        return None
-    return RoutingSpec(num_experts=num_experts, top_k=top_k, score_function=score_function)
+    return overrides(num_experts, top_k, score_function)
 
 
 @app.command("inspect")
@@ -88,12 +84,12 @@ def inspect_cmd(
     num_experts: NumExperts = None,
     top_k: TopK = None,
     score_function: ScoreFunction = None,
-    cold_eps: ColdEps = 0.1,
-    min_capacity: MinCapacity = 0,
-    capacity_group: CapacityGroup = 4096,
+    cold_eps: ColdEps = default("cold_eps"),
+    min_capacity: MinCapacity = default("min_capacity"),
+    capacity_group: CapacityGroup = default("capacity_group"),
     path_window: PathWindow = None,
     weights: Weights = True,
-    redundancy_threshold: RedundancyThreshold = 0.99,
+    redundancy_threshold: RedundancyThreshold = default("redundancy_threshold"),
     sample: float = typer.Option(
         DEFAULT_SAMPLE,
         "--sample",
@@ -143,21 +139,20 @@ def inspect_cmd(
     if kind == "checkpoint":
         from moediag.cli.inspect_checkpoint import inspect_checkpoint_command
 
+        given = explicit(ctx, weights=weights, redundancy_threshold=redundancy_threshold)
         finish(
             inspect_checkpoint_command(
                 path,
                 as_json=as_json,
                 layer=layer,
-                weights=weights,
-                redundancy_threshold=redundancy_threshold,
                 sample=sample,
                 workers=workers,
                 scheduler=scheduler,
+                **given,
             )
         )
         return
-    from moediag.analysis import analyze_trace
-    from moediag.stats import StatsOptions
+    from moediag.api import inspect_trace
     from moediag.trace import open_trace
 
     trace = open_trace(path, overrides=routing_overrides(num_experts, top_k, score_function))
@@ -166,21 +161,20 @@ def inspect_cmd(
             f"--layer {layer}: not in the trace (layers: {', '.join(map(str, sorted(trace.layers)))})",
             path,
         )
-    options = StatsOptions(
-        cold_eps=cold_eps,
-        capacity_group_tokens=capacity_group,
-        min_capacity=min_capacity,
+    analysis = inspect_trace(
+        trace,
         path_windows=parse_path_windows(path_window, trace.layers),
-    )
-    with progress_bar("analysing", trace.num_tokens) as advance:
-        analysis = analyze_trace(
-            trace,
-            options=options,
+        workers=workers,
+        scheduler=scheduler,
+        progress=progress_bar,
+        **explicit(
+            ctx,
+            cold_eps=cold_eps,
+            capacity_group=capacity_group,
+            min_capacity=min_capacity,
             chunk_tokens=chunk_tokens,
-            progress=advance,
-            workers=workers,
-            scheduler=scheduler,
-        )
+        ),
+    )
     if as_json:
         print_json(analysis.to_dict(detail=detail))
         return

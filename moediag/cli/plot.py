@@ -87,6 +87,7 @@ def plot_cmd(
 
     Example: moediag plot sample_traces/collapsed.safetensors --kind all -o figures/
     """
+    from moediag.api import inspect_trace
     from moediag.cli.inspect import routing_overrides
     from moediag.inputs import detect_kind
     from moediag.render.plots import missing_data, parse_kinds
@@ -123,11 +124,9 @@ def plot_cmd(
         del targets[k]
     if not targets:  # pragma: no cover - load-heatmap needs nothing beyond a valid trace
         raise UsageError("no figure can be drawn from this trace", path)
-    from moediag.analysis import analyze_trace
     from moediag.render.plots import make_figure, save_figure
 
-    with progress_bar("analysing", trace.num_tokens) as advance:
-        analysis = analyze_trace(trace, progress=advance)
+    analysis = inspect_trace(trace, command="plot", progress=progress_bar)
     figures = {k: make_figure(k, analysis, layer) for k in targets}  # all drawn before any is written
     if next(iter(targets.values())) != output:
         output.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import print_json, progress_bar, stdout_console
 from moediag.cli.options import EP, OUTPUT, RUN, WHAT_IF
 from moediag.errors import ExitCode, UsageError
+from moediag.options import BY_NAME, default
 
 
 def _check_order(checkpoint: Path, trace: Path) -> None:
@@ -88,9 +89,9 @@ def replay_cmd(
         metavar="N",
     ),
     capacity_group: int = typer.Option(
-        4096,
+        default("capacity_group"),
         "--capacity-group",
-        help="Tokens per capacity group when the trace has no sequence ids.",
+        help=BY_NAME["capacity_group"].help,
         rich_help_panel=WHAT_IF,
         metavar="N",
     ),

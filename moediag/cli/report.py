@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from moediag.cli.app import app, echo_err
-from moediag.cli.common import human_size, parse_path_windows, progress_bar, require_positive
+from moediag.cli.common import explicit, human_size, parse_path_windows, progress_bar, require_positive
 from moediag.cli.options import (
     OUTPUT,
     CapacityGroup,
@@ -26,31 +25,12 @@ from moediag.cli.options import (
 )
 from moediag.errors import UsageError
 from moediag.io.paths import check_output
-
-
-def _checks(
-    doc: dict[str, Any], config_file: Path | None, allow_empty: bool = False
-) -> dict[str, Any] | None:
-    """``moediag check`` results when thresholds are configured (a config file found or given), else None."""
-    try:
-        from moediag.checks import run_checks
-        from moediag.config import load_config
-    except ImportError:  # pragma: no cover - the gate ships with moediag; kept optional for the renderer
-        return None
-    config = load_config(config_file)
-    if config.file is None:
-        return None
-    from moediag.checks import NothingToCheckError
-    from moediag.errors import InvalidInputError
-
-    try:
-        return run_checks(doc, config, allow_empty=allow_empty).to_dict()
-    except NothingToCheckError as exc:
-        raise InvalidInputError(str(exc), (doc.get("meta") or {}).get("path")) from None
+from moediag.options import default
 
 
 @app.command("report")
 def report_cmd(
+    ctx: typer.Context,
     paths: list[Path] = typer.Argument(..., metavar="PATH", help="A trace, a checkpoint, or one of each."),
     output: Path = typer.Option(
         ..., "--output", "-o", metavar="FILE.html", help="The HTML file to write.", rich_help_panel=OUTPUT
@@ -66,9 +46,9 @@ def report_cmd(
     num_experts: NumExperts = None,
     top_k: TopK = None,
     score_function: ScoreFunction = None,
-    cold_eps: ColdEps = 0.1,
-    min_capacity: MinCapacity = 0,
-    capacity_group: CapacityGroup = 4096,
+    cold_eps: ColdEps = default("cold_eps"),
+    min_capacity: MinCapacity = default("min_capacity"),
+    capacity_group: CapacityGroup = default("capacity_group"),
     path_window: PathWindow = None,
     weights: Weights = True,
     workers: Workers = None,
@@ -87,59 +67,35 @@ def report_cmd(
 
     Example: moediag report sample_traces/imbalanced.safetensors -o report.html
     """
+    from moediag.api import report
     from moediag.inputs import detect_kind
 
-    if output.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"-o {output}: the report is HTML; name it something.html")
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group)
     if min_capacity < 0:
         raise UsageError("--min-capacity must be 0 or more")
     check_output(output, [*paths, *([config] if config else [])], force=force)
-    by_kind: dict[str, Path] = {}
-    for p in paths:
-        kind = detect_kind(p)
-        if kind in by_kind:
-            raise UsageError(f"{p}: a report takes at most one trace and one checkpoint (two {kind}s given)")
-        by_kind[kind] = p
-    analysis = checkpoint = None
-    doc: dict[str, Any] | None = None
-    if "trace" in by_kind:
-        from moediag.analysis import analyze_trace
-        from moediag.cli.inspect import routing_overrides
-        from moediag.stats import StatsOptions
+    layers: list[int] = []
+    traces = [p for p in paths if path_window and detect_kind(p) == "trace"]
+    if traces:  # --path-window is checked against the trace's layers
         from moediag.trace import open_trace
 
-        trace = open_trace(by_kind["trace"], overrides=routing_overrides(num_experts, top_k, score_function))
-        with progress_bar("analysing trace", trace.num_tokens) as advance:
-            analysis = analyze_trace(
-                trace,
-                options=StatsOptions(
-                    cold_eps=cold_eps,
-                    capacity_group_tokens=capacity_group,
-                    min_capacity=min_capacity,
-                    path_windows=parse_path_windows(path_window, trace.layers),
-                ),
-                progress=advance,
-                workers=workers,
-                scheduler=scheduler,
-            )
-        doc = analysis.to_dict()
-    if "checkpoint" in by_kind:
-        from moediag.checkpoint import analyze_checkpoint, check_weights
-
-        checkpoint = analyze_checkpoint(by_kind["checkpoint"], weights=False)
-        if weights:
-            with progress_bar("reading expert weights", checkpoint.weight_bytes()) as advance:
-                check_weights(checkpoint, progress=advance)
-        for w in checkpoint.warnings:
-            echo_err(f"moediag: warning: {by_kind['checkpoint']}: {w}")
-        if doc is None:
-            doc = checkpoint.to_dict()
-    assert doc is not None
-    checks = _checks(doc, config, allow_empty)
-    from moediag.render.html import render_report, write_report
-
-    with progress_bar("drawing figures", None) as advance:
-        page = render_report(analysis, checkpoint, checks=checks, title=title, progress=advance)
-    write_report(output, page)
-    echo_err(f"moediag: wrote {output} ({human_size(len(page.encode('utf-8')))})")
+        layers = sorted(open_trace(traces[0]).layers)
+    written = report(
+        paths,
+        output,
+        title=title,
+        config=config,
+        num_experts=num_experts,
+        top_k=top_k,
+        score_function=score_function,
+        path_windows=parse_path_windows(path_window, layers),
+        workers=workers,
+        scheduler=scheduler,
+        progress=progress_bar,
+        warn=echo_err,
+        allow_empty=allow_empty,
+        **explicit(
+            ctx, cold_eps=cold_eps, capacity_group=capacity_group, min_capacity=min_capacity, weights=weights
+        ),
+    )
+    echo_err(f"moediag: wrote {output} ({human_size(written.stat().st_size)})")

@@ -119,8 +119,6 @@ def missing_data(kind: PlotKind, trace: Any, layer: int | None = None) -> str | 
 class PlotUnavailableError(UsageError):
     """The analysis lacks what a figure needs (no logits, no steps, no correctness...)."""
 
-    slug = "plot-unavailable"
-
 
 # -- matplotlib, lazily ---------------------------------------------------------------------------------
 
@@ -346,12 +344,13 @@ def imbalance_bars(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
     with _rc():
         fig = _new_figure(min(14.0, max(8.0, 4.0 + 0.18 * len(rows))), 6.0)
         axes = fig.subplots(3, 1, sharex=True)
-        from moediag.checks import RULES_BY_NAME
+        from moediag.verdict import threshold
 
-        # guides at `moediag check`'s default thresholds, so the picture and the gate agree
+        # guides at `moediag check`'s thresholds (configured, else default), so the picture and the gate agree
+        config = getattr(analysis, "check_config", None)
         specs = (
-            ("max_vio", "MaxVio\n(max ÷ mean − 1)", OKABE_ITO[0], RULES_BY_NAME["max_vio"].key.default),
-            ("cv", "CV\n(std ÷ mean)", OKABE_ITO[1], RULES_BY_NAME["max_cv"].key.default),
+            ("max_vio", "MaxVio\n(max ÷ mean − 1)", OKABE_ITO[0], threshold("max_vio", config)),
+            ("cv", "CV\n(std ÷ mean)", OKABE_ITO[1], threshold("max_cv", config)),
             ("dead", "dead experts\n(count)", OKABE_ITO[3], None),
         )
         for ax, (key, label, colour, guide) in zip(axes, specs, strict=False):
@@ -368,7 +367,7 @@ def imbalance_bars(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
                     color="black",
                     linestyle="--",
                     linewidth=0.8,
-                    label=f"{name} {guide:g}: moediag check's default limit",
+                    label=f"{name} {guide:g}: moediag check's limit",
                 )
                 ax.legend(loc="upper right", fontsize=7)
             if key == "dead":

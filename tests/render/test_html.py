@@ -113,11 +113,11 @@ def test_inline_svg_strips_namespaces_and_prefixes_ids() -> None:
     assert 'id="f3-m1"' in out and 'href="#f3-m1"' in out and "url(#f3-m1)" in out and 'fill="#m1x"' in out
 
 
-def test_golden(analysis: TraceAnalysis) -> None:
+def test_golden(analysis: TraceAnalysis, regen_golden: bool) -> None:
     """The page's structure and text (figures replaced by placeholders: their bytes depend on matplotlib)."""
     page = scrub(render_report(analysis, figures=False, created="2000-01-01T00:00:00+00:00"))
     page = page.replace(os.path.basename(analysis.path), "t.safetensors")
-    if os.environ.get("MOEDIAG_REGEN_GOLDEN"):
+    if regen_golden:
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(page, encoding="utf-8")
     assert GOLDEN.exists(), "no golden file: run MOEDIAG_REGEN_GOLDEN=1 pytest tests/render/test_html.py"
@@ -148,7 +148,8 @@ def test_checkpoint_sections_from_a_dict(analysis: TraceAnalysis) -> None:
     page = render_report(None, ckpt)
     for sid in ("checkpoint", "checkpoint-layers"):
         assert f'<section id="{sid}">' in page
-    assert "<h3>Parameters</h3>" in page and "Near-duplicate" in page and "WARNINGS" in page
+    assert "<h3>Parameters</h3>" in page and "Near-duplicate" in page and "WEIGHTS ONLY: CHECK" in page
+    assert 'class="verdict warn"' in page
     assert page.count("<svg") == 2  # router norms and selection bias
     both = render_report(analysis, ckpt, figures=False)
     assert "Checkpoint: 2 duplicate pairs." in both and '<section id="layer' in both
@@ -261,3 +262,16 @@ def test_layer_tables_fit_the_page(analysis: TraceAnalysis) -> None:
     for table in tables:
         assert _widest_cells(table) < 1150, table[:200]
     assert "<summary>More figures per layer</summary>" in page
+
+
+def test_a_checkpoint_alone_is_weights_only_never_healthy() -> None:
+    """sample_traces/trained_noaux/ is the model the README calls collapsed: its weights look fine, and the
+    report says weights only (no green), as the terminal and inspect --json do."""
+    from moediag.checkpoint import analyze_checkpoint
+
+    ckpt = analyze_checkpoint(Path(__file__).parents[2] / "sample_traces" / "trained_noaux")
+    page = render_report(None, ckpt, figures=False)
+    assert 'class="verdict info"' in page and "WEIGHTS ONLY" in page and "HEALTHY" not in page
+    doc = ckpt.to_dict()
+    assert doc["summary"]["verdict"]["level"] == "weights_only"
+    assert doc["summary"]["verdict"]["text"] in page
