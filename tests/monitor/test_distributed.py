@@ -49,4 +49,6 @@ def test_ranks_reduce_to_the_union(tmp_path: Path, world: int) -> None:
     for a, b in zip(got, want, strict=True):
         assert a["load"] == b["load"] and a["tokens"] == b["tokens"]  # counts bit-exact
         assert a["dead_experts"] == b["dead_experts"] and a["cold_experts"] == b["cold_experts"]
-        assert_same(a, b, f"layer {a['layer']} step {a['step']}")  # sums of float64: equal to rounding
+        # float figures: the ranks' router logits come from float32 matmuls run with another thread count
+        # than this process's, which may round a logit one ulp apart (seen: 2e-9 relative in z-loss)
+        assert_same(a, b, f"layer {a['layer']} step {a['step']}", rel=1e-6)
