@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from moediag.analysis import analyze_trace
+from moediag.analysis import analyze_trace, trace_stats
 from moediag.parallel import LocalRunner, compact, compute_unit, pinned_threads, plan_units
 from moediag.trace import open_trace
 
@@ -66,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = subset(src, args.shards, Path(tmp))
         trace = open_trace(path)
-        units = plan_units(trace)
+        units = plan_units(collect=trace_stats, trace=trace)
         nbytes = sum(s.path.stat().st_size for s in trace.shards)
         out |= {"trace": str(src), "shards": len(trace.shards), "tokens": trace.num_tokens, "bytes": nbytes}
         out["units"] = len(units)
@@ -79,7 +79,7 @@ def main() -> None:
         # overhead per unit: state size, pickle round trip, merge into the running total. The state is
         # the same size whatever the unit's length (counts + the open sequence runs at its two ends), so
         # two small units of the same trace measure it cheaply.
-        small = plan_units(trace, chunk_tokens=8192, unit_tokens=8192)
+        small = plan_units(collect=trace_stats, trace=trace, chunk_tokens=8192, unit_tokens=8192)
         t = time.perf_counter()
         with pinned_threads(1):
             a = compact(compute_unit(small[1]))

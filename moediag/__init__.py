@@ -26,17 +26,27 @@ __all__ = [
     "Monitor",
     "Recorder",
     "RoutingAlert",
+    "check",
+    "inspect",
+    "report",
 ]
+
+#: lazy exports: name -> module (importing moediag stays cheap; torch loads when one is used)
+_LAZY = {
+    "Monitor": "moediag.monitor",
+    "Recorder": "moediag.record",
+    "RoutingAlert": "moediag.monitor",
+    "inspect": "moediag.api",
+    "check": "moediag.api",
+    "report": "moediag.api",
+}
 
 
 def __getattr__(name: str) -> object:
-    """Lazy exports: ``moediag.Recorder`` imports the recording code (and torch) only when used."""
-    if name == "Recorder":
-        from moediag.record import Recorder
+    """Lazy exports: ``moediag.Recorder``, ``moediag.Monitor``, ``moediag.inspect``, ``moediag.check``,
+    ``moediag.report`` import their code (and torch) only when used."""
+    if name in _LAZY:
+        import importlib
 
-        return Recorder
-    if name in ("Monitor", "RoutingAlert"):
-        import moediag.monitor
-
-        return getattr(moediag.monitor, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,10 @@ from moediag import __version__, routing
 from moediag.errors import InvalidInputError
 from moediag.stats import LayerBatch, ModelStats, StatsOptions
 from moediag.trace import Chunk, LayerInfo, RoutingSpec, Trace, open_trace
+from moediag.verdict import Verdict, trace_verdict
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: JSON schema version of ``--json`` output (``meta.format``). History: 1 = first release.
 JSON_FORMAT = 1
@@ -40,7 +44,6 @@ def layer_batch(
     logits = chunk.layer_tensor(info.layer, "router_logits")
     ids = chunk.layer_tensor(info.layer, "topk_ids")
     weights = chunk.layer_tensor(info.layer, "topk_weights")
-    recorded_ids = ids
     n = len(chunk)
     keep = torch.ones(n, dtype=torch.bool) if valid is None else valid.clone()
     nonfinite = 0
@@ -77,60 +80,8 @@ def layer_batch(
     if sel_idx is not None:
         logits, ids, weights = (t if t is None else t[sel_idx] for t in (logits, ids, weights))
     index = chunk.index if sel_idx is None else chunk.index[sel_idx]
-    batch_probs = margin = hf_ids = parts = None
-    if logits is not None:
-        sf = spec.score_function
-        assert sf is not None
-        parts = routing.softmax_parts(logits)
-        softmax = parts.softmax
-        plain = bias is None and not (spec.n_group and spec.topk_group and spec.n_group > 1)
-        margin_scores = softmax if sf in ("softmax", "topk_softmax") else routing.scores(logits, sf)
-        if bias is not None:
-            margin_scores = margin_scores + bias
-        if ids is None and plain and k < e:
-            # plain top-k: the (k+1)-th score gives the margin without a second pass
-            vals, idx = margin_scores.topk(k + 1, dim=-1)
-            ids = idx[:, :k].contiguous()  # every accumulator flattens ids: copy once, not in each
-            margin = vals[:, k - 1] - vals[:, k]
-            top1 = ids[:, 0]
-        else:
-            if ids is None:
-                sel = margin_scores if sf != "topk_softmax" else routing.selection_scores(logits, sf, bias)
-                ids = routing.select(
-                    sel, k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf
-                )
-            margin = routing.margin(margin_scores, ids)
-            chosen = margin_scores.gather(1, ids.clamp_min(0)).masked_fill(ids < 0, float("-inf"))
-            top1 = ids.gather(1, chosen.argmax(dim=1, keepdim=True)).squeeze(1)
-        if weights is None:
-            weights = routing.weights(logits, ids.clamp_min(0), sf, spec.norm_topk_prob, softmax=softmax)
-        batch_probs = routing.distribution(logits, sf) if sf == "sigmoid" else softmax
-        # transformers' aux loss always routes softmax -> top-k, whatever the model does
-        hf_ids = (
-            ids if (sf == "softmax" and plain and recorded_ids is None) else softmax.topk(k, dim=-1).indices
-        )
-        softmax_for_hf = softmax
-    else:
-        assert ids is not None
-        top1 = ids[:, 0]
-        softmax_for_hf = None
-    batch = LayerBatch(
-        num_experts=e,
-        top_k=k,
-        ids=ids,
-        top1=top1,
-        index=index,
-        weights=None if weights is None else weights.float(),
-        logits=logits,
-        probs=batch_probs,
-        margin=margin,
-        hf_ids=hf_ids,
-        lse=None if parts is None else parts.lse,
-        entropy=None if parts is None or batch_probs is not softmax else parts.entropy,
-        confidence=None if parts is None or batch_probs is not softmax else parts.confidence,
-        softmax=softmax_for_hf,
-        filled=recorded_ids is None,  # chosen here by top-k: never an empty slot
-    )
+    routed = routing.route(logits, spec=spec, ids=ids, weights=weights, bias=bias)
+    batch = routed.batch(num_experts=e, top_k=k, index=index)
     for name in ("sequence_ids", "positions", "step"):
         t = chunk.token(name)
         if t is not None:
@@ -265,6 +216,10 @@ class TraceAnalysis:
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
     _computed: dict[str, Any] | None = None
+    #: the check thresholds the verdict uses (None: the rule table's defaults)
+    check_config: Any = None
+    #: the resolved settings of the run (moediag.options.Resolved), when it came through moediag.inspect
+    settings: Any = None
 
     def computed(self) -> dict[str, Any]:
         if self._computed is None:
@@ -278,6 +233,31 @@ class TraceAnalysis:
     @property
     def summary(self) -> dict[str, Any]:
         return dict(self.computed()["summary"])
+
+    def verdict(self, config: Any = None) -> Verdict:
+        """The one verdict of this trace (:func:`moediag.verdict.trace_verdict`; ``config``: a
+        :class:`~moediag.checks.CheckConfig` whose thresholds judge, default the rule table's)."""
+        if config is None and self.check_config is not None:
+            config = self.check_config
+        return trace_verdict(self, config)
+
+    def layers_frame(self) -> pd.DataFrame:
+        """One row per layer (pandas; :func:`moediag.frames.layers_frame`)."""
+        from moediag.frames import layers_frame
+
+        return layers_frame(self.layers)
+
+    def experts_frame(self) -> pd.DataFrame:
+        """One row per (layer, expert): load, share, dead, cold, accuracy and interval when known."""
+        from moediag.frames import experts_frame
+
+        return experts_frame(self.layers)
+
+    def paths_frame(self) -> pd.DataFrame:
+        """One row per frequent routing path of each tracked window."""
+        from moediag.frames import paths_frame
+
+        return paths_frame(self.summary)
 
     def layer(self, layer: int) -> dict[str, Any]:
         for row in self.layers:
@@ -313,7 +293,7 @@ class TraceAnalysis:
                 },
                 "trace": self.trace_meta,
             },
-            "summary": computed["summary"],
+            "summary": {**computed["summary"], "verdict": self.verdict().to_dict()},
             "layers": layers,
         }
 
@@ -355,6 +335,7 @@ def analyze_trace(
     with open_runner(workers, scheduler) if own else contextlib.nullcontext(runner) as active:
         stats = unit_stats(
             trace,
+            collect=trace_stats,
             options=options,
             chunk_tokens=chunk_tokens,
             unit_tokens=unit_tokens,

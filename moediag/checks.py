@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from moediag import options
 from moediag.errors import ExitCode
 
 #: JSON schema version of ``check --format json`` output (``meta.format``). History: 1 = first release.
@@ -38,7 +39,6 @@ CHECK_JSON_FORMAT = 1
 Direction = Literal["max", "min"]
 Status = Literal["pass", "fail", "skip"]
 Scope = Literal["layer", "model"]
-InputKind = Literal["trace", "checkpoint"]
 
 CAPACITY_POLICIES = ("position", "probs")
 SCOPES = ("layer", "model")
@@ -411,7 +411,13 @@ OPTIONS: tuple[Key, ...] = (
     Key("scope", "str", "layer", "Apply rules to each selected layer, or once to the model figure.", SCOPES),
     Key("layers", "layers", None, "Layers to check, e.g. '0,3-5' (default: all)."),
     Key("strict", "bool", False, "Treat a skipped rule (its data is missing) as a failure."),
-    Key("capacity_factor", "float", 1.25, "Capacity factor at which max_drop_rate is measured.", minimum=0),
+    Key(
+        "capacity_factor",
+        "float",
+        options.default("capacity_factor"),
+        "Capacity factor at which max_drop_rate is measured.",
+        minimum=0,
+    ),
     Key(
         "drop_policy",
         "str",
@@ -419,7 +425,7 @@ OPTIONS: tuple[Key, ...] = (
         "Which assignments a full expert drops: position | probs.",
         CAPACITY_POLICIES,
     ),
-    Key("cold_eps", "float", 0.1, "An expert is cold when its share < cold_eps / E.", minimum=0),
+    Key("cold_eps", "float", options.default("cold_eps"), options.BY_NAME["cold_eps"].help, minimum=0),
     Key(
         "min_expected_load",
         "float",
@@ -738,6 +744,12 @@ class CheckReport:
             names = ", ".join(o.name for o in self.failed)
             return f"FAIL: {len(self.failed)} of {n} rules failed ({names}){skip_text}"
         return f"PASS: {n - skipped} of {n} rules passed{skip_text}"
+
+    def frame(self) -> Any:
+        """One row per (rule, layer) result, as a pandas DataFrame (:func:`moediag.frames.check_frame`)."""
+        from moediag.frames import check_frame
+
+        return check_frame(self)
 
     def to_dict(self) -> dict[str, Any]:
         from moediag import __version__

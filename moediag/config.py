@@ -5,7 +5,8 @@ The file is, in order:
 1. ``--config FILE`` (a ``pyproject.toml`` with ``[tool.moediag.check]``, or any TOML file with
    ``[tool.moediag.check]`` or ``[check]``);
 2. otherwise the first directory from the working directory upward that has a ``moediag.toml``
-   (its ``[check]`` table) or a ``pyproject.toml`` with a ``[tool.moediag.check]`` table; ``moediag.toml``
+   (its ``[check]`` table) or a ``pyproject.toml`` with a ``[tool.moediag]`` table (``[tool.moediag.check]``
+   for check; moediag.options reads the others); ``moediag.toml``
    wins within one directory. The search stops at the repository root (a directory holding ``.git``).
 
 Keys and their types come from :data:`moediag.checks.KEYS`; an unknown key or a value of the wrong type is
@@ -74,6 +75,11 @@ def check_table(path: Path, doc: Mapping[str, Any], *, required: bool) -> Mappin
     return table
 
 
+def _has_moediag_table(doc: Mapping[str, Any]) -> bool:
+    tool = doc.get("tool")
+    return isinstance(tool, Mapping) and isinstance(tool.get("moediag"), Mapping)
+
+
 def find_config(start: str | os.PathLike[str] | None = None) -> Path | None:
     """The config file that applies in ``start`` (default: the working directory), or None."""
     here = Path(start or os.getcwd()).resolve()
@@ -82,7 +88,7 @@ def find_config(start: str | os.PathLike[str] | None = None) -> Path | None:
         if candidate.is_file():
             return candidate
         candidate = folder / "pyproject.toml"
-        if candidate.is_file() and check_table(candidate, _read_toml(candidate), required=False) is not None:
+        if candidate.is_file() and _has_moediag_table(_read_toml(candidate)):
             return candidate
         if (folder / ".git").exists():
             return None
@@ -117,13 +123,16 @@ def load_config(
     config_file: str | os.PathLike[str] | None = None,
     flags: Mapping[str, Any] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    *,
+    required: bool = True,
 ) -> CheckConfig:
-    """Defaults, then the config file (given or found), then flags."""
+    """Defaults, then the config file (given or found), then flags. ``required``: a given file must hold a
+    check table (False for the commands that only take the verdict's thresholds from it)."""
     config = CheckConfig()
     path: Path | None
     if config_file is not None:
         path = Path(config_file)
-        table = check_table(path, _read_toml(path), required=True)
+        table = check_table(path, _read_toml(path), required=required)
     else:
         path = find_config(cwd)
         table = None if path is None else check_table(path, _read_toml(path), required=False)

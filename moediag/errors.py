@@ -22,8 +22,6 @@ class ExitCode(enum.IntEnum):
 class MoediagError(Exception):
     """Root of every error moediag explains to the user. ``path`` names the file at fault."""
 
-    slug = "error"
-
     def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -36,28 +34,18 @@ class MoediagError(Exception):
 class InvalidInputError(MoediagError):
     """A file that is not what it claims to be: corrupt, truncated, malformed or inconsistent."""
 
-    slug = "invalid-input"
-
 
 class MissingMetadataError(InvalidInputError):
     """A value analysis needs is absent; the message names the flag that supplies it."""
-
-    slug = "missing-metadata"
 
 
 class UnsupportedLayoutError(MoediagError):
     """A checkpoint or dump whose layout moediag does not recognise."""
 
-    slug = "unsupported-layout"
-
 
 class ConfigError(MoediagError):
     """Invalid configuration: an unknown key, a value of the wrong type, a bad threshold."""
 
-    slug = "config"
-
 
 class UsageError(MoediagError):
     """Options that contradict each other or name things that do not exist (a layer, a kind)."""
-
-    slug = "usage"

@@ -52,19 +52,19 @@ UNIT_THREADS = 1
 MAX_LOCAL_THREADS = 8
 
 ProgressFn = Callable[[int], None]
+#: reduces chunks of a trace to statistics: ``(trace, chunks, options, progress, layers) -> ModelStats``
+Collect = Callable[
+    [Trace, Iterable[Chunk], StatsOptions | None, ProgressFn | None, Iterable[int] | None], ModelStats
+]
 T = TypeVar("T")
 
 
 class WorkerError(MoediagError):
     """A worker could not finish its unit: its process died, or the cluster lost it."""
 
-    slug = "worker"
-
 
 class SchedulerError(MoediagError):
     """The Dask scheduler could not be reached (or Dask is not installed)."""
-
-    slug = "scheduler"
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ class WorkUnit:
     overrides: RoutingSpec | None
     options: StatsOptions
     layers: tuple[int, ...] | None
+    #: ``collect(trace, chunks, options, progress, layers) -> ModelStats``: what reduces the chunks (the
+    #: caller's, e.g. moediag.analysis.trace_stats; a module-level function pickles by name for workers)
+    collect: Collect
     threads: int = 1  # torch intra-op threads while it runs: fixed, so reductions round identically
 
     @property
@@ -98,6 +101,7 @@ class WorkUnit:
 def plan_units(
     trace: Trace,
     *,
+    collect: Collect,
     chunk_tokens: int | None = None,
     unit_tokens: int | None = None,
     options: StatsOptions | None = None,
@@ -135,6 +139,7 @@ def plan_units(
                 overrides=getattr(trace, "overrides", None),
                 options=options,
                 layers=wanted,
+                collect=collect,
                 threads=threads,
             )
         )
@@ -148,8 +153,6 @@ def compute_unit(
 
     ``current["file"]`` is kept pointing at the shard being read, for error messages.
     """
-    from moediag.analysis import trace_stats
-
     if torch.get_num_threads() != unit.threads:
         raise RuntimeError("compute_unit runs inside pinned_threads(unit.threads)")
     trace = Trace(unit.root, overrides=unit.overrides, files=list(unit.files))
@@ -160,7 +163,7 @@ def compute_unit(
                 current["file"] = unit.files[i]
             yield Chunk(trace, i, (a, b), start)
 
-    return trace_stats(trace, chunks(), unit.options, progress, unit.layers)
+    return unit.collect(trace, chunks(), unit.options, progress, unit.layers)
 
 
 @contextmanager
@@ -439,6 +442,7 @@ def failure_of(result: UnitResult) -> UnitResult | None:
 def unit_stats(
     trace: Trace,
     *,
+    collect: Collect,
     options: StatsOptions | None = None,
     chunk_tokens: int | None = None,
     unit_tokens: int | None = None,
@@ -453,18 +457,21 @@ def unit_stats(
     Without a runner, up to ``local_threads`` units run side by side in threads (default: torch's thread
     count, at most :data:`MAX_LOCAL_THREADS`); 1 runs them one after another.
     """
-    from moediag.analysis import trace_stats
-
     options = options or StatsOptions()
     layers = None if layers is None else list(layers)
     units = plan_units(
-        trace, chunk_tokens=chunk_tokens, unit_tokens=unit_tokens, options=options, layers=layers
+        trace,
+        collect=collect,
+        chunk_tokens=chunk_tokens,
+        unit_tokens=unit_tokens,
+        options=options,
+        layers=layers,
     )
     if isinstance(runner, LocalRunner) and len(units) <= 1:
         runner = None  # one unit: starting worker processes (~2 s) would cost more than the unit
     if runner is None:
         if not units:
-            return trace_stats(trace, [], options, None, layers)
+            return collect(trace, [], options, None, layers)
         wanted_threads = local_threads or min(torch.get_num_threads(), MAX_LOCAL_THREADS)
         side_by_side = max(1, min(wanted_threads, len(units)))
         with pinned_threads(UNIT_THREADS):
@@ -484,7 +491,7 @@ def unit_stats(
         assert total is not None
         return total
     if not units:
-        return trace_stats(trace, [], options, None, layers)
+        return collect(trace, [], options, None, layers)
     if isinstance(runner, DaskRunner):
         result = runner.reduce(units, progress)
     else:

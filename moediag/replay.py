@@ -24,7 +24,9 @@ The library imports no CLI code; ``moediag replay`` renders :meth:`ReplayResult.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import operator
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,7 +56,7 @@ from moediag.placement import (
     node_loads,
     rank_loads,
 )
-from moediag.stats import LayerBatch, ModelStats, StatsOptions
+from moediag.stats import ModelStats, StatsOptions
 from moediag.stats.capacity import DEFAULT_GROUP_TOKENS, POLICIES
 from moediag.trace import Chunk, Trace, open_trace
 
@@ -80,9 +82,9 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
-#: a disagreement whose replayed top-k margin is at most this (selection-score units) is a near-tie
+#: a disagreement whose replayed top-k margin (probability units, moediag.routing) is at most this: a tie
 TIE_EPS = 1e-6
-#: lower edges of the margin buckets of the noise what-if (selection-score units; last is open-ended)
+#: lower edges of the margin buckets of the noise what-if (probability units, moediag.routing; last open)
 MARGIN_EDGES = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 #: figures of ``inspect``'s layer rows repeated under each replayed layer's ``stats``
 STAT_KEYS = (
@@ -194,14 +196,18 @@ class _Router:
         return int(self.weight.shape[0])
 
 
+_SETTING = {"reduce": None}  # a field that is the same on both sides of a merge
+
+
 @dataclass
 class LayerReplay:
-    """Sufficient statistics of one replayed layer (sums and counts; ``merge`` adds)."""
+    """Sufficient statistics of one replayed layer (sums and counts; ``merge`` combines every field by
+    its declared reduction -- sum unless the field's metadata says otherwise -- so none can be left out)."""
 
-    layer: int
-    num_experts: int
-    top_k: int
-    whatif_top_k: int
+    layer: int = field(metadata=_SETTING)
+    num_experts: int = field(metadata=_SETTING)
+    top_k: int = field(metadata=_SETTING)
+    whatif_top_k: int = field(metadata=_SETTING)
     tokens: int = 0
     compared: int = 0
     top1_hits: int = 0
@@ -209,7 +215,7 @@ class LayerReplay:
     overlap_sum: int = 0
     mismatched_near_ties: int = 0
     logits_compared: int = 0
-    logits_max_abs_diff: float = 0.0
+    logits_max_abs_diff: float = field(default=0.0, metadata={"reduce": max})
     excluded_nonfinite: int = 0
     whatif_changed: int = 0
     whatif_overlap_sum: int = 0
@@ -229,24 +235,10 @@ class LayerReplay:
             self.load_after = torch.zeros(self.num_experts, dtype=torch.int64)
 
     def merge(self, other: LayerReplay) -> None:
-        for name in (
-            "tokens",
-            "compared",
-            "top1_hits",
-            "topk_hits",
-            "overlap_sum",
-            "mismatched_near_ties",
-            "logits_compared",
-            "excluded_nonfinite",
-            "whatif_changed",
-            "whatif_overlap_sum",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.logits_max_abs_diff = max(self.logits_max_abs_diff, other.logits_max_abs_diff)
-        self.load_before += other.load_before
-        self.load_after += other.load_after
-        self.noise_tokens += other.noise_tokens
-        self.noise_flips += other.noise_flips
+        for f in dataclasses.fields(self):
+            reduce = f.metadata.get("reduce", operator.add)
+            if reduce is not None:
+                setattr(self, f.name, reduce(getattr(self, f.name), getattr(other, f.name)))
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -298,14 +290,6 @@ def _whatif_bias(bias: BiasArg, layer: int, e: int, ckpt_bias: torch.Tensor | No
 
 def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device)
-
-
-def _margin(spec: RouterSpec, sel: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Top-k boundary margin within the groups the token may use (plain s_(k) - s_(k+1) without groups)."""
-    if spec.n_group and spec.topk_group and spec.n_group > 1:
-        allowed = routing.group_mask(sel, spec.n_group, spec.topk_group, spec.score_function)
-        sel = sel.masked_fill(~allowed, float("-inf"))
-    return routing.margin(sel, ids)
 
 
 def _check_groups(spec: RouterSpec, k: int, e: int, what: str) -> None:
@@ -397,14 +381,7 @@ class _Replayer:
             reasons = "; ".join(f"layer {s['layer']}: {s['reason']}" for s in self.skipped) or "no layers"
             raise InvalidInputError(f"nothing to replay ({reasons}); record with --router-inputs", trace.path)
 
-    # routing on the device ----------------------------------------------------------------------
-    def _route(self, r: _Router, logits: torch.Tensor, k: int, bias: torch.Tensor | None) -> torch.Tensor:
-        s = r.spec
-        sel = routing.selection_scores(logits, s.score_function, bias)
-        return routing.select(
-            sel, k, n_group=s.n_group, topk_group=s.topk_group, score_function=s.score_function
-        )
-
+    # routing on the device: every choice, weight and margin comes from moediag.routing.route ----------
     def run_chunk(self, chunk: Chunk) -> None:
         mask = chunk.token("mask")
         valid = None if mask is None else mask.to(torch.bool)
@@ -433,32 +410,32 @@ class _Replayer:
         if n == 0:
             return
         e = r.num_experts
-        spec = r.spec
-        sf = spec.score_function
-        # the routing the checkpoint does, compared with the recorded one
-        base_sel = routing.selection_scores(logits, sf, r.selection_bias)
-        base_ids = routing.select(
-            base_sel, r.top_k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf
-        )
-        acc.tokens += n
-        self._agreement(chunk, r, acc, keep if subset else None, logits, base_sel, base_ids)
-        acc.load_before += _bincount(base_ids, e)
-        # the routing in effect (what-ifs applied)
+        # the routing in effect (what-ifs applied) ...
+        routed = routing.route(logits, spec=r.spec, bias=r.whatif_bias, top_k=r.whatif_top_k)
+        # ... and the routing the checkpoint does, compared with the recorded one
         if self.whatif:
-            sel = routing.selection_scores(logits, sf, r.whatif_bias)
-            ids = routing.select(
-                sel, r.whatif_top_k, n_group=spec.n_group, topk_group=spec.topk_group, score_function=sf
-            )
-            a, b = _membership(base_ids, e), _membership(ids, e)
-            inter = (a & b).sum(dim=1)
-            acc.whatif_overlap_sum += int(inter.sum())
+            base_ids = routing.choose(logits, spec=r.spec, bias=r.selection_bias, top_k=r.top_k)
+            a, b = _membership(base_ids, e), _membership(routed.ids, e)
+            acc.whatif_overlap_sum += int((a & b).sum())
             acc.whatif_changed += int((a != b).any(dim=1).sum())
         else:
-            sel, ids = base_sel, base_ids
-        acc.load_after += _bincount(ids, e)
+            base_ids = routed.ids
+        acc.tokens += n
+        self._agreement(chunk, r, acc, keep if subset else None, logits, base_ids, routed)
+        acc.load_before += _bincount(base_ids, e)
+        acc.load_after += _bincount(routed.ids, e)
         if self.noise:
-            self._noise(r, acc, logits, sel, ids)
-        self._stats(chunk, r, keep if subset else None, logits, sel, ids)
+            self._noise(r, acc, logits, routed)
+        self._stats(chunk, r, keep if subset else None, routed)
+
+    def _base_margin(self, r: _Router, logits: torch.Tensor, routed: routing.Routed) -> torch.Tensor:
+        """Margin of the checkpoint's own routing (= the routing in effect without what-ifs)."""
+        if not self.whatif:
+            assert routed.margin is not None
+            return routed.margin
+        base = routing.route(logits, spec=r.spec, bias=r.selection_bias, top_k=r.top_k)
+        assert base.margin is not None
+        return base.margin
 
     def _agreement(
         self,
@@ -467,8 +444,8 @@ class _Replayer:
         acc: LayerReplay,
         keep: torch.Tensor | None,
         logits: torch.Tensor,
-        sel: torch.Tensor,
         ids: torch.Tensor,
+        routed: routing.Routed,
     ) -> None:
         rec_logits = chunk.layer_tensor(r.layer, "router_logits")
         rec_ids = chunk.layer_tensor(r.layer, "topk_ids")
@@ -483,10 +460,9 @@ class _Replayer:
             acc.logits_compared += int(logits.shape[0])
         if rec_ids is None and rec_logits is not None:
             tspec = self.trace.layers[r.layer].spec
-            sf = tspec.score_function or r.spec.score_function
-            rsel = routing.selection_scores(rec_logits.to(self.device), sf, r.recorded_bias)
-            rec_ids = routing.select(
-                rsel, r.top_k, n_group=tspec.n_group, topk_group=tspec.topk_group, score_function=sf
+            rule = dataclasses.replace(tspec, score_function=tspec.score_function or r.spec.score_function)
+            rec_ids = routing.choose(
+                rec_logits.to(self.device).float(), spec=rule, bias=r.recorded_bias, top_k=r.top_k
             )
         if rec_ids is None:
             return
@@ -501,14 +477,12 @@ class _Replayer:
         acc.top1_hits += int((rec[:, 0] == ids[:, 0]).sum())
         acc.overlap_sum += int((a & b).sum())
         if not bool(same.all()):
-            m = _margin(r.spec, sel[~same], ids[~same])
+            m = self._base_margin(r, logits, routed)[~same]
             acc.mismatched_near_ties += int((m.abs() <= TIE_EPS).sum())
 
-    def _noise(
-        self, r: _Router, acc: LayerReplay, logits: torch.Tensor, sel: torch.Tensor, ids: torch.Tensor
-    ) -> None:
-        assert self.noise is not None
-        m = _margin(r.spec, sel, ids)
+    def _noise(self, r: _Router, acc: LayerReplay, logits: torch.Tensor, routed: routing.Routed) -> None:
+        assert self.noise is not None and routed.margin is not None
+        ids, m = routed.ids, routed.margin
         edges = torch.tensor(MARGIN_EDGES[1:], device=m.device, dtype=m.dtype)
         bucket = torch.bucketize(m.nan_to_num(float("inf")).clamp_min(0), edges, right=True)
         base = _membership(ids, r.num_experts)
@@ -517,48 +491,15 @@ class _Replayer:
             z = logits + self.noise * torch.randn(
                 logits.shape, generator=self.generator, device=logits.device, dtype=logits.dtype
             )
-            noisy = self._route(r, z, ids.shape[1], r.whatif_bias)
+            noisy = routing.choose(z, spec=r.spec, bias=r.whatif_bias, top_k=ids.shape[1])
             flips += (_membership(noisy, r.num_experts) != base).any(dim=1)
         nb = len(MARGIN_EDGES)
         acc.noise_tokens += torch.bincount(bucket, minlength=nb).cpu() * self.samples
         acc.noise_flips += torch.bincount(bucket, weights=flips.double(), minlength=nb).cpu().to(torch.int64)
 
-    def _stats(
-        self,
-        chunk: Chunk,
-        r: _Router,
-        keep: torch.Tensor | None,
-        logits: torch.Tensor,
-        sel: torch.Tensor,
-        ids: torch.Tensor,
-    ) -> None:
-        spec = r.spec
-        sf = spec.score_function
-        k = ids.shape[1]
-        z = logits.cpu()
-        ids_c = ids.cpu()
-        parts = routing.softmax_parts(z)
-        softmax = parts.softmax
-        w = routing.weights(z, ids_c, sf, spec.norm_topk_prob)
-        own = sf != "sigmoid"  # the softmax is the distribution whose entropy and confidence count
-        probs = softmax if own else routing.distribution(z, sf)
+    def _stats(self, chunk: Chunk, r: _Router, keep: torch.Tensor | None, routed: routing.Routed) -> None:
         index = chunk.index if keep is None else chunk.index[keep]
-        batch = LayerBatch(
-            num_experts=r.num_experts,
-            top_k=k,
-            ids=ids_c,
-            top1=ids_c[:, 0],
-            index=index,
-            weights=w,
-            logits=z,
-            probs=probs,
-            margin=_margin(spec, sel, ids).cpu(),
-            hf_ids=softmax.topk(k, dim=-1).indices,
-            lse=parts.lse,
-            entropy=parts.entropy if own else None,
-            confidence=parts.confidence if own else None,
-            softmax=softmax,
-        )
+        batch = routed.to("cpu").batch(num_experts=r.num_experts, top_k=int(routed.ids.shape[1]), index=index)
         for name in ("sequence_ids", "positions", "step"):
             t = chunk.token(name)
             if t is not None:

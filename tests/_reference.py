@@ -104,6 +104,51 @@ def route_ref(
     return topk_rows(sel, k)
 
 
+def allowed_ref(
+    sel: np.ndarray, score_function: str, n_group: int | None, topk_group: int | None
+) -> np.ndarray:
+    """Boolean [n, E]: experts in the groups the rule keeps (all without group limits), by loops."""
+    n, e = sel.shape
+    if not (n_group and topk_group and n_group > 1):
+        return np.ones((n, e), dtype=bool)
+    size = e // n_group
+    out = np.zeros((n, e), dtype=bool)
+    for t, row in enumerate(sel):
+        gscore = []
+        for g in range(n_group):
+            members = sorted(row[g * size : (g + 1) * size], reverse=True)
+            gscore.append(members[0] + members[1] if score_function == "sigmoid" else members[0])
+        for g in sorted(range(n_group), key=lambda g: -gscore[g])[:topk_group]:
+            out[t, g * size : (g + 1) * size] = True
+    return out
+
+
+def margin_ref(
+    logits: np.ndarray,
+    ids: np.ndarray,
+    score_function: str,
+    bias: np.ndarray | None = None,
+    n_group: int | None = None,
+    topk_group: int | None = None,
+) -> np.ndarray:
+    """docs/metrics.md: lowest chosen minus highest unchosen allowed score, in probability units."""
+    z = np.asarray(logits, dtype=np.float64)
+    if score_function == "topk_softmax":
+        choice = z + (0 if bias is None else bias)
+        prob = softmax(choice)
+    else:
+        prob = (sigmoid(z) if score_function == "sigmoid" else softmax(z)) + (0 if bias is None else bias)
+        choice = prob
+    allowed = allowed_ref(choice, score_function, n_group, topk_group)
+    out = []
+    for t in range(len(z)):
+        chosen = set(int(i) for i in ids[t] if i >= 0)
+        low = min(prob[t, i] for i in chosen)
+        rest = [prob[t, i] for i in range(z.shape[1]) if allowed[t, i] and i not in chosen]
+        out.append(low - max(rest) if rest else np.nan)
+    return np.array(out)
+
+
 def distribution_ref(logits: np.ndarray, score_function: str) -> np.ndarray:
     if score_function == "sigmoid":
         s = sigmoid(logits)

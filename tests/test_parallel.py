@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from moediag.analysis import analyze_trace
+from moediag.analysis import analyze_trace, trace_stats
 from moediag.cli import app
 from moediag.compare import compare
 from moediag.parallel import compact, compute_unit, pinned_threads, plan_units, tree_fold
@@ -101,7 +101,7 @@ def test_reference_covers_every_statistic(reference: dict[str, Any]) -> None:
 
 def test_plan_units_cover_the_trace_in_order(trace: Path) -> None:
     t = open_trace(trace)
-    units = plan_units(t, chunk_tokens=CHUNK, unit_tokens=UNIT)
+    units = plan_units(collect=trace_stats, trace=t, chunk_tokens=CHUNK, unit_tokens=UNIT)
     # 600 | 637 | 674 tokens in chunks of 300: a short tail (37) joins the next shard's first chunk
     assert [len(u.files) for u in units] == [1, 1, 2, 1]
     pos = 0
@@ -112,7 +112,7 @@ def test_plan_units_cover_the_trace_in_order(trace: Path) -> None:
         assert unit.tokens < UNIT + CHUNK  # closed once it reaches UNIT
     assert pos == t.num_tokens
     # small shards are packed together; a unit never depends on the worker count
-    packed = plan_units(t, chunk_tokens=CHUNK, unit_tokens=3000)
+    packed = plan_units(collect=trace_stats, trace=t, chunk_tokens=CHUNK, unit_tokens=3000)
     assert [len(u.files) for u in packed] == [3]
 
 
@@ -129,7 +129,7 @@ def test_tree_fold_is_the_level_by_level_tree_dask_builds() -> None:
 
 
 def test_state_round_trips_through_pickle_and_stays_small(trace: Path) -> None:
-    unit = plan_units(open_trace(trace), chunk_tokens=CHUNK, unit_tokens=UNIT)[1]
+    unit = plan_units(collect=trace_stats, trace=open_trace(trace), chunk_tokens=CHUNK, unit_tokens=UNIT)[1]
     with pinned_threads(unit.threads):
         raw = compute_unit(unit)
     raw_size = len(pickle.dumps(raw))
@@ -227,7 +227,7 @@ def test_one_unit_runs_here_without_starting_worker_processes(tmp_path: Path) ->
     from moediag.parallel import LocalRunner, open_runner
 
     path = write_trace(tmp_path / "small")
-    units = plan_units(open_trace(path), unit_tokens=1 << 30)
+    units = plan_units(collect=trace_stats, trace=open_trace(path), unit_tokens=1 << 30)
     assert len(units) == 1
     with open_runner(2) as runner:
         assert isinstance(runner, LocalRunner)
@@ -237,3 +237,17 @@ def test_one_unit_runs_here_without_starting_worker_processes(tmp_path: Path) ->
     for doc in (got, want):
         doc["meta"].pop("created")
     assert got == want
+
+
+def test_parallel_does_not_import_analysis() -> None:
+    """No analysis <-> parallel cycle: parallel runs the collect function it is given."""
+    import ast
+    import inspect
+
+    import moediag.parallel as par
+
+    tree = ast.parse(inspect.getsource(par))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert not any(m and m.startswith(("moediag.analysis", "moediag.api")) for m in imported)

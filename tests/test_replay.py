@@ -309,3 +309,24 @@ def test_cpu_and_cuda_agree(recorded) -> None:
         assert gpu["summary"]["match"] is True
         for rc, rg in zip(cpu["layers"], gpu["layers"], strict=True):
             assert rc["stats"]["load"] == rg["stats"]["load"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_replay_figures_equal_inspect_on_identical_routing(family: str, recorded) -> None:
+    """One routing path: on the same logits and choices, replay's per-layer figures (margins included) are
+    inspect's, for softmax (+/- renormalisation), sigmoid with bias and groups, and top-k then softmax."""
+    from moediag.analysis import analyze_trace
+
+    ckpt, trace, _ = recorded[family]
+    doc = replay(ckpt, trace, device="cpu", chunk_tokens=80).to_dict()
+    assert doc["summary"]["match"] is True
+    inspected = analyze_trace(trace)
+    for row in doc["layers"]:
+        want = inspected.layer(row["layer"])
+        assert want["source"] == "logits"
+        for key, value in row["stats"].items():
+            if isinstance(value, float):
+                assert value == pytest.approx(want[key], rel=1e-4, abs=1e-6), (family, row["layer"], key)
+            else:
+                assert value == want[key], (family, row["layer"], key)
+        assert row["stats"]["margin_mean"] is not None and row["stats"]["margin_mean"] >= 0

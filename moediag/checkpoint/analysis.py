@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moediag import options
 from moediag.checkpoint.config import TOP_K_FAMILIES, NormalisedConfig, normalise_config
 from moediag.checkpoint.inventory import Inventory, open_inventory
 from moediag.checkpoint.layouts import Layout, MoEBlock, detect_layout
@@ -260,10 +261,12 @@ class CheckpointAnalysis:
 
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable result (``--json``); keys documented in docs/checkpoints.md."""
+        from moediag.verdict import checkpoint_verdict
+
         return _finite(
             {
                 "meta": self.meta(),
-                "summary": self.summary(),
+                "summary": {**self.summary(), "verdict": checkpoint_verdict(self).to_dict()},
                 "layers": [lr.to_dict() for lr in self.layers],
             }
         )
@@ -356,7 +359,7 @@ def analyze_checkpoint(
     *,
     weights: bool = True,
     layer: int | None = None,
-    redundancy_threshold: float = 0.99,
+    redundancy_threshold: float = options.default("redundancy_threshold"),
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
 ) -> CheckpointAnalysis:

@@ -7,7 +7,7 @@
 Each :class:`RouterSpec` names the router weight, the optional logit bias (added to the logits, as
 GPT-OSS's ``router.bias``) and the optional selection bias (added to the scores for choosing only, as
 DeepSeek-V3's ``e_score_correction_bias``), and carries the normalised routing settings that
-:func:`moediag.routing.route` takes.
+:func:`moediag.routing.route` takes (a RouterSpec is a ``RoutingRule``).
 """
 
 from __future__ import annotations
@@ -58,16 +58,6 @@ class RouterSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def route_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`moediag.routing.route` (add ``selection_bias`` yourself)."""
-        return {
-            "top_k": self.top_k,
-            "score_function": self.score_function,
-            "norm_topk_prob": self.norm_topk_prob,
-            "n_group": self.n_group,
-            "topk_group": self.topk_group,
-        }
 
 
 def top_k_for(cfg: NormalisedConfig, block: MoEBlock) -> int | None:

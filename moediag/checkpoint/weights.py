@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from moediag import options
 from moediag.checkpoint.inventory import Inventory, TensorRef, read_flat
 from moediag.checkpoint.layouts import ExpertMatrix, MoEBlock
 from moediag.errors import InvalidInputError
@@ -256,7 +257,9 @@ def _robust_outliers(x: torch.Tensor) -> list[tuple[int, float, str]]:
     return out
 
 
-def router_stats(w: torch.Tensor, threshold: float = 0.99) -> dict[str, Any]:
+def router_stats(
+    w: torch.Tensor, threshold: float = options.default("redundancy_threshold")
+) -> dict[str, Any]:
     """Row norms (with outliers) and pairwise row cosine of a router weight [E, H]."""
     w = w.float()
     norms = w.norm(dim=1)
@@ -345,7 +348,7 @@ def expert_similarity(
     inv: Inventory,
     block: MoEBlock,
     *,
-    threshold: float = 0.99,
+    threshold: float = options.default("redundancy_threshold"),
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress | None = None,
 ) -> ExpertSimilarity:

@@ -8,7 +8,6 @@ generated from :data:`moediag.checks.KEYS`, the same table that checks the confi
 from __future__ import annotations
 
 import inspect as _inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,122 +16,13 @@ import typer
 from moediag.checks import (
     KEYS,
     RULES,
-    BaselineMismatchError,
-    CheckConfig,
     CheckReport,
-    ConfigValueError,
-    run_checks,
 )
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar, stdout_console
-from moediag.errors import InvalidInputError, UsageError
+from moediag.errors import UsageError
 from moediag.io import atomic
 from moediag.render.check_formats import OutputFormat, render
-
-_FIXED = (
-    "path",
-    "config",
-    "baseline",
-    "output_format",
-    "output",
-    "num_experts",
-    "top_k",
-    "score_function",
-    "chunk_tokens",
-    "workers",
-    "scheduler",
-)
-
-
-def analysis_document(
-    path: Path,
-    config: CheckConfig,
-    num_experts: int | None = None,
-    top_k: int | None = None,
-    score_function: str | None = None,
-    chunk_tokens: int | None = None,
-    workers: int | None = None,
-    scheduler: str | None = None,
-) -> dict[str, Any]:
-    """The ``inspect --json`` document of a trace or checkpoint, analysed with the check's settings."""
-    from moediag.inputs import detect_kind
-
-    if detect_kind(path) == "checkpoint":
-        return checkpoint_document(path)
-    from moediag.analysis import analyze_trace
-    from moediag.cli.inspect import routing_overrides
-    from moediag.stats import StatsOptions
-    from moediag.stats.capacity import CAPACITY_FACTORS
-    from moediag.trace import open_trace
-
-    trace = open_trace(path, overrides=routing_overrides(num_experts, top_k, score_function))
-    factors = tuple(sorted(set(CAPACITY_FACTORS) | {float(config["capacity_factor"])}))
-    options = StatsOptions(cold_eps=float(config["cold_eps"]), capacity_factors=factors)
-    wanted = config["layers"]
-    if wanted is not None:
-        missing = [x for x in wanted if x not in trace.layers]
-        if missing:
-            have = ", ".join(map(str, sorted(trace.layers)))
-            raise UsageError(f"--layers: layer {missing[0]} is not in {path} (layers: {have})")
-    with progress_bar("analysing", trace.num_tokens) as advance:
-        analysis = analyze_trace(
-            trace,
-            options=options,
-            chunk_tokens=chunk_tokens,
-            progress=advance,
-            layers=wanted,
-            workers=workers,
-            scheduler=scheduler,
-        )
-    doc = analysis.to_dict()
-    for row in doc["layers"]:
-        if row.get("bias") is None and row.get("selection_bias") is None:
-            bias = trace.selection_bias(int(row["layer"]))
-            if bias is not None:
-                row["bias"] = {"min": float(bias.min()), "max": float(bias.max()), "mean": float(bias.mean())}
-    return doc
-
-
-def checkpoint_document(path: Path) -> dict[str, Any]:
-    """A checkpoint's ``inspect --json`` document, from the checkpoint analysis (moediag.checkpoint)."""
-    import importlib
-
-    for module_name, func_name in (
-        ("moediag.checkpoint", "analyze_checkpoint"),
-        ("moediag.checkpoint.analysis", "analyze_checkpoint"),
-    ):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        func = getattr(module, func_name, None)
-        if func is not None:
-            result = func(path, weights=True)
-            doc = result.to_dict() if hasattr(result, "to_dict") else dict(result)
-            doc.setdefault("meta", {}).setdefault("kind", "checkpoint")
-            doc["meta"].setdefault("path", str(path))
-            return dict(doc)
-    raise InvalidInputError("checkpoint analysis is not available in this version of moediag", path)
-
-
-def load_baseline(path: Path, config: CheckConfig) -> dict[str, Any]:
-    from moediag.checks import baseline_figures
-
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError("baseline file not found", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"baseline is not readable JSON: {exc}", path) from None
-    try:
-        return baseline_figures(doc, config)
-    except ConfigValueError as exc:
-        raise InvalidInputError(f"baseline: {exc}", path) from None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, replaced in one step."""
-    atomic.write_atomic(path, text)
 
 
 def run_check(
@@ -148,21 +38,27 @@ def run_check(
     workers: int | None = None,
     scheduler: str | None = None,
 ) -> CheckReport:
-    """Resolve the settings, analyse ``path``, and run the rules (what the command does, minus output)."""
-    from moediag.config import load_config
+    """:func:`moediag.check` with the CLI's progress bar (what the command does, minus output)."""
+    from moediag.api import check
 
-    config = load_config(config_file, flags or {})
-    base = load_baseline(baseline, config) if baseline is not None else None
-    doc = analysis_document(
-        path, config, num_experts, top_k, score_function, chunk_tokens, workers, scheduler
+    return check(
+        path,
+        config=config_file,
+        baseline=baseline,
+        num_experts=num_experts,
+        top_k=top_k,
+        score_function=score_function,
+        chunk_tokens=chunk_tokens,
+        workers=workers,
+        scheduler=scheduler,
+        progress=progress_bar,
+        **(flags or {}),
     )
-    doc.setdefault("meta", {})["path"] = str(path)
-    try:
-        return run_checks(doc, config, base, None if baseline is None else str(baseline))
-    except BaselineMismatchError as exc:
-        raise InvalidInputError(f"baseline: {exc}", baseline) from None
-    except ConfigValueError as exc:
-        raise UsageError(f"--layers: {exc}") from None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, replaced in one step."""
+    atomic.write_atomic(path, text)
 
 
 def check_cmd(**kwargs: Any) -> None:
@@ -176,6 +72,10 @@ def check_cmd(**kwargs: Any) -> None:
     """
     path: Path = kwargs.pop("path")
     fmt = OutputFormat(kwargs.pop("output_format"))
+    if kwargs.pop("as_json"):
+        if fmt not in (OutputFormat.TABLE, OutputFormat.JSON):
+            raise UsageError(f"--json and --format {fmt.value} ask for two formats; give one")
+        fmt = OutputFormat.JSON
     output: Path | None = kwargs.pop("output")
     if (chunk_tokens := kwargs.get("chunk_tokens")) is not None and chunk_tokens < 1:
         raise UsageError("--chunk-tokens must be positive")
@@ -247,6 +147,11 @@ def _parameters() -> list[_inspect.Parameter]:
             typer.Option(
                 OutputFormat.TABLE, "--format", "-f", help="table | json | junit | markdown | github."
             ),
+        ),
+        param(
+            "as_json",
+            bool,
+            typer.Option(False, "--json", help="The JSON format (the same as --format json)."),
         ),
         param(
             "output",
@@ -327,4 +232,4 @@ def _parameters() -> list[_inspect.Parameter]:
 check_cmd.__signature__ = _inspect.Signature(_parameters())  # type: ignore[attr-defined]
 app.command("check")(check_cmd)
 
-__all__ = ["RULES", "analysis_document", "check_cmd", "run_check", "write_atomic"]
+__all__ = ["RULES", "check_cmd", "run_check", "write_atomic"]

@@ -114,3 +114,14 @@ def given_options(ctx: typer.Context, names: Iterable[str]) -> list[str]:
         off = getattr(param, "secondary_opts", None) and ctx.params.get(param.name) is False
         out.append(param.secondary_opts[0] if off else param.opts[0])
     return out
+
+
+def explicit(ctx: typer.Context, **values: Any) -> dict[str, Any]:
+    """The values among ``values`` (parameter name = value) that the user set on the command line; the
+    others stay unset so the config file (moediag.options) can supply them."""
+    out = {}
+    for name, value in values.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name != "DEFAULT":
+            out[name] = value
+    return out

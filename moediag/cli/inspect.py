@@ -12,6 +12,7 @@ from moediag.cli.common import (
     PATH_WINDOW_HELP,
     SCHEDULER_HELP,
     WORKERS_HELP,
+    explicit,
     given_options,
     parse_path_windows,
     print_json,
@@ -20,6 +21,7 @@ from moediag.cli.common import (
     stdout_console,
 )
 from moediag.errors import UsageError
+from moediag.options import BY_NAME, default
 
 if TYPE_CHECKING:
     from moediag.trace import RoutingSpec
@@ -30,16 +32,10 @@ SORT_KEYS = ("max_vio", "cv", "gini", "aux_loss", "z_loss", "max_mean")
 def routing_overrides(
     num_experts: int | None, top_k: int | None, score_function: str | None
 ) -> RoutingSpec | None:
-    from moediag.trace import (  # torch: loaded when a command runs, not for --help
-        SCORE_FUNCTIONS,
-        RoutingSpec,
-    )
+    """Kept for callers of the CLI module: :func:`moediag.api.routing_overrides`."""
+    from moediag.api import routing_overrides as overrides
 
-    if score_function is not None and score_function not in SCORE_FUNCTIONS:
-        raise UsageError(f"--score-function must be one of {', '.join(SCORE_FUNCTIONS)}")
-    if num_experts is None and top_k is None and score_function is None:
-        return None
-    return RoutingSpec(num_experts=num_experts, top_k=top_k, score_function=score_function)
+    return overrides(num_experts, top_k, score_function)
 
 
 @app.command("inspect")
@@ -66,9 +62,11 @@ def inspect_cmd(
     score_function: str | None = typer.Option(
         None, "--score-function", help="softmax | sigmoid | topk_softmax, if the trace lacks it."
     ),
-    cold_eps: float = typer.Option(0.1, "--cold-eps", help="An expert is cold when its share < eps / E."),
+    cold_eps: float = typer.Option(
+        default("cold_eps"), "--cold-eps", help="An expert is cold when its share < eps / E."
+    ),
     capacity_group: int = typer.Option(
-        4096, "--capacity-group", help="Tokens per capacity group when the trace has no sequence ids."
+        default("capacity_group"), "--capacity-group", help=BY_NAME["capacity_group"].help
     ),
     chunk_tokens: int | None = typer.Option(
         None, "--chunk-tokens", help="Tokens read per chunk (memory bound)."
@@ -79,7 +77,7 @@ def inspect_cmd(
         help="Checkpoints: read weights for router and redundancy diagnostics.",
     ),
     redundancy_threshold: float = typer.Option(
-        0.99, "--redundancy-threshold", help="Checkpoints: cosine above which two experts are duplicates."
+        default("redundancy_threshold"), "--redundancy-threshold", help=BY_NAME["redundancy_threshold"].help
     ),
     path_window: list[str] | None = typer.Option(
         None, "--path-window", metavar="FIRST:LAST", help=PATH_WINDOW_HELP
@@ -109,14 +107,10 @@ def inspect_cmd(
     if kind == "checkpoint":
         from moediag.cli.inspect_checkpoint import inspect_checkpoint_command
 
-        finish(
-            inspect_checkpoint_command(
-                path, as_json=as_json, layer=layer, weights=weights, redundancy_threshold=redundancy_threshold
-            )
-        )
+        given = explicit(ctx, weights=weights, redundancy_threshold=redundancy_threshold)
+        finish(inspect_checkpoint_command(path, as_json=as_json, layer=layer, **given))
         return
-    from moediag.analysis import analyze_trace
-    from moediag.stats import StatsOptions
+    from moediag.api import inspect_trace
     from moediag.trace import open_trace
 
     trace = open_trace(path, overrides=routing_overrides(num_experts, top_k, score_function))
@@ -125,20 +119,14 @@ def inspect_cmd(
             f"--layer {layer}: not in the trace (layers: {', '.join(map(str, sorted(trace.layers)))})",
             path,
         )
-    options = StatsOptions(
-        cold_eps=cold_eps,
-        capacity_group_tokens=capacity_group,
+    analysis = inspect_trace(
+        trace,
         path_windows=parse_path_windows(path_window, trace.layers),
+        workers=workers,
+        scheduler=scheduler,
+        progress=progress_bar,
+        **explicit(ctx, cold_eps=cold_eps, capacity_group=capacity_group, chunk_tokens=chunk_tokens),
     )
-    with progress_bar("analysing", trace.num_tokens) as advance:
-        analysis = analyze_trace(
-            trace,
-            options=options,
-            chunk_tokens=chunk_tokens,
-            progress=advance,
-            workers=workers,
-            scheduler=scheduler,
-        )
     if as_json:
         print_json(analysis.to_dict(detail=detail))
         return

@@ -1,6 +1,6 @@
 """``moediag inspect CHECKPOINT``: the checkpoint half of ``inspect`` (dispatched from cli/inspect.py).
 
-A thin adapter: call :func:`moediag.checkpoint.analyze_checkpoint`, show a progress bar on stderr while
+A thin adapter: call :func:`moediag.api.inspect_checkpoint`, show a progress bar on stderr while
 weights are read, print warnings to stderr, and render a table or JSON to stdout.
 """
 
@@ -10,7 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-from moediag.checkpoint import analyze_checkpoint, check_weights
 from moediag.errors import ExitCode
 
 
@@ -19,21 +18,28 @@ def inspect_checkpoint_command(
     *,
     as_json: bool,
     layer: int | None,
-    weights: bool,
-    redundancy_threshold: float,
+    weights: bool | None = None,
+    redundancy_threshold: float | None = None,
     console_width: int | None = None,
     chunk_mib: int = 64,
 ) -> int:
     """Inspect a checkpoint; returns the exit code (0). Bad input raises a MoediagError (exit 2).
 
+    ``weights`` / ``redundancy_threshold``: None = from the config file, else the default (moediag.options).
+
     Example: moediag inspect ./Qwen1.5-MoE-A2.7B --no-weights
     """
+    from moediag.api import inspect_checkpoint
     from moediag.cli.common import print_json, progress_bar, stdout_console
 
-    analysis = analyze_checkpoint(path, weights=False, layer=layer, redundancy_threshold=redundancy_threshold)
-    if weights:
-        with progress_bar("reading expert weights", analysis.weight_bytes()) as advance:
-            check_weights(analysis, chunk_bytes=max(1, chunk_mib) * 1024 * 1024, progress=advance)
+    analysis = inspect_checkpoint(
+        path,
+        weights=weights,
+        layer=layer,
+        redundancy_threshold=redundancy_threshold,
+        chunk_mib=chunk_mib,
+        progress=progress_bar,
+    )
     for w in analysis.warnings:
         sys.stderr.write(f"moediag: warning: {os.fspath(path)}: {w}\n")
     if as_json:

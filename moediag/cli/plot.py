@@ -35,7 +35,7 @@ def plot_cmd(
 
     Example: moediag plot sample_traces/collapsed.safetensors --kind load-heatmap -o load.png
     """
-    from moediag.analysis import analyze_trace
+    from moediag.api import inspect_trace
     from moediag.cli.inspect import routing_overrides
     from moediag.inputs import detect_kind
     from moediag.render.plots import make_figure, save_figure
@@ -55,8 +55,7 @@ def plot_cmd(
             f"--layer {layer}: not in the trace (layers: {', '.join(map(str, sorted(trace.layers)))})",
             path,
         )
-    with progress_bar("analysing", trace.num_tokens) as advance:
-        analysis = analyze_trace(trace, progress=advance)
+    analysis = inspect_trace(trace, command="plot", progress=progress_bar)
     fig = make_figure(kind, analysis, layer)
     save_figure(fig, output, dpi=dpi)
     echo_err(f"moediag: wrote {output}")

@@ -9,6 +9,7 @@ import typer
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import print_json, progress_bar, stdout_console
 from moediag.errors import ExitCode, UsageError
+from moediag.options import BY_NAME, default
 
 
 @app.command("replay")
@@ -30,7 +31,7 @@ def replay_cmd(
         "position", "--drop-policy", help="Which assignments drop over capacity: position or probs."
     ),
     capacity_group: int = typer.Option(
-        4096, "--capacity-group", help="Tokens per capacity group when the trace has no sequence ids."
+        default("capacity_group"), "--capacity-group", help=BY_NAME["capacity_group"].help
     ),
     no_bias: bool = typer.Option(False, "--no-bias", help="What if the selection bias were reset to 0."),
     bias_file: Path | None = typer.Option(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -12,28 +11,17 @@ from moediag.cli.common import (
     PATH_WINDOW_HELP,
     SCHEDULER_HELP,
     WORKERS_HELP,
+    explicit,
     parse_path_windows,
     progress_bar,
     require_positive,
 )
-from moediag.errors import UsageError
-
-
-def _checks(doc: dict[str, Any], config_file: Path | None) -> dict[str, Any] | None:
-    """``moediag check`` results when thresholds are configured (a config file found or given), else None."""
-    try:
-        from moediag.checks import run_checks
-        from moediag.config import load_config
-    except ImportError:  # pragma: no cover - the gate ships with moediag; kept optional for the renderer
-        return None
-    config = load_config(config_file)
-    if config.file is None:
-        return None
-    return run_checks(doc, config).to_dict()
+from moediag.options import BY_NAME, default
 
 
 @app.command("report")
 def report_cmd(
+    ctx: typer.Context,
     paths: list[Path] = typer.Argument(..., metavar="PATH", help="A trace, a checkpoint, or one of each."),
     output: Path = typer.Option(..., "--output", "-o", help="The HTML file to write."),
     title: str | None = typer.Option(None, "--title", help="Page title (default: from the input's name)."),
@@ -50,9 +38,11 @@ def report_cmd(
     score_function: str | None = typer.Option(
         None, "--score-function", help="softmax | sigmoid | topk_softmax, if the trace lacks it."
     ),
-    cold_eps: float = typer.Option(0.1, "--cold-eps", help="An expert is cold when its share < eps / E."),
+    cold_eps: float = typer.Option(
+        default("cold_eps"), "--cold-eps", help="An expert is cold when its share < eps / E."
+    ),
     capacity_group: int = typer.Option(
-        4096, "--capacity-group", help="Tokens per capacity group when the trace has no sequence ids."
+        default("capacity_group"), "--capacity-group", help=BY_NAME["capacity_group"].help
     ),
     weights: bool = typer.Option(
         True,
@@ -71,54 +61,30 @@ def report_cmd(
 
     Example: moediag report sample_traces/imbalanced.safetensors -o report.html
     """
+    from moediag.api import report
     from moediag.inputs import detect_kind
 
-    if output.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"-o {output}: the report is HTML; name it something.html")
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group)
-    by_kind: dict[str, Path] = {}
-    for p in paths:
-        kind = detect_kind(p)
-        if kind in by_kind:
-            raise UsageError(f"{p}: a report takes at most one trace and one checkpoint (two {kind}s given)")
-        by_kind[kind] = p
-    analysis = checkpoint = None
-    doc: dict[str, Any] | None = None
-    if "trace" in by_kind:
-        from moediag.analysis import analyze_trace
-        from moediag.cli.inspect import routing_overrides
-        from moediag.stats import StatsOptions
+    layers: list[int] = []
+    traces = [p for p in paths if path_window and detect_kind(p) == "trace"]
+    if traces:  # --path-window is checked against the trace's layers
         from moediag.trace import open_trace
 
-        trace = open_trace(by_kind["trace"], overrides=routing_overrides(num_experts, top_k, score_function))
-        with progress_bar("analysing trace", trace.num_tokens) as advance:
-            analysis = analyze_trace(
-                trace,
-                options=StatsOptions(
-                    cold_eps=cold_eps,
-                    capacity_group_tokens=capacity_group,
-                    path_windows=parse_path_windows(path_window, trace.layers),
-                ),
-                progress=advance,
-                workers=workers,
-                scheduler=scheduler,
-            )
-        doc = analysis.to_dict()
-    if "checkpoint" in by_kind:
-        from moediag.checkpoint import analyze_checkpoint, check_weights
-
-        checkpoint = analyze_checkpoint(by_kind["checkpoint"], weights=False)
-        if weights:
-            with progress_bar("reading expert weights", checkpoint.weight_bytes()) as advance:
-                check_weights(checkpoint, progress=advance)
-        for w in checkpoint.warnings:
-            echo_err(f"moediag: warning: {by_kind['checkpoint']}: {w}")
-        if doc is None:
-            doc = checkpoint.to_dict()
-    assert doc is not None
-    checks = _checks(doc, config)
-    from moediag.render.html import render_report, write_report
-
-    page = render_report(analysis, checkpoint, checks=checks, title=title)
-    write_report(output, page)
-    echo_err(f"moediag: wrote {output} ({len(page.encode('utf-8')) / 1e6:.1f} MB)")
+        layers = sorted(open_trace(traces[0]).layers)
+    written = report(
+        paths,
+        output,
+        title=title,
+        config=config,
+        num_experts=num_experts,
+        top_k=top_k,
+        score_function=score_function,
+        path_windows=parse_path_windows(path_window, layers),
+        workers=workers,
+        scheduler=scheduler,
+        progress=progress_bar,
+        warn=echo_err,
+        **explicit(ctx, cold_eps=cold_eps, capacity_group=capacity_group, weights=weights),
+    )
+    size = written.stat().st_size
+    echo_err(f"moediag: wrote {output} ({size / 1e6:.1f} MB)")

@@ -40,7 +40,7 @@ from moediag.live.alerts import ON_ALERT, Alert, RoutingAlert, evaluate
 from moediag.live.judge import DEFAULT_WINDOWS, TemporalJudge
 from moediag.live.sinks import Sink, make_sinks
 from moediag.live.window import LiveStats, WindowReport
-from moediag.monitor.device import DeviceStats, route_on_device
+from moediag.monitor.device import DeviceStats
 from moediag.monitor.flight import DEFAULT_MAX_BYTES, FlightRecorder
 from moediag.record.capture import router_output
 from moediag.record.discover import RouterSite, find_routers, routing_info
@@ -371,14 +371,13 @@ class Monitor:
         out = router_output(site, args, kwargs, output, self._source.get(site.layer))
         self._source[site.layer] = out.source
         info = self.info
-        r = route_on_device(
+        bias = site.selection_bias_tensor()  # the live tensor: training may move it
+        r = routing.route(
             out.logits,
-            out.ids,
+            spec=info,
+            ids=out.ids,
+            bias=None if bias is None else bias.float(),
             top_k=site.top_k,
-            score_function=info.score_function,
-            bias=site.selection_bias_tensor(),  # the live tensor: training may move it
-            n_group=info.n_group,
-            topk_group=info.topk_group,
         )
         n = r.ids.shape[0]
         valid = self._valid if self._valid is not None and self._valid.numel() == n else None
@@ -386,10 +385,8 @@ class Monitor:
             valid = valid.to(r.ids.device, non_blocking=True)
         self._device_stats.update(site.layer, r, valid)
         if self.flight is not None:
-            weights = routing.weights(
-                out.logits, r.ids, info.score_function, info.norm_topk_prob, softmax=r.softmax
-            )
-            self.flight.add_layer(site.layer, r.ids, weights, out.logits, site.num_experts)
+            assert r.weights is not None
+            self.flight.add_layer(site.layer, r.ids, r.weights, out.logits, site.num_experts)
 
     # -- reports -------------------------------------------------------------------------------
     def _report(self, step: int) -> WindowReport:

@@ -13,19 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from moediag.checkpoint.analysis import CheckpointAnalysis
+from moediag.verdict import checkpoint_verdict, human
 
 MAX_ROWS = 40
-
-
-def human(n: float | int | None) -> str:
-    """1234 -> 1.23K, 6.7e9 -> 6.70B."""
-    if n is None:
-        return "—"
-    v = float(n)
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(v) >= size:
-            return f"{v / size:.3g}{unit}" if abs(v) / size < 100 else f"{v / size:.0f}{unit}"
-    return f"{int(v)}" if v == int(v) else f"{v:.3g}"
 
 
 def _pct(v: float | None) -> str:
@@ -33,25 +23,9 @@ def _pct(v: float | None) -> str:
 
 
 def verdict(analysis: CheckpointAnalysis) -> tuple[str, str]:
-    """A one-line answer and its style."""
-    s = analysis.summary()
-    h = s["health"]
-    if not s["is_moe"]:
-        return (f"DENSE: no MoE layers; {human(s['total_params'])} parameters", "bold")
-    k = s["top_k"] if s["top_k"] else "?"
-    what = f"{s['moe_layers']} MoE layers x {s['num_experts']} experts, top-{k}"
-    only = analysis.meta().get("layer")
-    if only is not None:  # --layer: the weights of that layer only were judged; say so
-        what += f"; weights of layer {only} only (drop --layer to judge them all)"
-    later = "; routing health (loads, dead experts) needs a trace: moediag record, then inspect the trace"
-    if h["status"] == "warn":
-        return (f"WEIGHTS: CHECK: {what}; " + "; ".join(h["findings"]) + later, "bold yellow")
-    if h["status"] == "unknown":
-        return (f"STRUCTURE ONLY: {what}; weights not read (--no-weights)", "bold")
-    return (
-        f"WEIGHTS LOOK HEALTHY: {what}; no duplicate experts or router-norm outliers" + later,
-        "bold green",
-    )
+    """The verdict line and its style (:func:`moediag.verdict.checkpoint_verdict`)."""
+    v = checkpoint_verdict(analysis)
+    return v.text, v.style
 
 
 def overview_table(analysis: CheckpointAnalysis) -> Table:

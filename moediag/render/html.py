@@ -180,6 +180,15 @@ def _try_figure(
 # -- verdict and findings ---------------------------------------------------------------------------------
 
 
+def _threshold(analysis: TraceAnalysis, rule: str) -> float | None:
+    """A check rule's threshold: the analysis' check config, else the rule table's default."""
+    from moediag.checks import RULES_BY_NAME
+
+    config = getattr(analysis, "check_config", None)
+    value = config[rule] if config is not None else RULES_BY_NAME[rule].key.default
+    return None if value is None else float(value)
+
+
 def findings(analysis: TraceAnalysis) -> list[str]:
     """The main findings in plain words, worst first (HTML-escaped)."""
     s = analysis.summary
@@ -200,10 +209,13 @@ def findings(analysis: TraceAnalysis) -> list[str]:
             f"gets {1 + vio['worst']:.2f}× the balanced load (mean MaxVio over layers {vio['mean']:.2f}; "
             "balanced = 0)."
         )
-    high_cv = [r["layer"] for r in rows if r.get("cv") is not None and r["cv"] > 0.3]
+    cv_bound = _threshold(analysis, "max_cv")
+    high_cv = [
+        r["layer"] for r in rows if r.get("cv") is not None and cv_bound is not None and r["cv"] > cv_bound
+    ]
     if high_cv:
         out.append(
-            f"{len(high_cv)} of {len(rows)} layers have a load CV above 0.3 (a common 'healthy' bound): "
+            f"{len(high_cv)} of {len(rows)} layers have a load CV above {cv_bound:g} (check rule max_cv): "
             f"layers {e(fold(high_cv))}."
         )
     cold = s["cold_experts"] - s["dead_experts"]
@@ -245,10 +257,6 @@ def findings(analysis: TraceAnalysis) -> list[str]:
     if not out:
         out.append("No dead experts, no notable imbalance.")
     return out
-
-
-def _verdict_class(style: str) -> str:
-    return "bad" if "red" in style else "warn" if "yellow" in style else "ok"
 
 
 def checks_section(checks: Mapping[str, Any]) -> Section:
@@ -695,24 +703,20 @@ def build_report(
     omitted: list[tuple[str, str]] = []
     found: list[str] = []
     if trace is not None:
-        from moediag.render.trace_table import verdict
-
-        text, style = verdict(trace)
-        vclass = _verdict_class(style)
+        v = trace.verdict()
         found = findings(trace)
         sections, omitted = trace_sections(trace, embed)
         name = os.path.basename(trace.path.rstrip("/")) or trace.path
     else:
-        health = ((ckpt_doc or {}).get("summary") or {}).get("health") or {}
-        status = str(health.get("status") or "unknown")
-        found = [e(str(x)) for x in health.get("findings") or []]
-        text = {
-            "ok": "HEALTHY (checkpoint): no duplicate experts, router outliers or pushed biases found",
-            "warn": "WARNINGS (checkpoint): " + "; ".join(health.get("findings") or []),
-        }.get(status, "UNKNOWN (checkpoint): weights were not read")
-        vclass = {"ok": "ok", "warn": "warn"}.get(status, "warn")
+        from moediag.verdict import checkpoint_verdict
+
+        v = checkpoint_verdict(ckpt_doc or {})
+        found = [
+            e(str(x)) for x in ((ckpt_doc or {}).get("summary") or {}).get("health", {}).get("findings") or []
+        ]
         name = str(((ckpt_doc or {}).get("meta") or {}).get("path") or "checkpoint")
         name = os.path.basename(name.rstrip("/")) or name
+    text, vclass = v.text, v.severity
     if check_doc is not None:
         text = str(check_doc.get("verdict") or text)
         vclass = "bad" if check_doc.get("status") == "fail" else "ok"
@@ -757,7 +761,7 @@ def render_html(report: Report, *, created: str | None = None, version: str | No
 <header>
 <h1>{e(report.title)}</h1>
 <p class="verdict {report.verdict_class}" role="status"><span class="badge">{
-        {"bad": "✗", "warn": "!", "ok": "✓"}[report.verdict_class]
+        {"bad": "✗", "warn": "!", "ok": "✓", "info": "i"}[report.verdict_class]
     }</span> {e(report.verdict)}</p>
 <ul class="findings">{found}</ul>
 <nav><ul>{nav}</ul>{omitted}</nav>

@@ -73,8 +73,6 @@ DESCRIPTIONS: dict[PlotKind, str] = {
 class PlotUnavailableError(UsageError):
     """The analysis lacks what a figure needs (no logits, no steps, no correctness...)."""
 
-    slug = "plot-unavailable"
-
 
 # -- matplotlib, lazily ---------------------------------------------------------------------------------
 

@@ -27,25 +27,9 @@ def _pct(value: float | None) -> str:
 
 
 def verdict(analysis: TraceAnalysis) -> tuple[str, str]:
-    """A one-line answer to "is routing healthy?" and its style."""
-    s = analysis.summary
-    dead = s["dead_experts"]
-    worst_vio = s["max_vio"]["worst"]
-    worst_layer = s["max_vio"]["worst_layer"]
-    if dead:
-        return (
-            f"UNHEALTHY: {dead} dead expert(s); worst MaxVio {worst_vio:.2f} at layer {worst_layer}",
-            "bold red",
-        )
-    if worst_vio is not None and worst_vio > 1.0:
-        return (
-            f"IMBALANCED: worst MaxVio {worst_vio:.2f} at layer {worst_layer} (balanced = 0)",
-            "bold yellow",
-        )
-    return (
-        "HEALTHY: no dead experts" + (f"; worst MaxVio {worst_vio:.2f}" if worst_vio is not None else ""),
-        "bold green",
-    )
+    """The verdict line and its style (:func:`moediag.verdict.trace_verdict`, as every output)."""
+    v = analysis.verdict()
+    return v.text, v.style
 
 
 def overview_table(analysis: TraceAnalysis) -> Table:

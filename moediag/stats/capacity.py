@@ -20,15 +20,16 @@ from typing import Any
 
 import torch
 
+from moediag import options as _options
 from moediag.stats.batch import LayerBatch
 from moediag.stats.load import group_counts
 from moediag.stats.runs import RunAccumulator
 
-CAPACITY_FACTORS = (1.0, 1.25, 1.5, 2.0)
+CAPACITY_FACTORS = _options.CAPACITY_FACTORS
 POLICIES = ("position", "probs")
 #: position bucket lower edges; the last bucket is open-ended
 POSITION_EDGES = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-DEFAULT_GROUP_TOKENS = 4096
+DEFAULT_GROUP_TOKENS: int = _options.default("capacity_group")
 
 
 def bucket_labels() -> list[str]:

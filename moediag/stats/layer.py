@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from moediag import options
 from moediag.stats.accuracy import ExpertAccuracyStats
 from moediag.stats.batch import LayerBatch
 from moediag.stats.capacity import CAPACITY_FACTORS, DEFAULT_GROUP_TOKENS, CapacityStats
@@ -21,13 +22,14 @@ from moediag.stats.paths import DEFAULT_CAPACITY, ChunkPaths, PathStats, windows
 from moediag.stats.router import RouterStats
 from moediag.stats.sequences import ConsecutiveStats, SeqAuxStats
 from moediag.stats.specialisation import DEFAULT_VOCAB_CAPACITY, SpecialisationStats
+from moediag.stats.state import Accumulator
 
 
 @dataclass(frozen=True)
 class StatsOptions:
     """Analysis settings that change figures (recorded in the JSON ``meta``)."""
 
-    cold_eps: float = 0.1
+    cold_eps: float = options.default("cold_eps")
     capacity_factors: tuple[float, ...] = CAPACITY_FACTORS
     capacity_group_tokens: int = DEFAULT_GROUP_TOKENS
     #: extra path windows ``(first, last)`` of MoE layers, inclusive (the full depth is always computed)
@@ -36,31 +38,50 @@ class StatsOptions:
     vocab_capacity: int = DEFAULT_VOCAB_CAPACITY
 
 
-class LayerStats:
-    """All statistics of one MoE layer."""
+class LayerStats(Accumulator):
+    """All statistics of one MoE layer (declared state: moediag.stats.state)."""
+
+    layer: int
+    num_experts: int
+    top_k: int | None
+    options: StatsOptions
+    load: LoadStats
+    steps: StepLoadStats
+    router: RouterStats
+    capacity: CapacityStats
+    seq_aux: SeqAuxStats
+    consecutive: ConsecutiveStats
+    coactivation: CoactivationStats
+    accuracy: ExpertAccuracyStats
+    specialisation: SpecialisationStats
+    count_only: bool
+    has_logits: bool
+    excluded_nonfinite: int
 
     def __init__(
         self, layer: int, num_experts: int, top_k: int | None, options: StatsOptions | None = None
     ) -> None:
-        self.layer = layer
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.options = options or StatsOptions()
+        options = options or StatsOptions()
         k = top_k or 1
-        self.load = LoadStats(num_experts, self.options.cold_eps)
-        self.steps = StepLoadStats(num_experts)
-        self.router = RouterStats(num_experts, k)
-        self.capacity = CapacityStats(
-            num_experts, k, self.options.capacity_factors, self.options.capacity_group_tokens
+        self.add_setting("layer", layer)
+        self.add_setting("num_experts", num_experts)
+        self.add_setting("top_k", top_k)
+        self.add_setting("options", options)
+        self.add_child("load", LoadStats(num_experts, options.cold_eps))
+        self.add_child("steps", StepLoadStats(num_experts))
+        self.add_child("router", RouterStats(num_experts, k))
+        self.add_child(
+            "capacity",
+            CapacityStats(num_experts, k, options.capacity_factors, options.capacity_group_tokens),
         )
-        self.seq_aux = SeqAuxStats(num_experts, k)
-        self.consecutive = ConsecutiveStats(num_experts)
-        self.coactivation = CoactivationStats(num_experts)
-        self.accuracy = ExpertAccuracyStats(num_experts)
-        self.specialisation = SpecialisationStats(num_experts, k, self.options.vocab_capacity)
-        self.count_only = False
-        self.has_logits = False
-        self.excluded_nonfinite = 0
+        self.add_child("seq_aux", SeqAuxStats(num_experts, k))
+        self.add_child("consecutive", ConsecutiveStats(num_experts))
+        self.add_child("coactivation", CoactivationStats(num_experts))
+        self.add_child("accuracy", ExpertAccuracyStats(num_experts))
+        self.add_child("specialisation", SpecialisationStats(num_experts, k, options.vocab_capacity))
+        self.add_state("count_only", False, "or")
+        self.add_state("has_logits", False, "or")
+        self.add_state("excluded_nonfinite", 0)
 
     def update(self, batch: LayerBatch) -> None:
         if batch.logits is not None:
@@ -80,20 +101,6 @@ class LayerStats:
         self.count_only = True
         self.load.add_counts(counts.sum(0))
         self.steps.add_rows(counts, first_step=len(self.steps.by_step))
-
-    def merge(self, other: LayerStats) -> None:
-        self.load.merge(other.load)
-        self.steps.merge(other.steps)
-        self.router.merge(other.router)
-        self.capacity.merge(other.capacity)
-        self.seq_aux.merge(other.seq_aux)
-        self.consecutive.merge(other.consecutive)
-        self.coactivation.merge(other.coactivation)
-        self.accuracy.merge(other.accuracy)
-        self.specialisation.merge(other.specialisation)
-        self.count_only = self.count_only or other.count_only
-        self.has_logits = self.has_logits or other.has_logits
-        self.excluded_nonfinite += other.excluded_nonfinite
 
     def compute(self) -> dict[str, Any]:
         out: dict[str, Any] = {"layer": self.layer, "num_experts": self.num_experts, "top_k": self.top_k}

@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 
+from moediag import options
 from moediag.stats.batch import LayerBatch
 from moediag.stats.imbalance import imbalance_figures
+from moediag.stats.state import Accumulator
 
 
 def bincount(ids: torch.Tensor, num_experts: int, filled: bool = False) -> torch.Tensor:
@@ -31,16 +33,23 @@ def group_counts(group: torch.Tensor, ids: torch.Tensor, groups: int, num_expert
     return torch.bincount(key, minlength=groups * e1).view(groups, e1)[:, :num_experts]
 
 
-class LoadStats:
+class LoadStats(Accumulator):
     """Sufficient statistics: assignment counts, first-choice counts, token and empty-slot counts."""
 
-    def __init__(self, num_experts: int, cold_eps: float = 0.1) -> None:
-        self.num_experts = num_experts
-        self.cold_eps = cold_eps
-        self.counts = torch.zeros(num_experts, dtype=torch.int64)
-        self.top1_counts = torch.zeros(num_experts, dtype=torch.int64)
-        self.tokens = 0
-        self.empty_slots = 0
+    num_experts: int
+    cold_eps: float
+    counts: torch.Tensor
+    top1_counts: torch.Tensor
+    tokens: int
+    empty_slots: int
+
+    def __init__(self, num_experts: int, cold_eps: float = options.default("cold_eps")) -> None:
+        self.add_setting("num_experts", num_experts)
+        self.add_setting("cold_eps", cold_eps)
+        self.add_state("counts", torch.zeros(num_experts, dtype=torch.int64))
+        self.add_state("top1_counts", torch.zeros(num_experts, dtype=torch.int64))
+        self.add_state("tokens", 0)
+        self.add_state("empty_slots", 0)
 
     def update(self, batch: LayerBatch) -> None:
         self.counts += bincount(batch.ids, self.num_experts, batch.filled)
@@ -52,12 +61,6 @@ class LoadStats:
     def add_counts(self, counts: torch.Tensor) -> None:
         """Count-only data (``expert_counts``): assignments without tokens."""
         self.counts += counts.to(torch.int64)
-
-    def merge(self, other: LoadStats) -> None:
-        self.counts += other.counts
-        self.top1_counts += other.top1_counts
-        self.tokens += other.tokens
-        self.empty_slots += other.empty_slots
 
     def compute(self) -> dict[str, Any]:
         out = imbalance_figures(self.counts, self.cold_eps)

@@ -14,6 +14,7 @@ import torch
 from moediag.blocked import column_sums
 from moediag.stats.batch import LayerBatch
 from moediag.stats.load import bincount
+from moediag.stats.state import Accumulator
 
 #: margin histogram: MARGIN_BINS equal bins over [0, MARGIN_MAX]; values outside go to under/over counts
 MARGIN_BINS = 200
@@ -22,23 +23,40 @@ MARGIN_MAX = 1.0
 MARGIN_THRESHOLDS = (0.001, 0.01, 0.05, 0.1)
 
 
-class RouterStats:
+class RouterStats(Accumulator):
+    num_experts: int
+    top_k: int
+    tokens: int
+    prob_sum: torch.Tensor
+    lse_sq_sum: float
+    entropy_sum: float
+    confidence_sum: float
+    hf_counts: torch.Tensor
+    softmax_sum: torch.Tensor
+    margin_tokens: int
+    margin_sum: float
+    margin_hist: torch.Tensor
+    margin_under: int
+    margin_over: int
+    margin_below: torch.Tensor
+
     def __init__(self, num_experts: int, top_k: int) -> None:
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.tokens = 0  # tokens with logits
-        self.prob_sum = torch.zeros(num_experts, dtype=torch.float64)  # sum_t p_{t,i}
-        self.lse_sq_sum = 0.0  # sum_t logsumexp(z_t)^2
-        self.entropy_sum = 0.0  # sum_t H(p_t) in nats
-        self.confidence_sum = 0.0  # sum_t max_i p_{t,i}
-        self.hf_counts = torch.zeros(num_experts, dtype=torch.int64)  # softmax -> top-k, as transformers
-        self.softmax_sum = torch.zeros(num_experts, dtype=torch.float64)
-        self.margin_tokens = 0
-        self.margin_sum = 0.0
-        self.margin_hist = torch.zeros(MARGIN_BINS, dtype=torch.int64)
-        self.margin_under = 0
-        self.margin_over = 0
-        self.margin_below = torch.zeros(len(MARGIN_THRESHOLDS), dtype=torch.int64)
+        self.add_setting("num_experts", num_experts)
+        self.add_setting("top_k", top_k)
+        self.add_state("tokens", 0)  # tokens with logits
+        self.add_state("prob_sum", torch.zeros(num_experts, dtype=torch.float64))  # sum_t p_{t,i}
+        self.add_state("lse_sq_sum", 0.0)  # sum_t logsumexp(z_t)^2
+        self.add_state("entropy_sum", 0.0)  # sum_t H(p_t) in nats
+        self.add_state("confidence_sum", 0.0)  # sum_t max_i p_{t,i}
+        # softmax -> top-k counts, as transformers' aux loss routes
+        self.add_state("hf_counts", torch.zeros(num_experts, dtype=torch.int64))
+        self.add_state("softmax_sum", torch.zeros(num_experts, dtype=torch.float64))
+        self.add_state("margin_tokens", 0)
+        self.add_state("margin_sum", 0.0)
+        self.add_state("margin_hist", torch.zeros(MARGIN_BINS, dtype=torch.int64))
+        self.add_state("margin_under", 0)
+        self.add_state("margin_over", 0)
+        self.add_state("margin_below", torch.zeros(len(MARGIN_THRESHOLDS), dtype=torch.int64))
 
     def update(self, batch: LayerBatch) -> None:
         if batch.logits is None or batch.probs is None or len(batch) == 0:
@@ -70,21 +88,6 @@ class RouterStats:
             self.margin_hist += torch.bincount(idx, minlength=MARGIN_BINS)
             for i, th in enumerate(MARGIN_THRESHOLDS):
                 self.margin_below[i] += int((m < th).sum())
-
-    def merge(self, other: RouterStats) -> None:
-        for name in (
-            "tokens",
-            "lse_sq_sum",
-            "entropy_sum",
-            "confidence_sum",
-            "margin_tokens",
-            "margin_sum",
-            "margin_under",
-            "margin_over",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("prob_sum", "hf_counts", "softmax_sum", "margin_hist", "margin_below"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def aux_loss(self, counts: torch.Tensor) -> float | None:
         """E * sum_i f_i P_i with f_i = c_i / sum c and P_i the mean probability (balanced = 1)."""

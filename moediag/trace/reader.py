@@ -47,10 +47,6 @@ class LayerInfo:
         return "router_logits" in self.kinds
 
     @property
-    def has_topk(self) -> bool:
-        return "topk_ids" in self.kinds
-
-    @property
     def num_experts(self) -> int:
         assert self.spec.num_experts is not None
         return self.spec.num_experts

@@ -16,15 +16,14 @@ from moediag.checkpoint import (
 from .conftest import Factory
 
 
-def _replay(path, spec, x: torch.Tensor) -> routing.Routing:  # type: ignore[no-untyped-def]
+def _replay(path, spec, x: torch.Tensor) -> routing.Routed:  # type: ignore[no-untyped-def]
     inv = open_inventory(path)
     w = load_router_weight(inv, spec)
     logits = x @ w.T
     b = load_router_bias(inv, spec)
     if b is not None:
         logits = logits + b
-    kwargs = spec.route_kwargs()
-    return routing.route(logits, selection_bias=load_selection_bias(inv, spec), **kwargs)
+    return routing.route(logits, spec=spec, bias=load_selection_bias(inv, spec))
 
 
 def _same_sets(a: torch.Tensor, b: torch.Tensor) -> bool:

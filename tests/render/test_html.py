@@ -148,7 +148,8 @@ def test_checkpoint_sections_from_a_dict(analysis: TraceAnalysis) -> None:
     page = render_report(None, ckpt)
     for sid in ("checkpoint", "checkpoint-layers"):
         assert f'<section id="{sid}">' in page
-    assert "total params" in page and "Near-duplicate" in page and "WARNINGS" in page
+    assert "total params" in page and "Near-duplicate" in page and "WEIGHTS ONLY: CHECK" in page
+    assert 'class="verdict warn"' in page
     assert page.count("<svg") == 2  # router norms and selection bias
     both = render_report(analysis, ckpt, figures=False)
     assert "Checkpoint: 2 duplicate pairs." in both and '<section id="layer' in both
@@ -221,3 +222,16 @@ def test_real_browser_renders_without_console_errors(page: str, tmp_path: Path) 
     stat = ImageStat.Stat(img)
     assert stat.stddev[0] > 20, "screenshot is (nearly) blank"
     assert len(img.resize((128, 256)).getcolors(maxcolors=65536) or []) > 20
+
+
+def test_a_checkpoint_alone_is_weights_only_never_healthy() -> None:
+    """sample_traces/trained_noaux/ is the model the README calls collapsed: its weights look fine, and the
+    report says weights only (no green), as the terminal and inspect --json do."""
+    from moediag.checkpoint import analyze_checkpoint
+
+    ckpt = analyze_checkpoint(Path(__file__).parents[2] / "sample_traces" / "trained_noaux")
+    page = render_report(None, ckpt, figures=False)
+    assert 'class="verdict info"' in page and "WEIGHTS ONLY" in page and "HEALTHY" not in page
+    doc = ckpt.to_dict()
+    assert doc["summary"]["verdict"]["level"] == "weights_only"
+    assert doc["summary"]["verdict"]["text"] in page

@@ -33,7 +33,9 @@ def test_layers_tokens_and_fields(make_trace) -> None:
     trace = open_trace(make_trace(tensors=tensors, metadata=trace_metadata(6, 2)))
     assert sorted(trace.layers) == [1, 5, 9]
     assert trace.num_tokens == 30
-    assert trace.layers[1].has_logits and trace.layers[1].has_topk and not trace.layers[1].count_only
+    assert (
+        trace.layers[1].has_logits and "topk_ids" in trace.layers[1].kinds and not trace.layers[1].count_only
+    )
     assert trace.layers[9].count_only and trace.layers[9].num_experts == 6
     assert trace.token_fields == {"sequence_ids", "positions", "mask", "step"}
     assert trace.layers[5].spec.top_k == 2 and trace.layers[5].spec.score_function == "softmax"

@@ -1,0 +1,150 @@
+"""The judgement: one verdict for a trace and one for a checkpoint, shared by every output.
+
+>>> from moediag.verdict import trace_verdict                           # doctest: +SKIP
+>>> v = trace_verdict(analysis)        # or an ``inspect --json`` document
+>>> v.level, v.text, v.reasons                                           # doctest: +SKIP
+('imbalanced', 'IMBALANCED: worst MaxVio 2.55 at layer 3 (balanced = 0)', ['layer 3: max_vio 2.550 > 1.000'])
+
+The terminal, the HTML report, Markdown and ``inspect --json`` (``summary.verdict``) print these; nothing
+else decides whether routing is healthy. A trace is judged by the ``moediag check`` rules that are on by
+default (their thresholds, from :data:`moediag.checks.RULES`, or from a :class:`~moediag.checks.CheckConfig`
+such as ``[tool.moediag.check]``): a dead-expert rule failing is ``unhealthy``, any other failing rule
+``imbalanced``, none ``healthy``. A checkpoint holds no routing, so it is never called healthy: its level is
+``weights_only`` (its weights were read; findings make it a warning), ``structure_only`` (weights not
+read) or ``dense``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Level = Literal["healthy", "imbalanced", "unhealthy", "weights_only", "structure_only", "dense"]
+Severity = Literal["ok", "warn", "bad", "info"]
+
+__all__ = ["Verdict", "checkpoint_verdict", "human", "trace_verdict"]
+
+#: dead/cold-expert rules: failing one means experts are lost, not only uneven
+_LOSS_RULES = ("max_dead", "max_cold")
+#: the style of each severity in the terminal (rich)
+STYLES: dict[str, str] = {"ok": "bold green", "warn": "bold yellow", "bad": "bold red", "info": "bold"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``level`` (a word for machines), ``text`` (one line for people), ``reasons`` (what decided it),
+    ``severity`` (``ok`` | ``warn`` | ``bad`` | ``info``: colour and badge)."""
+
+    level: Level
+    text: str
+    severity: Severity
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def style(self) -> str:
+        """The rich style of the verdict line."""
+        return STYLES[self.severity]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "severity": self.severity,
+            "text": self.text,
+            "reasons": list(self.reasons),
+        }
+
+
+def _document(source: Any) -> Mapping[str, Any]:
+    """An ``inspect --json`` document from a TraceAnalysis / CheckpointAnalysis or the document itself."""
+    if isinstance(source, Mapping):
+        return source
+    if hasattr(source, "computed"):  # TraceAnalysis: the figures without the verdict (no recursion)
+        computed = source.computed()
+        return {"meta": {"kind": "trace"}, "summary": computed["summary"], "layers": computed["layers"]}
+    return {"meta": source.meta(), "summary": source.summary()}  # CheckpointAnalysis
+
+
+def trace_verdict(source: Any, config: Any = None) -> Verdict:
+    """The verdict of a trace analysis (a ``TraceAnalysis`` or its ``inspect --json`` document).
+
+    ``config``: a :class:`~moediag.checks.CheckConfig` whose thresholds judge (default: the rule table's).
+    """
+    from moediag.checks import CheckConfig, run_checks
+
+    doc = _document(source)
+    s = doc.get("summary") or {}
+    rows = [r for r in doc.get("layers") or [] if not r.get("mtp")]
+    report = run_checks({"meta": {"kind": "trace"}, "layers": rows}, config or CheckConfig())
+    failed = report.failed
+    reasons = [_reason(o) for o in failed]
+    vio = s.get("max_vio") or {}
+    worst_vio, worst_layer = vio.get("worst"), vio.get("worst_layer")
+    dead = int(s.get("dead_experts") or 0)
+    at = f"worst MaxVio {worst_vio:.2f} at layer {worst_layer}" if worst_vio is not None else "no loads"
+    lost = [o for o in failed if o.name in _LOSS_RULES]
+    if lost:
+        what = f"{dead} dead expert(s)" if dead else f"{s.get('cold_experts', 0)} cold expert(s)"
+        return Verdict("unhealthy", f"UNHEALTHY: {what}; {at}", "bad", reasons)
+    if failed:
+        names = ", ".join(o.name for o in failed)
+        others = "" if [o.name for o in failed] == ["max_vio"] else f"; fails {names}"
+        return Verdict("imbalanced", f"IMBALANCED: {at} (balanced = 0){others}", "warn", reasons)
+    skipped = [o for o in report.outcomes if o.name in _LOSS_RULES and o.status == "skip"]
+    if dead and skipped:
+        reasons = [f"{dead} dead expert(s), but {skipped[0].reason}"]
+        return Verdict(
+            "healthy", f"HEALTHY: too few tokens to judge {dead} dead expert(s); {at}", "warn", reasons
+        )
+    tail = f"; worst MaxVio {worst_vio:.2f}" if worst_vio is not None else ""
+    return Verdict("healthy", "HEALTHY: no dead experts" + tail, "ok", reasons)
+
+
+def _reason(outcome: Any) -> str:
+    """``layer 3: max_vio 2.549 > 1.000 (8 of 8 layers fail)``: a failed rule's worst result."""
+    worst = outcome.worst
+    text = worst.message() if worst is not None else outcome.name
+    n, of = len(outcome.failures), len(outcome.results)
+    return f"{text} ({n} of {of} layers fail)" if outcome.scope == "layer" and of > 1 else text
+
+
+def checkpoint_verdict(source: Any) -> Verdict:
+    """The verdict of a checkpoint (a ``CheckpointAnalysis`` or its ``inspect --json`` document): weights
+    only, never healthy for routing -- loads and dead experts need a trace."""
+    doc = _document(source)
+    s = doc.get("summary") or {}
+    if s.get("is_moe") is False:
+        return Verdict(
+            "dense", f"DENSE: no MoE layers; {human(s.get('total_params') or 0)} parameters", "info"
+        )
+    h = s.get("health") or {}
+    k = s.get("top_k") or "?"
+    what = f"{s.get('moe_layers')} MoE layers x {s.get('num_experts')} experts, top-{k}"
+    only = (doc.get("meta") or {}).get("layer")
+    if only is not None:  # --layer: the weights of that layer only were judged; say so
+        what += f"; weights of layer {only} only (drop --layer to judge them all)"
+    later = "; routing health (loads, dead experts) needs a trace: moediag record, then inspect the trace"
+    findings = [str(x) for x in h.get("findings") or []]
+    if h.get("status") == "warn":
+        return Verdict(
+            "weights_only", f"WEIGHTS ONLY: CHECK: {what}; " + "; ".join(findings) + later, "warn", findings
+        )
+    if h.get("status") == "unknown":
+        return Verdict("structure_only", f"STRUCTURE ONLY: {what}; weights not read (--no-weights)", "info")
+    return Verdict(
+        "weights_only",
+        f"WEIGHTS ONLY: {what}; no duplicate experts or router-norm outliers" + later,
+        "info",
+        ["no duplicate experts, router-norm outliers or pushed biases in the weights"],
+    )
+
+
+def human(n: float | int | None) -> str:
+    """1234 -> 1.23K, 6.7e9 -> 6.70B."""
+    if n is None:
+        return "—"
+    v = float(n)
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= size:
+            return f"{v / size:.3g}{unit}" if abs(v) / size < 100 else f"{v / size:.0f}{unit}"
+    return f"{int(v)}" if v == int(v) else f"{v:.3g}"
