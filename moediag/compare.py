@@ -25,13 +25,16 @@ import datetime as _dt
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from moediag import __version__
 from moediag.errors import InvalidInputError, UsageError
 from moediag.stats.accuracy import newcombe
+
+if TYPE_CHECKING:
+    from moediag.compare_models import ModelComparison
 
 #: JSON schema version of ``compare --json`` (``meta.format``). History: 1 = first release.
 COMPARE_JSON_FORMAT = 1
@@ -85,6 +88,9 @@ class Comparison:
     summary: dict[str, Any]
     paths: list[dict[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
+    #: further top-level sections: two checkpoints add ``models``, ``framing``, ``quality``
+    #: (moediag.compare_models)
+    extra: dict[str, Any] = field(default_factory=dict)
     created: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
@@ -103,6 +109,7 @@ class Comparison:
             "summary": self.summary | {"notes": list(self.notes)},
             "layers": self.layers,
             "paths": self.paths,
+            **self.extra,
         }
 
 
@@ -440,13 +447,33 @@ def compare(
     chunk_tokens: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
-) -> Comparison:
-    """Compare two traces or two checkpoints (whichever they are; mixing the two is an error)."""
+    seq_len: int | None = None,
+    eval_traces: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+) -> Comparison | ModelComparison:
+    """Compare two traces or two checkpoints (whichever they are; mixing the two is an error).
+
+    Two checkpoints: compute, capacity and framing (:func:`moediag.compare_models.compare_models`, at
+    ``seq_len``; quality per compute with ``eval_traces``), plus the router comparison when they have
+    routers of the same shape in common (its result then carries the model sections).
+    """
     from moediag.inputs import detect_kind
 
     ka, kb = detect_kind(a), detect_kind(b)
     if ka != kb:
         raise UsageError(f"compare needs two traces or two checkpoints: {a} is a {ka}, {b} is a {kb}")
     if ka == "checkpoint":
-        return compare_checkpoints(a, b)
+        from moediag.checkpoint.compute import DEFAULT_SEQ_LEN
+        from moediag.compare_models import compare_models
+
+        models = compare_models(
+            a, b, seq_len=seq_len or DEFAULT_SEQ_LEN, traces=eval_traces, chunk_tokens=chunk_tokens
+        )
+        if not models.routers_in_common:
+            return models
+        result = compare_checkpoints(a, b)
+        result.extra = models.sections()
+        result.notes.extend(models.notes)
+        return result
+    if seq_len is not None or eval_traces is not None:
+        raise UsageError("--seq-len and --trace apply to two checkpoints, not to two traces")
     return compare_traces(a, b, chunk_tokens=chunk_tokens, workers=workers, scheduler=scheduler)

@@ -227,6 +227,9 @@ class LayerReplay:
     noise_flips: torch.Tensor = field(
         default_factory=lambda: torch.zeros(len(MARGIN_EDGES), dtype=torch.int64)
     )
+    hidden_size: int = field(default=0, metadata=_SETTING)
+    #: with --ep-size: sum over tokens of the distinct EP ranks (contiguous placement) their experts are on
+    rank_hits: int = 0
 
     def __post_init__(self) -> None:
         if self.load_before.numel() == 0:
@@ -331,6 +334,9 @@ class _Replayer:
         inv = open_inventory(checkpoint)
         specs = router_specs(inv)
         self.whatif = top_k is not None or not (isinstance(bias, str) and bias == "checkpoint")
+        #: expert -> EP rank under the contiguous placement, per layer (set by :meth:`count_ranks`)
+        self.rank_of: dict[int, torch.Tensor] = {}
+        self.ep_size = 1
         for layer, info in sorted(trace.layers.items()):
             if "router_input" not in info.kinds:
                 self.skipped.append({"layer": layer, "reason": "no router_input in the trace"})
@@ -375,11 +381,20 @@ class _Replayer:
                 whatif_top_k=k_new,
                 recorded_bias=trace.selection_bias(layer),
             )
-            self.layers[layer] = LayerReplay(layer, e, k, k_new)
+            self.layers[layer] = LayerReplay(layer, e, k, k_new, hidden_size=int(w.shape[1]))
             self.stats.layer(layer, e, k_new)
         if not self.routers:
             reasons = "; ".join(f"layer {s['layer']}: {s['reason']}" for s in self.skipped) or "no layers"
             raise InvalidInputError(f"nothing to replay ({reasons}); record with --router-inputs", trace.path)
+
+    def count_ranks(self, ep_size: int) -> None:
+        """Count, per token, the distinct EP ranks (contiguous placement) of the experts it is sent to."""
+        self.ep_size = ep_size
+        for layer, r in self.routers.items():
+            rank_of = torch.empty(r.num_experts, dtype=torch.int64)
+            for rank, experts in enumerate(contiguous(r.num_experts, ep_size)):
+                rank_of[list(experts)] = rank
+            self.rank_of[layer] = rank_of.to(self.device)
 
     # routing on the device: every choice, weight and margin comes from moediag.routing.route ----------
     def run_chunk(self, chunk: Chunk) -> None:
@@ -424,6 +439,10 @@ class _Replayer:
         self._agreement(chunk, r, acc, keep if subset else None, logits, base_ids, routed)
         acc.load_before += _bincount(base_ids, e)
         acc.load_after += _bincount(routed.ids, e)
+        rank_of = self.rank_of.get(r.layer)
+        if rank_of is not None:
+            ranks = rank_of[routed.ids.clamp_min(0)].masked_fill(routed.ids < 0, -1)
+            acc.rank_hits += int(_membership(ranks, self.ep_size).sum())
         if self.noise:
             self._noise(r, acc, logits, routed)
         self._stats(chunk, r, keep if subset else None, routed)
@@ -621,6 +640,14 @@ class ReplayResult:
             summary["balancedness_after_mean"] = sum(after) / len(after) if after else None
             summary["balancedness_before_min"] = min(before, default=None)
             summary["balancedness_after_min"] = min(after, default=None)
+            for key in ("busiest_rank_inflation_before", "busiest_rank_inflation_after"):
+                vals = [v[key] for v in self.ep.values() if v[key] is not None]
+                summary[f"{key}_max"] = max(vals, default=None)
+            volume = [
+                v["a2a_bytes_per_token"] for v in self.ep.values() if v["a2a_bytes_per_token"] is not None
+            ]
+            # a token passes every MoE layer: the volumes add up over layers
+            summary["a2a_bytes_per_token"] = sum(volume) if volume else None
         return {
             "meta": {
                 "format": JSON_FORMAT,
@@ -652,6 +679,24 @@ def _max_vio(load: torch.Tensor) -> float | None:
     from moediag.stats.imbalance import max_vio
 
     return max_vio(load)
+
+
+#: bytes of one hidden-state element sent by the all-to-all (bf16 activations)
+A2A_BYTES_PER_ELEMENT = 2
+
+
+def _inflation(rank_load: torch.Tensor) -> float | None:
+    """The step time of the busiest rank over that of a perfectly balanced step: max / mean rank load
+    (expert compute proportional to tokens, every rank waiting for the slowest)."""
+    mean = float(rank_load.double().mean()) if rank_load.numel() else 0.0
+    return float(rank_load.max()) / mean if mean > 0 else None
+
+
+def a2a_bytes(ranks_per_token: float, ep_size: int, hidden_size: int) -> float:
+    """All-to-all bytes a token: its hidden state to each distinct rank holding one of its experts
+    (dispatch) and back (combine), except the share ``1/ep_size`` of destinations that is the token's own
+    rank (tokens spread evenly over ranks): ``2 * ranks * (ep - 1) / ep * H * A2A_BYTES_PER_ELEMENT``."""
+    return 2 * ranks_per_token * (ep_size - 1) / ep_size * hidden_size * A2A_BYTES_PER_ELEMENT
 
 
 def _ep(
@@ -694,6 +739,7 @@ def _ep(
         else:
             after = before
         rb, ra = rank_loads(loads, before), rank_loads(loads, after)
+        ranks_per_token = _ratio(acc.rank_hits, acc.tokens)
         out[layer] = {
             "ep_size": ep_size,
             "placement": name,
@@ -702,6 +748,12 @@ def _ep(
             "rank_load_after": ra.tolist(),
             "balancedness_before": balancedness(rb),
             "balancedness_after": balancedness(ra),
+            "busiest_rank_inflation_before": _inflation(rb),
+            "busiest_rank_inflation_after": _inflation(ra),
+            "a2a_ranks_per_token": ranks_per_token,
+            "a2a_bytes_per_token": None
+            if ranks_per_token is None
+            else a2a_bytes(ranks_per_token, ep_size, acc.hidden_size),
         }
         if nodes is not None:  # ranks numbered node by node: load and balancedness per node as well
             nb, na = node_loads(rb, nodes), node_loads(ra, nodes)
@@ -798,6 +850,8 @@ def replay(
         seed=seed,
         options=options,
     )
+    if ep_size is not None:
+        rp.count_ranks(ep_size)
     if chunk_tokens is None:
         width = max(int(r.weight.shape[1]) for r in rp.routers.values())
         chunk_tokens = int(min(tr.default_chunk_tokens(), max(1024, (1 << 24) // max(1, width))))

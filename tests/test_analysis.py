@@ -204,7 +204,9 @@ def test_nonfinite_rows_excluded_and_counted(make_trace) -> None:
     assert a.summary["excluded_nonfinite"] == len(bad)
     assert got["tokens"] == t - len(bad)
     for key, value in want.items():
-        if key in ("excluded_nonfinite", "specialisation"):
+        # decode batches are blocks of token slots: an excluded row leaves its block out, so the clean
+        # trace (rows removed, slots renumbered) has different batches by definition
+        if key in ("excluded_nonfinite", "specialisation", "experts_touched"):
             continue
         if isinstance(value, float):
             assert got[key] == pytest.approx(value, rel=1e-9), key

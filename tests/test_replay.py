@@ -242,6 +242,37 @@ def test_ep_balancedness_before_after_hand_case(tmp_path: Path) -> None:
     assert ep2["replicas"] == 2 and math.isclose(ep2["balancedness_after"], 1.0)
 
 
+def test_ep_busiest_rank_and_all_to_all_hand_case(tmp_path: Path) -> None:
+    """Top-2 on 4 experts, 2 ranks (experts 0-1 | 2-3): three tokens to {0, 1} (one rank) and one to
+    {0, 2} (two ranks): 1.25 ranks a token; hidden 4 in bf16, half the destinations remote, there and back:
+    2 x 1.25 x 1/2 x 4 x 2 = 10 bytes. Rank loads 7 | 1: the busiest rank takes 7/4 of a balanced step."""
+    from moediag.replay import a2a_bytes
+
+    ckpt = identity_checkpoint(tmp_path / "c", 4, top_k=2)
+    pairs = [(0, 1)] * 3 + [(0, 2)]
+    x = torch.stack(
+        [
+            2 * torch.nn.functional.one_hot(torch.tensor(a), 4)
+            + torch.nn.functional.one_hot(torch.tensor(b), 4)
+            for a, b in pairs
+        ]
+    ).float()
+    path = input_trace(tmp_path / "t.safetensors", x, top_k=2)
+    doc = replay(ckpt, path, device="cpu", ep_size=2, placement="balanced", chunk_tokens=3).to_dict()
+    ep = doc["layers"][0]["ep"]
+    assert ep["rank_load_before"] == [7.0, 1.0]
+    assert ep["busiest_rank_inflation_before"] == pytest.approx(7 / 4)
+    assert ep["busiest_rank_inflation_after"] == pytest.approx(max(ep["rank_load_after"]) / 4)
+    assert ep["a2a_ranks_per_token"] == pytest.approx(1.25)
+    assert ep["a2a_bytes_per_token"] == pytest.approx(10.0) == a2a_bytes(1.25, 2, 4)
+    s = doc["summary"]
+    assert s["busiest_rank_inflation_before_max"] == pytest.approx(7 / 4)
+    assert s["a2a_bytes_per_token"] == pytest.approx(10.0)
+    # one rank: nothing crosses the network, and every step is balanced
+    one = replay(ckpt, path, device="cpu", ep_size=1).to_dict()["layers"][0]["ep"]
+    assert one["a2a_bytes_per_token"] == 0.0 and one["busiest_rank_inflation_before"] == 1.0
+
+
 def test_hierarchical_placement_and_node_loads(tmp_path: Path) -> None:
     """Loads [4, 4, 1, 1] in groups {0, 1} and {2, 3} on 2 nodes: whole groups per node, so the node loads
     are 8 | 2 whatever the packing (1 GPU per node); with 2 GPUs per node each node splits its group."""

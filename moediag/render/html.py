@@ -526,6 +526,71 @@ def trace_sections(
     return sections, omitted
 
 
+# -- serving cost ---------------------------------------------------------------------------------------
+
+
+def _bytes(x: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if x >= size:
+            return f"{x / size:,.2f} {unit}"
+    return f"{x:,.0f} B"
+
+
+def serving_section(trace: TraceAnalysis, checkpoint: Any, embed: FigureEmbedder) -> Section | None:
+    """ "What routing costs a server": experts a decode batch touches (figure) and, with a checkpoint
+    analysis, the weight bytes a step reads and the dense model of equal bandwidth, per B."""
+    touched = trace.summary.get("experts_touched")
+    if not touched:
+        return None
+    fig, _ = _try_figure(
+        embed,
+        PlotKind.EXPERTS_TOUCHED,
+        trace,
+        None,
+        "Share of a layer's experts the B tokens of a decode batch chose (B consecutive token slots of the "
+        "trace), beside 1 − (1 − k/E)^B for uniform routing. A step reads every touched expert's weights.",
+    )
+    cost = None
+    from moediag.checkpoint.analysis import CheckpointAnalysis
+
+    if isinstance(checkpoint, CheckpointAnalysis):
+        from moediag.checkpoint.compute import trace_serving_cost
+
+        cost = trace_serving_cost(trace, checkpoint)
+    head = "<tr><th>B</th><th>experts touched</th><th>uniform</th><th>batches</th>"
+    if cost:
+        head += "<th>weight bytes a step</th><th>bytes a token</th><th>dense model, equal bandwidth</th>"
+    rows = []
+    for b, row in touched.items():
+        cells = [b, pct(row["share"]), pct(row["uniform"]), fmt(row["batches"])]
+        if cost:
+            c = cost[b]
+            cells += [
+                _bytes(c["step_bytes"]),
+                _bytes(c["bytes_per_token"]),
+                f"{fmt(c['equal_bandwidth_dense_params'])} params",
+            ]
+        rows.append("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in cells) + "</tr>")
+    missing = ""
+    if cost:
+        first = next(iter(cost.values()))
+        blocks = len(first["per_layer_source"])
+        if first["layers_from_trace"] < blocks:
+            missing = (
+                f" {blocks - first['layers_from_trace']} of the checkpoint's {blocks} MoE layers have no "
+                "trace layer of the same index and expert count: uniform routing is assumed for them."
+            )
+    note = (
+        "<p>Weight bytes a step: every non-expert weight plus the touched share of each MoE layer's routed "
+        f"experts, as stored in the checkpoint (docs/compare.md).{e(missing)}</p>"
+        if cost
+        else "<p>Give a checkpoint too (<code>moediag report TRACE CHECKPOINT</code>) for the weight bytes "
+        "a step reads.</p>"
+    )
+    table = f'<table class="data"><thead>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return Section("serving", "What routing costs a server", (fig or "") + table + note)
+
+
 # -- checkpoint sections (extension point) ----------------------------------------------------------------
 
 #: per-layer vector keys drawn as bars, and matrix keys drawn as heatmaps, when a checkpoint dict has them
@@ -721,6 +786,10 @@ def build_report(
         text = str(check_doc.get("verdict") or text)
         vclass = "bad" if check_doc.get("status") == "fail" else "ok"
         sections.insert(0, checks_section(check_doc))
+    if trace is not None:
+        serving = serving_section(trace, checkpoint, embed)
+        if serving is not None:
+            sections.append(serving)
     if ckpt_doc is not None:
         sections += checkpoint_sections(ckpt_doc, embed)
         if trace is not None:

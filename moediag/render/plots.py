@@ -54,6 +54,7 @@ class PlotKind(str, enum.Enum):
     STEPS = "steps"
     EXPERT_ACCURACY = "expert-accuracy"
     PATH_ACCURACY = "path-accuracy"
+    EXPERTS_TOUCHED = "experts-touched"
 
 
 #: one line per kind for ``--help`` and docs/report.md
@@ -67,6 +68,7 @@ DESCRIPTIONS: dict[PlotKind, str] = {
     PlotKind.STEPS: "MaxVio and CV per training step (needs tokens.step or expert_counts steps)",
     PlotKind.EXPERT_ACCURACY: "accuracy per (layer, expert) (needs tokens.correct)",
     PlotKind.PATH_ACCURACY: "accuracy of the most frequent routing paths, Wilson 95% interval",
+    PlotKind.EXPERTS_TOUCHED: "share of a layer's experts a decode batch of B tokens touches, beside uniform",
 }
 
 
@@ -716,6 +718,37 @@ def path_accuracy(analysis: TraceAnalysis, layer: int | None = None, top: int = 
     return fig
 
 
+def experts_touched(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
+    """Touched share of a layer's experts against the decode batch size B, beside uniform routing."""
+    rows = [r for r in _rows(analysis, layer) if r.get("experts_touched")]
+    if not rows:
+        raise PlotUnavailableError("experts touched need per-token routing (the trace holds only counts)")
+    sizes = [int(b) for b in rows[0]["experts_touched"]]
+    with _rc():
+        fig = _new_figure(8.0, 4.0)
+        ax = fig.add_subplot()
+        series = [
+            (int(r["layer"]), [_pct_or_none(r["experts_touched"][str(b)]["share"]) for b in sizes])
+            for r in rows
+        ]
+        _band_or_lines(ax, [float(b) for b in sizes], series)
+        uniform = [r["experts_touched"][str(b)]["uniform"] for b in sizes for r in rows[:1]]
+        if all(u is not None for u in uniform):
+            ax.plot(sizes, [100 * u for u in uniform], "--", color="black", label="uniform 1 − (1 − k/E)^B")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.set_ylim(0, 105)
+        ax.set_xlabel("decode batch B (tokens a step)")
+        ax.set_ylabel("experts touched (% of the layer's)")
+        ax.set_title("Experts a decode step must read, by batch size (dashed: uniform routing)")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def _pct_or_none(x: float | None) -> float | None:
+    return None if x is None else 100 * x
+
+
 Plotter = Callable[["TraceAnalysis", "int | None"], "Figure"]
 
 #: exhaustive: every PlotKind has exactly one function (tests loop over the enum)
@@ -729,6 +762,7 @@ PLOTTERS: dict[PlotKind, Plotter] = {
     PlotKind.STEPS: step_trends,
     PlotKind.EXPERT_ACCURACY: expert_accuracy,
     PlotKind.PATH_ACCURACY: path_accuracy,
+    PlotKind.EXPERTS_TOUCHED: experts_touched,
 }
 
 

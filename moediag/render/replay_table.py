@@ -119,5 +119,13 @@ def render_replay(doc: dict[str, Any], console: Console) -> None:
             f"EP {settings['ep_size']} ranks, placement {settings['placement']}: balancedness mean "
             f"{_f(s['balancedness_before_mean'], 3)} (contiguous) → {_f(s['balancedness_after_mean'], 3)}"
         )
+        if s.get("busiest_rank_inflation_before_max") is not None:
+            volume = s.get("a2a_bytes_per_token")
+            console.print(
+                f"busiest rank: up to {_f(s['busiest_rank_inflation_before_max'], 2)}× a balanced step's "
+                f"time (contiguous) → {_f(s['busiest_rank_inflation_after_max'], 2)}×; all-to-all "
+                + ("—" if volume is None else f"{volume / 1e3:,.1f} kB")
+                + " a token over all layers (dispatch + combine, bf16)"
+            )
     for skip in doc["skipped"]:
         console.print(f"skipped layer {skip['layer']}: {skip['reason']}")

@@ -23,6 +23,7 @@ from moediag.stats.router import RouterStats
 from moediag.stats.sequences import ConsecutiveStats, SeqAuxStats
 from moediag.stats.specialisation import DEFAULT_VOCAB_CAPACITY, SpecialisationStats
 from moediag.stats.state import Accumulator
+from moediag.stats.touched import ExpertsTouchedStats
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class LayerStats(Accumulator):
     coactivation: CoactivationStats
     accuracy: ExpertAccuracyStats
     specialisation: SpecialisationStats
+    touched: ExpertsTouchedStats
     count_only: bool
     has_logits: bool
     excluded_nonfinite: int
@@ -79,6 +81,7 @@ class LayerStats(Accumulator):
         self.add_child("coactivation", CoactivationStats(num_experts))
         self.add_child("accuracy", ExpertAccuracyStats(num_experts))
         self.add_child("specialisation", SpecialisationStats(num_experts, k, options.vocab_capacity))
+        self.add_child("touched", ExpertsTouchedStats(num_experts))
         self.add_state("count_only", False, "or")
         self.add_state("has_logits", False, "or")
         self.add_state("excluded_nonfinite", 0)
@@ -95,6 +98,7 @@ class LayerStats(Accumulator):
         self.coactivation.update(batch)
         self.accuracy.update(batch)
         self.specialisation.update(batch)
+        self.touched.update(batch)
 
     def update_counts(self, counts: torch.Tensor) -> None:
         """Count-only data: ``expert_counts`` [S, E] rows."""
@@ -131,6 +135,7 @@ class LayerStats(Accumulator):
             spec["consecutive_same_rate"] = out["consecutive_same_rate"]
             spec["consecutive_same_baseline"] = out["consecutive_same_baseline"]
             out["specialisation"] = spec
+        out["experts_touched"] = None if self.count_only else self.touched.compute(self.top_k)
         out["excluded_nonfinite"] = self.excluded_nonfinite
         return out
 
@@ -237,6 +242,25 @@ class ModelStats:
         summary["accuracy"] = accs[0][0] if accs else None
         flagged = [r for x in layers for r in (x.get("expert_accuracy") or []) if r["below_overall"]]
         summary["below_overall_experts"] = len(flagged) if accs else None
+        summary["experts_touched"] = touched_summary(layers)
         windows_by_depth = sorted(self.paths, key=lambda w: (-len(w), w))
         summary["paths"] = [self.paths[w].compute() for w in windows_by_depth] or None
         return {"summary": summary, "layers": layers}
+
+
+def touched_summary(layers: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    """``summary.experts_touched``: per B, the mean over layers of the touched share and of the
+    uniform-routing share (moediag.stats.touched), and the fewest batches any layer counted."""
+    rows = [x["experts_touched"] for x in layers if x.get("experts_touched")]
+    if not rows:
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for b in rows[0]:
+        shares = [r[b]["share"] for r in rows if r[b]["share"] is not None]
+        uniform = [r[b]["uniform"] for r in rows if r[b]["uniform"] is not None]
+        out[b] = {
+            "share": sum(shares) / len(shares) if shares else None,
+            "uniform": sum(uniform) / len(uniform) if uniform else None,
+            "batches": min(r[b]["batches"] for r in rows),
+        }
+    return out

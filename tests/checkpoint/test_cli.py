@@ -40,6 +40,7 @@ def _run(path: Path, capsys: pytest.CaptureFixture[str], **kw: object) -> tuple[
         "console_width": 80,
     }
     opts.update(kw)
+    capsys.readouterr()  # what building the fixture printed (transformers' config notes) is not ours
     code = inspect_checkpoint_command(path, **opts)  # type: ignore[arg-type]
     out, err = capsys.readouterr()
     return code, out, err
