@@ -96,7 +96,7 @@ def test_table_fits_80_columns(ckpt: Factory, capsys: pytest.CaptureFixture[str]
         assert "\x1b[" not in out  # not a terminal: plain text
     _, out, _ = _run(ckpt("mixtral:dup").path, capsys)
     first = out.splitlines()[0]
-    assert first.startswith("WEIGHTS: CHECK:") and "duplicate" in first
+    assert first.startswith("WEIGHTS ONLY: CHECK:") and "duplicate" in first
     assert "1=3" in out
     _, out, _ = _run(ckpt("llama_dense").path, capsys)
     assert out.startswith("DENSE: no MoE layers")
@@ -157,6 +157,6 @@ def test_layer_verdict_says_it_judged_one_layer(capsys: pytest.CaptureFixture[st
     the model."""
     sample = Path(__file__).resolve().parents[2] / "sample_traces" / "trained_aux"
     code, whole, _ = _run(sample, capsys, console_width=200)
-    assert code == 0 and whole.startswith("WEIGHTS: CHECK") and "outlier" in whole.splitlines()[0]
+    assert code == 0 and whole.startswith("WEIGHTS ONLY: CHECK") and "outlier" in whole.splitlines()[0]
     code, one, _ = _run(sample, capsys, layer=1, console_width=200)
     assert code == 0 and "weights of layer 1 only" in one.splitlines()[0]

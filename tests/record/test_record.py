@@ -111,15 +111,7 @@ def test_deepseek_v3_groups_bias_and_choice(recorded) -> None:
         bias = trace.selection_bias(layer)
         assert bias is not None
         assert torch.allclose(bias, torch.linspace(-0.3, 0.3, 8))
-        r = route(
-            data[f"layers.{layer}.router_logits"],
-            top_k=2,
-            score_function="sigmoid",
-            selection_bias=bias,
-            n_group=2,
-            topk_group=1,
-            norm_topk_prob=True,
-        )
+        r = route(data[f"layers.{layer}.router_logits"], spec=trace.layers[layer].spec, bias=bias)
         assert torch.equal(r.ids.sort(-1).values, data[f"layers.{layer}.topk_ids"].long().sort(-1).values)
 
 
