@@ -33,7 +33,9 @@ __all__ = [
 
 #: lazy exports: name -> module (importing moediag stays cheap; torch loads when one is used)
 _LAZY = {
+    "Monitor": "moediag.monitor",
     "Recorder": "moediag.record",
+    "RoutingAlert": "moediag.monitor",
     "inspect": "moediag.api",
     "check": "moediag.api",
     "report": "moediag.api",

@@ -240,7 +240,7 @@ class LayerReplay:
     noise_flips: torch.Tensor = field(
         default_factory=lambda: torch.zeros(len(MARGIN_EDGES), dtype=torch.int64)
     )
-    hidden_size: int = 0
+    hidden_size: int = field(default=0, metadata=_SETTING)
     #: with --ep-size: sum over tokens of the distinct EP ranks (contiguous placement) their experts are on
     rank_hits: int = 0
 

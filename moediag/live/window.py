@@ -33,6 +33,7 @@ import torch
 from moediag.stats import LayerBatch, StatsOptions
 from moediag.stats.load import LoadStats
 from moediag.stats.router import RouterStats
+from moediag.stats.state import Accumulator
 
 #: figures of one layer that a live window reports; a subset of inspect's layer keys, same definitions
 LAYER_KEYS: tuple[str, ...] = (
@@ -66,18 +67,27 @@ LAYER_KEYS: tuple[str, ...] = (
 DEFAULT_MAX_BUCKETS = 1024
 
 
-class LiveLayer:
+class LiveLayer(Accumulator):
     """One layer's mergeable state in a window: inspect's load and router accumulators."""
 
+    layer: int
+    num_experts: int
+    top_k: int | None
+    cold_eps: float
+    load: LoadStats
+    router: RouterStats
+    count_only: bool
+    has_logits: bool
+
     def __init__(self, layer: int, num_experts: int, top_k: int | None, cold_eps: float = 0.1) -> None:
-        self.layer = layer
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.cold_eps = cold_eps
-        self.load = LoadStats(num_experts, cold_eps)
-        self.router = RouterStats(num_experts, top_k or 1)
-        self.count_only = False
-        self.has_logits = False
+        self.add_setting("layer", layer)
+        self.add_setting("num_experts", num_experts)
+        self.add_setting("top_k", top_k)
+        self.add_setting("cold_eps", cold_eps)
+        self.add_child("load", LoadStats(num_experts, cold_eps))
+        self.add_child("router", RouterStats(num_experts, top_k or 1))
+        self.add_state("count_only", False, "or")
+        self.add_state("has_logits", False, "or")
 
     def update(self, batch: LayerBatch) -> None:
         if batch.logits is not None:
@@ -91,15 +101,13 @@ class LiveLayer:
         c = counts.to(torch.int64)
         self.load.add_counts(c.sum(0) if c.dim() == 2 else c)
 
-    def merge(self, other: LiveLayer) -> None:
+    def merge(self, other: Accumulator) -> None:
+        assert isinstance(other, LiveLayer)
         if other.num_experts != self.num_experts:
             raise ValueError(
                 f"layer {self.layer}: cannot merge {other.num_experts} experts into {self.num_experts}"
             )
-        self.load.merge(other.load)
-        self.router.merge(other.router)
-        self.count_only = self.count_only or other.count_only
-        self.has_logits = self.has_logits or other.has_logits
+        super().merge(other)
 
     def copy(self) -> LiveLayer:
         out = LiveLayer(self.layer, self.num_experts, self.top_k, self.cold_eps)

@@ -2,6 +2,7 @@
 
 from moediag.live.alerts import Alert, RoutingAlert
 from moediag.monitor.flight import FlightRecorder
-from moediag.monitor.monitor import Monitor, resolve_rules
+from moediag.monitor.monitor import Monitor
+from moediag.monitor.setup import resolve_rules
 
 __all__ = ["Alert", "FlightRecorder", "Monitor", "RoutingAlert", "resolve_rules"]

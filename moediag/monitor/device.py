@@ -1,6 +1,8 @@
 """Sufficient statistics kept on the model's device, updated without host-device synchronisation.
 
-Each layer owns views into two flat buffers (int64 and float64) holding exactly the state of inspect's
+Routing is :func:`moediag.routing.route`, the one routing path inspect uses (pure torch, no host
+synchronisation). Each layer owns views into two flat buffers (int64 and float64) holding exactly the
+state of inspect's
 :class:`~moediag.stats.load.LoadStats` and :class:`~moediag.stats.router.RouterStats`: expert counts,
 first-choice counts, tokens, probability sums, z-loss and entropy sums, transformers-style counts, the
 margin histogram. Updates use only device ops (``index_add_``, masked sums): no ``.item()``, no boolean
@@ -13,78 +15,11 @@ accumulators (:class:`~moediag.live.window.LiveLayer`), and :meth:`DeviceStats.z
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from moediag import routing
 from moediag.live.window import LiveLayer
+from moediag.routing import Routed
 from moediag.stats.router import MARGIN_BINS, MARGIN_MAX, MARGIN_THRESHOLDS
-
-
-@dataclass
-class LayerRouting:
-    """One router call routed on the device (all rows; ``valid`` masks padding)."""
-
-    ids: torch.Tensor  # [n, k] int64, the experts chosen
-    top1: torch.Tensor  # [n] int64
-    probs: torch.Tensor  # [n, E] distribution for losses and entropy
-    softmax: torch.Tensor  # [n, E] softmax of the logits (transformers' aux loss)
-    lse: torch.Tensor  # [n]
-    entropy: torch.Tensor  # [n] entropy of probs
-    confidence: torch.Tensor  # [n] max of probs
-    margin: torch.Tensor  # [n] top-k boundary margin (NaN when k = E)
-    hf_ids: torch.Tensor  # [n, k] softmax -> top-k
-
-
-def route_on_device(
-    logits: torch.Tensor,
-    ids: torch.Tensor | None,
-    *,
-    top_k: int,
-    score_function: str,
-    bias: torch.Tensor | None = None,
-    n_group: int | None = None,
-    topk_group: int | None = None,
-) -> LayerRouting:
-    """Route one router call as inspect routes a trace chunk (``moediag.analysis.layer_batch``), with
-    ``moediag.routing``'s functions and without reading values back to the host."""
-    z = logits.float()
-    e = z.shape[1]
-    k = top_k
-    sf = score_function
-    parts = routing.softmax_parts(z)
-    softmax = parts.softmax
-    plain = bias is None and not (n_group and topk_group and n_group > 1)
-    margin_scores = softmax if sf in ("softmax", "topk_softmax") else routing.scores(z, sf)
-    if bias is not None:
-        margin_scores = margin_scores + bias.to(margin_scores.device, margin_scores.dtype)
-    recorded = ids is not None
-    if ids is None and plain and k < e:
-        vals, idx = margin_scores.topk(k + 1, dim=-1)
-        ids = idx[:, :k].contiguous()
-        margin = vals[:, k - 1] - vals[:, k]
-        top1 = ids[:, 0]
-    else:
-        if ids is None:
-            sel = margin_scores
-            if sf == "topk_softmax":  # selection over the scores plus the selection-only bias
-                sel = routing.scores(z, sf)
-                if bias is not None:
-                    sel = sel + bias.to(sel.device, sel.dtype)
-            ids = routing.select(sel, k, n_group=n_group, topk_group=topk_group, score_function=sf)
-        ids = ids.to(torch.int64)
-        margin = routing.margin(margin_scores, ids)
-        chosen = margin_scores.gather(1, ids.clamp_min(0)).masked_fill(ids < 0, float("-inf"))
-        top1 = ids.gather(1, chosen.argmax(dim=1, keepdim=True)).squeeze(1)
-    if sf == "sigmoid":
-        probs = routing.distribution(z, sf)
-        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
-        confidence = probs.amax(-1)
-    else:
-        probs, entropy, confidence = softmax, parts.entropy, parts.confidence
-    hf_ids = ids if (sf == "softmax" and plain and not recorded) else softmax.topk(k, dim=-1).indices
-    return LayerRouting(ids, top1, probs, softmax, parts.lse, entropy, confidence, margin, hf_ids)
 
 
 class _LayerViews:
@@ -144,9 +79,12 @@ class DeviceStats:
     def nbytes(self) -> int:
         return self.ints.numel() * 8 + self.floats.numel() * 8
 
-    def update(self, layer: int, r: LayerRouting, valid: torch.Tensor | None) -> None:
-        """Add one router call; ``valid`` [n] bool masks padding (None: every row counts)."""
+    def update(self, layer: int, r: Routed, valid: torch.Tensor | None) -> None:
+        """Add one router call routed by :func:`moediag.routing.route` (the one routing path, as inspect
+        routes a trace); ``valid`` [n] bool masks padding (None: every row counts)."""
         v = self.views[layer]
+        assert r.probs is not None and r.softmax is not None and r.lse is not None and r.margin is not None
+        assert r.hf_ids is not None
         n, k = r.ids.shape
         if valid is None:
             ones_k = torch.ones(n * k, dtype=torch.int64, device=r.ids.device)
@@ -172,9 +110,13 @@ class DeviceStats:
         p_sum = probs.sum(0, dtype=torch.float64)
         v.prob_sum += p_sum
         v.softmax_sum += p_sum if r.softmax is r.probs else softmax.sum(0, dtype=torch.float64)
+        p = r.probs
+        # as RouterStats: per-row figures in float32 (from the softmax pass when probs is the softmax)
+        entropy = r.entropy if r.entropy is not None else -(p * p.clamp_min(1e-30).log()).sum(-1)
+        confidence = r.confidence if r.confidence is not None else p.amax(-1)
         lse = r.lse.double()
-        ent = r.entropy.double()
-        conf = r.confidence.double()
+        ent = entropy.double()
+        conf = confidence.double()
         m = r.margin.double()
         ok = ~torch.isnan(m)
         if w is not None:

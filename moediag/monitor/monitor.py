@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -34,69 +34,18 @@ import torch
 from torch import nn
 
 from moediag import routing
-from moediag.checks import CheckConfig
 from moediag.errors import UnsupportedLayoutError, UsageError
 from moediag.live.alerts import ON_ALERT, Alert, RoutingAlert, evaluate
 from moediag.live.judge import DEFAULT_WINDOWS, TemporalJudge
 from moediag.live.sinks import Sink, make_sinks
 from moediag.live.window import LiveStats, WindowReport
-from moediag.monitor.device import DeviceStats, route_on_device
+from moediag.monitor.device import DeviceStats
 from moediag.monitor.flight import DEFAULT_MAX_BYTES, FlightRecorder
+from moediag.monitor.setup import OnAlert, Rules, resolve_rules, sites_from
 from moediag.record.capture import router_output
 from moediag.record.discover import RouterSite, find_routers, routing_info
 from moediag.stats import StatsOptions
 from moediag.trace.schema import SCORE_FUNCTIONS
-
-Rules = CheckConfig | Mapping[str, Any] | str | os.PathLike[str] | None
-OnAlert = str | Callable[[list[Alert]], Any]
-
-
-def resolve_rules(rules: Rules) -> CheckConfig:
-    """The check settings alerts use: a :class:`CheckConfig`, a dict of check keys, a config file
-    (``pyproject.toml`` with ``[tool.moediag.check]``, ``moediag.toml``), or None for the file found from
-    the working directory (as ``moediag check`` finds it) over the defaults."""
-    from moediag.config import load_config
-
-    if isinstance(rules, CheckConfig):
-        return rules
-    if isinstance(rules, Mapping):
-        try:
-            return CheckConfig.from_values(rules)
-        except KeyError as exc:
-            raise UsageError(f"rules: unknown check key {exc.args[0]!r}") from None
-        except ValueError as exc:
-            raise UsageError(f"rules: {exc}") from None
-    if rules is None:
-        return load_config()
-    return load_config(rules)
-
-
-def _sites_from(model: nn.Module, routers: Any, top_k: int | None) -> list[RouterSite]:
-    """Router sites for ``routers=``: modules, or a dict layer -> module, each with an [E, H] weight."""
-    items: list[tuple[int, nn.Module]]
-    if isinstance(routers, Mapping):
-        items = [(int(k), v) for k, v in routers.items()]
-    else:
-        items = list(enumerate(routers))
-    names = {id(m): n for n, m in model.named_modules()}
-    sites = []
-    for layer, module in items:
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] < 2:
-            raise UsageError(f"routers[{layer}]: a router needs a 2-D weight [num_experts, hidden]")
-        k = top_k if top_k is not None else getattr(module, "top_k", None)
-        sites.append(
-            RouterSite(
-                layer=layer,
-                name=names.get(id(module), f"routers[{layer}]"),
-                module=module,
-                block=module,
-                num_experts=int(weight.shape[0]),
-                hidden_size=int(weight.shape[1]),
-                top_k=k if isinstance(k, int) else None,
-            )
-        )
-    return sorted(sites, key=lambda s: s.layer)
 
 
 class Monitor:
@@ -198,7 +147,7 @@ class Monitor:
         if self._started:
             return self
         if self._routers is not None:
-            self.sites = _sites_from(self.model, self._routers, self._top_k)
+            self.sites = sites_from(self.model, self._routers, self._top_k)
         else:
             self.sites = find_routers(self.model, top_k=self._top_k)
         if not self.sites:
@@ -371,14 +320,13 @@ class Monitor:
         out = router_output(site, args, kwargs, output, self._source.get(site.layer))
         self._source[site.layer] = out.source
         info = self.info
-        r = route_on_device(
+        bias = site.selection_bias_tensor()  # the live tensor: training may move it
+        r = routing.route(
             out.logits,
-            out.ids,
+            spec=info,
+            ids=out.ids,
+            bias=None if bias is None else bias.float(),
             top_k=site.top_k,
-            score_function=info.score_function,
-            bias=site.selection_bias_tensor(),  # the live tensor: training may move it
-            n_group=info.n_group,
-            topk_group=info.topk_group,
         )
         n = r.ids.shape[0]
         valid = self._valid if self._valid is not None and self._valid.numel() == n else None
@@ -386,10 +334,8 @@ class Monitor:
             valid = valid.to(r.ids.device, non_blocking=True)
         self._device_stats.update(site.layer, r, valid)
         if self.flight is not None:
-            weights = routing.combine_weights(
-                out.logits, r.ids, info.score_function, info.norm_topk_prob, softmax=r.softmax
-            )
-            self.flight.add_layer(site.layer, r.ids, weights, out.logits, site.num_experts)
+            assert r.weights is not None
+            self.flight.add_layer(site.layer, r.ids, r.weights, out.logits, site.num_experts)
 
     # -- reports -------------------------------------------------------------------------------
     def _report(self, step: int) -> WindowReport:
