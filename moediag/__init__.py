@@ -39,8 +39,6 @@ _LAZY = {
     "inspect": "moediag.api",
     "check": "moediag.api",
     "report": "moediag.api",
-    "Monitor": "moediag.monitor",
-    "RoutingAlert": "moediag.monitor",
 }
 
 
