@@ -86,7 +86,18 @@ def hook_cost(args: argparse.Namespace, repeats: int = 50) -> dict[str, float]:
     stats = DeviceStats(
         {i: (args.experts, args.top_k) for i in range(args.layers)}, torch.device(args.device)
     )
-    spec = RoutingInfo(args.experts, args.top_k, "softmax", True, None, None, "mixtral", {}, {})
+    spec = RoutingInfo(
+        num_experts=args.experts,
+        top_k=args.top_k,
+        score_function="softmax",
+        norm_topk_prob=True,
+        n_group=None,
+        topk_group=None,
+        group_score=None,
+        model_type="mixtral",
+        extra={},
+        layer_overrides={},
+    )
     per_call = []
     for _ in range(repeats):
         _sync(args.device)
