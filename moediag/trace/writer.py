@@ -99,7 +99,35 @@ def replace_dir(tmp: Path, target: Path) -> None:
         publish(tmp, target)
 
 
-class TraceWriter:
+class _BatchRules:
+    """What both writers check: constants are not per-token, every batch has the first batch's tensors
+    and one token count."""
+
+    _constants: dict[str, torch.Tensor]
+    _names: set[str] | None
+
+    def set_constant(self, name: str, tensor: torch.Tensor) -> None:
+        if _is_per_token(name):
+            raise ValueError(f"{name} is a per-token tensor; pass it to add()")
+        self._constants[name] = tensor.detach().cpu().contiguous()
+
+    def _check_batch(self, tensors: Mapping[str, torch.Tensor]) -> int:
+        """The batch's token count, after checking it against the rules above."""
+        names = set(tensors)
+        for name in names:
+            if not _is_per_token(name):
+                raise ValueError(f"{name} is not a per-token tensor; use set_constant()")
+        if self._names is None:
+            self._names = names
+        elif names != self._names:
+            raise ValueError(f"batch tensors {sorted(names ^ self._names)} differ from the first batch's")
+        sizes = {t.shape[0] for t in tensors.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"batch tensors disagree on the token count: {sorted(sizes)}")
+        return sizes.pop()
+
+
+class TraceWriter(_BatchRules):
     """Stream token batches into a folder of shards ``part-00000.safetensors``, ...
 
     >>> with TraceWriter("trace/", metadata) as w:        # doctest: +SKIP
@@ -141,24 +169,8 @@ class TraceWriter:
         self.bytes_written = 0
         self._closed = False
 
-    def set_constant(self, name: str, tensor: torch.Tensor) -> None:
-        if _is_per_token(name):
-            raise ValueError(f"{name} is a per-token tensor; pass it to add()")
-        self._constants[name] = tensor.detach().cpu().contiguous()
-
     def add(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        names = set(tensors)
-        for name in names:
-            if not _is_per_token(name):
-                raise ValueError(f"{name} is not a per-token tensor; use set_constant()")
-        if self._names is None:
-            self._names = names
-        elif names != self._names:
-            raise ValueError(f"batch tensors {sorted(names ^ self._names)} differ from the first batch's")
-        sizes = {t.shape[0] for t in tensors.values()}
-        if len(sizes) != 1:
-            raise ValueError(f"batch tensors disagree on the token count: {sorted(sizes)}")
-        n = sizes.pop()
+        n = self._check_batch(tensors)
         for name, t in tensors.items():
             self._pending.setdefault(name, []).append(t.detach().cpu())
         self._pending_tokens += n
@@ -250,7 +262,7 @@ _DTYPES = {
 }
 
 
-class SingleFileTraceWriter:
+class SingleFileTraceWriter(_BatchRules):
     """:class:`TraceWriter`'s interface, writing one ``.safetensors`` file without holding the trace.
 
     Each per-token tensor's bytes are appended to its own spill file in a temporary folder beside the
@@ -273,23 +285,8 @@ class SingleFileTraceWriter:
         self.bytes_written = 0
         self._closed = False
 
-    def set_constant(self, name: str, tensor: torch.Tensor) -> None:
-        if _is_per_token(name):
-            raise ValueError(f"{name} is a per-token tensor; pass it to add()")
-        self._constants[name] = tensor.detach().cpu().contiguous()
-
     def add(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        names = set(tensors)
-        for name in names:
-            if not _is_per_token(name):
-                raise ValueError(f"{name} is not a per-token tensor; use set_constant()")
-        if self._names is None:
-            self._names = names
-        elif names != self._names:
-            raise ValueError(f"batch tensors {sorted(names ^ self._names)} differ from the first batch's")
-        sizes = {t.shape[0] for t in tensors.values()}
-        if len(sizes) != 1:
-            raise ValueError(f"batch tensors disagree on the token count: {sorted(sizes)}")
+        n = self._check_batch(tensors)
         for name, t in tensors.items():
             t = t.detach().cpu().contiguous()
             if name not in self._spills:
@@ -300,7 +297,7 @@ class SingleFileTraceWriter:
             with spill.open("ab") as f:
                 f.write(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
             shape[0] += t.shape[0]
-        self.tokens_written += sizes.pop()
+        self.tokens_written += n
 
     def close(self) -> Path:
         if self._closed:
