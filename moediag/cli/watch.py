@@ -47,7 +47,7 @@ def _layers(value: str | None) -> list[int] | None:
 @app.command("watch")
 def watch_command(
     src: list[Path] = typer.Argument(..., metavar="SRC...", help="Folder(s) or file(s) the server writes."),
-    format: str = typer.Option(..., "--format", "-f", help=f"Dump format: {_FORMATS}."),
+    format: str = typer.Option(..., "--format", "-f", metavar="FORMAT", help=f"Dump format: {_FORMATS}."),
     listen: str = typer.Option(
         "127.0.0.1:9464",
         "--listen",
@@ -104,11 +104,16 @@ def watch_command(
         help="Also write each report to a sink (jsonl:PATH, tensorboard:DIR, ...).",
     ),
     num_experts: int | None = typer.Option(
-        None, "--num-experts", help="Experts per layer, when dumps lack it."
+        None, "--num-experts", metavar="N", help="Experts per layer, when dumps lack it."
     ),
-    top_k: int | None = typer.Option(None, "--top-k", help="Experts per token, when count dumps lack it."),
+    top_k: int | None = typer.Option(
+        None, "--top-k", metavar="K", help="Experts per token, when count dumps lack it."
+    ),
     layers: str | None = typer.Option(
-        None, "--layers", help="Model layer index of each MoE layer, in source order (vllm), e.g. 1,3,5."
+        None,
+        "--layers",
+        metavar="L,L,...",
+        help="Model layer index of each MoE layer, in source order (vllm), e.g. 1,3,5.",
     ),
     threads: int = typer.Option(
         1, "--threads", metavar="N", help="torch threads (1: leave the cores to the server it watches)."
