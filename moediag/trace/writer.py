@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -99,12 +100,36 @@ def replace_dir(tmp: Path, target: Path) -> None:
         publish(tmp, target)
 
 
+_W = TypeVar("_W", bound="_BatchRules")
+
+
 class _BatchRules:
-    """What both writers check: constants are not per-token, every batch has the first batch's tensors
-    and one token count."""
+    """What both writers share: constants are not per-token, every batch has the first batch's tensors
+    and one token count; a temporary place discarded on abort (and on an exception in ``with``)."""
 
     _constants: dict[str, torch.Tensor]
     _names: set[str] | None
+    _tmp: Path
+    _closed: bool
+
+    def close(self) -> Path:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._closed = True
+
+    def __enter__(self: _W) -> _W:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
     def set_constant(self, name: str, tensor: torch.Tensor) -> None:
         if _is_per_token(name):
@@ -230,22 +255,6 @@ class TraceWriter(_BatchRules):
         self._closed = True
         return self.path
 
-    def abort(self) -> None:
-        """Discard everything written so far."""
-        shutil.rmtree(self._tmp, ignore_errors=True)
-        self._closed = True
-
-    def __enter__(self) -> TraceWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 #: safetensors' dtype names
 _DTYPES = {
@@ -345,21 +354,6 @@ class SingleFileTraceWriter(_BatchRules):
         self.bytes_written = self.path.stat().st_size
         self._closed = True
         return self.path
-
-    def abort(self) -> None:
-        shutil.rmtree(self._tmp, ignore_errors=True)
-        self._closed = True
-
-    def __enter__(self) -> SingleFileTraceWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def trace_writer(
