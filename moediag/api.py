@@ -114,7 +114,7 @@ def inspect_trace(
     """Analyse a trace (a path or an open :class:`~moediag.trace.Trace`): what ``moediag inspect TRACE``
     prints. The verdict uses the check thresholds of the same config file."""
     from moediag.analysis import analyze_trace
-    from moediag.config import load_config
+    from moediag.checks.config import load_config
     from moediag.options import CAPACITY_FACTORS, resolve
     from moediag.stats import StatsOptions
     from moediag.trace import Trace, open_trace
@@ -333,7 +333,7 @@ def check(
     to judge is an :class:`~moediag.errors.InvalidInputError` unless ``allow_empty``.
     """
     from moediag.checks import KEYS, BaselineMismatchError, ConfigValueError, NothingToCheckError, run_checks
-    from moediag.config import load_config
+    from moediag.checks.config import load_config
 
     unknown = sorted(set(thresholds) - set(KEYS))
     if unknown:
@@ -449,7 +449,7 @@ def _configured_checks(
 ) -> dict[str, Any] | None:
     """``moediag check`` results when thresholds are configured (a config file found or given), else None."""
     from moediag.checks import NothingToCheckError, run_checks
-    from moediag.config import load_config
+    from moediag.checks.config import load_config
 
     config = load_config(config_file)
     if config.file is None:

@@ -3,7 +3,7 @@
 Precedence (lowest first): the default here < ``[tool.moediag]`` (settings shared by every command) <
 ``[tool.moediag.check]`` (for the settings ``check`` shares, so ``inspect`` and ``check`` never disagree
 under one config file) < ``[tool.moediag.<command>]`` < a command-line flag or library argument. The file
-is the one ``moediag check`` uses (:func:`moediag.config.find_config`: ``moediag.toml`` or
+is the one ``moediag check`` uses (:func:`moediag.io.config_file.find_config`: ``moediag.toml`` or
 ``pyproject.toml`` from the working directory upward, or ``--config FILE``); in ``moediag.toml`` the tables
 are top-level (``[inspect]``, ``[check]``) and shared settings sit at the top.
 
@@ -169,7 +169,7 @@ def resolve(
     In ``[tool.moediag]`` only settings are read (sub-tables are the commands'); in a command's table an
     unknown key is an error for ``inspect``, ``report`` and ``plot`` (``check`` validates its own table).
     """
-    from moediag.config import _read_toml, find_config
+    from moediag.io.config_file import find_config, read_toml
     from moediag.errors import ConfigError
 
     out = Resolved(command)
@@ -179,7 +179,7 @@ def resolve(
             out.sources[s.name] = "default"
     path = Path(config_file) if config_file is not None else find_config(cwd)
     if path is not None:
-        doc = _read_toml(path)
+        doc = read_toml(path)
         for where, table in _tables(path, doc, command):
             is_shared = where in ("[tool.moediag]", "top level")
             is_check = where.endswith("check]") and command != "check"

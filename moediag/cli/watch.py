@@ -127,7 +127,7 @@ def watch_command(
     Example: moediag watch /var/dumps --format sglang --listen 127.0.0.1:9464 --window-steps 200
     --check max_vio=1.5
     """
-    from moediag.config import load_config
+    from moediag.checks.config import load_config
 
     try:
         from moediag.live.prometheus import PrometheusMetrics, parse_listen

@@ -22,7 +22,7 @@ def resolve_rules(rules: Rules) -> CheckConfig:
     """The check settings alerts use: a :class:`CheckConfig`, a dict of check keys, a config file
     (``pyproject.toml`` with ``[tool.moediag.check]``, ``moediag.toml``), or None for the file found from
     the working directory (as ``moediag check`` finds it) over the defaults."""
-    from moediag.config import load_config
+    from moediag.checks.config import load_config
 
     if isinstance(rules, CheckConfig):
         return rules

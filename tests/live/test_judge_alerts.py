@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from moediag.checks import CheckConfig, run_checks
-from moediag.config import load_config
+from moediag.checks.config import load_config
 from moediag.live import LiveStats, RoutingAlert, TemporalJudge, evaluate
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from moediag.config import find_config, load_config
+from moediag.checks.config import load_config
+from moediag.io.config_file import find_config
 from moediag.errors import ConfigError, UsageError
 
 
