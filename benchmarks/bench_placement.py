@@ -1,6 +1,6 @@
 """Placement quality against DeepSeek's EPLB: balancedness of moediag's placements vs the baseline.
 
-The baseline is EPLB's published ``rebalance_experts`` (deepseek-ai/EPLB), rewritten in tests/_eplb.py:
+The baseline is EPLB's published ``rebalance_experts`` (deepseek-ai/EPLB), rewritten in tests/replay/_eplb.py:
 its global policy against ``placement.balanced``, its hierarchical policy against
 ``placement.hierarchical``, on the same loads and sizes. Cases:
 
@@ -33,8 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from moediag.placement import balanced, balancedness, hierarchical, rank_loads  # noqa: E402
-from tests._eplb import eplb_ranks  # noqa: E402
+from moediag.replay import balanced, hierarchical, rank_loads  # noqa: E402
+from moediag.stats.imbalance import balancedness  # noqa: E402
+from tests.replay._eplb import eplb_ranks  # noqa: E402
 
 TOL = 1e-12
 

@@ -169,8 +169,8 @@ def resolve(
     In ``[tool.moediag]`` only settings are read (sub-tables are the commands'); in a command's table an
     unknown key is an error for ``inspect``, ``report`` and ``plot`` (``check`` validates its own table).
     """
-    from moediag.io.config_file import find_config, read_toml
     from moediag.errors import ConfigError
+    from moediag.io.config_file import find_config, read_toml
 
     out = Resolved(command)
     for s in SETTINGS:

@@ -71,9 +71,9 @@ def compare_cmd(
 
     Example: moediag compare llama-1b/ mixtral-tiny/ --trace llama.safetensors --trace mixtral.safetensors
     """
+    from moediag.checks.config import load_config
     from moediag.compare import compare
     from moediag.compare_models import ModelComparison
-    from moediag.checks.config import load_config
 
     if chunk_tokens is not None and chunk_tokens < 1:
         raise UsageError("--chunk-tokens must be positive")

@@ -223,7 +223,7 @@ def replay_cmd(
     for note in result.notes:
         echo_err(f"moediag: note: {note}")
     if placement_out is not None:
-        from moediag.placement import save_placement
+        from moediag.replay.placement_file import save_placement
 
         save_placement(placement_out, ep_size or 1, result.placement, result.settings["replicas"])
         echo_err(f"wrote placement to {placement_out}")

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from moediag.device import resolve_device
 from moediag.errors import InvalidInputError, MoediagError, UnsupportedLayoutError, UsageError
 from moediag.record.batch import assemble, bytes_per_token
 from moediag.record.capture import RouterHooks
 from moediag.record.discover import RouterSite, find_routers, routing_info
 from moediag.record.text import TextTokenizer, Window, load_tokenizer, read_text, windows
+from moediag.replay.device import resolve_device
 from moediag.trace.writer import SingleFileTraceWriter, TraceWriter, trace_writer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from moediag.checks.config import load_config
-from moediag.io.config_file import find_config
 from moediag.errors import ConfigError, UsageError
+from moediag.io.config_file import find_config
 
 
 def write(path: Path, text: str) -> Path:

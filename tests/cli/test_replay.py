@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from moediag.cli import main
-from moediag.placement import load_placement
-from tests.replay_helpers import identity_checkpoint, input_trace
+from moediag.replay.placement_file import load_placement
+from tests.replay.helpers import identity_checkpoint, input_trace
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import torch
 from moediag.errors import InvalidInputError, UsageError
 from moediag.replay import load_bias_file, replay
 from moediag.trace import build_metadata, open_trace, write_trace
-from tests.replay_helpers import identity_checkpoint, input_trace
+from tests.replay.helpers import identity_checkpoint, input_trace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")

@@ -11,18 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moediag.errors import InvalidInputError, UsageError
-from moediag.placement import (
-    balanced,
-    balancedness,
-    check_placement,
-    contiguous,
-    hierarchical,
-    load_placement,
-    node_loads,
-    rank_loads,
-    save_placement,
-)
-from tests._eplb import eplb_ranks
+from moediag.replay.placement import balanced, hierarchical
+from moediag.replay.placement_file import load_placement, save_placement
+from moediag.replay.ranks import check_placement, contiguous, node_loads, rank_loads
+from moediag.stats.imbalance import balancedness
+from tests.replay._eplb import eplb_ranks
 
 
 def test_contiguous_and_rank_loads_hand_case() -> None:
