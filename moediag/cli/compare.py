@@ -73,7 +73,7 @@ def compare_cmd(
     """
     from moediag.checks.config import load_config
     from moediag.compare import compare
-    from moediag.compare_models import ModelComparison
+    from moediag.compare.models import ModelComparison
 
     if chunk_tokens is not None and chunk_tokens < 1:
         raise UsageError("--chunk-tokens must be positive")

@@ -113,7 +113,7 @@ def compare_verdict(cmp: Any) -> tuple[str, str]:
         )
     text = "; ".join(parts)
     text = text[:1].upper() + text[1:] + "."
-    verdict = s.get("verdict")  # moediag.compare_verdict: the judgement is the library's, shown first
+    verdict = s.get("verdict")  # moediag.compare.verdict: the judgement is the library's, shown first
     if isinstance(verdict, Mapping) and verdict.get("line"):
         return f"{verdict['line']}. {text}", ("warn" if verdict.get("status") == "worse" else "ok")
     return text, ("warn" if s.get("shifted_experts") else "ok")

@@ -12,7 +12,7 @@ import torch
 
 from moediag.checkpoint.compute import ModelCompute
 from moediag.cli import main
-from moediag.compare_models import framing
+from moediag.compare.models import framing
 from tests.checkpoint.conftest import Factory
 from tests.conftest import sha256, write_raw
 

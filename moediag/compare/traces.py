@@ -1,113 +1,18 @@
-"""``moediag compare A B``: what changed between two traces (or two checkpoints).
-
-Traces
-    - On the same tokens (equal token counts and, when both have ``tokens.input_ids``, equal ids):
-      router saturation per layer, streaming both traces chunk by chunk in lockstep (bounded memory):
-      ``top1_agreement`` = share of tokens whose first choice is the same in A and B (random baseline 1/E)
-      and ``topk_overlap`` = mean over tokens of |topk_A ∩ topk_B| / k (random baseline k/E; OLMoE's
-      "router saturation"). A token excluded in either trace (mask, non-finite logits) is left out.
-    - On any two traces: ``load_js_divergence`` = Jensen-Shannon divergence, base 2 (0 = same load shares,
-      1 = disjoint), between the two load distributions; ``max_vio_delta`` and ``cv_delta`` (B - A); and,
-      when both have ``tokens.correct``, the accuracy shift per expert (top-1 attribution) and per frequent
-      path: the difference B - A with a Newcombe hybrid-score 95% interval; ``shifted`` when it excludes 0.
-Checkpoints
-    Router-row cosine per expert (A's row i against B's row i) and the selection-bias change per expert
-    (``e_score_correction_bias`` / ``expert_bias``), found by :mod:`moediag.checkpoint.layouts`.
-
-Layers are matched by the model's layer index; layers in only one input are left out (and listed in
-``summary``). A layer whose expert count differs is an error (exit 2).
+"""Two traces: router saturation on the same tokens (streamed in lockstep), load and imbalance shift, and
+the accuracy shift per expert and per frequent path.
 """
 
 from __future__ import annotations
 
 import bisect
-import datetime as _dt
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from moediag import envelope
+from moediag.compare.result import PATH_SHIFT_TOP, Comparison, _delta, _shift_row, js_divergence
 from moediag.errors import InvalidInputError, UsageError
-from moediag.stats.accuracy import newcombe
-
-if TYPE_CHECKING:
-    from moediag.compare_models import ModelComparison
-
-#: JSON schema version of ``compare --json`` (``meta.format``). History: 1 = first release.
-COMPARE_JSON_FORMAT = 1
-PATH_SHIFT_TOP = 20
-
-
-def js_divergence(p: torch.Tensor, q: torch.Tensor) -> float | None:
-    """Jensen-Shannon divergence, base 2, between two count (or probability) vectors; None if one is empty."""
-    sp, sq = float(p.sum()), float(q.sum())
-    if sp <= 0 or sq <= 0:
-        return None
-    a = p.double() / sp
-    b = q.double() / sq
-    m = 0.5 * (a + b)
-
-    def kl(x: torch.Tensor) -> float:
-        nz = x > 0
-        return float((x[nz] * torch.log2(x[nz] / m[nz])).sum())
-
-    return max(0.0, 0.5 * kl(a) + 0.5 * kl(b))
-
-
-def _delta(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else b - a
-
-
-def _shift_row(ca: int, na: int, cb: int, nb: int) -> dict[str, Any]:
-    d, lo, hi = newcombe(ca, na, cb, nb)
-    return {
-        "tokens_a": na,
-        "correct_a": ca,
-        "accuracy_a": ca / na if na else None,
-        "tokens_b": nb,
-        "correct_b": cb,
-        "accuracy_b": cb / nb if nb else None,
-        "delta": d,
-        "delta_ci_low": lo,
-        "delta_ci_high": hi,
-        "shifted": bool(lo is not None and hi is not None and (lo > 0 or hi < 0)),
-    }
-
-
-@dataclass
-class Comparison:
-    """The result of a compare: per-layer rows, a summary and notes (what was left out and why)."""
-
-    a: str
-    b: str
-    inputs: str  # "traces" | "checkpoints"
-    layers: list[dict[str, Any]]
-    summary: dict[str, Any]
-    paths: list[dict[str, Any]] | None = None
-    notes: list[str] = field(default_factory=list)
-    #: further top-level sections: two checkpoints add ``models``, ``framing``, ``quality``
-    #: (moediag.compare_models)
-    extra: dict[str, Any] = field(default_factory=dict)
-    created: str = field(
-        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "meta": envelope.meta(
-                "compare", COMPARE_JSON_FORMAT, created=self.created, inputs=self.inputs, a=self.a, b=self.b
-            ),
-            "summary": self.summary | {"notes": list(self.notes)},
-            "layers": self.layers,
-            "paths": self.paths,
-            **self.extra,
-        }
-
-
-# -- traces -------------------------------------------------------------------------------------------
 
 
 def aligned_chunks(ta: Any, tb: Any, size: int) -> Iterator[tuple[Any, Any]]:
@@ -256,7 +161,7 @@ def compare_traces(
 
     ``workers`` / ``scheduler``: analyse each trace in parallel (moediag.parallel; same figures).
     ``config``: the :class:`moediag.checks.CheckConfig` whose rules decide ``summary.verdict``
-    (moediag.compare_verdict; default: the built-in thresholds).
+    (moediag.compare.verdict; default: the built-in thresholds).
     """
     from moediag.analysis import analyze_trace
     from moediag.stats.imbalance import cv, max_vio
@@ -360,139 +265,8 @@ def compare_traces(
             if r["expert_accuracy_shift"]
         ),
     }
-    from moediag.compare_verdict import compare_verdict
+    from moediag.compare.verdict import compare_verdict
 
     summary["verdict"] = compare_verdict(res_a.to_dict(), res_b.to_dict(), config).to_dict()
     paths = _path_shift(res_a.stats, res_b.stats, min_support)
     return Comparison(str(a), str(b), "traces", rows, summary, paths, notes)
-
-
-# -- checkpoints --------------------------------------------------------------------------------------
-
-
-def _routers(path: str | os.PathLike[str]) -> tuple[Any, dict[tuple[str, int], Any]]:
-    from moediag.checkpoint.config import normalise_config
-    from moediag.checkpoint.inventory import open_inventory
-    from moediag.checkpoint.layouts import detect_layout
-
-    inv = open_inventory(path)
-    layout = detect_layout(inv, normalise_config(inv.config))
-    return inv, {(blk.stack, blk.layer): blk for blk in layout.blocks if blk.router is not None}
-
-
-def compare_checkpoints(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> Comparison:
-    """Router-row cosine and selection-bias change per expert, per MoE layer present in both."""
-    inv_a, ra = _routers(a)
-    inv_b, rb = _routers(b)
-    notes: list[str] = []
-    common = sorted(set(ra) & set(rb), key=lambda x: (x[0], x[1]))
-    if not common:
-        raise UsageError(f"{a} and {b} have no MoE router in common")
-    if set(ra) != set(rb):
-        notes.append(f"router sets differ; comparing the {len(common)} common layer(s)")
-    rows: list[dict[str, Any]] = []
-    for key in common:
-        blk_a, blk_b = ra[key], rb[key]
-        wa = inv_a.read(blk_a.router).double()
-        wb = inv_b.read(blk_b.router).double()
-        if wa.shape != wb.shape:
-            raise InvalidInputError(
-                f"layer {key[1]}: router {blk_a.router} is {list(wa.shape)} in {a} "
-                f"but {list(wb.shape)} in {b}",
-                b,
-            )
-        cos = torch.nn.functional.cosine_similarity(wa, wb, dim=1)
-        bias_delta = None
-        if blk_a.selection_bias and blk_b.selection_bias:
-            bias_delta = inv_b.read(blk_b.selection_bias).double() - inv_a.read(blk_a.selection_bias).double()
-        rows.append(
-            {
-                "layer": key[1],
-                "stack": key[0],
-                "num_experts": int(wa.shape[0]),
-                "router_cosine": [float(x) for x in cos.tolist()],
-                "router_cosine_min": float(cos.min()),
-                "router_cosine_mean": float(cos.mean()),
-                "router_cosine_min_expert": int(cos.argmin()),
-                "selection_bias_delta": None if bias_delta is None else bias_delta.tolist(),
-                "selection_bias_delta_max_abs": None if bias_delta is None else float(bias_delta.abs().max()),
-                "top1_agreement": None,
-                "topk_overlap": None,
-                "load_js_divergence": None,
-                "max_vio_delta": None,
-                "cv_delta": None,
-            }
-        )
-    cosines = [r["router_cosine_min"] for r in rows]
-    mean_cosine = sum(r["router_cosine_mean"] for r in rows) / len(rows)
-    if mean_cosine < UNRELATED_COSINE:
-        notes.append(
-            f"the routers' mean row cosine is {mean_cosine:.2f} (a fine-tune of the same base keeps rows "
-            "near 1): router rows and selection biases are compared by expert id, and two separately "
-            "trained models need not give the same role the same id"
-        )
-    summary = {
-        "layers_compared": [r["layer"] for r in rows],
-        "router_cosine_min": min(cosines),
-        "router_cosine_mean": mean_cosine,
-        "selection_bias_delta_max_abs": max(
-            (
-                r["selection_bias_delta_max_abs"]
-                for r in rows
-                if r["selection_bias_delta_max_abs"] is not None
-            ),
-            default=None,
-        ),
-    }
-    return Comparison(str(a), str(b), "checkpoints", rows, summary, None, notes)
-
-
-def compare(
-    a: str | os.PathLike[str],
-    b: str | os.PathLike[str],
-    *,
-    chunk_tokens: int | None = None,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    config: Any = None,
-    progress: Any = None,
-    seq_len: int | None = None,
-    eval_traces: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
-) -> Comparison | ModelComparison:
-    """Compare two traces or two checkpoints (whichever they are; mixing the two is an error).
-
-    Two traces: ``config`` holds the check rules that decide the verdict (moediag.compare_verdict);
-    ``progress(n)`` is called as tokens are read.
-    Two checkpoints: compute, capacity and framing (:func:`moediag.compare_models.compare_models`, at
-    ``seq_len``; quality per compute with ``eval_traces``), plus the router comparison when they have
-    routers of the same shape in common (its result then carries the model sections).
-    """
-    from moediag.inputs import detect_kind
-
-    ka, kb = detect_kind(a), detect_kind(b)
-    if ka != kb:
-        raise UsageError(f"compare needs two traces or two checkpoints: {a} is a {ka}, {b} is a {kb}")
-    if ka == "checkpoint":
-        from moediag.checkpoint.compute import DEFAULT_SEQ_LEN
-        from moediag.compare_models import compare_models
-
-        models = compare_models(
-            a, b, seq_len=seq_len or DEFAULT_SEQ_LEN, traces=eval_traces, chunk_tokens=chunk_tokens
-        )
-        if not models.routers_in_common:
-            return models
-        result = compare_checkpoints(a, b)
-        result.extra = models.sections()
-        result.notes.extend(models.notes)
-        return result
-    if seq_len is not None or eval_traces is not None:
-        raise UsageError("--seq-len and --trace apply to two checkpoints, not to two traces")
-    return compare_traces(
-        a,
-        b,
-        chunk_tokens=chunk_tokens,
-        workers=workers,
-        scheduler=scheduler,
-        config=config,
-        progress=progress,
-    )

@@ -1,4 +1,4 @@
-"""The compare verdict (moediag.compare_verdict): figures and thresholds from the check rules, a change
+"""The compare verdict (moediag.compare.verdict): figures and thresholds from the check rules, a change
 counts only beyond the check's baseline margin, and `compare --fail-on-regression` gates on it."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from moediag.checks import CheckConfig
 from moediag.cli import app
-from moediag.compare_verdict import compare_verdict
-from tests.test_compare import _checkpoint, ids_trace
+from moediag.compare.verdict import compare_verdict
+from tests.compare.test_compare import _checkpoint, ids_trace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_traces"
 runner = CliRunner()
 
