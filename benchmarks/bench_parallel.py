@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from moediag.analysis import analyze_trace, trace_stats
-from moediag.parallel import LocalRunner, compact, compute_unit, pinned_threads, plan_units
+from moediag.analysis.runners import LocalRunner
+from moediag.analysis.units import compact, compute_unit, pinned_threads, plan_units
 from moediag.trace import open_trace
 
 

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from moediag.memory import tune_allocator
+from moediag.analysis.memory import tune_allocator
 from moediag.trace import open_trace
 
 

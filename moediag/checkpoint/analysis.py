@@ -292,7 +292,7 @@ class CheckpointAnalysis:
 
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable result (``--json``); keys documented in docs/checkpoints.md."""
-        from moediag.verdict import checkpoint_verdict
+        from moediag.analysis.verdict import checkpoint_verdict
 
         return _finite(
             {
@@ -516,7 +516,7 @@ def check_weights(
         for lr in analysis.layers:
             _weights_for(inv, lr, *args, progress, plan, analysis.sample, analysis.seed)
     else:
-        from moediag.parallel import open_runner, ordered, submit_task
+        from moediag.analysis.runners import open_runner, ordered, submit_task
 
         with open_runner(workers, scheduler) as runner:
             assert runner is not None
@@ -564,7 +564,7 @@ def _layer_task(
     inv: Inventory, lr: LayerResult, threshold: float, chunk_bytes: int, sample: float, seed: int
 ) -> LayerResult:
     """One layer's weights pass in a worker (one torch thread: workers share the machine's cores)."""
-    from moediag.parallel import pinned_threads
+    from moediag.analysis.units import pinned_threads
 
     with pinned_threads(1):
         _weights_for(inv, lr, threshold, chunk_bytes, None, None, sample, seed)

@@ -175,8 +175,9 @@ class CheckReport:
         return f"PASS: {n - skipped} of {n} rules passed{skip_text}"
 
     def frame(self) -> Any:
-        """One row per (rule, layer) result, as a pandas DataFrame (:func:`moediag.frames.check_frame`)."""
-        from moediag.frames import check_frame
+        """One row per (rule, layer) result, as a pandas DataFrame
+        (:func:`moediag.analysis.frames.check_frame`)."""
+        from moediag.analysis.frames import check_frame
 
         return check_frame(self)
 

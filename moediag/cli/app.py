@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE"):
         # `moediag inspect ... | head` : end quietly like other Unix tools when the reader goes away
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    from moediag.memory import tune_allocator
+    from moediag.analysis.memory import tune_allocator
 
     tune_allocator()  # reuse freed chunk buffers instead of faulting them in again (moediag/memory.py)
     try:

@@ -1,5 +1,5 @@
 """``moediag explain [FIGURE]``: what a figure means, where it comes from, its healthy range, and which
-check rule or flag uses it (like ``ruff rule``), from the one table in :mod:`moediag.figures`."""
+check rule or flag uses it (like ``ruff rule``), from the one table in :mod:`moediag.analysis.figures`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from moediag.errors import UsageError
 
 
 def _complete(ctx: typer.Context, args: list[str], incomplete: str) -> list[str]:
-    from moediag.figures import FIGURES
+    from moediag.analysis.figures import FIGURES
 
     return [f.key for f in FIGURES if f.key.startswith(incomplete)]
 
@@ -28,7 +28,7 @@ def explain_cmd(
         "rule that gates it (max_cv). Without it: every figure, one line each.",
         autocompletion=_complete,
     ),
-    as_json: Annotated[bool, json_option("the fields of moediag/figures.py")] = False,
+    as_json: Annotated[bool, json_option("the fields of moediag/analysis/figures.py")] = False,
 ) -> None:
     """Explain a figure: definition, source, healthy range, and the check rule or flags that use it.
 
@@ -37,7 +37,7 @@ def explain_cmd(
     from rich.table import Table
     from rich.text import Text
 
-    from moediag.figures import FIGURES, lookup, rule_text, suggest
+    from moediag.analysis.figures import FIGURES, lookup, rule_text, suggest
 
     if figure is None:
         if as_json:

@@ -159,7 +159,7 @@ def compare_traces(
     """Compare two traces (see the module docstring for every figure). ``progress(n)`` is called as
     tokens are read (the lockstep pass, then each trace's analysis).
 
-    ``workers`` / ``scheduler``: analyse each trace in parallel (moediag.parallel; same figures).
+    ``workers`` / ``scheduler``: analyse each trace in parallel (moediag.analysis.parallel; same figures).
     ``config``: the :class:`moediag.checks.CheckConfig` whose rules decide ``summary.verdict``
     (moediag.compare.verdict; default: the built-in thresholds).
     """
@@ -193,7 +193,7 @@ def compare_traces(
     sat, why = saturation(ta, tb, per_token, chunk_tokens, progress) if per_token else (None, None)
     if why:
         notes.append(why)
-    from moediag.parallel import open_runner
+    from moediag.analysis.runners import open_runner
 
     with open_runner(workers, scheduler) as runner:  # one pool or client for both traces
         res_a = analyze_trace(ta, chunk_tokens=chunk_tokens, layers=common, runner=runner, progress=progress)

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from moediag.analysis.verdict import checkpoint_verdict, human
 from moediag.checkpoint.analysis import CheckpointAnalysis
-from moediag.verdict import checkpoint_verdict, human
 
 MAX_ROWS = 40
 
@@ -23,7 +23,7 @@ def _pct(v: float | None) -> str:
 
 
 def verdict(analysis: CheckpointAnalysis) -> tuple[str, str]:
-    """The verdict line and its style (:func:`moediag.verdict.checkpoint_verdict`)."""
+    """The verdict line and its style (:func:`moediag.analysis.verdict.checkpoint_verdict`)."""
     v = checkpoint_verdict(analysis)
     return v.text, v.style
 

@@ -203,7 +203,7 @@ def findings(analysis: TraceAnalysis) -> list[str]:
             f"gets {1 + vio['worst']:.2f}× the balanced load (mean MaxVio over layers {vio['mean']:.2f}; "
             "balanced = 0)."
         )
-    from moediag.verdict import threshold
+    from moediag.analysis.verdict import threshold
 
     cv_bound = threshold("max_cv", getattr(analysis, "check_config", None))
     high_cv = [
@@ -785,7 +785,7 @@ def build_report(
         sections, omitted = trace_sections(trace, embed)
         name = os.path.basename(trace.path.rstrip("/")) or trace.path
     else:
-        from moediag.verdict import checkpoint_verdict
+        from moediag.analysis.verdict import checkpoint_verdict
 
         v = checkpoint_verdict(ckpt_doc or {})
         found = [

@@ -344,7 +344,7 @@ def imbalance_bars(analysis: TraceAnalysis, layer: int | None = None) -> Figure:
     with _rc():
         fig = _new_figure(min(14.0, max(8.0, 4.0 + 0.18 * len(rows))), 6.0)
         axes = fig.subplots(3, 1, sharex=True)
-        from moediag.verdict import threshold
+        from moediag.analysis.verdict import threshold
 
         # guides at `moediag check`'s thresholds (configured, else default), so the picture and the gate agree
         config = getattr(analysis, "check_config", None)

@@ -27,7 +27,7 @@ def _pct(value: float | None) -> str:
 
 
 def verdict(analysis: TraceAnalysis) -> tuple[str, str]:
-    """The verdict line and its style (:func:`moediag.verdict.trace_verdict`, as every output)."""
+    """The verdict line and its style (:func:`moediag.analysis.verdict.trace_verdict`, as every output)."""
     v = analysis.verdict()
     return v.text, v.style
 
@@ -74,8 +74,8 @@ LAYER_COLUMNS = ("layer", "MaxVio", "CV", "H", "dead", "cold", "aux", "z-loss", 
 
 
 def layer_legend() -> str:
-    """What each column of the layer table means (from moediag/figures.py, as ``moediag explain``)."""
-    from moediag.figures import legend
+    """What each column of the layer table means (moediag/analysis/figures.py, as ``moediag explain``)."""
+    from moediag.analysis.figures import legend
 
     return (
         f"{legend(list(LAYER_COLUMNS))}. drop is at capacity factor 1.0 (any drop policy). "

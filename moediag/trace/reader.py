@@ -123,7 +123,7 @@ class Trace:
         files: list[str | os.PathLike[str]] | None = None,
     ) -> None:
         self.path = Path(path)
-        # ``files``: open only these shards of the trace at ``path`` (a worker's part; moediag.parallel)
+        # ``files``: open only these shards of the trace at ``path`` (a worker's part, moediag.analysis.units)
         paths = _shard_paths(self.path) if files is None else [Path(f) for f in files]
         self.shards = [SafetensorsFile(p) for p in paths]
         self.overrides = overrides

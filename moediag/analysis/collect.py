@@ -1,35 +1,25 @@
-"""Run the accumulators over a trace: chunk -> routed, masked :class:`LayerBatch` -> statistics.
-
-``analyze_trace(path)`` is the library call behind ``moediag inspect TRACE`` (and report, check,
-compare); ``trace_stats`` gives the raw mergeable :class:`ModelStats` for a list of chunks, which is
-what parallel and distributed runs merge.
+"""Collect: turn each chunk of a trace into the batch every accumulator reads (through
+:func:`moediag.routing.route`, the one routing path) and feed the statistics; :func:`analyze_trace` runs
+that over a trace, serially or in parallel (:mod:`moediag.analysis.units`), and returns the result.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import gc
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from moediag import envelope, routing
+from moediag import routing
+from moediag.analysis.result import TraceAnalysis
 from moediag.errors import InvalidInputError
 from moediag.stats import LayerBatch, ModelStats, StatsOptions
 from moediag.trace import Chunk, LayerInfo, RoutingSpec, Trace, open_trace
 from moediag.trace.reader import check_topk_ids
-from moediag.verdict import Verdict, trace_verdict
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-#: JSON schema version of ``--json`` output (``meta.format``). History: 1 = first release.
-JSON_FORMAT = 1
 
 ProgressFn = Callable[[int], None]
 
@@ -188,95 +178,6 @@ def add_count_layers(trace: Trace, stats: ModelStats, layers: Iterable[int] | No
             stats.layer(layer, info.num_experts, info.spec.top_k).update_counts(trace.expert_counts(layer))
 
 
-@dataclass
-class TraceAnalysis:
-    """The result of analysing a trace: per-layer figures, the summary, and the raw accumulators."""
-
-    path: str
-    stats: ModelStats
-    options: StatsOptions
-    trace_meta: dict[str, Any] = field(default_factory=dict)
-    created: str = field(
-        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    )
-    _computed: dict[str, Any] | None = None
-    #: the check thresholds the verdict uses (None: the rule table's defaults)
-    check_config: Any = None
-    #: the resolved settings of the run (moediag.options.Resolved), when it came through moediag.inspect
-    settings: Any = None
-
-    def computed(self) -> dict[str, Any]:
-        if self._computed is None:
-            self._computed = self.stats.compute()
-        return self._computed
-
-    @property
-    def layers(self) -> list[dict[str, Any]]:
-        return list(self.computed()["layers"])
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return dict(self.computed()["summary"])
-
-    def verdict(self, config: Any = None) -> Verdict:
-        """The one verdict of this trace (:func:`moediag.verdict.trace_verdict`; ``config``: a
-        :class:`~moediag.checks.CheckConfig` whose thresholds judge, default the rule table's)."""
-        if config is None and self.check_config is not None:
-            config = self.check_config
-        return trace_verdict(self, config)
-
-    def layers_frame(self) -> pd.DataFrame:
-        """One row per layer (pandas; :func:`moediag.frames.layers_frame`)."""
-        from moediag.frames import layers_frame
-
-        return layers_frame(self.layers)
-
-    def experts_frame(self) -> pd.DataFrame:
-        """One row per (layer, expert): load, share, dead, cold, accuracy and interval when known."""
-        from moediag.frames import experts_frame
-
-        return experts_frame(self.layers)
-
-    def paths_frame(self) -> pd.DataFrame:
-        """One row per frequent routing path of each tracked window."""
-        from moediag.frames import paths_frame
-
-        return paths_frame(self.summary)
-
-    def layer(self, layer: int) -> dict[str, Any]:
-        for row in self.layers:
-            if row["layer"] == layer:
-                return row
-        raise KeyError(layer)
-
-    def to_dict(self, detail: bool = False) -> dict[str, Any]:
-        """The ``--json`` document; ``detail`` adds co-activation, per-step load and margin histograms."""
-        computed = self.computed()
-        layers = []
-        for row in computed["layers"]:
-            row = dict(row)
-            if not detail:
-                row.pop("drop_rate_by_position", None)
-            else:
-                s = self.stats.layers[row["layer"]]
-                row["coactivation"] = s.coactivation.to_json() if not s.count_only else None
-                row["step_load"] = s.steps.compute()
-                row["margin_histogram"] = s.router.margin_histogram()
-            layers.append(row)
-        return {
-            "meta": envelope.meta(
-                "trace",
-                JSON_FORMAT,
-                created=self.created,
-                path=self.path,
-                options=envelope.options_of(self.options),
-                trace=self.trace_meta,
-            ),
-            "summary": {**computed["summary"], "verdict": self.verdict().to_dict()},
-            "layers": layers,
-        }
-
-
 def analyze_trace(
     path: str | os.PathLike[str] | Trace,
     *,
@@ -294,8 +195,8 @@ def analyze_trace(
 
     By default units run side by side in threads of this process; ``workers=1`` runs them one after
     another, ``workers=N`` on N local processes, ``scheduler="tcp://host:8786"`` on a Dask cluster (or pass
-    an open ``runner`` from :func:`moediag.parallel.open_runner`); the result is identical either way
-    (moediag.parallel: the trace is cut into units of ``unit_tokens`` that are merged in order).
+    an open ``runner`` from :func:`moediag.analysis.parallel.open_runner`); the result is identical either way
+    (moediag.analysis.parallel: the trace is cut into units of ``unit_tokens`` that are merged in order).
     """
     trace = path if isinstance(path, Trace) else open_trace(path, overrides=overrides)
     options = options or StatsOptions()
@@ -308,7 +209,8 @@ def analyze_trace(
                 f"(layers: {', '.join(map(str, sorted(trace.layers)))})",
                 trace.path,
             )
-    from moediag.parallel import open_runner, unit_stats
+    from moediag.analysis.parallel import unit_stats
+    from moediag.analysis.runners import open_runner
 
     own = runner is None and (workers is not None or scheduler is not None)
     with open_runner(workers, scheduler) if own else contextlib.nullcontext(runner) as active:

@@ -1,4 +1,5 @@
-"""moediag.parallel: local worker processes and a Dask LocalCluster give the single-process result exactly.
+"""moediag.analysis.parallel: local worker processes and a Dask LocalCluster give the single-process result
+exactly.
 
 One trace of 4 shards whose sequences cross shard boundaries, with masks, logits (f32 and bf16), recorded
 top-k ids, correctness, losses, domains, steps and input ids: every statistic of ``to_dict(detail=True)``
@@ -18,9 +19,9 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from moediag.analysis import analyze_trace, trace_stats
+from moediag.analysis.units import compact, compute_unit, pinned_threads, plan_units, tree_fold
 from moediag.cli import app
 from moediag.compare import compare
-from moediag.parallel import compact, compute_unit, pinned_threads, plan_units, tree_fold
 from moediag.trace import open_trace
 from tests.conftest import trace_metadata
 
@@ -224,7 +225,7 @@ def test_unreachable_scheduler_exits_2(trace: Path, monkeypatch: pytest.MonkeyPa
 
 def test_one_unit_runs_here_without_starting_worker_processes(tmp_path: Path) -> None:
     """--workers 2 on a trace of one unit: same result, and no process pool (it cost ~2 s of start-up)."""
-    from moediag.parallel import LocalRunner, open_runner
+    from moediag.analysis.runners import LocalRunner, open_runner
 
     path = write_trace(tmp_path / "small")
     units = plan_units(collect=trace_stats, trace=open_trace(path), unit_tokens=1 << 30)
@@ -240,14 +241,24 @@ def test_one_unit_runs_here_without_starting_worker_processes(tmp_path: Path) ->
 
 
 def test_parallel_does_not_import_analysis() -> None:
-    """No analysis <-> parallel cycle: parallel runs the collect function it is given."""
+    """No analysis <-> parallel cycle: the parallel modules run the collect function they are given and
+    import nothing of the collection or the result."""
     import ast
     import inspect
 
-    import moediag.parallel as par
+    import moediag.analysis.parallel
+    import moediag.analysis.runners
+    import moediag.analysis.units
 
-    tree = ast.parse(inspect.getsource(par))
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
-        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
-    }
-    assert not any(m and m.startswith(("moediag.analysis", "moediag.api")) for m in imported)
+    allowed = ("moediag.analysis.units", "moediag.analysis.runners", "moediag.analysis.memory")
+    for mod in (moediag.analysis.parallel, moediag.analysis.runners, moediag.analysis.units):
+        tree = ast.parse(inspect.getsource(mod))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+        }
+        bad = [
+            m
+            for m in imported
+            if m and m.startswith(("moediag.analysis", "moediag.api")) and m not in allowed
+        ]
+        assert not bad, (mod.__name__, bad)

@@ -3,7 +3,7 @@ the terminal column that shows it and the check rule that gates it.
 
 ``moediag explain [FIGURE]`` prints from this table, the terminal tables take their column legends from
 it, and the "Figure reference" section of docs/metrics.md is generated from it
-(``python -m moediag.figures > section.md``; a test checks the two agree). Thresholds are not copied
+(``python -m moediag.analysis.figures > section.md``; a test checks the two agree). Thresholds are not copied
 here: :func:`rule_text` reads them from :data:`moediag.checks.RULES`, so the gate and the explanation
 cannot drift.
 
@@ -354,7 +354,8 @@ def markdown() -> str:
     lines = [
         "## Figure reference",
         "",
-        "Generated from `moediag/figures.py` (`python -m moediag.figures`); `moediag explain FIGURE` prints "
+        "Generated from `moediag/analysis/figures.py` (`python -m moediag.analysis.figures`); "
+        "`moediag explain FIGURE` prints "
         "the same. Thresholds come from the check rules ([checks.md](checks.md)).",
         "",
         "| key | column | means | healthy | check |",

@@ -1,6 +1,6 @@
 """The judgement: one verdict for a trace and one for a checkpoint, shared by every output.
 
->>> from moediag.verdict import trace_verdict                           # doctest: +SKIP
+>>> from moediag.analysis.verdict import trace_verdict                           # doctest: +SKIP
 >>> v = trace_verdict(analysis)        # or an ``inspect --json`` document
 >>> v.level, v.text, v.reasons                                           # doctest: +SKIP
 ('imbalanced', 'IMBALANCED: worst MaxVio 2.55 at layer 3 (balanced = 0)', ['layer 3: max_vio 2.550 > 1.000'])

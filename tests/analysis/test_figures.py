@@ -1,5 +1,5 @@
-"""The figure table (moediag/figures.py) is the one source of `moediag explain`, the terminal legends and
-docs/metrics.md's "Figure reference"; these tests keep them and the check rules in step."""
+"""The figure table (moediag/analysis/figures.py) is the one source of `moediag explain`, the terminal
+legends and docs/metrics.md's "Figure reference"; these tests keep them and the check rules in step."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from moediag.analysis.figures import FIGURES, legend, lookup, markdown, rule_text
 from moediag.checks import RULES, RULES_BY_NAME
 from moediag.cli import app
-from moediag.figures import FIGURES, legend, lookup, markdown, rule_text
 from moediag.render.trace_table import LAYER_COLUMNS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
 def test_docs_metrics_section_is_generated_from_the_table() -> None:
     text = (ROOT / "docs" / "metrics.md").read_text()
     section = "## Figure reference" + text.split("## Figure reference", 1)[1]
-    assert section == markdown(), "regenerate: python -m moediag.figures (replace the section in metrics.md)"
+    assert section == markdown(), (
+        "regenerate: python -m moediag.analysis.figures (replace the section in metrics.md)"
+    )
 
 
 def test_every_key_the_docs_define_is_in_the_table() -> None:
@@ -65,7 +67,7 @@ def test_every_terminal_column_has_a_legend() -> None:
     text = legend(list(LAYER_COLUMNS))
     by_column = {f.column for f in FIGURES if f.column}
     for column in LAYER_COLUMNS[1:]:
-        assert column in by_column, f"column {column!r} is not in moediag/figures.py"
+        assert column in by_column, f"column {column!r} is not in moediag/analysis/figures.py"
     for abbreviation in ("H", "conf", "aux", "cold", "dead", "drop", "same"):
         assert f"{abbreviation} = " in text
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from moediag.analysis import TraceAnalysis, analyze_trace
+from moediag.analysis.verdict import checkpoint_verdict, trace_verdict
 from moediag.checks import CheckConfig, run_checks
-from moediag.verdict import checkpoint_verdict, trace_verdict
 
-SAMPLES = Path(__file__).parents[1] / "sample_traces"
+SAMPLES = Path(__file__).parents[2] / "sample_traces"
 
 
 @pytest.fixture(scope="module")

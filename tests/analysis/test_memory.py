@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
-from moediag.memory import tune_allocator
+from moediag.analysis.memory import tune_allocator
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-CODE = "from moediag.memory import tune_allocator; print(tune_allocator(), tune_allocator())"
+CODE = "from moediag.analysis.memory import tune_allocator; print(tune_allocator(), tune_allocator())"
 
 
 def _run(**env: str) -> str:
