@@ -26,6 +26,7 @@ __all__ = [
     "Monitor",
     "Recorder",
     "RoutingAlert",
+    "analyze_trace",
     "check",
     "inspect",
     "report",
@@ -36,6 +37,7 @@ _LAZY = {
     "Monitor": "moediag.monitor",
     "Recorder": "moediag.record",
     "RoutingAlert": "moediag.monitor",
+    "analyze_trace": "moediag.analysis",
     "inspect": "moediag.api",
     "check": "moediag.api",
     "report": "moediag.api",
@@ -43,8 +45,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> object:
-    """Lazy exports: ``moediag.Recorder``, ``Monitor``, ``RoutingAlert``, ``inspect``, ``check`` and
-    ``report`` import their code (and torch) only when used."""
+    """Lazy exports: ``moediag.Recorder``, ``Monitor``, ``RoutingAlert``, ``analyze_trace``, ``inspect``,
+    ``check`` and ``report`` import their code (and torch) only when used."""
     if name in _LAZY:
         import importlib
 

@@ -8,8 +8,8 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from moediag import envelope
 from moediag.analysis.verdict import Verdict, trace_verdict
+from moediag.io import envelope
 from moediag.stats import ModelStats, StatsOptions
 
 if TYPE_CHECKING:

@@ -271,7 +271,7 @@ class CheckpointAnalysis:
         }
 
     def meta(self) -> dict[str, Any]:
-        from moediag import envelope
+        from moediag.io import envelope
 
         inv = self.inventory
         return envelope.meta(

@@ -182,7 +182,7 @@ class CheckReport:
         return check_frame(self)
 
     def to_dict(self) -> dict[str, Any]:
-        from moediag import envelope
+        from moediag.io import envelope
 
         return {
             "meta": envelope.meta(

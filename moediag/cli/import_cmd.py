@@ -8,7 +8,7 @@ from moediag.cli.app import app, echo_err
 from moediag.cli.options import OUTPUT, ROUTING, Force
 from moediag.errors import UsageError
 from moediag.importers import ImportFormat, import_routing, parse_format
-from moediag.words import plural
+from moediag.render.words import plural
 
 _FORMATS = ", ".join(f.value for f in ImportFormat)
 

@@ -119,7 +119,7 @@ def inspect_cmd(
 
     Example: moediag inspect sample_traces/collapsed.safetensors --worst 3 --layer 2
     """
-    from moediag.inputs import detect_kind
+    from moediag.io.inputs import detect_kind
 
     if sort not in SORT_KEYS:
         raise UsageError(f"--sort must be one of {', '.join(SORT_KEYS)}")

@@ -89,7 +89,7 @@ def plot_cmd(
     """
     from moediag.api import inspect_trace
     from moediag.cli.inspect import routing_overrides
-    from moediag.inputs import detect_kind
+    from moediag.io.inputs import detect_kind
     from moediag.render.plots import missing_data, parse_kinds
 
     kinds = parse_kinds(kind)

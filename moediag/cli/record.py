@@ -11,7 +11,7 @@ import typer
 from moediag.cli.app import app, echo_err, is_quiet
 from moediag.cli.common import human_size, stderr_console
 from moediag.cli.options import OUTPUT, RUN, Force
-from moediag.words import plural
+from moediag.render.words import plural
 
 
 def _progress() -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:

@@ -17,7 +17,7 @@ from moediag.options import BY_NAME, default
 def _check_order(checkpoint: Path, trace: Path) -> None:
     """A hint instead of a format error when the two arguments are swapped or of the wrong kind."""
     from moediag.errors import MoediagError
-    from moediag.inputs import detect_kind
+    from moediag.io.inputs import detect_kind
 
     try:
         kinds = detect_kind(checkpoint), detect_kind(trace)

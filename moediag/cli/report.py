@@ -68,7 +68,7 @@ def report_cmd(
     Example: moediag report sample_traces/imbalanced.safetensors -o report.html
     """
     from moediag.api import report
-    from moediag.inputs import detect_kind
+    from moediag.io.inputs import detect_kind
 
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group)
     if min_capacity < 0:

@@ -34,7 +34,7 @@ def compare(
     ``seq_len``; quality per compute with ``eval_traces``), plus the router comparison when they have
     routers of the same shape in common (its result then carries the model sections).
     """
-    from moediag.inputs import detect_kind
+    from moediag.io.inputs import detect_kind
 
     ka, kb = detect_kind(a), detect_kind(b)
     if ka != kb:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from moediag import envelope
+from moediag.io import envelope
 from moediag.stats.accuracy import newcombe
 
 #: JSON schema version of ``compare --json`` (``meta.format``). History: 1 = first release.

@@ -47,7 +47,7 @@ from moediag.importers.base import (
     torch_load,
     trace_metadata,
 )
-from moediag.words import layers_have
+from moediag.render.words import layers_have
 
 _FILES = r"(expert_distribution.*\.(pt|csv))|(.*\.csv)"
 

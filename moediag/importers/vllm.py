@@ -46,7 +46,7 @@ from moediag.importers.base import (
 )
 from moediag.io import strict_json
 from moediag.io.paths import JSON_MAX_BYTES, read_text_capped, require_regular
-from moediag.words import layers_have
+from moediag.render.words import layers_have
 
 _FILES = r".*\.(npy|npz|pt|pth|json|jsonl)"
 

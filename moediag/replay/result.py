@@ -8,7 +8,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from moediag import envelope
+from moediag.io import envelope
 from moediag.replay.expert_parallel import max_vio_or_none
 from moediag.replay.layer import LayerReplay, ratio
 from moediag.replay.placement import ReplicaPlan

@@ -17,7 +17,7 @@ from moediag.errors import ConfigError
 from moediag.options import DEFAULTS, SETTINGS, resolve
 from moediag.trace import build_metadata, write_trace
 
-SAMPLES = Path(__file__).parents[1] / "sample_traces"
+SAMPLES = Path(__file__).parents[2] / "sample_traces"
 
 
 def _trace(path: Path) -> Path:
@@ -102,6 +102,6 @@ def test_every_default_is_in_the_table() -> None:
     assert StatsOptions().cold_eps == DEFAULTS["cold_eps"] == KEYS["cold_eps"].default
     assert DEFAULTS["capacity_group"] == DEFAULT_GROUP_TOKENS
     assert KEYS["capacity_factor"].default == DEFAULTS["capacity_factor"]
-    docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    docs = (Path(__file__).parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
     for s in SETTINGS:
         assert f"`{s.name}`" in docs, s.name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moediag.words import layers_have, plural
+from moediag.render.words import layers_have, plural
 
 
 def test_plural_and_layers_have() -> None:

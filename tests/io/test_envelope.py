@@ -7,7 +7,7 @@ from pathlib import Path
 import moediag
 from moediag.stats import StatsOptions
 
-SAMPLES = Path(__file__).parents[1] / "sample_traces"
+SAMPLES = Path(__file__).parents[2] / "sample_traces"
 FIRST = ["format", "moediag_version", "kind"]
 
 
