@@ -20,11 +20,8 @@ are summed.
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
@@ -33,49 +30,23 @@ from moediag.importers.base import (
     ImportOptions,
     ImportResult,
     TraceSink,
-    check_ids,
     finish_per_token,
     import_counts,
-    int_tensor,
     natural_key,
     rank_of,
-    torch_load,
     trace_metadata,
 )
-from moediag.io import strict_json
-from moediag.io.paths import confined, open_regular
+from moediag.importers.megatron_records import (
+    Sidecar,
+    int_field,
+    jsonl_records,
+    router_state,
+    step_groups,
+    top_indices,
+    tpe_rows,
+)
 
 _TRACE = "router_trace_rank"
-
-
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        fh = os.fdopen(open_regular(path, "JSONL file"), "rb")
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read ({exc.strerror})", path) from None
-    with fh:
-        for lineno, raw in enumerate(fh, start=1):
-            obj = parse_line(raw, path, lineno)
-            if obj is not None:
-                yield lineno, obj
-
-
-def parse_line(line: str | bytes, path: Path, lineno: int) -> dict[str, Any] | None:
-    """One JSONL line -> its object (None for a blank line); anything else is one line naming the file."""
-    if isinstance(line, bytes):
-        try:
-            line = line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInputError(f"line {lineno}: not UTF-8 text", path) from None
-    if not line.strip():
-        return None
-    try:
-        obj = strict_json.loads(line)
-    except strict_json.StrictJSONError as exc:
-        raise InvalidInputError(f"line {lineno}: {exc}", path) from None
-    if not isinstance(obj, dict):
-        raise InvalidInputError(f"line {lineno}: expected a JSON object", path)
-    return obj
 
 
 def _discover(sources: list[Path]) -> tuple[str, list[Path]]:
@@ -90,7 +61,7 @@ def _discover(sources: list[Path]) -> tuple[str, list[Path]]:
         elif p.name.startswith(_TRACE):
             trace.append(p)
         else:
-            first = next(_jsonl(p), None)
+            first = next(jsonl_records(p), None)
             if first is not None and "top_indices" in first[1]:
                 trace.append(p)
             else:
@@ -104,93 +75,10 @@ def _discover(sources: list[Path]) -> tuple[str, list[Path]]:
     )
 
 
-def int_field(rec: dict[str, Any], key: str, path: Path, lineno: int) -> int:
-    v = rec.get(key)
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise InvalidInputError(f"line {lineno}: field {key!r} is {v!r}, expected an integer", path)
-    return v
-
-
-class _Sidecar:
-    """Ranged reads of a raw bfloat16 sidecar file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh: BinaryIO | None = None
-        self._size = 0
-
-    def read(self, offset: int, nbytes: int, shape: list[int], context: str) -> torch.Tensor:
-        if (
-            not isinstance(shape, list)
-            or len(shape) != 2
-            or not all(isinstance(d, int) and d >= 0 for d in shape)
-        ):
-            raise InvalidInputError(f"{context}: shape {shape!r} is not [tokens, width]", self.path)
-        if nbytes != math.prod(shape) * 2:
-            raise InvalidInputError(f"{context}: {nbytes} bytes cannot hold bfloat16 {shape}", self.path)
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise InvalidInputError(f"{context}: offset {offset!r} is not a non-negative integer", self.path)
-        if self._fh is None:
-            if not self.path.exists():
-                raise InvalidInputError(f"sidecar file referenced by {context} is missing", self.path)
-            # a regular file (no FIFO) that stays inside the trace's folder (no symlink out)
-            confined(self.path.parent, self.path.name, self.path)
-            self._fh = os.fdopen(open_regular(self.path, "sidecar file"), "rb")
-            self._size = os.fstat(self._fh.fileno()).st_size
-        if offset + nbytes > self._size:
-            raise InvalidInputError(
-                f"{context}: truncated sidecar (wanted {nbytes} bytes at offset {offset}, the file has "
-                f"{self._size})",
-                self.path,
-            )
-        self._fh.seek(offset)
-        data = self._fh.read(nbytes)
-        if len(data) != nbytes:
-            raise InvalidInputError(
-                f"{context}: truncated sidecar (wanted {nbytes} bytes at offset {offset})", self.path
-            )
-        if not nbytes:
-            return torch.empty(shape, dtype=torch.bfloat16)
-        return torch.frombuffer(bytearray(data), dtype=torch.int16).view(torch.bfloat16).reshape(shape)
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
-def _steps(path: Path) -> Iterator[tuple[int, list[tuple[int, dict[str, Any]]]]]:
-    """Consecutive records of one step."""
-    current: int | None = None
-    group: list[tuple[int, dict[str, Any]]] = []
-    for lineno, rec in _jsonl(path):
-        step = int_field(rec, "step", path, lineno)
-        if current is not None and step != current:
-            yield current, group
-            group = []
-        current = step
-        group.append((lineno, rec))
-    if current is not None and group:
-        yield current, group
-
-
-def _router_state(files: list[Path]) -> dict[int, dict[str, Any]]:
-    for f in files:
-        p = f.parent / f"router_state_rank{rank_of(f, 0)}.pt"
-        if p.is_file():
-            obj = torch_load(p)
-            if not isinstance(obj, dict):
-                raise InvalidInputError(
-                    "expected a dict {layer: {weight, expert_bias, score_function, topk}}", p
-                )
-            return {int(k): v for k, v in obj.items() if isinstance(v, dict)}
-    return {}
-
-
 def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> ImportResult:
-    state = _router_state(files)
+    state = router_state(files)
     # First pass over the first step of the first file: the layout every later step must match.
-    first_step = next(_steps(files[0]), None)
+    first_step = next(step_groups(files[0]), None)
     if first_step is None:
         raise InvalidInputError("no records", files[0])
     decoder = [(n, r) for n, r in first_step[1] if r.get("block", "decoder") == "decoder"]
@@ -264,10 +152,10 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                 sink.set_constant(f"layers.{layer}.selection_bias", bias.float())
         for path in files:
             file_rank: int | None = None
-            logits_bin: _Sidecar | None = None
-            hs_bin: _Sidecar | None = None
+            logits_bin: Sidecar | None = None
+            hs_bin: Sidecar | None = None
             try:
-                for step, group in _steps(path):
+                for step, group in step_groups(path):
                     by_layer: dict[int, list[tuple[int, dict[str, Any]]]] = {}
                     for lineno, rec in group:
                         if rec.get("block", "decoder") != "decoder":
@@ -277,8 +165,8 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
                         rec_rank = int_field(rec, "rank", path, lineno)
                         if file_rank is None:
                             file_rank = rec_rank
-                            logits_bin = _Sidecar(path.parent / f"logits_rank{rec_rank}.bin")
-                            hs_bin = _Sidecar(path.parent / f"hidden_states_rank{rec_rank}.bin")
+                            logits_bin = Sidecar(path.parent / f"logits_rank{rec_rank}.bin")
+                            hs_bin = Sidecar(path.parent / f"hidden_states_rank{rec_rank}.bin")
                         elif rec_rank != file_rank:
                             raise InvalidInputError(
                                 f"line {lineno}: rank {rec_rank} in a file of rank {file_rank}", path
@@ -389,38 +277,6 @@ def _import_trace(files: list[Path], out: Path, options: ImportOptions) -> Impor
         )
 
 
-def top_indices(rec: dict[str, Any], path: Path, lineno: int, num_experts: int) -> torch.Tensor:
-    """A router-trace record's ``top_indices`` as int64 ``[num_tokens, topk]``, checked."""
-    where = f"line {lineno}"
-    n = int_field(rec, "num_tokens", path, lineno)
-    k = int_field(rec, "topk", path, lineno)
-    if "top_indices" not in rec:
-        raise InvalidInputError(f"{where}: no top_indices", path)
-    ids = int_tensor(rec["top_indices"], path, f"{where}: top_indices")
-    try:
-        ids = ids.reshape(-1, k)
-    except RuntimeError:
-        raise InvalidInputError(f"{where}: top_indices is not a [tokens, topk] list", path) from None
-    if ids.shape[0] != n:
-        raise InvalidInputError(f"{where}: top_indices has {ids.shape[0]} rows but num_tokens={n}", path)
-    check_ids(ids, num_experts, path, where)
-    return ids
-
-
-def tpe_rows(rec: dict[str, Any], path: Path, lineno: int) -> torch.Tensor:
-    """A tokens-per-expert record's ``tpe`` as int64 ``[rows, experts]`` (one step per row), checked."""
-    if "tpe" not in rec:
-        raise InvalidInputError(f"line {lineno}: tpe is not a list of count lists", path)
-    rows = int_tensor(rec["tpe"], path, f"line {lineno}: tpe")
-    if rows.dim() == 1:
-        rows = rows[None]
-    if rows.dim() != 2:
-        raise InvalidInputError(f"line {lineno}: tpe has shape {list(rows.shape)}", path)
-    if rows.numel() and int(rows.min()) < 0:
-        raise InvalidInputError(f"line {lineno}: negative counts", path)
-    return rows
-
-
 def _import_tpe(files: list[Path], out: Path, options: ImportOptions) -> ImportResult:
     total: dict[tuple[int, int], torch.Tensor] = {}
     ref_keys: set[tuple[int, int]] | None = None
@@ -428,7 +284,7 @@ def _import_tpe(files: list[Path], out: Path, options: ImportOptions) -> ImportR
     mtp = 0
     for path in files:
         keys: set[tuple[int, int]] = set()
-        for lineno, rec in _jsonl(path):
+        for lineno, rec in jsonl_records(path):
             if rec.get("block", "decoder") != "decoder":
                 mtp += 1
                 continue

@@ -150,16 +150,16 @@ class SglangDecoder(Decoder):
         self.recent = _Recent()
 
     def decode_file(self, path: Path) -> Iterator[Observation]:
-        from moediag.importers import sglang
+        from moediag.importers import sglang_records
         from moediag.importers.base import ImportOptions, torch_load
 
         if path.suffix == ".csv":
             yield self._csv(path)
             return
         obj = torch_load(path)
-        mode = sglang.dump_mode(obj, path)
+        mode = sglang_records.dump_mode(obj, path)
         if mode == "stat":
-            lc, _ = sglang.stat_counts(obj, path)
+            lc, _ = sglang_records.stat_counts(obj, path)
             e = self._experts(lc.shape[2], path, "logical_count")
             if lc.shape[0] == 0:
                 return
@@ -167,20 +167,20 @@ class SglangDecoder(Decoder):
             counts = {i: lc[:, i, :] for i in range(lc.shape[1]) if int(per_layer[i]) > 0}
             yield Observation(steps=lc.shape[0], counts=counts, num_experts=e, top_k=self.options.top_k)
             return
-        p2l = sglang.physical_map(obj, path)
-        e = sglang.num_logical(p2l, ImportOptions(num_experts=self.options.num_experts), path)
+        p2l = sglang_records.physical_map(obj, path)
+        e = sglang_records.num_logical(p2l, ImportOptions(num_experts=self.options.num_experts), path)
         if mode == "per_pass":
-            for fp, _rank, gpc in sglang.pass_records(obj, p2l, path):
+            for fp, _rank, gpc in sglang_records.pass_records(obj, p2l, path):
                 if self.recent.seen("pass", fp, gpc):
                     continue  # tensor parallel: another rank's identical record
-                logical = sglang.physical_to_logical_counts(gpc, p2l, e)
+                logical = sglang_records.physical_to_logical_counts(gpc, p2l, e)
                 per_layer = logical.sum(dim=1)
                 counts = {i: logical[i][None] for i in range(logical.shape[0]) if int(per_layer[i]) > 0}
                 if counts:
                     yield Observation(step=fp, counts=counts, num_experts=e, top_k=self.options.top_k)
             return
         for j, rec in enumerate(obj["records"]):
-            topk = sglang.record_topk(rec, p2l, path, f"record {j}")
+            topk = sglang_records.record_topk(rec, p2l, path, f"record {j}")
             if topk.shape[1] == 0:
                 continue
             fp = int(rec.get("forward_pass_id", j))
@@ -192,16 +192,16 @@ class SglangDecoder(Decoder):
             for layer in range(topk.shape[0]):
                 if not routed[layer]:
                     continue  # a dense layer: every slot empty
-                logical = sglang.logical_ids(topk[layer], p2l[layer])
+                logical = sglang_records.logical_ids(topk[layer], p2l[layer])
                 batches[layer] = ids_batch(logical, e, index)
             if batches:
                 k = max(b.top_k for b in batches.values())
                 yield Observation(step=fp, batches=batches, num_experts=e, top_k=k)
 
     def _csv(self, path: Path) -> Observation:
-        from moediag.importers import sglang
+        from moediag.importers import sglang_records
 
-        table = sglang.read_csv(path)
+        table = sglang_records.read_csv(path)
         e = self.options.num_experts
         if e is None:
             raise MissingMetadataError(
@@ -260,7 +260,7 @@ class VllmDecoder(Decoder):
                 yield obs
 
     def decode_line(self, path: Path, lineno: int, line: bytes) -> Iterator[Observation]:
-        from moediag.importers.megatron import parse_line
+        from moediag.importers.megatron_records import parse_line
         from moediag.importers.vllm import requests_from_json
 
         obj = parse_line(line, path, lineno)
@@ -298,7 +298,7 @@ class MegatronDecoder(Decoder):
     lines = re.compile(r"(router_trace_rank\d+.*\.jsonl)|(rank\d+.*\.jsonl)")
 
     def decode_line(self, path: Path, lineno: int, line: bytes) -> Iterator[Observation]:
-        from moediag.importers.megatron import int_field, parse_line, top_indices, tpe_rows
+        from moediag.importers.megatron_records import int_field, parse_line, top_indices, tpe_rows
 
         rec = parse_line(line, path, lineno)
         if rec is None or rec.get("block", "decoder") != "decoder":

@@ -7,7 +7,7 @@ import torch
 
 from moediag.errors import InvalidInputError, MissingMetadataError
 from moediag.importers import import_routing
-from moediag.importers.sglang import physical_to_logical_counts
+from moediag.importers.sglang_records import physical_to_logical_counts
 from moediag.trace import open_trace
 from tests.importers.fixtures import (
     sglang_global_physical_count,
