@@ -195,7 +195,7 @@ def analyze_trace(
 
     By default units run side by side in threads of this process; ``workers=1`` runs them one after
     another, ``workers=N`` on N local processes, ``scheduler="tcp://host:8786"`` on a Dask cluster (or pass
-    an open ``runner`` from :func:`moediag.analysis.parallel.open_runner`); the result is identical either way
+    an open ``runner`` from :func:`moediag.analysis.runners.open_runner`); the result is identical either way
     (moediag.analysis.parallel: the trace is cut into units of ``unit_tokens`` that are merged in order).
     """
     trace = path if isinstance(path, Trace) else open_trace(path, overrides=overrides)

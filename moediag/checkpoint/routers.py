@@ -2,7 +2,7 @@
 
 >>> from moediag.checkpoint import router_specs, load_router_weight
 >>> specs = router_specs("path/to/checkpoint")                       # doctest: +SKIP
->>> w = load_router_weight("path/to/checkpoint", specs[0])           # doctest: +SKIP  float32 [E, H]
+>>> w = load_router_weight("path/to/checkpoint", specs[0])   # float32 [E, H]  # doctest: +SKIP
 
 Each :class:`RouterSpec` names the router weight, the optional logit bias (added to the logits, as
 GPT-OSS's ``router.bias``) and the optional selection bias (added to the scores for choosing only, as

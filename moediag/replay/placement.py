@@ -24,6 +24,8 @@ Placements:
 a file          JSON, see :func:`load_placement` (and docs/replay.md)
 
 >>> import torch
+>>> from moediag.replay import balanced, contiguous, rank_loads
+>>> from moediag.stats.imbalance import balancedness
 >>> loads = torch.tensor([4, 4, 1, 1])
 >>> balancedness(rank_loads(loads, contiguous(4, 2)))   # ranks hold 8 and 2
 0.625
