@@ -105,7 +105,7 @@ def check_cmd(**kwargs: Any) -> None:
         flags={name: kwargs.pop(name) for name in KEYS},
     )
     if fmt is OutputFormat.TABLE and output is None:
-        from moediag.render.check_table import render_check_table
+        from moediag.render.terminal.check_table import render_check_table
 
         render_check_table(report, stdout_console())
     else:

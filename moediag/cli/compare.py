@@ -115,7 +115,7 @@ def compare_cmd(
         if as_json:
             print_json(result.to_dict())
             return
-        from moediag.render.model_compare_table import render_model_compare
+        from moediag.render.terminal.model_compare_table import render_model_compare
 
         render_model_compare(result.to_dict(), stdout_console())
         return
@@ -129,11 +129,11 @@ def compare_cmd(
     if as_json:
         print_json(result.to_dict())
     else:
-        from moediag.render.compare_table import render_compare
+        from moediag.render.terminal.compare_table import render_compare
 
         render_compare(result, stdout_console())
         if result.extra.get("models"):
-            from moediag.render.model_compare_table import render_model_compare
+            from moediag.render.terminal.model_compare_table import render_model_compare
 
             render_model_compare(result.extra, stdout_console())
     if fail_on_regression and verdict is not None and verdict["status"] == "worse":

@@ -178,9 +178,9 @@ def inspect_cmd(
     if as_json:
         print_json(analysis.to_dict(detail=detail))
         return
-    from moediag.render.trace_table import render_trace
+    from moediag.render.terminal.trace_table import render_trace
 
     render_trace(analysis, stdout_console(), worst=worst, layer=layer, sort_key=sort)
-    from moediag.render.accuracy_table import render_accuracy
+    from moediag.render.terminal.accuracy_table import render_accuracy
 
     render_accuracy(analysis, stdout_console())

@@ -56,7 +56,7 @@ def inspect_checkpoint_command(
     if as_json:
         print_json(analysis.to_dict())
         return int(ExitCode.OK)
-    from moediag.render.checkpoint_table import render_checkpoint
+    from moediag.render.terminal.checkpoint_table import render_checkpoint
 
     console = stdout_console()
     if console_width is not None:

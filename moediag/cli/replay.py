@@ -230,7 +230,7 @@ def replay_cmd(
     if as_json:
         print_json(doc)
     else:
-        from moediag.render.replay_table import render_replay
+        from moediag.render.terminal.replay_table import render_replay
 
         render_replay(doc, stdout_console())
     s = doc["summary"]

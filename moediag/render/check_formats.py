@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
 from moediag.checks import CheckReport, RuleOutcome
+from moediag.render.check_cells import outcome_cells
 
 
 class OutputFormat(str, enum.Enum):
@@ -22,51 +23,8 @@ class OutputFormat(str, enum.Enum):
     GITHUB = "github"
 
 
-_WORD = {"pass": "pass", "fail": "FAIL", "skip": "skip"}
-
-
-def _fold(layers: list[int], limit: int = 6) -> str:
-    shown = ", ".join(map(str, layers[:limit]))
-    return shown + (f" (+{len(layers) - limit} more)" if len(layers) > limit else "")
-
-
-def outcome_cells(outcome: RuleOutcome) -> tuple[str, str, str, str, str]:
-    """(scope, value, threshold, status word, detail) as plain text; shared by the table and markdown."""
-    worst = outcome.worst
-    op = "<=" if outcome.direction == "max" else ">="
-    value = "-" if worst is None else (worst.shown_value or "-")
-    if worst is not None and worst.layer is not None:
-        value += f" (layer {worst.layer})"
-    if outcome.kind == "baseline":
-        threshold = "-" if worst is None else f"{op} {worst.shown_threshold}"
-    else:
-        threshold = f"{op} {outcome.results[0].shown_threshold if outcome.results else outcome.threshold}"
-    detail = ""
-    if outcome.status == "fail":
-        failed = [r.layer for r in outcome.failures if r.layer is not None]
-        strict = [r for r in outcome.failures if r.value is None]
-        if failed:
-            detail = f"fails in layer{'s' if len(failed) > 1 else ''} {_fold(failed)}"
-            if strict:  # --strict failures carry no value: say why, not just where
-                detail += f" ({strict[0].reason})"
-        elif strict:
-            detail = strict[0].reason or ""
-        if outcome.kind == "baseline" and worst is not None and worst.reason:
-            detail = f"{detail}; {worst.reason}" if detail else worst.reason
-    elif outcome.status == "skip":
-        detail = outcome.reason or ""
-    else:
-        skipped = [r.layer for r in outcome.skips if r.layer is not None]
-        if skipped:
-            plural = "s" if len(skipped) > 1 else ""
-            detail = f"skipped in layer{plural} {_fold(skipped)}: {outcome.skips[0].reason}"
-        elif outcome.kind == "baseline" and worst is not None:
-            detail = worst.reason or ""
-    return outcome.scope, value, threshold, _WORD[outcome.status], detail
-
-
 def render_table(report: CheckReport) -> str:
-    from moediag.render.check_table import check_table_text
+    from moediag.render.terminal.check_table import check_table_text
 
     return check_table_text(report)
 

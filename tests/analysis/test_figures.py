@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from moediag.analysis.figures import FIGURES, legend, lookup, markdown, rule_text
 from moediag.checks import RULES, RULES_BY_NAME
 from moediag.cli import app
-from moediag.render.trace_table import LAYER_COLUMNS
+from moediag.render.terminal.trace_table import LAYER_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

@@ -43,7 +43,7 @@ def test_the_verdict_agrees_with_check_under_any_config(analyses: dict[str, Trac
 
 
 def test_json_and_terminal_say_the_same(analyses: dict[str, TraceAnalysis]) -> None:
-    from moediag.render.trace_table import verdict
+    from moediag.render.terminal.trace_table import verdict
 
     a = analyses["imbalanced"]
     doc = a.to_dict()
@@ -54,7 +54,7 @@ def test_json_and_terminal_say_the_same(analyses: dict[str, TraceAnalysis]) -> N
 
 def test_a_checkpoint_is_never_healthy_for_routing() -> None:
     from moediag.checkpoint import analyze_checkpoint
-    from moediag.render.checkpoint_table import verdict
+    from moediag.render.terminal.checkpoint_table import verdict
 
     for name, severity in (("trained_noaux", "info"), ("trained_aux", "warn")):
         a = analyze_checkpoint(SAMPLES / name)

@@ -109,7 +109,7 @@ def test_formats_by_name(fmt: OutputFormat) -> None:
 
 def test_narrow_table_lists_details_after_it() -> None:
     """At 80 columns the detail column would wrap a few characters a line: details follow the table."""
-    from moediag.render.check_table import check_table_text
+    from moediag.render.terminal.check_table import check_table_text
 
     narrow, wide = check_table_text(report(), width=80), check_table_text(report(), width=140)
     assert "detail" not in narrow.splitlines()[2] and "detail" in wide

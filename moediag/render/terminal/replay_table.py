@@ -1,4 +1,4 @@
-"""Terminal tables for ``moediag replay`` (rich is imported only by renderers).
+"""Terminal tables for ``moediag replay`` (rich is imported only by the terminal renderers).
 
 Takes the ``--json`` document (:meth:`moediag.replay.ReplayResult.to_dict`), so what people read and
 what machines read are the same numbers.

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from moediag.render.accuracy_table import worst_experts_table
+from moediag.render.terminal.accuracy_table import worst_experts_table
 
 
 class _Analysis:

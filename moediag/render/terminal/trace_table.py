@@ -1,4 +1,4 @@
-"""Terminal tables for a trace analysis (rich is imported only by renderers)."""
+"""Terminal tables for a trace analysis (rich is imported only by the terminal renderers)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moediag.render.replay_table import UNRELATED_AGREEMENT, headline
+from moediag.render.terminal.replay_table import UNRELATED_AGREEMENT, headline
 
 
 def _doc(agreement: float, mismatched: int, ties: int = 0) -> dict[str, Any]:

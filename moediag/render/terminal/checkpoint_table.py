@@ -1,4 +1,4 @@
-"""Terminal tables for a checkpoint analysis (rich is imported only by renderers).
+"""Terminal tables for a checkpoint analysis (rich is imported only by the terminal renderers).
 
 First a one-line verdict, then the figures behind it (structure, parameters, dense-equivalent view),
 then one row per MoE layer. Fits 80 columns; with many layers only the ones with findings are listed.

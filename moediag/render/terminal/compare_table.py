@@ -1,4 +1,4 @@
-"""Terminal tables for ``moediag compare`` (rich is imported only by renderers)."""
+"""Terminal tables for ``moediag compare`` (rich is imported only by the terminal renderers)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The terminal view of a :class:`~moediag.checks.CheckReport`: a verdict line, then one row per rule with
-the measured value and the threshold exactly as they were compared (rich; imported only here)."""
+the measured value and the threshold exactly as they were compared (rich: only the terminal renderers
+import it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from moediag.checks import CheckReport
-from moediag.render.check_formats import outcome_cells
+from moediag.render.check_cells import outcome_cells
 
 _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 #: terminals at least this wide show the detail column; narrower ones list the details after the table

@@ -1,5 +1,5 @@
 """Terminal tables for accuracy per expert and per path (shown by ``inspect`` when the trace has
-``tokens.correct``); rich is imported only by renderers."""
+``tokens.correct``); rich is imported only by the terminal renderers."""
 
 from __future__ import annotations
 
