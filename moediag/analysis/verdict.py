@@ -23,7 +23,7 @@ from typing import Any, Literal
 Level = Literal["healthy", "imbalanced", "unhealthy", "weights_only", "structure_only", "dense"]
 Severity = Literal["ok", "warn", "bad", "info"]
 
-__all__ = ["Verdict", "checkpoint_verdict", "human", "threshold", "trace_verdict"]
+__all__ = ["Verdict", "checkpoint_verdict", "human", "threshold", "trace_findings", "trace_verdict"]
 
 #: dead/cold-expert rules: failing one means experts are lost, not only uneven
 _LOSS_RULES = ("max_dead", "max_cold")
@@ -110,6 +110,84 @@ def trace_verdict(source: Any, config: Any = None) -> Verdict:
         )
     tail = f"; worst MaxVio {worst_vio:.2f}" if worst_vio is not None else ""
     return Verdict("healthy", "HEALTHY: no dead experts" + tail, "ok", reasons)
+
+
+def trace_findings(analysis: Any, config: Any = None) -> list[str]:
+    """The main findings of a trace analysis in plain words (plain text, not escaped), worst first: dead
+    experts, the worst imbalance, layers over the ``max_cv`` rule's threshold (``config``, else the
+    analysis' ``check_config``, else the rule table's), cold experts, drops at capacity factor 1.0, tokens
+    near the top-k boundary, experts below their layer's accuracy, excluded rows. The HTML report lists
+    them under its verdict."""
+    from moediag.render.words import fold
+
+    s = analysis.summary
+    rows = analysis.layers
+    out: list[str] = []
+    dead_rows = [r for r in rows if r["dead_experts"]]
+    if dead_rows:
+        where = "; ".join(f"layer {r['layer']}: expert {fold(r['dead_experts'], 6)}" for r in dead_rows[:5])
+        more = f"; and {len(dead_rows) - 5} more layers" if len(dead_rows) > 5 else ""
+        out.append(
+            f"{s['dead_experts']} dead expert(s) (no tokens at all) in {len(dead_rows)} layer(s): "
+            f"{where}{more}."
+        )
+    vio = s["max_vio"]
+    if vio["worst"] is not None:
+        out.append(
+            f"Worst imbalance: layer {vio['worst_layer']}, MaxVio {vio['worst']:.2f}: its busiest expert "
+            f"gets {1 + vio['worst']:.2f}× the balanced load (mean MaxVio over layers {vio['mean']:.2f}; "
+            "balanced = 0)."
+        )
+    cv_bound = threshold("max_cv", config if config is not None else getattr(analysis, "check_config", None))
+    high_cv = [
+        r["layer"] for r in rows if r.get("cv") is not None and cv_bound is not None and r["cv"] > cv_bound
+    ]
+    if high_cv:
+        out.append(
+            f"{len(high_cv)} of {len(rows)} layers have a load CV above {cv_bound:g} (check rule max_cv): "
+            f"layers {fold(high_cv)}."
+        )
+    cold = s["cold_experts"] - s["dead_experts"]
+    if cold > 0:
+        eps = analysis.options.cold_eps
+        out.append(f"{cold} further expert(s) are cold (share below {eps:g}/E) but not dead.")
+    drops: list[tuple[float, int]] = [
+        (v, r["layer"]) for r in rows if (v := (r.get("drop_rate_total") or {}).get("1.0")) is not None
+    ]
+    if drops:
+        worst, lay = max(drops)
+        out.append(
+            f"With capacity factor 1.0, up to {100 * worst:.1f}% of assignments would be dropped (layer "
+            f"{lay}; the same share under every drop policy, only which tokens drop differs)."
+        )
+    flips: list[tuple[float, int]] = [
+        (v, r["layer"]) for r in rows if (v := (r.get("margin_below") or {}).get("0.01")) is not None
+    ]
+    if flips:
+        worst, lay = max(flips)
+        out.append(
+            f"Routing sensitivity: in layer {lay}, {100 * worst:.1f}% of tokens have a top-k margin below "
+            "0.01, so their expert choice flips under small noise."
+        )
+    acc_rows = [
+        r
+        for r in rows
+        if any(x.get("below_overall") for x in (r.get("expert_accuracy") or []) if isinstance(x, dict))
+    ]
+    if acc_rows:
+        n = sum(
+            sum(1 for x in r["expert_accuracy"] if isinstance(x, dict) and x.get("below_overall"))
+            for r in acc_rows
+        )
+        out.append(
+            f"{n} expert(s) in {len(acc_rows)} layer(s) have accuracy wholly below their layer's overall "
+            "accuracy (Wilson 95% interval)."
+        )
+    if s.get("excluded_nonfinite"):
+        out.append(f"{s['excluded_nonfinite']} token row(s) with NaN/Inf router logits were excluded.")
+    if not out:
+        out.append("No dead experts, no notable imbalance.")
+    return out
 
 
 def _reason(outcome: Any) -> str:

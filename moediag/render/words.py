@@ -1,4 +1,5 @@
-"""Counts in words: ``1 token``, ``2 tokens``, ``layer 3 has``, ``layers 0,1 have``."""
+"""Counts in words: ``1 token``, ``2 tokens``, ``layer 3 has``, ``layers 0,1 have``, ``0, 3, … (+20 more)``,
+``1.3 MB``."""
 
 from __future__ import annotations
 
@@ -14,3 +15,19 @@ def layers_have(layers: Sequence[int], sep: str = ",") -> str:
     """``layer 3 has`` or ``layers 0,1 have``."""
     ids = sep.join(map(str, layers))
     return f"layer {ids} has" if len(layers) == 1 else f"layers {ids} have"
+
+
+def fold(items: Sequence[object], limit: int = 12) -> str:
+    """``0, 3, 7, … (+20 more)``: the first ``limit`` items, then how many are left out."""
+    shown = ", ".join(str(x) for x in items[:limit])
+    return shown + (f", … (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def human_size(n: int) -> str:
+    """``46.2 KB``, ``1.3 MB``: a byte count in the unit that keeps it between 1 and 1024 (binary units)."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
