@@ -82,7 +82,7 @@ def report(
             doc = checkpoint.to_dict()
     assert doc is not None
     checks = configured_checks(doc, config, allow_empty)
-    from moediag.render.html import render_report, write_report
+    from moediag.render.html.report import render_report, write_report
 
     with (progress or silent)("drawing figures", None) as advance:
         page = render_report(analysis, checkpoint, checks=checks, title=title, progress=advance)

@@ -120,8 +120,8 @@ def compare_cmd(
         render_model_compare(result.to_dict(), stdout_console())
         return
     if html is not None:  # built in full before writing; the write is atomic (nothing left on failure)
-        from moediag.render.compare_html import render_compare_report
-        from moediag.render.html import write_report
+        from moediag.render.html.compare import render_compare_report
+        from moediag.render.html.report import write_report
 
         page = render_compare_report(result)
         write_report(html, page)

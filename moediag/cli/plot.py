@@ -12,7 +12,7 @@ from moediag.cli.help import EXTRA_PANELS
 from moediag.cli.options import OUTPUT, Force, NumExperts, ScoreFunction, TopK
 from moediag.errors import UsageError
 from moediag.io.paths import check_output
-from moediag.render.plots import DESCRIPTIONS, SUFFIXES, PlotKind
+from moediag.render.plots.kinds import DESCRIPTIONS, SUFFIXES, PlotKind
 
 EXTRA_PANELS["plot"] = ("Figures (--kind)", [(k.value, DESCRIPTIONS[k]) for k in PlotKind])
 
@@ -90,7 +90,7 @@ def plot_cmd(
     from moediag.api import inspect_trace
     from moediag.cli.inspect import routing_overrides
     from moediag.io.inputs import detect_kind
-    from moediag.render.plots import missing_data, parse_kinds
+    from moediag.render.plots.kinds import missing_data, parse_kinds
 
     kinds = parse_kinds(kind)
     fmt = fmt.lower().lstrip(".")
@@ -124,7 +124,8 @@ def plot_cmd(
         del targets[k]
     if not targets:  # pragma: no cover - load-heatmap needs nothing beyond a valid trace
         raise UsageError("no figure can be drawn from this trace", path)
-    from moediag.render.plots import make_figure, save_figure
+    from moediag.render.plots.output import save_figure
+    from moediag.render.plots.registry import make_figure
 
     analysis = inspect_trace(trace, command="plot", progress=progress_bar)
     figures = {k: make_figure(k, analysis, layer) for k in targets}  # all drawn before any is written

@@ -178,7 +178,7 @@ def test_serving_cost_hand_count(ckpt: Factory, tmp_path: Path) -> None:
     """Collapsed routing (every token to experts 0 and 1 of 4) reads half the routed experts at any B."""
     from moediag.analysis import analyze_trace
     from moediag.checkpoint.compute import serving_cost
-    from moediag.render.html import render_report
+    from moediag.render.html.report import render_report
     from tests.conftest import trace_metadata, write_raw
 
     built = ckpt("mixtral")

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from moediag.cli import app
-from moediag.render.plots import PlotKind
+from moediag.render.plots.kinds import PlotKind
 from tests.render._traces import report_trace
 
 runner = CliRunner()

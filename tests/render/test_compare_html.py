@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from moediag.cli import app
 from moediag.compare import compare
-from moediag.render.compare_html import compare_verdict, render_compare_report
+from moediag.render.html.compare import compare_verdict, render_compare_report
 from tests.render._traces import report_trace
 
 FIXED = {"created": "2000-01-01T00:00:00+00:00", "version": "0.0.0"}

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from moediag.analysis import TraceAnalysis, analyze_trace
-from moediag.render.html import inline_svg, render_report, write_report
+from moediag.render.html.embed import inline_svg
+from moediag.render.html.report import render_report, write_report
 from tests.render._traces import report_trace
 
 GOLDEN = Path(__file__).parent / "golden" / "report.html"
@@ -93,10 +94,10 @@ def test_figures_inline_and_ids_unique(page: str) -> None:
 
 
 def test_big_heatmaps_become_png(analysis: TraceAnalysis, monkeypatch: pytest.MonkeyPatch) -> None:
-    import moediag.render.html as html_mod
+    from moediag.render.html import embed
 
-    monkeypatch.setattr(html_mod, "PNG_CELLS", 4)
-    page = html_mod.render_report(analysis)
+    monkeypatch.setattr(embed, "PNG_CELLS", 4)
+    page = render_report(analysis)
     assert page.count('src="data:image/png;base64,') >= 2
     assert EXTERNAL.search(page) is None
 

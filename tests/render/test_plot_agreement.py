@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from moediag.analysis import TraceAnalysis, analyze_trace
-from moediag.render import plots
-from moediag.render.plots import PlotKind, PlotUnavailableError, make_figure, missing_data, parse_kinds
+from moediag.render.plots.accuracy import path_accuracy
+from moediag.render.plots.kinds import PlotKind, PlotUnavailableError, missing_data, parse_kinds
+from moediag.render.plots.registry import make_figure
 from moediag.stats import StatsOptions
 from moediag.trace import build_metadata, open_trace, write_trace
 from tests.render._traces import report_trace
@@ -31,7 +32,7 @@ def test_path_figure_uses_the_window_accuracy_and_the_tables_flags() -> None:
     windows = [w for w in a.summary["paths"] if w.get("frequent")]
     window = windows[0]
     assert window["underperforming"]  # the case the issue saw: 47.1% overall, 5 paths flagged
-    fig = plots.path_accuracy(a)
+    fig = path_accuracy(a)
     ax = fig.axes[0]
     line = [x for x in ax.get_lines() if x.get_linestyle() == "--"][0]
     assert line.get_xdata()[0] == pytest.approx(100 * window["accuracy"])
@@ -117,4 +118,4 @@ def test_path_figure_draws_paths_that_are_all_right_or_all_wrong(tmp_path: Path)
     a = analyze_trace(report_trace(tmp_path / "t.safetensors", layers=2, tokens=300))
     window = next(w for w in a.summary["paths"] if w.get("frequent"))
     assert any(r["accuracy"] in (0.0, 1.0) for r in window["frequent"] + window["underperforming"])
-    plots.path_accuracy(a)
+    path_accuracy(a)

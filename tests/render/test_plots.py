@@ -8,8 +8,12 @@ import pytest
 
 from moediag.analysis import TraceAnalysis, analyze_trace
 from moediag.errors import UsageError
-from moediag.render import plots
-from moediag.render.plots import PLOTTERS, PlotKind, PlotUnavailableError, make_figure, save_figure
+from moediag.render.plots.accuracy import path_accuracy
+from moediag.render.plots.data import accuracy_counts, path_rows, wilson
+from moediag.render.plots.kinds import DESCRIPTIONS, PlotKind, PlotUnavailableError
+from moediag.render.plots.load import imbalance_bars
+from moediag.render.plots.output import save_figure
+from moediag.render.plots.registry import PLOTTERS, make_figure
 from tests.render._traces import report_trace
 
 
@@ -28,7 +32,7 @@ def ids_only(tmp_path_factory: pytest.TempPathFactory) -> TraceAnalysis:
 
 def test_mapping_is_exhaustive() -> None:
     assert set(PLOTTERS) == set(PlotKind)
-    assert set(plots.DESCRIPTIONS) == set(PlotKind)
+    assert set(DESCRIPTIONS) == set(PlotKind)
 
 
 def _texts(fig) -> list[str]:  # type: ignore[no-untyped-def]
@@ -108,12 +112,12 @@ def test_bad_kind_layer_and_suffix(analysis: TraceAnalysis, tmp_path: Path) -> N
 
 
 def test_accuracy_adapters() -> None:
-    assert plots.accuracy_counts({"hits": [1, 2], "totals": [2, 4]}) == ([1.0, 2.0], [2.0, 4.0])
+    assert accuracy_counts({"hits": [1, 2], "totals": [2, 4]}) == ([1.0, 2.0], [2.0, 4.0])
     rows = [{"expert": 1, "correct": 3, "tokens": 4}, {"expert": 0, "correct": 1, "tokens": 2}]
-    assert plots.accuracy_counts(rows) == ([1.0, 3.0], [2.0, 4.0])
+    assert accuracy_counts(rows) == ([1.0, 3.0], [2.0, 4.0])
     windows = [{"layers": [0, 1], "frequent": [{"path": [1, 2], "correct": 5, "tokens": 10}]}]
-    assert plots.path_rows(windows) == [{"path": "1→2", "hits": 5.0, "total": 10.0}]
-    lo, hi = plots.wilson(8, 10)
+    assert path_rows(windows) == [{"path": "1→2", "hits": 5.0, "total": 10.0}]
+    lo, hi = wilson(8, 10)
     assert round(lo, 4) == 0.4902 and round(hi, 4) == 0.9433
 
 
@@ -121,7 +125,7 @@ def test_imbalance_guides_sit_at_the_check_defaults(analysis: TraceAnalysis) -> 
     """The dashed guides are `moediag check`'s default limits, so a bar above the line is a failing check."""
     from moediag.checks import RULES_BY_NAME
 
-    fig = plots.imbalance_bars(analysis)
+    fig = imbalance_bars(analysis)
     guides = [line.get_ydata()[0] for ax in fig.axes[:2] for line in ax.get_lines()]
     assert guides == [RULES_BY_NAME["max_vio"].key.default, RULES_BY_NAME["max_cv"].key.default]
 
@@ -132,4 +136,4 @@ def test_path_accuracy_says_why_when_no_path_has_support() -> None:
     repo = Path(__file__).resolve().parents[2]
     a = analyze_trace(repo / "sample_traces" / "healthy.safetensors")
     with pytest.raises(PlotUnavailableError, match="no routing path has the 10 tokens"):
-        plots.path_accuracy(a)
+        path_accuracy(a)

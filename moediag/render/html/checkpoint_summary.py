@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from html import escape as e
 from typing import Any
 
+from moediag.render.words import human_size
+
 Row = tuple[str, str]
 
 
@@ -27,8 +29,6 @@ def _count(n: Any) -> str:
 
 
 def _size(n: Any) -> str:
-    from moediag.cli.common import human_size
-
     return human_size(int(n)) if isinstance(n, (int, float)) else str(n)
 
 

@@ -1,10 +1,11 @@
 """The compare section of the HTML report: ``moediag compare A B --html FILE``.
 
-Built from a :class:`moediag.compare.Comparison` (or its ``to_dict()``) with the helpers of
-:mod:`moediag.render.html` (``Section``, ``Report``, ``render_html``, ``FigureEmbedder``, ``kv_table``,
-``fmt``, ``pct``), so the page has the report's look and its guarantees: one self-contained file, inline CSS
-and SVG, no external references. ``render_compare_report(cmp)`` returns the page; write it with
-``moediag.render.html.write_report`` (atomic).
+Built from a :class:`moediag.compare.Comparison` (or its ``to_dict()``) with the report's own parts
+(``page.Section``, ``page.Report``, ``page.render_html``, ``embed.FigureEmbedder``, ``markup``), so the page
+has the report's look and its guarantees: one self-contained file, inline CSS and SVG, no external
+references. ``render_compare_report(cmp)`` returns the page; write it with
+``moediag.render.html.write_report`` (atomic). The figure is
+:func:`moediag.render.plots.compare.compare_figure`.
 
 The verdict is plain words: where the load shifted most (Jensen-Shannon divergence, base 2), the router
 saturation against its random baseline k/E when both traces cover the same tokens, and the accuracy shift.
@@ -17,13 +18,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from moediag.render import plots
-from moediag.render.html import FigureEmbedder, Report, Section, e, fmt, kv_table, pct, render_html
-
-if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
+from moediag.render.html.embed import FigureEmbedder
+from moediag.render.html.markup import e, fmt, kv_table, pct
+from moediag.render.html.page import Report, Section, render_html
+from moediag.render.plots.compare import compare_figure
 
 #: the figure's description (its ``aria-label``)
 FIGURE_ALT = "per-layer load JS divergence between A and B, and top-k overlap against its random baseline k/E"
@@ -117,48 +117,6 @@ def compare_verdict(cmp: Any) -> tuple[str, str]:
     if isinstance(verdict, Mapping) and verdict.get("line"):
         return f"{verdict['line']}. {text}", ("warn" if verdict.get("status") == "worse" else "ok")
     return text, ("warn" if s.get("shifted_experts") else "ok")
-
-
-# -- the figure --------------------------------------------------------------------------------------------
-
-
-def compare_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
-    """Per-layer JS divergence bars (top) and top-k overlap against its baseline k/E (bottom)."""
-    layers = [int(r["layer"]) for r in rows]
-    x = list(range(len(rows)))
-    js = [r.get("load_js_divergence") for r in rows]
-    ov = [r.get("topk_overlap") for r in rows]
-    base = [r.get("topk_overlap_baseline") for r in rows]
-    with plots._rc():
-        fig = plots._new_figure(9.0, 5.0)
-        top, bottom = fig.subplots(2, 1, sharex=True)
-        top.bar(x, [0.0 if v is None else v for v in js], color=plots.OKABE_ITO[0], width=0.8)
-        top.set_title("Load shift between A and B per layer (Jensen-Shannon divergence)")
-        top.set_ylabel("JS divergence (bits, 0-1)")
-        top.set_ylim(0, max([0.01, *(v for v in js if v is not None)]) * 1.15)
-        if any(v is not None for v in ov):
-            bottom.plot(
-                x,
-                [float("nan") if v is None else v for v in ov],
-                marker="o",
-                color=plots.OKABE_ITO[1],
-                label="top-k overlap |A∩B|/k",
-            )
-        bottom.plot(
-            x,
-            [float("nan") if v is None else v for v in base],
-            linestyle="--",
-            color=plots.OKABE_ITO[7],
-            label="random baseline k/E",
-        )
-        bottom.set_ylim(0, 1.05)
-        bottom.set_title("Router saturation: top-k overlap on the same tokens against k/E")
-        bottom.set_ylabel("overlap (share of k)")
-        bottom.set_xlabel("MoE layer (model index)")
-        bottom.legend(loc="lower left", fontsize=8)
-        step = max(1, -(-len(x) // 24))
-        bottom.set_xticks(x[::step], [str(v) for v in layers[::step]])
-    return fig
 
 
 # -- the section ---------------------------------------------------------------------------------------------
