@@ -20,10 +20,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Level = Literal["healthy", "imbalanced", "unhealthy", "weights_only", "structure_only", "dense"]
+Level = Literal[
+    "healthy", "imbalanced", "unhealthy", "weights_only", "structure_only", "dense",
+    "match", "near_ties", "mismatch", "not_compared",
+]  # fmt: skip
 Severity = Literal["ok", "warn", "bad", "info"]
 
-__all__ = ["Verdict", "checkpoint_verdict", "human", "threshold", "trace_findings", "trace_verdict"]
+__all__ = [
+    "UNRELATED_AGREEMENT",
+    "Verdict",
+    "checkpoint_verdict",
+    "human",
+    "replay_verdict",
+    "threshold",
+    "trace_findings",
+    "trace_verdict",
+]
 
 #: dead/cold-expert rules: failing one means experts are lost, not only uneven
 _LOSS_RULES = ("max_dead", "max_cold")
@@ -227,6 +239,44 @@ def checkpoint_verdict(source: Any) -> Verdict:
         "info",
         ["no duplicate experts, router-norm outliers or pushed biases in the weights"],
     )
+
+
+#: replay: top-k agreement below this suggests the trace came from other routers (another model or
+#: checkpoint); dtype and kernel differences flip near-ties only
+UNRELATED_AGREEMENT = 0.5
+
+
+def replay_verdict(doc: Mapping[str, Any]) -> Verdict:
+    """Do a trace and a checkpoint belong together? The verdict of a ``moediag replay --json`` document
+    (:meth:`moediag.replay.ReplayResult.to_dict`): ``match`` (the replay reproduces the recorded top-k),
+    ``near_ties`` (every difference is a near-tie: precision noise), ``mismatch``, or ``not_compared``
+    (the trace records no routing). A top-k agreement below :data:`UNRELATED_AGREEMENT` adds the question
+    whether the trace was recorded from this checkpoint."""
+    s = doc["summary"]
+    meta = doc["meta"]
+    where = f"{s['layers']} layer(s), {s['tokens']} tokens, {meta['device']} {meta['dtype']}"
+    if s["match"] is None:
+        return Verdict(
+            "not_compared", f"replayed {where}; the trace records no routing to compare with", "info"
+        )
+    if s["match"]:
+        return Verdict("match", f"MATCH: replay reproduces the recorded top-k exactly ({where})", "ok")
+    ties = s["mismatched_near_ties"]
+    tie_note = f", {ties} of them near-ties" if ties else ""
+    agreement = s["topk_agreement"]
+    reasons = [f"{s['mismatched_tokens']} token-layers differ{tie_note}"]
+    hint = ""
+    if agreement is not None and agreement < UNRELATED_AGREEMENT:
+        hint = " — far below any replay of the same weights: was the trace recorded from this checkpoint?"
+        reasons.append(f"top-k agreement {agreement:.4f} < {UNRELATED_AGREEMENT}")
+    shown = "—" if agreement is None else f"{100 * agreement:.2f}%"
+    text = (
+        f"MISMATCH: top-k agreement {shown} ({s['mismatched_tokens']} token-layers differ{tie_note}; {where})"
+        + hint
+    )
+    if s["mismatched_tokens"] > ties:
+        return Verdict("mismatch", text, "bad", reasons)
+    return Verdict("near_ties", text, "warn", reasons)
 
 
 def human(n: float | int | None) -> str:

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from moediag.analysis.verdict import replay_verdict
+
 
 def _pct(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{100 * value:.{digits}f}%"
@@ -26,30 +28,11 @@ def _f(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-#: top-k agreement below this suggests the trace came from other routers (a different model or checkpoint)
-UNRELATED_AGREEMENT = 0.5
-
-
 def headline(doc: dict[str, Any]) -> tuple[str, str]:
-    """The verdict: do the trace and the checkpoint belong together?"""
-    s = doc["summary"]
-    meta = doc["meta"]
-    where = f"{s['layers']} layer(s), {s['tokens']} tokens, {meta['device']} {meta['dtype']}"
-    if s["match"] is None:
-        return f"replayed {where}; the trace records no routing to compare with", "bold"
-    if s["match"]:
-        return f"MATCH: replay reproduces the recorded top-k exactly ({where})", "bold green"
-    ties = s["mismatched_near_ties"]
-    tie_note = f", {ties} of them near-ties" if ties else ""
-    hint = ""
-    if s["topk_agreement"] is not None and s["topk_agreement"] < UNRELATED_AGREEMENT:
-        # dtype and kernel differences flip near-ties only; this much disagreement means other routers
-        hint = " — far below any replay of the same weights: was the trace recorded from this checkpoint?"
-    return (
-        f"MISMATCH: top-k agreement {_pct(s['topk_agreement'], 2)} "
-        f"({s['mismatched_tokens']} token-layers differ{tie_note}; {where}){hint}",
-        "bold red" if s["mismatched_tokens"] > ties else "bold yellow",
-    )
+    """The verdict line and its style: do the trace and the checkpoint belong together
+    (:func:`moediag.verdict.replay_verdict`)?"""
+    v = replay_verdict(doc)
+    return v.text, v.style
 
 
 def layer_table(doc: dict[str, Any]) -> Table:
