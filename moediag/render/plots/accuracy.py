@@ -157,10 +157,8 @@ def path_accuracy(analysis: TraceAnalysis, layer: int | None = None, top: int = 
         ax = fig.add_subplot()
         acc = [100 * p["hits"] / p["total"] for p in shown]
         ci = [wilson(p["hits"], p["total"]) for p in shown]
-        below = [
-            p["below"] if "below" in p else 100 * hi < overall for p, (_, hi) in zip(shown, ci, strict=True)
-        ]
-        colours = [OKABE_ITO[3] if b else OKABE_ITO[0] for b in below]
+        # vermillion marks the analysis' own flag (below_overall), as the tables do: no judgement here
+        colours = [OKABE_ITO[3] if p.get("below") else OKABE_ITO[0] for p in shown]
         xerr = [
             [max(0.0, a - 100 * lo) for a, (lo, _) in zip(acc, ci, strict=False)],  # 0 - 1e-17 at p = 0
             [max(0.0, 100 * hi - a) for a, (_, hi) in zip(acc, ci, strict=False)],
