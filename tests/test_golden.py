@@ -1,6 +1,7 @@
-"""Golden files for every output: terminal tables at 80 and 120 columns (trace, checkpoint, check), check's
-JUnit, Markdown, GitHub and JSON, and inspect --json, on the committed sample traces; scrubbed of dates,
-versions and machine paths. The HTML report's golden file is tests/render/golden/report.html.
+"""Golden files for every output: terminal tables at 80 and 120 columns (trace, accuracy, checkpoint, check,
+compare, replay), check's JUnit, Markdown, GitHub and JSON, and inspect --json, on the committed sample
+traces; scrubbed of dates, versions and machine paths. The HTML pages' golden files are under
+tests/render/golden/ (report.html, compare.html).
 
 Regenerate all of them after a deliberate change, then review the diff:
 
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
 TRACE = "sample_traces/imbalanced.safetensors"
 CHECKPOINT = "sample_traces/trained_noaux"
+TRAINED = "sample_traces/trained_noaux.safetensors"  # its trace: router inputs and tokens.correct
 
 CASES: dict[str, list[str]] = {
     "inspect_trace": ["inspect", TRACE],
@@ -34,8 +36,31 @@ CASES: dict[str, list[str]] = {
     "check_github": ["check", TRACE, "--format", "github"],
     "check_json": ["check", TRACE, "--json"],
     "inspect_json": ["inspect", TRACE, "--json"],
+    # the other terminal renderers: accuracy tables, compare (traces; checkpoints), replay
+    "inspect_accuracy": ["inspect", TRAINED],
+    "compare_traces": ["compare", "sample_traces/trained_aux.safetensors", TRAINED],
+    "compare_checkpoints": ["compare", "sample_traces/trained_aux", CHECKPOINT],
+    "replay_table": [
+        "replay",
+        CHECKPOINT,
+        TRAINED,
+        "--device",
+        "cpu",
+        "--capacity-factor",
+        "1",
+        "--ep-size",
+        "2",
+    ],
 }
-TABLES = ("inspect_trace", "inspect_checkpoint", "check_table")
+TABLES = (
+    "inspect_trace",
+    "inspect_checkpoint",
+    "check_table",
+    "inspect_accuracy",
+    "compare_traces",
+    "compare_checkpoints",
+    "replay_table",
+)
 
 
 def scrub(text: str) -> str:

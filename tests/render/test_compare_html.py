@@ -151,3 +151,22 @@ def test_path_shifts_listed() -> None:
     assert table is not None and table.group(0).count("<tr") == 3
     assert "2→5" in table.group(0) and "[-0.550, -0.200]" in table.group(0) and "1 of 2 shifted" in page
     assert "paths-shift" not in render_compare_report({**doc, "paths": None}, figures=False, **FIXED)
+
+
+COMPARE_GOLDEN = Path(__file__).parent / "golden" / "compare.html"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_golden(regen_golden: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compare page of two committed sample traces (figures as placeholders: their bytes are
+    matplotlib's); regenerate with ``python -m pytest tests/render/test_compare_html.py --regen-golden``."""
+    monkeypatch.chdir(ROOT)
+    cmp = compare("sample_traces/trained_aux.safetensors", "sample_traces/trained_noaux.safetensors")
+    page = render_compare_report(cmp, figures=False, **FIXED)
+    if regen_golden:
+        COMPARE_GOLDEN.write_text(page, encoding="utf-8")
+    assert COMPARE_GOLDEN.exists(), "no golden file: pytest tests/render/test_compare_html.py --regen-golden"
+    assert page == COMPARE_GOLDEN.read_text(encoding="utf-8"), (
+        "compare page changed: review, then regenerate: "
+        "python -m pytest tests/render/test_compare_html.py -k golden --regen-golden"
+    )
