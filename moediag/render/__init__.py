@@ -6,6 +6,6 @@
 - ``check_formats`` (JSON, JUnit, Markdown, GitHub annotations of a check report) and ``check_cells``
   (one rule outcome as text, shared by the Markdown and terminal tables).
 
-No renderer judges: verdicts, findings and thresholds come from :mod:`moediag.verdict` and the check rule
-table. tests/render/test_layout.py holds these rules.
+No renderer judges: verdicts, findings and thresholds come from :mod:`moediag.analysis.verdict` and the
+check rule table. tests/render/test_layout.py holds these rules.
 """

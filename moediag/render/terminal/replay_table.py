@@ -30,7 +30,7 @@ def _f(value: Any, digits: int = 2) -> str:
 
 def headline(doc: dict[str, Any]) -> tuple[str, str]:
     """The verdict line and its style: do the trace and the checkpoint belong together
-    (:func:`moediag.verdict.replay_verdict`)?"""
+    (:func:`moediag.analysis.verdict.replay_verdict`)?"""
     v = replay_verdict(doc)
     return v.text, v.style
 

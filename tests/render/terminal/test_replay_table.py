@@ -23,8 +23,8 @@ def test_low_agreement_asks_whether_the_trace_belongs_to_the_checkpoint() -> Non
 
 
 def test_the_judgement_is_the_library_s() -> None:
-    """The renderer prints :func:`moediag.verdict.replay_verdict`; the levels say what ``--require-match``
-    needs (``mismatch`` fails it, near-ties only do not)."""
+    """The renderer prints :func:`moediag.analysis.verdict.replay_verdict`; the levels say what
+    ``--require-match`` needs (``mismatch`` fails it, near-ties only do not)."""
     assert replay_verdict(_doc(1.0, 0)).level == "match"
     assert replay_verdict(_doc(0.99, 2, ties=2)).level == "near_ties"
     low = replay_verdict(_doc(UNRELATED_AGREEMENT - 0.01, 99))
