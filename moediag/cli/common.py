@@ -39,16 +39,6 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def human_size(n: int) -> str:
-    """``46.2 KB``, ``1.3 MB``: a byte count in the unit that keeps it between 1 and 1024 (binary units)."""
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
-
-
 WORKERS_HELP = "Analyse the trace's shards in N local processes (same result as one; docs/scale.md)."
 SCHEDULER_HELP = (
     "Analyse on a Dask cluster: the scheduler's address (tcp://host:8786) or its scheduler file "

@@ -9,9 +9,9 @@ from pathlib import Path
 import typer
 
 from moediag.cli.app import app, echo_err, is_quiet
-from moediag.cli.common import human_size, stderr_console
+from moediag.cli.common import stderr_console
 from moediag.cli.options import OUTPUT, RUN, Force
-from moediag.render.words import plural
+from moediag.render.words import human_size, plural
 
 
 def _progress() -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:

@@ -233,6 +233,8 @@ def replay_cmd(
         from moediag.render.terminal.replay_table import render_replay
 
         render_replay(doc, stdout_console())
-    s = doc["summary"]
-    if require_match and s["match"] is not None and s["mismatched_tokens"] > s["mismatched_near_ties"]:
-        finish(ExitCode.CHECK_FAILED)
+    if require_match:
+        from moediag.analysis.verdict import replay_verdict
+
+        if replay_verdict(doc).level == "mismatch":  # the library's judgement: near-ties and no routing pass
+            finish(ExitCode.CHECK_FAILED)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from moediag.cli.app import app, echo_err
-from moediag.cli.common import explicit, human_size, parse_path_windows, progress_bar, require_positive
+from moediag.cli.common import explicit, parse_path_windows, progress_bar, require_positive
 from moediag.cli.options import (
     OUTPUT,
     CapacityGroup,
@@ -26,6 +26,7 @@ from moediag.cli.options import (
 from moediag.errors import UsageError
 from moediag.io.paths import check_output
 from moediag.options import default
+from moediag.render.words import human_size
 
 
 @app.command("report")
