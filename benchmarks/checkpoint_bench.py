@@ -41,7 +41,7 @@ def child(mode: str, path: str, arg: str) -> None:
             seconds=time.perf_counter() - t0, cpu_s=time.process_time() - c0, tensors=len(a.inventory.tensors)
         )
     elif mode == "dequant":
-        from moediag.checkpoint.weights import dequant_fp8, dequant_mxfp4
+        from moediag.checkpoint.dequant import dequant_fp8, dequant_mxfp4
 
         torch.set_num_threads(1)  # per core
         g = torch.Generator().manual_seed(0)

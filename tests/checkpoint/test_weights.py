@@ -16,7 +16,8 @@ from moediag.checkpoint import (
     normalise_config,
     open_inventory,
 )
-from moediag.checkpoint.weights import bias_stats, dequant_fp8, dequant_mxfp4, router_stats
+from moediag.checkpoint.dequant import dequant_fp8, dequant_mxfp4
+from moediag.checkpoint.weights import bias_stats, router_stats
 
 from .conftest import Factory, fp8_quantise, mxfp4_quantise
 
@@ -156,7 +157,7 @@ def _expanded(s: torch.Tensor, block: tuple[int, int], shape: tuple[int, int]) -
 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 def test_fp8_decode_every_code_is_torchs(dtype: torch.dtype) -> None:
-    from moediag.checkpoint.weights import decode_fp8
+    from moediag.checkpoint.dequant import decode_fp8
 
     codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
     for n in (256, 255, 1):  # pairs, pairs plus a single tail, one code alone
