@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 
 import torch
 
@@ -92,9 +93,21 @@ def _has_nan(codes: torch.Tensor, kind: str) -> bool:
     return int(codes.max()) >= 0x80 | least or int(codes.view(torch.int8).max()) >= least
 
 
-def _scratch(n: int) -> torch.Tensor:
-    """An int16 buffer for ``n`` codes, of even length (viewable as int32)."""
-    return torch.empty(n + n % 2, dtype=torch.int16)
+_held = threading.local()
+
+
+def _scratch(n: int, dtype: torch.dtype = torch.int16, slot: str = "codes") -> torch.Tensor:
+    """A buffer of at least ``n`` elements of ``dtype`` (int16: an even number, viewable as int32), kept
+    per thread between calls: a fresh multi-megabyte buffer is fresh pages, and faulting them in cost a
+    fifth of an expert's decode. At most one chunk's worth (about :data:`DECODE_ELEMENTS`) is kept."""
+    n += n % 2
+    if n > 2 * DECODE_ELEMENTS:  # a one-off large call (decode_fp8 of a whole tensor): not kept
+        return torch.empty(n, dtype=dtype)
+    buf = getattr(_held, slot, None)
+    if buf is None or buf.dtype != dtype or buf.numel() < n:
+        buf = torch.empty(n, dtype=dtype)
+        setattr(_held, slot, buf)
+    return buf[:n]
 
 
 def _fp8_halves(codes: torch.Tensor, kind: str, out: torch.Tensor, scratch: torch.Tensor) -> None:
@@ -240,16 +253,20 @@ def dequant_mxfp4(
     dest = out.view(-1, n_out)
     rows = flat_b.shape[0]
     step = max(1, DECODE_ELEMENTS // max(n_out, 1))
-    pairs = torch.empty(min(rows, step) * g * nb, dtype=torch.int32)
+    pairs = _scratch(min(rows, step) * g * nb, torch.int32)
     fold = flat_s.numel() == 0 or int(flat_s.max()) <= _MX_FOLD_MAX
-    if fold:  # one factor per group, 2**(s - 113) = 2**14 * 2**(s - 127), built as float32 bits
-        factor = flat_s.to(torch.int32, copy=True).add_(14).bitwise_left_shift_(23).view(torch.float32)
-    else:  # exponents that overflow the folded factor: 2**15 first (twice the FP4 value, exact), then
-        # half the scale. 255 is 2**128, beyond float32, but ldexp applies it exactly (0 stays 0, 0.5
-        # becomes 2**127, larger values inf): so do these two products.
-        factor = _e8m0_halves().index_select(0, flat_s.reshape(-1).to(torch.int32)).view(rows, g)
+    bits = _scratch(min(rows, step) * g, torch.int32, "scales")
     for a in range(0, rows, step):
         b = min(rows, a + step)
+        if fold:  # one factor per group, 2**(s - 113) = 2**14 * 2**(s - 127), built as float32 bits
+            f = bits[: (b - a) * g]
+            f.copy_(flat_s[a:b].reshape(-1))
+            factor = f.add_(14).bitwise_left_shift_(23).view(torch.float32).view(b - a, g)
+        else:  # exponents that overflow the folded factor: 2**15 first (twice the FP4 value, exact), then
+            # half the scale. 255 is 2**128, beyond float32, but ldexp applies it exactly (0 stays 0,
+            # 0.5 becomes 2**127, larger values inf): so do these two products.
+            idx = flat_s[a:b].reshape(-1).to(torch.int32)
+            factor = _e8m0_halves().index_select(0, idx).view(b - a, g)
         p = pairs[: (b - a) * g * nb]
         # each byte -> one int32 holding two halves: the low nibble's (bits 0..15), the high one's above.
         # byte at bits 12..19 and 24..31, so each 16-bit half has its nibble at bits 12..15 ...
@@ -264,5 +281,5 @@ def dequant_mxfp4(
         o.view(-1).copy_(p.view(torch.float16))
         if not fold:
             o.mul_(2.0**15)
-        o.view(b - a, g, nb * 2).mul_(factor[a:b].unsqueeze(-1))
+        o.view(b - a, g, nb * 2).mul_(factor.unsqueeze(-1))
     return out
