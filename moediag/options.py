@@ -20,6 +20,8 @@ from typing import Any
 
 #: capacity factors every analysis measures drop rates at
 CAPACITY_FACTORS: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0)
+#: fraction of each expert's rows the checkpoint redundancy screen reads (``--sample``); 1 reads everything
+DEFAULT_SAMPLE = 1 / 32
 #: commands that read settings from the config file
 COMMANDS = ("inspect", "report", "plot", "check", "replay")
 

@@ -122,12 +122,11 @@ def inspect_checkpoint(
     weights, as ``moediag inspect CHECKPOINT``. Weights only: a checkpoint holds no routing.
 
     ``sample``: the share of every expert's rows the redundancy screen reads (default
-    :data:`moediag.checkpoint.weights.DEFAULT_SAMPLE`; 1 = exact); ``workers``/``scheduler``: layers'
+    :data:`moediag.options.DEFAULT_SAMPLE`; 1 = exact); ``workers``/``scheduler``: layers'
     weights side by side. ``announce(analysis, bytes, seconds)`` is told the estimate before the weights
     pass; ``progress(label, total)`` yields ``(advance, grow)`` over bytes."""
     from moediag.checkpoint import analyze_checkpoint, check_weights
-    from moediag.checkpoint.weights import DEFAULT_SAMPLE
-    from moediag.options import resolve
+    from moediag.options import DEFAULT_SAMPLE, resolve
 
     settings = resolve(command, {"weights": weights, "redundancy_threshold": redundancy_threshold}, config)
     analysis = analyze_checkpoint(

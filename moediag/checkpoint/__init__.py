@@ -28,7 +28,8 @@ from moediag.checkpoint.routers import (
     load_selection_bias,
     router_specs,
 )
-from moediag.checkpoint.weights import ExpertSimilarity, bias_stats, expert_similarity, router_stats
+from moediag.checkpoint.similarity import ExpertSimilarity, expert_similarity
+from moediag.checkpoint.weights import bias_stats, router_stats
 
 __all__ = [
     "FORMAT",

@@ -129,13 +129,13 @@ def block_bytes(analysis: CheckpointAnalysis, block: MoEBlock) -> int:
 
 
 def _quant_owners(analysis: CheckpointAnalysis) -> dict[str, str]:
-    from moediag.checkpoint.layouts import _qmeta
+    from moediag.checkpoint.tensor_names import qmeta_owner
 
     tensors = analysis.inventory.tensors
     out: dict[str, str] = {}
     for name, role in analysis.layout.roles.items():
         if role == "quant_meta":
-            owner = _qmeta(name, tensors)
+            owner = qmeta_owner(name, tensors)
             if owner is not None:
                 out[name] = owner
     return out

@@ -21,7 +21,7 @@ import torch
 from moediag.checkpoint.config import NormalisedConfig, normalise_config
 from moediag.checkpoint.inventory import Inventory, open_inventory
 from moediag.checkpoint.layouts import Layout, MoEBlock, detect_layout
-from moediag.checkpoint.weights import load_tensor_f32
+from moediag.checkpoint.reading import load_tensor_f32
 from moediag.errors import UnsupportedLayoutError
 from moediag.routing import group_score_from_config
 

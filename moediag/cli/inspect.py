@@ -36,10 +36,7 @@ from moediag.cli.options import (
     json_option,
 )
 from moediag.errors import UsageError
-from moediag.options import default
-
-#: the library's default (moediag.checkpoint.weights.DEFAULT_SAMPLE), repeated so --help needs no torch
-DEFAULT_SAMPLE = 1 / 32
+from moediag.options import DEFAULT_SAMPLE, default
 
 if TYPE_CHECKING:
     from moediag.trace import RoutingSpec

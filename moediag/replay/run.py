@@ -54,7 +54,7 @@ def replay(
     ``ep_size``). ``nodes``: EP nodes (ranks numbered node by node; adds per-node loads); hierarchical needs
     it, and ``expert_groups`` (default: the router's ``n_group``). ``target_balancedness``: instead of
     ``replicas``, the fewest replicas whose ``balanced``/``hierarchical`` placement reaches it in every layer
-    (:func:`moediag.placement.plan_replicas`).
+    (:func:`moediag.replay.placement.plan_replicas`).
     """
     import time
 

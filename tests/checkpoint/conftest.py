@@ -329,7 +329,7 @@ def fp8_quantise(w: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor,
 
 def mxfp4_quantise(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantise float [..., G*32] to MXFP4 blocks uint8 [..., G, 16] and scales uint8 [..., G]."""
-    from moediag.checkpoint.weights import MXFP4_LUT
+    from moediag.checkpoint.dequant import MXFP4_LUT
 
     *lead, n = w.shape
     g = n // 32

@@ -170,12 +170,12 @@ def test_long_weights_pass_is_announced(
     ckpt: Factory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One line before a pass estimated at over a minute: bytes, time, and the options that change it."""
-    import moediag.checkpoint.analysis as analysis_mod
+    import moediag.checkpoint.result as result_mod
 
     path = ckpt("deepseek_v3").path
     _, _, err = _run(path, capsys)
     assert "expert weights" not in err  # a tiny model: seconds, no line
-    monkeypatch.setattr(analysis_mod, "GRAM_MADDS_PER_S", 1.0)  # as slow as a 700 GB model
+    monkeypatch.setattr(result_mod, "GRAM_MADDS_PER_S", 1.0)  # as slow as a 700 GB model
     code, _, err = _run(path, capsys)
     line = next(x for x in err.splitlines() if "expert weights" in x)
     assert code == 0 and line.startswith("moediag: reading ") and " GB of expert weights in " in line
@@ -208,7 +208,7 @@ def test_estimate_for_the_full_deepseek_v3(tmp_path: Path) -> None:
 
 
 def test_cli_default_sample_is_the_librarys() -> None:
-    from moediag.checkpoint.weights import DEFAULT_SAMPLE
+    from moediag.checkpoint.similarity import DEFAULT_SAMPLE
     from moediag.cli.inspect import DEFAULT_SAMPLE as CLI_DEFAULT
 
     assert CLI_DEFAULT == DEFAULT_SAMPLE

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from moediag.checkpoint import analyze_checkpoint
-from moediag.checkpoint.weights import sample_rows, screen_cutoff
+from moediag.checkpoint.similarity import sample_rows, screen_cutoff
 
 from .conftest import fp8_quantise
 

@@ -1,0 +1,200 @@
+"""FP8 and MXFP4 dequantisation: bit for bit against torch's own float8 cast times the scales and against
+transformers' ``convert_moe_packed_tensors``, on both decoding routes (bit moves for NaN-free chunks, the
+table for chunks with NaN codes), with chunk boundaries inside the tensors, and at the edges of the scale
+ranges (zero, subnormal results, overflow, E8M0 255)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moediag.checkpoint import dequant
+from moediag.checkpoint.dequant import decode_fp8, dequant_fp8, dequant_mxfp4
+
+from .conftest import fp8_quantise, mxfp4_quantise
+
+
+def test_fp8_dequantisation_round_trip() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(24, 40)
+    q, s = fp8_quantise(w, (8, 16))
+    back = dequant_fp8(q, s, (8, 16))
+    assert torch.nn.functional.cosine_similarity(back.flatten(), w.flatten(), dim=0) > 0.999
+    # a row range starting mid-block uses the right scale rows
+    part = dequant_fp8(q[10:20], s[1:3], (8, 16), row0=10)
+    assert torch.equal(part, back[10:20])
+
+
+def test_mxfp4_dequantisation_by_hand() -> None:
+    blocks = torch.zeros(1, 16, dtype=torch.uint8)
+    blocks[0, 0] = 0x21  # low nibble 1 -> 0.5 (even slot), high nibble 2 -> 1.0 (odd slot)
+    blocks[0, 1] = 0xF9  # low 9 -> -0.5, high 15 -> -6
+    out = dequant_mxfp4(blocks, torch.tensor([128], dtype=torch.uint8))  # scale 2^(128-127) = 2
+    assert out.shape == (32,)
+    assert out[:4].tolist() == [1.0, 2.0, -1.0, -12.0]
+    torch.manual_seed(1)
+    w = torch.randn(3, 5, 64)
+    b, sc = mxfp4_quantise(w)
+    back = dequant_mxfp4(b, sc)
+    assert back.shape == w.shape
+    assert torch.nn.functional.cosine_similarity(back.flatten(), w.flatten(), dim=0) > 0.95
+
+
+# -- dequantisation: bit for bit against torch's own conversion and transformers' MXFP4 ------------------
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().view(torch.int32)  # NaN == NaN, -0 != +0: exact identity of every value
+
+
+def _expanded(s: torch.Tensor, block: tuple[int, int], shape: tuple[int, int]) -> torch.Tensor:
+    return s.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)[: shape[0], : shape[1]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_decode_every_code_is_torchs(dtype: torch.dtype) -> None:
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    for n in (256, 255, 1):  # pairs, pairs plus a single tail, one code alone
+        c = codes[:n].view(dtype)
+        assert torch.equal(_bits(decode_fp8(c)), _bits(c.float()))
+    kind = "F8_E4M3" if dtype == torch.float8_e4m3fn else "F8_E5M2"
+    assert torch.equal(_bits(decode_fp8(codes, kind)), _bits(codes.view(dtype).float()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 300),
+    cols=st.integers(1, 300),
+    br=st.sampled_from([1, 7, 128]),
+    bc=st.sampled_from([1, 16, 128]),
+    e5m2=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fp8_dequant_bit_for_bit(rows: int, cols: int, br: int, bc: int, e5m2: bool, seed: int) -> None:
+    dtype = torch.float8_e5m2 if e5m2 else torch.float8_e4m3fn
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 256, (rows, cols), dtype=torch.uint8, generator=g)
+    w = raw.view(dtype)
+    s = torch.rand(-(-rows // br), -(-cols // bc), generator=g) * 3
+    ref = w.float() * _expanded(s, (br, bc), (rows, cols))
+    assert torch.equal(_bits(dequant_fp8(w, s, (br, bc))), _bits(ref))
+    # uint8 codes with an explicit kind, into a given buffer
+    out = torch.empty(rows, cols)
+    dequant_fp8(raw, s, (br, bc), kind="F8_E5M2" if e5m2 else "F8_E4M3", out=out)
+    assert torch.equal(_bits(out), _bits(ref))
+    # a row range starting mid-block, with only the scale rows that cover it
+    a, b = rows // 3, rows
+    part = dequant_fp8(w[a:b], s[a // br :], (br, bc), row0=a)
+    assert torch.equal(_bits(part), _bits(ref[a:b]))
+    # arbitrary rows in any order (the sampled screen) with the whole scale tensor
+    pick = torch.randperm(rows, generator=g)[: max(1, rows // 4)]
+    got = dequant_fp8(w[pick].contiguous(), s, (br, bc), rows=pick)
+    assert torch.equal(_bits(got), _bits(ref[pick]))
+
+
+def test_fp8_dequant_scalar_and_per_row_scales() -> None:
+    raw = torch.randint(0, 256, (9, 33), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    w = raw.view(torch.float8_e4m3fn)
+    assert torch.equal(_bits(dequant_fp8(w, torch.tensor(0.25), (9, 33))), _bits(w.float() * 0.25))
+    per_row = torch.rand(9)
+    assert torch.equal(_bits(dequant_fp8(w, per_row, (1, 33))), _bits(w.float() * per_row[:, None]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mxfp4_dequant_matches_transformers(dtype: torch.dtype) -> None:
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    g = torch.Generator().manual_seed(5)
+    blocks = torch.randint(0, 256, (3, 10, 6, 16), dtype=torch.uint8, generator=g)  # [E, rows, G, 16]
+    scales = torch.randint(100, 150, (3, 10, 6), dtype=torch.uint8, generator=g)
+    scales[0, 0, 0], scales[1, 2, 3] = 0, 254  # the extremes of the exponent byte
+    theirs = convert_moe_packed_tensors(blocks, scales, dtype=dtype)  # [E, G*32, rows]
+    ours = dequant_mxfp4(blocks, scales)  # [E, rows, G*32] float32
+    assert torch.equal(ours.to(dtype).transpose(1, 2), theirs)
+    if dtype == torch.float32:
+        assert torch.equal(_bits(ours.transpose(1, 2)), _bits(theirs))
+
+
+# -- both FP8 routes, chunk boundaries, scale edges -----------------------------------------------------
+
+_KINDS = [(torch.float8_e4m3fn, "F8_E4M3"), (torch.float8_e5m2, "F8_E5M2")]
+
+
+def _nan_free(raw: torch.Tensor, kind: str) -> torch.Tensor:
+    """``raw`` with every NaN code replaced by a finite one (real weights hold no NaN)."""
+    low = raw & 0x7F
+    bad = low == 0x7F if kind == "F8_E4M3" else low > 0x7C
+    return torch.where(bad, raw & 0x80 | 0x11, raw)
+
+
+def _no_table(*_: object) -> None:
+    raise AssertionError("a NaN-free chunk went through the table")
+
+
+@pytest.mark.parametrize(("dtype", "kind"), _KINDS)
+def test_fp8_nan_free_codes_are_decoded_by_bit_moves(
+    dtype: torch.dtype, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dequant, "_fp8_table", _no_table)
+    monkeypatch.setattr(dequant, "DECODE_ELEMENTS", 300)  # many chunks, boundaries inside scale blocks
+    codes = _nan_free(torch.arange(256, dtype=torch.int32).to(torch.uint8), kind)
+    assert torch.equal(_bits(decode_fp8(codes.view(dtype))), _bits(codes.view(dtype).float()))
+    g = torch.Generator().manual_seed(11)
+    raw = _nan_free(torch.randint(0, 256, (77, 130), dtype=torch.uint8, generator=g), kind)
+    s = torch.rand(-(-77 // 16), -(-130 // 32), generator=g) * 3
+    ref = raw.view(dtype).float() * _expanded(s, (16, 32), (77, 130))
+    assert torch.equal(_bits(dequant_fp8(raw.view(dtype), s, (16, 32))), _bits(ref))
+    pick = torch.randperm(77, generator=g)[:20]
+    got = dequant_fp8(raw[pick].contiguous().view(dtype), s, (16, 32), rows=pick)
+    assert torch.equal(_bits(got), _bits(ref[pick]))
+
+
+@pytest.mark.parametrize(("dtype", "kind"), _KINDS)
+def test_fp8_nan_codes_in_some_chunks_only(
+    dtype: torch.dtype, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dequant, "DECODE_ELEMENTS", 256)  # 4 rows of 64 per chunk
+    g = torch.Generator().manual_seed(12)
+    raw = _nan_free(torch.randint(0, 256, (40, 64), dtype=torch.uint8, generator=g), kind)
+    raw[5, 7], raw[6, 0], raw[33, 63] = 0x7F, 0xFF, 0xFE  # NaN in chunks 1 and 8 (E5M2: also 0xFE)
+    s = torch.rand(5, 2, generator=g)
+    ref = raw.view(dtype).float() * _expanded(s, (8, 32), (40, 64))
+    assert torch.equal(_bits(dequant_fp8(raw, s, (8, 32), kind=kind)), _bits(ref))
+
+
+@pytest.mark.parametrize(("dtype", "kind"), _KINDS)
+def test_fp8_scales_at_the_edges(dtype: torch.dtype, kind: str) -> None:
+    """Scales the 2**8 fold must not touch (huge, inf, NaN) and ones that give subnormal products."""
+    raw = _nan_free(torch.arange(256, dtype=torch.int32).to(torch.uint8), kind).repeat(6, 1)
+    for edge in (2.0**110, float("inf"), float("nan"), 0.0, -0.0, 1e-40, 2.0**-140, 3.0e38):
+        s = torch.tensor([[1.0, edge]])  # one ordinary block beside the edge
+        ref = raw.view(dtype).float() * _expanded(s, (6, 128), (6, 256))
+        assert torch.equal(_bits(dequant_fp8(raw.view(dtype), s, (6, 128))), _bits(ref)), edge
+
+
+def _every_byte_and_scale(top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MXFP4 blocks [1, top + 1, 16, 16] holding every byte value in each row, row ``r`` scaled by ``r``."""
+    blocks = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(16, 16).repeat(top + 1, 1, 1)
+    scales = torch.arange(top + 1, dtype=torch.int32).to(torch.uint8).view(-1, 1).repeat(1, 16)
+    return blocks.unsqueeze(0), scales.unsqueeze(0)
+
+
+@pytest.mark.parametrize("top", [240, 255])  # 240: every scale folds into one factor; 255: some do not
+def test_mxfp4_every_code_at_every_scale_is_transformers(top: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zero scale and subnormal results (scales 0..2), overflow to inf (241..254), and 255 (2**128: ldexp
+    keeps 0 at 0 and makes 0.5 2**127, no NaN) exactly as transformers gives them, across chunk
+    boundaries."""
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    monkeypatch.setattr(dequant, "DECODE_ELEMENTS", 3 * 512)  # 3 rows of 512 values a chunk
+    blocks, scales = _every_byte_and_scale(top)
+    theirs = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)
+    ours = dequant_mxfp4(blocks, scales)
+    assert torch.equal(_bits(ours.transpose(1, 2)), _bits(theirs))
+    if top == 255:
+        assert not bool(torch.isnan(ours).any()) and bool(torch.isinf(ours[0, 255]).any())
+        assert float(ours[0, 255, 2]) == 2.0**127  # byte 0x01: low nibble 0.5
+    tiny = ours[0, 0].abs()  # scale byte 0: 0.5, 1, 1.5 times 2**-127 are subnormal floats
+    assert bool(((tiny > 0) & (tiny < 2.0**-126)).any())
