@@ -8,7 +8,7 @@ from moediag.routing.groups import group_mask
 from moediag.routing.routed import Routed
 from moediag.routing.rule import RoutingRule, grouped, score_function_of, top_k_of
 from moediag.routing.scores import combine_weights, distribution, scores, softmax_parts
-from moediag.routing.topk import finite_or_nan, margin
+from moediag.routing.topk import finite_or_nan, margin, topk_indices
 
 
 def _choice_scores(
@@ -44,7 +44,7 @@ def choose(
     allowed = _allowed(choice, spec, sf, k)
     if allowed is not None:
         choice = choice.masked_fill(~allowed, float("-inf"))
-    return choice.topk(k, dim=-1).indices
+    return topk_indices(choice, k)
 
 
 def route(
@@ -79,9 +79,10 @@ def route(
     chosen_here = ids is None
     if ids is None:
         masked = choice if allowed is None else choice.masked_fill(~allowed, float("-inf"))
+        plain = choice is softmax and allowed is None  # probabilities as they are: no negative, no -0.0
         if k < e:
             # one top-k of k + 1 gives the choice and the first unchosen allowed expert
-            idx = masked.topk(k + 1, dim=-1).indices
+            idx = topk_indices(masked, k + 1, nonnegative=plain)
             ids = idx[:, :k].contiguous()  # every accumulator flattens ids: copy once, not in each
             pair = prob.gather(1, idx[:, k - 1 :])
             boundary = pair[:, 0] - pair[:, 1]
@@ -89,7 +90,7 @@ def route(
                 boundary = torch.where(allowed.gather(1, idx[:, k:]).squeeze(1), boundary, float("nan"))
             token_margin = finite_or_nan(boundary)
         else:
-            ids = masked.topk(k, dim=-1).indices
+            ids = topk_indices(masked, k, nonnegative=plain)
             token_margin = torch.full((z.shape[0],), float("nan"), device=z.device)
         top1 = ids[:, 0]
     else:
@@ -110,7 +111,7 @@ def route(
         logits=z,
         probs=probs,
         margin=token_margin,
-        hf_ids=ids if same_as_hf else softmax.topk(k, dim=-1).indices,
+        hf_ids=ids if same_as_hf else topk_indices(softmax, k, nonnegative=True),
         lse=parts.lse,
         entropy=parts.entropy if own else None,
         confidence=parts.confidence if own else None,
