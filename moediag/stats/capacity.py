@@ -105,6 +105,17 @@ def _position_ranks(ids: torch.Tensor, lengths: torch.Tensor, num_experts: int) 
 
 
 class CapacityStats(RunAccumulator):
+    """Assignments and drops per position bucket, per policy and capacity factor (declared state)."""
+
+    num_experts: int
+    top_k: int
+    capacity_factors: tuple[float, ...]
+    group_tokens: int
+    min_capacity: int
+    assignments: torch.Tensor
+    dropped: dict[str, torch.Tensor]
+    has_weights: bool
+
     def __init__(
         self,
         num_experts: int,
@@ -114,15 +125,16 @@ class CapacityStats(RunAccumulator):
         min_capacity: int = 0,
     ) -> None:
         super().__init__()
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.capacity_factors = tuple(capacity_factors)
-        self.group_tokens = group_tokens
-        self.min_capacity = min_capacity
-        nb = len(POSITION_EDGES)
-        self.assignments = torch.zeros(nb, dtype=torch.int64)  # per position bucket
-        self.dropped = {p: torch.zeros(len(self.capacity_factors), nb, dtype=torch.int64) for p in POLICIES}
-        self.has_weights = True
+        self.add_setting("num_experts", num_experts)
+        self.add_setting("top_k", top_k)
+        self.add_setting("capacity_factors", tuple(capacity_factors))
+        self.add_setting("group_tokens", group_tokens)
+        self.add_setting("min_capacity", min_capacity)
+        nb, nf = len(POSITION_EDGES), len(self.capacity_factors)
+        self.add_state("assignments", torch.zeros(nb, dtype=torch.int64))  # per position bucket
+        # [factors, buckets] per policy
+        self.add_state("dropped", {p: torch.zeros(nf, nb, dtype=torch.int64) for p in POLICIES})
+        self.add_state("has_weights", True, "and")
 
     def update(self, batch: LayerBatch) -> None:
         if len(batch) == 0:
@@ -309,13 +321,6 @@ class CapacityStats(RunAccumulator):
             c = capacity[:, j].view(runs, 1, 1)
             dropped = (hi - c).clamp_min(0) - (lo - c).clamp_min(0)
             self.dropped["token-order"][j] += dropped.sum(dim=(0, 2))
-
-    def _merge_sums(self, other: RunAccumulator) -> None:
-        assert isinstance(other, CapacityStats)
-        self.assignments += other.assignments
-        for p in POLICIES:
-            self.dropped[p] += other.dropped[p]
-        self.has_weights = self.has_weights and other.has_weights
 
     def compute(self) -> dict[str, Any]:
         done = self.finalized()

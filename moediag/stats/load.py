@@ -69,12 +69,15 @@ class LoadStats(Accumulator):
         return out
 
 
-class StepLoadStats:
+class StepLoadStats(Accumulator):
     """Load per training step (``tokens.step``) or per recorded step of count-only data."""
 
+    num_experts: int
+    by_step: dict[int, torch.Tensor]
+
     def __init__(self, num_experts: int) -> None:
-        self.num_experts = num_experts
-        self.by_step: dict[int, torch.Tensor] = {}
+        self.add_setting("num_experts", num_experts)
+        self.add_state("by_step", {})  # step -> counts [E]; summed per step
 
     def _add(self, step: int, counts: torch.Tensor) -> None:
         if step in self.by_step:
@@ -93,10 +96,6 @@ class StepLoadStats:
     def add_rows(self, counts: torch.Tensor, first_step: int = 0) -> None:
         for i in range(counts.shape[0]):
             self._add(first_step + i, counts[i].to(torch.int64))
-
-    def merge(self, other: StepLoadStats) -> None:
-        for s, c in other.by_step.items():
-            self._add(s, c)
 
     def compute(self) -> dict[str, Any] | None:
         if not self.by_step:
