@@ -3,9 +3,13 @@
 # Usage: bash benchmarks/bench_inspect.sh [TRACE] [ROUNDS]
 #   (makes benchmarks/data/trace-2g if absent; ROUNDS alternating floor/inspect pairs, default 3)
 # A shared or virtual machine's speed drifts by 10-20% between runs, so each round runs the floor and
-# moediag back to back and the summary gives the median of the per-round ratios.
+# moediag back to back and the summary gives the median of the per-round ratios. Each round also prints
+# the 1-minute load average before it (a loaded machine slows the two runs unevenly: rerun such rounds).
+# Both import moediag from this checkout (PYTHONPATH), so the code measured is this tree's, not whichever
+# copy the `moediag` console script was installed from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 TRACE="${1:-benchmarks/data/trace-2g}"
 ROUNDS="${2:-3}"
 [ -e "$TRACE" ] || python3 benchmarks/make_trace.py "$TRACE"
@@ -26,12 +30,13 @@ PY
 }
 ratios=()
 for round in $(seq 1 "$ROUNDS"); do
+  load=$(cut -d' ' -f1 /proc/loadavg)
   read -r fw fr < <(measure python3 benchmarks/floor.py "$TRACE")
-  read -r iw ir < <(measure moediag inspect "$TRACE" --json)
+  read -r iw ir < <(measure python3 -m moediag inspect "$TRACE" --json)
   ratio=$(python3 -c "print(f'{$iw / $fw:.2f}')")
   ratios+=("$ratio")
-  printf 'round %d: floor %6.2f s %5d MB | inspect %6.2f s %5d MB | ratio %s\n' \
-    "$round" "$fw" "$fr" "$iw" "$ir" "$ratio"
+  printf 'round %d (load %s): floor %6.2f s %5d MB | inspect %6.2f s %5d MB | ratio %s\n' \
+    "$round" "$load" "$fw" "$fr" "$iw" "$ir" "$ratio"
 done
 python3 -c "import statistics, sys; r = [float(x) for x in sys.argv[1:]]; \
 print(f'median ratio {statistics.median(r):.2f} (min {min(r):.2f}, max {max(r):.2f}, {len(r)} rounds)')" "${ratios[@]}"
