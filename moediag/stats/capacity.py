@@ -168,7 +168,7 @@ class CapacityStats(RunAccumulator):
         capacity = capacities(lengths, self.capacity_factors, k, self.num_experts, self.min_capacity)
         in_order = n < 2 or bool(((bucket[1:] >= bucket[:-1]) | (run[1:] != run[:-1])).all())
         if in_order:
-            self._add_position_drops(run, bucket, ids, capacity)
+            self._add_position_drops(run, bucket, ids, capacity, has_empty)
         else:
             ranks = _position_ranks(ids, lengths, self.num_experts)
             a_run = run.unsqueeze(1).expand(n, k).reshape(-1)
@@ -181,12 +181,17 @@ class CapacityStats(RunAccumulator):
         if k == 1:  # one choice per token: choice order is token order
             self.dropped["first-choices-first"] = self.dropped["token-order"].clone()
         elif in_order and runs * len(POSITION_EDGES) * self.num_experts <= 4 * n:
-            self._add_choice_counts(run, bucket, ids, capacity)
+            self._add_choice_counts(run, bucket, ids, capacity, has_empty)
         else:
             self._add_choice_drops(run, bucket, ids, capacity, has_empty)
 
     def _add_choice_counts(
-        self, run: torch.Tensor, bucket: torch.Tensor, ids: torch.Tensor, capacity: torch.Tensor
+        self,
+        run: torch.Tensor,
+        bucket: torch.Tensor,
+        ids: torch.Tensor,
+        capacity: torch.Tensor,
+        has_empty: bool = True,
     ) -> None:
         """``first-choices-first`` when buckets never go backwards inside a run: in each (run, expert)
         the order is column 0 by bucket, then column 1 by bucket, ...; so the drops per bucket follow from
@@ -194,11 +199,15 @@ class CapacityStats(RunAccumulator):
         :meth:`_add_position_drops`; no per-assignment ranks)."""
         e, nb, runs = self.num_experts, len(POSITION_EDGES), capacity.shape[0]
         k = ids.shape[1]
-        group = (run * nb + bucket).unsqueeze(1) * k + torch.arange(k)  # [n, k]: (run, bucket, column)
-        e1 = e + 1
-        key = (group * e1 + torch.where(ids < 0, e, ids)).reshape(-1)  # empty slots: a spare column
-        counts = torch.bincount(key, minlength=runs * nb * k * e1).view(runs, nb, k, e1)[..., :e]
-        counts = counts.transpose(1, 2).reshape(runs, k * nb, e)  # the order: column, then bucket
+        e1 = e + 1 if has_empty else e  # empty slots: a spare column
+        # key (run, column, bucket, expert): the order of the running sum is then one axis, no transpose
+        base = (run * (k * nb) + bucket) * e1  # [n]
+        column = torch.arange(0, k * nb * e1, nb * e1)  # [k]
+        slot = torch.where(ids < 0, e, ids) if has_empty else ids
+        key = (base.unsqueeze(1) + column + slot).reshape(-1)
+        counts = torch.bincount(key, minlength=runs * k * nb * e1).view(runs, k * nb, e1)
+        if has_empty:
+            counts = counts[..., :e]
         hi = counts.cumsum(dim=1)
         lo = hi - counts
         for f in range(capacity.shape[1]):
@@ -308,13 +317,18 @@ class CapacityStats(RunAccumulator):
         self.dropped[policy] += tail[:, 1:].T.contiguous()  # dropped at factor j <=> dropped_at > j
 
     def _add_position_drops(
-        self, run: torch.Tensor, bucket: torch.Tensor, ids: torch.Tensor, capacity: torch.Tensor
+        self,
+        run: torch.Tensor,
+        bucket: torch.Tensor,
+        ids: torch.Tensor,
+        capacity: torch.Tensor,
+        has_empty: bool = True,
     ) -> None:
         """Position policy when buckets never go backwards inside a run (positions grow in token order):
         each (run, expert) keeps its first C assignments, so the drops in a bucket follow from the counts
         per (run, bucket, expert) and their running sum over buckets, with no per-assignment ranks."""
         e, nb, runs = self.num_experts, len(POSITION_EDGES), capacity.shape[0]
-        counts = group_counts(run * nb + bucket, ids, runs * nb, e).reshape(runs, nb, e)
+        counts = group_counts(run * nb + bucket, ids, runs * nb, e, not has_empty).reshape(runs, nb, e)
         hi = counts.cumsum(dim=1)
         lo = hi - counts
         for j in range(capacity.shape[1]):

@@ -21,12 +21,17 @@ def bincount(ids: torch.Tensor, num_experts: int, filled: bool = False) -> torch
     return torch.bincount(flat, minlength=num_experts).to(torch.int64)
 
 
-def group_counts(group: torch.Tensor, ids: torch.Tensor, groups: int, num_experts: int) -> torch.Tensor:
+def group_counts(
+    group: torch.Tensor, ids: torch.Tensor, groups: int, num_experts: int, filled: bool = False
+) -> torch.Tensor:
     """Counts per (group, expert), int64 [groups, E]: token t of ``ids`` [n, k] is in group ``group[t]``.
 
-    Empty slots (-1) are counted in a spare column that is dropped, so no boolean mask is needed.
+    Empty slots (-1) are counted in a spare column that is dropped, so no boolean mask is needed;
+    ``filled`` (the caller knows there is none) skips that column and its pass over ``ids``.
     """
-    n, k = ids.shape
+    if filled:
+        key = ((group * num_experts).unsqueeze(1) + ids).reshape(-1)
+        return torch.bincount(key, minlength=groups * num_experts).view(groups, num_experts)
     e1 = num_experts + 1
     slot = torch.where(ids < 0, num_experts, ids)
     key = (group.unsqueeze(1) * e1 + slot).reshape(-1)
@@ -89,7 +94,7 @@ class StepLoadStats(Accumulator):
         if batch.step is None or len(batch) == 0:
             return
         steps, inverse = torch.unique(batch.step, return_inverse=True)
-        counts = group_counts(inverse, batch.ids, steps.numel(), self.num_experts)
+        counts = group_counts(inverse, batch.ids, steps.numel(), self.num_experts, batch.filled)
         for i, s in enumerate(steps.tolist()):
             self._add(int(s), counts[i])
 
