@@ -8,7 +8,7 @@ from moediag.routing.groups import group_mask
 from moediag.routing.routed import Routed
 from moediag.routing.rule import RoutingRule, grouped, score_function_of, top_k_of
 from moediag.routing.scores import combine_weights, distribution, scores, softmax_parts
-from moediag.routing.topk import finite_or_nan, margin, topk_indices
+from moediag.routing.topk import finite_or_nan, margin, topk_indices, topk_values
 
 
 def _choice_scores(
@@ -82,9 +82,17 @@ def route(
         plain = choice is softmax and allowed is None  # probabilities as they are: no negative, no -0.0
         if k < e:
             # one top-k of k + 1 gives the choice and the first unchosen allowed expert
-            idx = topk_indices(masked, k + 1, nonnegative=plain)
+            if plain:  # the top-k values are the probabilities: the weights and the margin need no gather
+                top, idx = topk_values(masked, k + 1)
+                pair = top[:, k - 1 :]
+                if weights is None:  # combine_weights' softmax.gather(1, ids): the same floats
+                    weights = top[:, :k].contiguous()
+                    if spec.norm_topk_prob:
+                        weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+            else:
+                idx = topk_indices(masked, k + 1)
+                pair = prob.gather(1, idx[:, k - 1 :])
             ids = idx[:, :k].contiguous()  # every accumulator flattens ids: copy once, not in each
-            pair = prob.gather(1, idx[:, k - 1 :])
             boundary = pair[:, 0] - pair[:, 1]
             if allowed is not None:  # fewer than k + 1 allowed experts: nothing unchosen to compare with
                 boundary = torch.where(allowed.gather(1, idx[:, k:]).squeeze(1), boundary, float("nan"))

@@ -36,6 +36,16 @@ def topk_indices(x: torch.Tensor, k: int, *, nonnegative: bool = False) -> torch
     return ordered_keys(x, nonnegative).topk(k, dim=-1).indices
 
 
+def topk_values(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x.topk(k, dim=-1)`` as (values, indices) for non-negative scores without -0.0 (a softmax): on CPU
+    the values are the keys' bits read back as float32, the same numbers, with no gather."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        out = x.topk(k, dim=-1)
+        return out.values, out.indices
+    keys, idx = ordered_keys(x, nonnegative=True).topk(k, dim=-1)
+    return keys.view(torch.float32), idx
+
+
 def select(
     sel: torch.Tensor,
     top_k: int,
