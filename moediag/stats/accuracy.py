@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from moediag.stats.batch import LayerBatch
+from moediag.stats.state import Accumulator
 
 #: the two-sided 95% normal quantile
 Z95 = 1.959963984540054
@@ -73,14 +74,19 @@ def accuracy_row(
     }
 
 
-class _Tally:
+class _Tally(Accumulator):
     """Per-expert tokens, hits, finite-loss sums and counts under one attribution."""
 
+    tokens: torch.Tensor
+    correct: torch.Tensor
+    loss_sum: torch.Tensor
+    loss_tokens: torch.Tensor
+
     def __init__(self, num_experts: int) -> None:
-        self.tokens = torch.zeros(num_experts, dtype=torch.int64)
-        self.correct = torch.zeros(num_experts, dtype=torch.int64)
-        self.loss_sum = torch.zeros(num_experts, dtype=torch.float64)
-        self.loss_tokens = torch.zeros(num_experts, dtype=torch.int64)
+        self.add_state("tokens", torch.zeros(num_experts, dtype=torch.int64))
+        self.add_state("correct", torch.zeros(num_experts, dtype=torch.int64))
+        self.add_state("loss_sum", torch.zeros(num_experts, dtype=torch.float64))
+        self.add_state("loss_tokens", torch.zeros(num_experts, dtype=torch.int64))
 
     def add(self, experts: torch.Tensor, correct: torch.Tensor | None, loss: torch.Tensor | None) -> None:
         e = self.tokens.numel()
@@ -97,26 +103,30 @@ class _Tally:
             self.loss_sum += torch.bincount(ex[fin], weights=lv[fin], minlength=e)
             self.loss_tokens += torch.bincount(ex[fin], minlength=e)
 
-    def merge(self, other: _Tally) -> None:
-        self.tokens += other.tokens
-        self.correct += other.correct
-        self.loss_sum += other.loss_sum
-        self.loss_tokens += other.loss_tokens
 
-
-class ExpertAccuracyStats:
+class ExpertAccuracyStats(Accumulator):
     """Per-expert accuracy and loss of one layer, top-1 and any-of-top-k attribution."""
 
+    num_experts: int
+    top1: _Tally
+    topk: _Tally
+    tokens: int
+    correct: int
+    loss_sum: float
+    loss_tokens: int
+    has_correct: bool
+    has_loss: bool
+
     def __init__(self, num_experts: int) -> None:
-        self.num_experts = num_experts
-        self.top1 = _Tally(num_experts)
-        self.topk = _Tally(num_experts)
-        self.tokens = 0
-        self.correct = 0
-        self.loss_sum = 0.0
-        self.loss_tokens = 0
-        self.has_correct = False
-        self.has_loss = False
+        self.add_setting("num_experts", num_experts)
+        self.add_child("top1", _Tally(num_experts))
+        self.add_child("topk", _Tally(num_experts))
+        self.add_state("tokens", 0)
+        self.add_state("correct", 0)
+        self.add_state("loss_sum", 0.0)
+        self.add_state("loss_tokens", 0)
+        self.add_state("has_correct", False, "or")
+        self.add_state("has_loss", False, "or")
 
     def update(self, batch: LayerBatch) -> None:
         correct, loss = batch.correct, batch.loss
@@ -141,16 +151,6 @@ class ExpertAccuracyStats:
             None if c is None else c.repeat_interleave(k),
             None if lv is None else lv.repeat_interleave(k),
         )
-
-    def merge(self, other: ExpertAccuracyStats) -> None:
-        self.top1.merge(other.top1)
-        self.topk.merge(other.topk)
-        self.tokens += other.tokens
-        self.correct += other.correct
-        self.loss_sum += other.loss_sum
-        self.loss_tokens += other.loss_tokens
-        self.has_correct |= other.has_correct
-        self.has_loss |= other.has_loss
 
     @property
     def overall(self) -> float | None:

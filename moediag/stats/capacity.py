@@ -105,6 +105,17 @@ def _position_ranks(ids: torch.Tensor, lengths: torch.Tensor, num_experts: int) 
 
 
 class CapacityStats(RunAccumulator):
+    """Assignments and drops per position bucket, per policy and capacity factor (declared state)."""
+
+    num_experts: int
+    top_k: int
+    capacity_factors: tuple[float, ...]
+    group_tokens: int
+    min_capacity: int
+    assignments: torch.Tensor
+    dropped: dict[str, torch.Tensor]
+    has_weights: bool
+
     def __init__(
         self,
         num_experts: int,
@@ -114,15 +125,16 @@ class CapacityStats(RunAccumulator):
         min_capacity: int = 0,
     ) -> None:
         super().__init__()
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.capacity_factors = tuple(capacity_factors)
-        self.group_tokens = group_tokens
-        self.min_capacity = min_capacity
-        nb = len(POSITION_EDGES)
-        self.assignments = torch.zeros(nb, dtype=torch.int64)  # per position bucket
-        self.dropped = {p: torch.zeros(len(self.capacity_factors), nb, dtype=torch.int64) for p in POLICIES}
-        self.has_weights = True
+        self.add_setting("num_experts", num_experts)
+        self.add_setting("top_k", top_k)
+        self.add_setting("capacity_factors", tuple(capacity_factors))
+        self.add_setting("group_tokens", group_tokens)
+        self.add_setting("min_capacity", min_capacity)
+        nb, nf = len(POSITION_EDGES), len(self.capacity_factors)
+        self.add_state("assignments", torch.zeros(nb, dtype=torch.int64))  # per position bucket
+        # [factors, buckets] per policy
+        self.add_state("dropped", {p: torch.zeros(nf, nb, dtype=torch.int64) for p in POLICIES})
+        self.add_state("has_weights", True, "and")
 
     def update(self, batch: LayerBatch) -> None:
         if len(batch) == 0:
@@ -156,7 +168,7 @@ class CapacityStats(RunAccumulator):
         capacity = capacities(lengths, self.capacity_factors, k, self.num_experts, self.min_capacity)
         in_order = n < 2 or bool(((bucket[1:] >= bucket[:-1]) | (run[1:] != run[:-1])).all())
         if in_order:
-            self._add_position_drops(run, bucket, ids, capacity)
+            self._add_position_drops(run, bucket, ids, capacity, has_empty)
         else:
             ranks = _position_ranks(ids, lengths, self.num_experts)
             a_run = run.unsqueeze(1).expand(n, k).reshape(-1)
@@ -169,12 +181,17 @@ class CapacityStats(RunAccumulator):
         if k == 1:  # one choice per token: choice order is token order
             self.dropped["first-choices-first"] = self.dropped["token-order"].clone()
         elif in_order and runs * len(POSITION_EDGES) * self.num_experts <= 4 * n:
-            self._add_choice_counts(run, bucket, ids, capacity)
+            self._add_choice_counts(run, bucket, ids, capacity, has_empty)
         else:
             self._add_choice_drops(run, bucket, ids, capacity, has_empty)
 
     def _add_choice_counts(
-        self, run: torch.Tensor, bucket: torch.Tensor, ids: torch.Tensor, capacity: torch.Tensor
+        self,
+        run: torch.Tensor,
+        bucket: torch.Tensor,
+        ids: torch.Tensor,
+        capacity: torch.Tensor,
+        has_empty: bool = True,
     ) -> None:
         """``first-choices-first`` when buckets never go backwards inside a run: in each (run, expert)
         the order is column 0 by bucket, then column 1 by bucket, ...; so the drops per bucket follow from
@@ -182,11 +199,15 @@ class CapacityStats(RunAccumulator):
         :meth:`_add_position_drops`; no per-assignment ranks)."""
         e, nb, runs = self.num_experts, len(POSITION_EDGES), capacity.shape[0]
         k = ids.shape[1]
-        group = (run * nb + bucket).unsqueeze(1) * k + torch.arange(k)  # [n, k]: (run, bucket, column)
-        e1 = e + 1
-        key = (group * e1 + torch.where(ids < 0, e, ids)).reshape(-1)  # empty slots: a spare column
-        counts = torch.bincount(key, minlength=runs * nb * k * e1).view(runs, nb, k, e1)[..., :e]
-        counts = counts.transpose(1, 2).reshape(runs, k * nb, e)  # the order: column, then bucket
+        e1 = e + 1 if has_empty else e  # empty slots: a spare column
+        # key (run, column, bucket, expert): the order of the running sum is then one axis, no transpose
+        base = (run * (k * nb) + bucket) * e1  # [n]
+        column = torch.arange(0, k * nb * e1, nb * e1)  # [k]
+        slot = torch.where(ids < 0, e, ids) if has_empty else ids
+        key = (base.unsqueeze(1) + column + slot).reshape(-1)
+        counts = torch.bincount(key, minlength=runs * k * nb * e1).view(runs, k * nb, e1)
+        if has_empty:
+            counts = counts[..., :e]
         hi = counts.cumsum(dim=1)
         lo = hi - counts
         for f in range(capacity.shape[1]):
@@ -296,26 +317,24 @@ class CapacityStats(RunAccumulator):
         self.dropped[policy] += tail[:, 1:].T.contiguous()  # dropped at factor j <=> dropped_at > j
 
     def _add_position_drops(
-        self, run: torch.Tensor, bucket: torch.Tensor, ids: torch.Tensor, capacity: torch.Tensor
+        self,
+        run: torch.Tensor,
+        bucket: torch.Tensor,
+        ids: torch.Tensor,
+        capacity: torch.Tensor,
+        has_empty: bool = True,
     ) -> None:
         """Position policy when buckets never go backwards inside a run (positions grow in token order):
         each (run, expert) keeps its first C assignments, so the drops in a bucket follow from the counts
         per (run, bucket, expert) and their running sum over buckets, with no per-assignment ranks."""
         e, nb, runs = self.num_experts, len(POSITION_EDGES), capacity.shape[0]
-        counts = group_counts(run * nb + bucket, ids, runs * nb, e).reshape(runs, nb, e)
+        counts = group_counts(run * nb + bucket, ids, runs * nb, e, not has_empty).reshape(runs, nb, e)
         hi = counts.cumsum(dim=1)
         lo = hi - counts
         for j in range(capacity.shape[1]):
             c = capacity[:, j].view(runs, 1, 1)
             dropped = (hi - c).clamp_min(0) - (lo - c).clamp_min(0)
             self.dropped["token-order"][j] += dropped.sum(dim=(0, 2))
-
-    def _merge_sums(self, other: RunAccumulator) -> None:
-        assert isinstance(other, CapacityStats)
-        self.assignments += other.assignments
-        for p in POLICIES:
-            self.dropped[p] += other.dropped[p]
-        self.has_weights = self.has_weights and other.has_weights
 
     def compute(self) -> dict[str, Any]:
         done = self.finalized()

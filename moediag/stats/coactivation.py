@@ -6,6 +6,7 @@ import torch
 
 from moediag.blocked import row_slices
 from moediag.stats.batch import LayerBatch
+from moediag.stats.state import Accumulator
 
 #: int8 GEMM blocks are padded with zero columns to a multiple of this many rows: the probe checks such
 #: widths, and torch 2.13's CPU kernel returns garbage for a width of 1
@@ -57,7 +58,7 @@ DENSE_MAX_EXPERTS = 1024
 MAX_PAIRS = 1 << 20
 
 
-class CoactivationStats:
+class CoactivationStats(Accumulator):
     """Symmetric pair counts N[i, j] over all pairs of the top-k set; the diagonal holds N(i).
 
     co-activation(i, j) = N[i, j] / N(i) (row-normalised).
@@ -68,22 +69,37 @@ class CoactivationStats:
     mergeable Misra-Gries summary (Agarwal et al. 2012): the counters are reduced by the (max_pairs+1)-th
     largest count, so every pair count is an underestimate by at most :attr:`max_error`, which the JSON
     reports (docs/metrics.md).
+
+    Declared state (moediag.stats.state): the dense matrix, or the exact diagonal and ``max_error``, merged
+    generically; the sparse counters (``keys``, ``counts``) are ``custom``: :meth:`merge_custom` adds the
+    other side's counters and shrinks the table back to ``max_pairs`` (which can raise ``max_error``), so it
+    runs after the generic fields.
     """
+
+    num_experts: int
+    dense: bool
+    max_pairs: int
+    max_error: int
+    _pairs: torch.Tensor
+    diagonal: torch.Tensor
+    keys: torch.Tensor
+    counts: torch.Tensor
 
     def __init__(
         self, num_experts: int, *, dense_max: int = DENSE_MAX_EXPERTS, max_pairs: int = MAX_PAIRS
     ) -> None:
-        self.num_experts = num_experts
-        self.dense = num_experts <= dense_max
-        self.max_pairs = max_pairs
+        self.add_setting("num_experts", num_experts)
+        self.add_setting("dense", num_experts <= dense_max)
+        self.add_setting("max_pairs", max_pairs)
         #: the largest amount any one pair count may be short by (0 = exact)
-        self.max_error = 0
+        self.add_state("max_error", 0)
         if self.dense:
-            self._pairs = torch.zeros(num_experts, num_experts, dtype=torch.int64)
+            self.add_state("_pairs", torch.zeros(num_experts, num_experts, dtype=torch.int64))
         else:
-            self.diagonal = torch.zeros(num_experts, dtype=torch.int64)
-            self.keys = torch.zeros(0, dtype=torch.int64)  # lo * E + hi, sorted, lo < hi
-            self.counts = torch.zeros(0, dtype=torch.int64)
+            self.add_state("diagonal", torch.zeros(num_experts, dtype=torch.int64))
+            # lo * E + hi, sorted, lo < hi
+            self.add_state("keys", torch.zeros(0, dtype=torch.int64), "custom")
+            self.add_state("counts", torch.zeros(0, dtype=torch.int64), "custom")
 
     def update(self, batch: LayerBatch) -> None:
         ids = batch.ids
@@ -130,12 +146,9 @@ class CoactivationStats:
             self.max_error += cut
         self.keys, self.counts = keys, counts
 
-    def merge(self, other: CoactivationStats) -> None:
-        if self.dense:
-            self._pairs += other._pairs
-            return
-        self.diagonal += other.diagonal
-        self.max_error += other.max_error
+    def merge_custom(self, other: Accumulator) -> None:
+        """The bounded summary's counters (after ``diagonal`` and ``max_error``): Misra-Gries merge."""
+        assert isinstance(other, CoactivationStats)
         self._absorb(other.keys, other.counts)
 
     @property

@@ -158,14 +158,19 @@ _IMBALANCE = {
 }
 
 
-class ModelStats:
+class ModelStats(Accumulator):
     """Every layer's statistics plus the model-level figures (the pooled transformers aux loss)."""
 
+    options: StatsOptions
+    layers: dict[int, LayerStats]
+    paths: dict[tuple[int, ...], PathStats]
+
     def __init__(self, options: StatsOptions | None = None) -> None:
-        self.options = options or StatsOptions()
-        self.layers: dict[int, LayerStats] = {}
+        self.add_setting("options", options or StatsOptions())
+        # layer -> its statistics, merged layer by layer (a layer on one side only is taken over)
+        self.add_state("layers", {}, "each")
         #: path window (its layers) -> frequent top-1 paths over it
-        self.paths: dict[tuple[int, ...], PathStats] = {}
+        self.add_state("paths", {}, "each")
 
     def chunk_paths(self, start: int, n: int) -> ChunkPaths:
         """A collector for one chunk's first choices; pass it to :meth:`update_paths` after every layer."""
@@ -181,18 +186,6 @@ class ModelStats:
         if layer not in self.layers:
             self.layers[layer] = LayerStats(layer, num_experts, top_k, self.options)
         return self.layers[layer]
-
-    def merge(self, other: ModelStats) -> None:
-        for layer, stats in other.layers.items():
-            if layer in self.layers:
-                self.layers[layer].merge(stats)
-            else:
-                self.layers[layer] = stats
-        for window, paths in other.paths.items():
-            if window in self.paths:
-                self.paths[window].merge(paths)
-            else:
-                self.paths[window] = paths
 
     def hf_aux_loss(self) -> float | None:
         """transformers' ``load_balancing_loss_func`` over all layers' logits pooled along tokens

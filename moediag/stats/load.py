@@ -21,12 +21,17 @@ def bincount(ids: torch.Tensor, num_experts: int, filled: bool = False) -> torch
     return torch.bincount(flat, minlength=num_experts).to(torch.int64)
 
 
-def group_counts(group: torch.Tensor, ids: torch.Tensor, groups: int, num_experts: int) -> torch.Tensor:
+def group_counts(
+    group: torch.Tensor, ids: torch.Tensor, groups: int, num_experts: int, filled: bool = False
+) -> torch.Tensor:
     """Counts per (group, expert), int64 [groups, E]: token t of ``ids`` [n, k] is in group ``group[t]``.
 
-    Empty slots (-1) are counted in a spare column that is dropped, so no boolean mask is needed.
+    Empty slots (-1) are counted in a spare column that is dropped, so no boolean mask is needed;
+    ``filled`` (the caller knows there is none) skips that column and its pass over ``ids``.
     """
-    n, k = ids.shape
+    if filled:
+        key = ((group * num_experts).unsqueeze(1) + ids).reshape(-1)
+        return torch.bincount(key, minlength=groups * num_experts).view(groups, num_experts)
     e1 = num_experts + 1
     slot = torch.where(ids < 0, num_experts, ids)
     key = (group.unsqueeze(1) * e1 + slot).reshape(-1)
@@ -69,12 +74,15 @@ class LoadStats(Accumulator):
         return out
 
 
-class StepLoadStats:
+class StepLoadStats(Accumulator):
     """Load per training step (``tokens.step``) or per recorded step of count-only data."""
 
+    num_experts: int
+    by_step: dict[int, torch.Tensor]
+
     def __init__(self, num_experts: int) -> None:
-        self.num_experts = num_experts
-        self.by_step: dict[int, torch.Tensor] = {}
+        self.add_setting("num_experts", num_experts)
+        self.add_state("by_step", {})  # step -> counts [E]; summed per step
 
     def _add(self, step: int, counts: torch.Tensor) -> None:
         if step in self.by_step:
@@ -86,17 +94,13 @@ class StepLoadStats:
         if batch.step is None or len(batch) == 0:
             return
         steps, inverse = torch.unique(batch.step, return_inverse=True)
-        counts = group_counts(inverse, batch.ids, steps.numel(), self.num_experts)
+        counts = group_counts(inverse, batch.ids, steps.numel(), self.num_experts, batch.filled)
         for i, s in enumerate(steps.tolist()):
             self._add(int(s), counts[i])
 
     def add_rows(self, counts: torch.Tensor, first_step: int = 0) -> None:
         for i in range(counts.shape[0]):
             self._add(first_step + i, counts[i].to(torch.int64))
-
-    def merge(self, other: StepLoadStats) -> None:
-        for s, c in other.by_step.items():
-            self._add(s, c)
 
     def compute(self) -> dict[str, Any] | None:
         if not self.by_step:

@@ -19,6 +19,7 @@ import torch
 from moediag.stats.accuracy import accuracy_row, wilson
 from moediag.stats.batch import LayerBatch
 from moediag.stats.sketch import KeyedSketch
+from moediag.stats.state import Accumulator
 
 DEFAULT_CAPACITY = 1024
 DEFAULT_MIN_SUPPORT = 10
@@ -73,18 +74,27 @@ def windows(present: list[int], picked: tuple[tuple[int, int], ...] = ()) -> lis
     return out
 
 
-class PathStats:
+class PathStats(Accumulator):
     """Frequent top-1 paths over one window of layers, with accuracy and loss per path."""
 
+    layers: list[int]
+    sketch: KeyedSketch
+    tokens: int
+    correct: int
+    loss_sum: float
+    loss_tokens: int
+    has_correct: bool
+    has_loss: bool
+
     def __init__(self, layers: list[int], capacity: int = DEFAULT_CAPACITY) -> None:
-        self.layers = list(layers)
-        self.sketch = KeyedSketch(len(self.layers), capacity, _VALUES)
-        self.tokens = 0
-        self.correct = 0
-        self.loss_sum = 0.0
-        self.loss_tokens = 0
-        self.has_correct = False
-        self.has_loss = False
+        self.add_setting("layers", list(layers))
+        self.add_child("sketch", KeyedSketch(len(self.layers), capacity, _VALUES))
+        self.add_state("tokens", 0)
+        self.add_state("correct", 0)
+        self.add_state("loss_sum", 0.0)
+        self.add_state("loss_tokens", 0)
+        self.add_state("has_correct", False, "or")
+        self.add_state("has_loss", False, "or")
 
     def update(self, chunk: ChunkPaths) -> None:
         paths = chunk.matrix(self.layers)
@@ -118,15 +128,6 @@ class PathStats:
                 "loss_tokens": finite,
             },
         )
-
-    def merge(self, other: PathStats) -> None:
-        self.sketch.merge(other.sketch)
-        self.tokens += other.tokens
-        self.correct += other.correct
-        self.loss_sum += other.loss_sum
-        self.loss_tokens += other.loss_tokens
-        self.has_correct |= other.has_correct
-        self.has_loss |= other.has_loss
 
     def compute(
         self,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from moediag.stats.accuracy import Z95, wilson
+from moediag.stats.state import Accumulator
 
 __all__ = ["PairedQualityStats", "mean_interval"]
 
@@ -54,12 +55,26 @@ def mean_interval(
     return m, m - half, m + half
 
 
-class PairedQualityStats:
+def _merge_rows(
+    mine: dict[int, dict[str, float]], theirs: dict[int, dict[str, float]]
+) -> dict[int, dict[str, float]]:
+    """Per domain and field, the sum (a domain on one side only starts from zeros)."""
+    out = {d: dict(row) for d, row in mine.items()}
+    for d, orow in theirs.items():
+        row = out.setdefault(d, dict.fromkeys(_FIELDS, 0.0))
+        for k in _FIELDS:
+            row[k] += orow[k]
+    return out
+
+
+class PairedQualityStats(Accumulator):
     """Loss and accuracy of models A and B on the same tokens, by domain (see the module docstring)."""
+
+    by_domain: dict[int, dict[str, float]]
 
     def __init__(self) -> None:
         #: domain id (-1: no domain) -> field -> value
-        self.by_domain: dict[int, dict[str, float]] = {}
+        self.add_state("by_domain", {}, _merge_rows)
 
     def _row(self, d: int) -> dict[str, float]:
         if d not in self.by_domain:
@@ -101,12 +116,6 @@ class PairedQualityStats:
                 row["correct_b"] += int(cb.sum())
                 row["b_only"] += int((cb & ~ca).sum())
                 row["a_only"] += int((ca & ~cb).sum())
-
-    def merge(self, other: PairedQualityStats) -> None:
-        for d, orow in other.by_domain.items():
-            row = self._row(d)
-            for k in _FIELDS:
-                row[k] += orow[k]
 
     @staticmethod
     def _figures(row: dict[str, float]) -> dict[str, Any]:

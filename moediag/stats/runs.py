@@ -5,6 +5,10 @@ tokens whose first and last runs may continue beyond it, so a :class:`RunAccumul
 runs open (their raw rows) and finalises every run known to be complete. ``merge(other)`` joins the last
 open run of ``self`` with the first open run of ``other`` when their ids match (``other`` follows ``self``
 in token order). Memory is bounded by two runs (two sequences, or two capacity groups) per accumulator.
+
+State (moediag.stats.state): the subclass's sums, declared with ``add_state`` and merged generically, and
+the two open runs, declared ``custom``: :meth:`RunAccumulator.merge_custom` joins them after the sums are
+merged (a joined run that completes is finalised into the merged sums).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import copy
 from dataclasses import dataclass
 
 import torch
+
+from moediag.stats.state import Accumulator
 
 
 @dataclass
@@ -38,23 +44,22 @@ def run_bounds(gids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return starts, ends - starts
 
 
-class RunAccumulator:
-    """Base class: subclasses implement ``_finalize(rows, lengths)`` to add complete runs to their sums,
-    ``_merge_sums(other)`` and ``_result(sums_owner)``; open runs stay raw until complete."""
+class RunAccumulator(Accumulator):
+    """Base class: subclasses declare their sums (``add_state``) and implement ``_finalize(rows,
+    lengths)`` to add complete runs to them; open runs stay raw until complete."""
 
     #: finalise the runs a chunk completes in one call (rows concatenated) rather than one call per batch
     JOIN_PARTS = True
 
+    head: Run | None
+    tail: Run | None
+
     def __init__(self) -> None:
-        self.head: Run | None = None  # first run of the span (may continue before it)
-        self.tail: Run | None = None  # last run, when the span has more than one
-        self._closed: list[Run] | None = None  # inside update_rows: runs it completed, finalised at its end
+        self.add_state("head", None, "custom")  # first run of the span (may continue before it)
+        self.add_state("tail", None, "custom")  # last run, when the span has more than one
 
     # -- to implement ----------------------------------------------------------------------------
     def _finalize(self, rows: dict[str, torch.Tensor], lengths: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def _merge_sums(self, other: RunAccumulator) -> None:
         raise NotImplementedError
 
     # -- machinery -------------------------------------------------------------------------------
@@ -77,39 +82,34 @@ class RunAccumulator:
         r = starts.numel()
         if r == 0:
             return
-        self._closed = []
-        try:
-            middle = None
-            first = Run(int(gids[0]), {k: v[: int(lengths[0])].clone() for k, v in rows.items()})
-            self._push(first)
-            if r >= 2:
-                if r >= 3:
-                    a, b = int(starts[1]), int(starts[-1])
-                    self._close_tail()
-                    middle = ({k: v[a:b] for k, v in rows.items()}, lengths[1:-1])
-                # clone: an open run must not keep the whole chunk's tensors alive
-                last = Run(
-                    int(gids[int(starts[-1])]), {k: v[int(starts[-1]) :].clone() for k, v in rows.items()}
-                )
-                if r >= 3:
-                    self.tail = last  # not contiguous with the head even if the ids repeat
-                else:
-                    self._push(last)
-            closed, self._closed = self._closed, None
-            parts = [(run.rows, torch.tensor([len(run)], dtype=torch.int64)) for run in closed or []]
-            self._finalize_parts(parts + ([middle] if middle is not None else []))
-        finally:
-            self._closed = None
+        closed: list[Run] = []  # runs this chunk completes, finalised together at the end
+        middle = None
+        first = Run(int(gids[0]), {k: v[: int(lengths[0])].clone() for k, v in rows.items()})
+        self._push(first, closed)
+        if r >= 2:
+            if r >= 3:
+                a, b = int(starts[1]), int(starts[-1])
+                self._close_tail(closed)
+                middle = ({k: v[a:b] for k, v in rows.items()}, lengths[1:-1])
+            # clone: an open run must not keep the whole chunk's tensors alive
+            last = Run(int(gids[int(starts[-1])]), {k: v[int(starts[-1]) :].clone() for k, v in rows.items()})
+            if r >= 3:
+                self.tail = last  # not contiguous with the head even if the ids repeat
+            else:
+                self._push(last, closed)
+        parts = [(run.rows, torch.tensor([len(run)], dtype=torch.int64)) for run in closed]
+        self._finalize_parts(parts + ([middle] if middle is not None else []))
 
-    def _close_tail(self) -> None:
+    def _close_tail(self, closed: list[Run] | None) -> None:
+        """Close the tail run: into ``closed`` (finalised later by the caller), or finalised now."""
         if self.tail is not None:
-            if self._closed is not None:
-                self._closed.append(self.tail)
+            if closed is not None:
+                closed.append(self.tail)
             else:
                 self._finalize_runs([self.tail])
             self.tail = None
 
-    def _push(self, run: Run) -> None:
+    def _push(self, run: Run, closed: list[Run] | None) -> None:
         """Append a run that follows everything seen so far."""
         if self.head is None:
             self.head = run
@@ -121,18 +121,18 @@ class RunAccumulator:
         elif self.tail.gid == run.gid:
             self.tail = self.tail.join(run)
         else:
-            self._close_tail()
+            self._close_tail(closed)
             self.tail = run
 
-    def merge(self, other: RunAccumulator) -> None:
-        """Fold in ``other``, whose tokens come after this accumulator's."""
-        self._merge_sums(other)
+    def merge_custom(self, other: Accumulator) -> None:
+        """Join the open runs (the sums are already merged): ``other``'s tokens come after these."""
+        assert isinstance(other, RunAccumulator)
         if other.head is None:
             return
-        self._push(other.head)
+        self._push(other.head, None)
         if other.tail is not None:
             if self.tail is not None:
-                self._close_tail()
+                self._close_tail(None)
             self.tail = other.tail
 
     def finalized(self) -> RunAccumulator:

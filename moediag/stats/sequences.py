@@ -10,6 +10,7 @@ from moediag.blocked import per_row
 from moediag.stats.batch import LayerBatch
 from moediag.stats.load import group_counts
 from moediag.stats.runs import RunAccumulator
+from moediag.stats.state import Accumulator
 
 
 class SeqAuxStats(RunAccumulator):
@@ -18,12 +19,17 @@ class SeqAuxStats(RunAccumulator):
 
     JOIN_PARTS = False  # its per-call cost is small and its rows hold [n, E] probabilities: do not copy them
 
+    num_experts: int
+    top_k: int
+    loss_sum: float
+    sequences: int
+
     def __init__(self, num_experts: int, top_k: int) -> None:
         super().__init__()
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.loss_sum = 0.0
-        self.sequences = 0
+        self.add_setting("num_experts", num_experts)
+        self.add_setting("top_k", top_k)
+        self.add_state("loss_sum", 0.0)
+        self.add_state("sequences", 0)
 
     def update(self, batch: LayerBatch) -> None:
         if batch.sequence_ids is None or batch.probs is None or len(batch) == 0:
@@ -45,11 +51,6 @@ class SeqAuxStats(RunAccumulator):
         self.loss_sum += float((e * per_run / (k * n * n)).sum())
         self.sequences += r
 
-    def _merge_sums(self, other: RunAccumulator) -> None:
-        assert isinstance(other, SeqAuxStats)
-        self.loss_sum += other.loss_sum
-        self.sequences += other.sequences
-
     def compute(self) -> dict[str, Any]:
         done = self.finalized()
         assert isinstance(done, SeqAuxStats)
@@ -59,21 +60,29 @@ class SeqAuxStats(RunAccumulator):
         }
 
 
-class ConsecutiveStats:
+class ConsecutiveStats(Accumulator):
     """Share of tokens t+1 whose first choice equals token t's, within a sequence (Mixtral sec. 5).
 
-    State: pair and match counts, plus the first and last token of the span for exact merges.
+    State: pair and match counts, plus the first and last token of the span for exact merges (``custom``:
+    the pair across the boundary of two spans is counted in :meth:`merge_custom`).
     The baseline is what independent choices with the observed first-choice shares would give
     (sum of squared shares); 1/E is the uniform baseline.
     """
 
+    num_experts: int
+    pairs: int
+    same: int
+    top1: torch.Tensor
+    first: tuple[int, int] | None
+    last: tuple[int, int] | None
+
     def __init__(self, num_experts: int) -> None:
-        self.num_experts = num_experts
-        self.pairs = 0
-        self.same = 0
-        self.first: tuple[int, int] | None = None  # (group id, top1)
-        self.last: tuple[int, int] | None = None
-        self.top1 = torch.zeros(num_experts, dtype=torch.int64)
+        self.add_setting("num_experts", num_experts)
+        self.add_state("pairs", 0)
+        self.add_state("same", 0)
+        self.add_state("top1", torch.zeros(num_experts, dtype=torch.int64))
+        self.add_state("first", None, "custom")  # (group id, top1)
+        self.add_state("last", None, "custom")
 
     def update(self, batch: LayerBatch) -> None:
         n = len(batch)
@@ -93,7 +102,9 @@ class ConsecutiveStats:
         other.top1 = torch.bincount(valid, minlength=self.num_experts).to(torch.int64)
         self.merge(other)
 
-    def merge(self, other: ConsecutiveStats) -> None:
+    def merge_custom(self, other: Accumulator) -> None:
+        """The pair across the boundary (this span's last token, ``other``'s first), then the new ends."""
+        assert isinstance(other, ConsecutiveStats)
         if other.first is None:
             return
         if (
@@ -104,9 +115,6 @@ class ConsecutiveStats:
         ):
             self.pairs += 1
             self.same += int(self.last[1] == other.first[1])
-        self.pairs += other.pairs
-        self.same += other.same
-        self.top1 += other.top1
         if self.first is None:
             self.first = other.first
         self.last = other.last

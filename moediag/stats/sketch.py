@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import torch
 
+from moediag.stats.state import Accumulator
+
 
 def unique_rows(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``torch.unique(keys, dim=0, return_inverse=True, return_counts=True)`` for int64 ``[n, W]`` rows,
@@ -61,22 +63,38 @@ def unique_rows(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return keys.index_select(0, firsts), inverse, torch.bincount(group)
 
 
-class KeyedSketch:
-    """Misra-Gries over int64 key rows with named per-key tallies (``values[name]``: [m, ...])."""
+class KeyedSketch(Accumulator):
+    """Misra-Gries over int64 key rows with named per-key tallies (``values[name]``: [m, ...]).
+
+    Declared state (moediag.stats.state): ``total`` and ``decrement`` are sums; the tracked keys, their
+    counters and tallies are ``custom``: :meth:`merge_custom` unites the two key sets and prunes back to
+    ``capacity`` keys (adding the threshold to ``decrement``), after the sums.
+    """
+
+    width: int
+    capacity: int
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    keys: torch.Tensor
+    count: torch.Tensor
+    values: dict[str, torch.Tensor]
+    decrement: int
+    total: int
 
     def __init__(
         self, width: int, capacity: int, shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]
     ) -> None:
         if capacity < 1:
             raise ValueError("sketch capacity must be positive")
-        self.width = width
-        self.capacity = capacity
-        self.shapes = shapes
-        self.keys = torch.zeros(0, width, dtype=torch.int64)
-        self.count = torch.zeros(0, dtype=torch.int64)
-        self.values = {name: torch.zeros((0, *shape), dtype=dtype) for name, (shape, dtype) in shapes.items()}
-        self.decrement = 0  # sum of the thresholds subtracted: the bound on any key's undercount
-        self.total = 0  # tokens offered to the sketch
+        self.add_setting("width", width)
+        self.add_setting("capacity", capacity)
+        self.add_setting("shapes", shapes)
+        # the sums first: merge_custom's pruning adds to decrement after they are merged
+        self.add_state("total", 0)  # tokens offered to the sketch
+        self.add_state("decrement", 0)  # sum of the thresholds subtracted: the bound on any key's undercount
+        self.add_state("keys", torch.zeros(0, width, dtype=torch.int64), "custom")
+        self.add_state("count", torch.zeros(0, dtype=torch.int64), "custom")
+        empty = {name: torch.zeros((0, *shape), dtype=dtype) for name, (shape, dtype) in shapes.items()}
+        self.add_state("values", empty, "custom")
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
@@ -126,10 +144,9 @@ class KeyedSketch:
         other.decrement = threshold
         self.merge(other)
 
-    def merge(self, other: KeyedSketch) -> None:
-        """Fold in ``other`` (same width, tallies and capacity)."""
-        self.total += other.total
-        self.decrement += other.decrement
+    def merge_custom(self, other: Accumulator) -> None:
+        """The tracked keys of both sides (same width, tallies and capacity), pruned back to capacity."""
+        assert isinstance(other, KeyedSketch)
         if len(other) == 0:
             return
         if len(self) == 0:

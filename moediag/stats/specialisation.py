@@ -26,6 +26,7 @@ import torch
 
 from moediag.stats.batch import LayerBatch
 from moediag.stats.sketch import KeyedSketch
+from moediag.stats.state import Accumulator
 
 DEFAULT_VOCAB_CAPACITY = 512
 MIN_OCCURRENCES = 10
@@ -37,22 +38,32 @@ def tv_distance(p: torch.Tensor, q: torch.Tensor) -> float:
     return 0.5 * float((p - q).abs().sum())
 
 
-class SpecialisationStats:
+def _add_padded(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+    """Sum of two per-domain tables whose first dimension (domains seen so far) may differ."""
+    rows = max(mine.shape[0], theirs.shape[0])
+    out = torch.zeros((rows, *mine.shape[1:]), dtype=mine.dtype)
+    out[: mine.shape[0]] += mine
+    out[: theirs.shape[0]] += theirs
+    return out
+
+
+class SpecialisationStats(Accumulator):
     """Domain x expert assignment counts and a bounded per-token-id expert count table."""
 
+    num_experts: int
+    top_k: int
+    domain_counts: torch.Tensor
+    domain_tokens: torch.Tensor
+    vocab: KeyedSketch
+
     def __init__(self, num_experts: int, top_k: int, vocab_capacity: int = DEFAULT_VOCAB_CAPACITY) -> None:
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.domain_counts = torch.zeros(0, num_experts, dtype=torch.int64)  # [D, E] assignments
-        self.domain_tokens = torch.zeros(0, dtype=torch.int64)
-        self.vocab = KeyedSketch(
-            1,
-            vocab_capacity,
-            {
-                "tokens": ((), torch.int64),
-                "experts": ((num_experts,), torch.int64),
-            },
-        )
+        self.add_setting("num_experts", num_experts)
+        self.add_setting("top_k", top_k)
+        # [D, E] assignments and [D] tokens per domain; D grows with the largest domain id seen
+        self.add_state("domain_counts", torch.zeros(0, num_experts, dtype=torch.int64), _add_padded)
+        self.add_state("domain_tokens", torch.zeros(0, dtype=torch.int64), _add_padded)
+        shapes = {"tokens": ((), torch.int64), "experts": ((num_experts,), torch.int64)}
+        self.add_child("vocab", KeyedSketch(1, vocab_capacity, shapes))
 
     def _grow(self, d: int) -> None:
         have = self.domain_tokens.numel()
@@ -98,13 +109,6 @@ class SpecialisationStats:
                 return {"tokens": counts[keep].to(torch.int64), "experts": experts.to(torch.int64)}
 
             self.vocab.add_grouped(uniq.unsqueeze(1), counts.to(torch.int64), tallies)
-
-    def merge(self, other: SpecialisationStats) -> None:
-        d = other.domain_tokens.numel()
-        self._grow(d)
-        self.domain_tokens[:d] += other.domain_tokens
-        self.domain_counts[:d] += other.domain_counts
-        self.vocab.merge(other.vocab)
 
     def compute(self, min_occurrences: int = MIN_OCCURRENCES, top: int = TOP_IDS) -> dict[str, Any]:
         baseline = self.top_k / self.num_experts

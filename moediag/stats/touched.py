@@ -41,16 +41,23 @@ class ExpertsTouchedStats(RunAccumulator):
 
     JOIN_PARTS = True
 
+    num_experts: int
+    sizes: tuple[int, ...]
+    batches: dict[int, int]
+    touched: dict[int, int]
+    touched_sq: dict[int, int]
+
     def __init__(self, num_experts: int, sizes: tuple[int, ...] = BATCH_SIZES) -> None:
         super().__init__()
         sizes = tuple(sorted(set(sizes)))
         if not sizes or sizes[0] < 1 or any(b % a for a, b in zip(sizes, sizes[1:], strict=False)):
             raise ValueError(f"batch sizes {sizes} must be positive, each dividing the next")
-        self.num_experts = num_experts
-        self.sizes = sizes
-        self.batches = dict.fromkeys(sizes, 0)
-        self.touched = dict.fromkeys(sizes, 0)
-        self.touched_sq = dict.fromkeys(sizes, 0)
+        self.add_setting("num_experts", num_experts)
+        self.add_setting("sizes", sizes)
+        # per B: counted batches, the sum of their touched counts and of its squares
+        self.add_state("batches", dict.fromkeys(sizes, 0))
+        self.add_state("touched", dict.fromkeys(sizes, 0))
+        self.add_state("touched_sq", dict.fromkeys(sizes, 0))
 
     def _add(self, b: int, t: torch.Tensor) -> None:
         self.batches[b] += int(t.numel())
@@ -98,13 +105,6 @@ class ExpertsTouchedStats(RunAccumulator):
             full = count_b == b
             if bool(full.any()):
                 self._add(b, hit_b[full].count_nonzero(dim=1))
-
-    def _merge_sums(self, other: RunAccumulator) -> None:
-        assert isinstance(other, ExpertsTouchedStats)
-        for b in self.sizes:
-            self.batches[b] += other.batches[b]
-            self.touched[b] += other.touched[b]
-            self.touched_sq[b] += other.touched_sq[b]
 
     def compute(self, top_k: int | None) -> dict[str, dict[str, Any]]:
         """Keyed by B (as a string): ``batches``, ``share``, ``share_sd``, ``experts``, ``uniform``."""

@@ -59,6 +59,11 @@ def traces(draw: st.DrawFn) -> dict[str, Any]:
         tensors["tokens.mask"] = torch.from_numpy(rng.random(t) > 0.25).to(torch.bool)
     if draw(st.booleans()):
         tensors["tokens.step"] = torch.from_numpy(np.sort(rng.integers(0, 4, size=t)))
+    if draw(st.booleans()):  # accuracy, loss, domain and vocabulary specialisation, paths' accuracy
+        tensors["tokens.correct"] = torch.from_numpy(rng.random(t) < 0.6).to(torch.uint8)
+        tensors["tokens.loss"] = torch.from_numpy(rng.random(t) * 3).float()
+        tensors["tokens.domain"] = torch.from_numpy(rng.integers(0, 3, size=t))
+        tensors["tokens.input_ids"] = torch.from_numpy(rng.integers(0, 12, size=t))
     sf = draw(st.sampled_from(["softmax", "sigmoid", "topk_softmax"]))
     shards = draw(st.integers(1, 3))
     # torch.sigmoid is elementwise with a vectorised body and a scalar tail that differ in the last float32
