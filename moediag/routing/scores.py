@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from moediag.blocked import per_row
+from moediag.stats.blocked import per_row
 
 
 def distribution(logits: torch.Tensor, score_function: str) -> torch.Tensor:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from moediag.blocked import row_slices
 from moediag.stats.batch import LayerBatch
+from moediag.stats.blocked import row_slices
 from moediag.stats.state import Accumulator
 
 #: int8 GEMM blocks are padded with zero columns to a multiple of this many rows: the probe checks such

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from moediag.blocked import column_sums
 from moediag.stats.batch import LayerBatch
+from moediag.stats.blocked import column_sums
 from moediag.stats.load import bincount
 from moediag.stats.state import Accumulator
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from moediag.blocked import per_row
 from moediag.stats.batch import LayerBatch
+from moediag.stats.blocked import per_row
 from moediag.stats.load import group_counts
 from moediag.stats.runs import RunAccumulator
 from moediag.stats.state import Accumulator

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moediag.blocked import BLOCK_ROWS, column_sums, per_row, row_slices
+from moediag.stats.blocked import BLOCK_ROWS, column_sums, per_row, row_slices
 
 
 @settings(max_examples=25, deadline=None)
