@@ -9,7 +9,6 @@ stand before click parses it, so ``moediag import ... --debug`` works as well as
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import traceback
@@ -20,23 +19,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException
 
+from moediag.cli.flags import GLOBAL_FLAGS, is_debug, is_quiet, state
 from moediag.errors import ExitCode, MoediagError
-
-GLOBAL_FLAGS = {"--debug": "debug", "--quiet": "quiet", "--no-color": "no_color"}
-_state = {"debug": False, "quiet": False, "no_color": False}
-
-
-def is_debug() -> bool:
-    return bool(_state["debug"])
-
-
-def is_quiet() -> bool:
-    return bool(_state["quiet"])
-
-
-def colour_enabled() -> bool:
-    """False under ``--no-color`` or ``NO_COLOR``; rich itself turns colour off when output is piped."""
-    return not (_state["no_color"] or os.environ.get("NO_COLOR"))
 
 
 def echo_err(message: str) -> None:
@@ -60,7 +44,7 @@ def split_global_options(args: Sequence[str]) -> list[str]:
             out.extend(rest[i:])
             break
         if arg in GLOBAL_FLAGS:
-            _state[GLOBAL_FLAGS[arg]] = True
+            state[GLOBAL_FLAGS[arg]] = True
         else:
             out.append(arg)
     return out
@@ -88,8 +72,8 @@ class MoediagGroup(TyperGroup):
     ) -> Any:
         from moediag.cli.help import click_exceptions, usage_error_line
 
-        for key in _state:
-            _state[key] = False
+        for key in state:
+            state[key] = False
         argv = split_global_options(sys.argv[1:] if args is None else args)
         try:
             rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)

@@ -23,7 +23,7 @@ from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar, stdou
 from moediag.cli.options import OUTPUT, ROUTING, SCALE
 from moediag.errors import UsageError
 from moediag.io import atomic
-from moediag.io.paths import FORCE_HELP, check_output
+from moediag.io.outputs import FORCE_HELP, check_output
 from moediag.render.check_formats import OutputFormat, render
 
 RULES_PANEL = "Rules (a threshold, or off)"

@@ -24,7 +24,7 @@ def stderr_console() -> Console:
 
 
 def _colour() -> dict[str, Any]:
-    from moediag.cli.app import colour_enabled
+    from moediag.cli.flags import colour_enabled
 
     return {} if colour_enabled() else {"color_system": None}
 
@@ -50,7 +50,7 @@ SCHEDULER_HELP = (
 def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr, shown only when stderr is a terminal (and not under --quiet).
     Yields an ``advance(n)``. ``total=None``: the work has no known size; a spinner counts the steps."""
-    from moediag.cli.app import is_quiet
+    from moediag.cli.flags import is_quiet
 
     console = stderr_console()
     if not console.is_terminal or total == 0 or is_quiet():

@@ -11,7 +11,7 @@ from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import print_json, progress_bar, stdout_console
 from moediag.cli.options import CHECKPOINT, OUTPUT, ChunkTokens, Force, Scheduler, Workers, json_option
 from moediag.errors import ExitCode, UsageError
-from moediag.io.paths import check_output
+from moediag.io.outputs import check_output
 from moediag.render.words import human_size
 
 VERDICT = "Verdict (two traces)"

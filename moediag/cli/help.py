@@ -48,7 +48,7 @@ def help_width() -> int:
 
 
 def help_console() -> Console:
-    from moediag.cli.app import colour_enabled
+    from moediag.cli.flags import colour_enabled
 
     return Console(
         width=help_width(),

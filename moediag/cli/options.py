@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from moediag.cli.common import PATH_WINDOW_HELP, SCHEDULER_HELP, WORKERS_HELP
-from moediag.io.paths import FORCE_HELP
+from moediag.io.outputs import FORCE_HELP
 
 # help panels, in the order a reader needs them (moediag/cli/help.py prints Arguments first, Options last)
 OUTPUT = "Output"

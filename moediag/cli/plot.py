@@ -11,7 +11,7 @@ from moediag.cli.common import progress_bar
 from moediag.cli.help import EXTRA_PANELS
 from moediag.cli.options import OUTPUT, Force, NumExperts, ScoreFunction, TopK
 from moediag.errors import UsageError
-from moediag.io.paths import check_output
+from moediag.io.outputs import check_output
 from moediag.render.plots.kinds import DESCRIPTIONS, SUFFIXES, PlotKind
 
 EXTRA_PANELS["plot"] = ("Figures (--kind)", [(k.value, DESCRIPTIONS[k]) for k in PlotKind])

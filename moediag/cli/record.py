@@ -8,8 +8,9 @@ from pathlib import Path
 
 import typer
 
-from moediag.cli.app import app, echo_err, is_quiet
+from moediag.cli.app import app, echo_err
 from moediag.cli.common import stderr_console
+from moediag.cli.flags import is_quiet
 from moediag.cli.options import OUTPUT, RUN, Force
 from moediag.render.words import human_size, plural
 
@@ -92,7 +93,7 @@ def record_command(
 
     Example: moediag record ./tiny-mixtral --text prose.txt --text code.py -o trace/ --max-tokens 20000
     """
-    from moediag.io.paths import check_output
+    from moediag.io.outputs import check_output
     from moediag.record import record
 
     check_output(output, [model_dir, *text], force=force, folder=True)

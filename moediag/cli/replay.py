@@ -186,7 +186,7 @@ def replay_cmd(
     if placement_out is not None and ep_size is None:
         raise UsageError("--placement-out needs --ep-size")
     if placement_out is not None:
-        from moediag.io.paths import check_output
+        from moediag.io.outputs import check_output
 
         inputs: list[str | os.PathLike[str]] = [checkpoint, trace]
         inputs += [placement] if os.path.exists(placement) else []

@@ -24,7 +24,7 @@ from moediag.cli.options import (
     Workers,
 )
 from moediag.errors import UsageError
-from moediag.io.paths import check_output
+from moediag.io.outputs import check_output
 from moediag.options import default
 from moediag.render.words import human_size
 

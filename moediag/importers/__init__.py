@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from moediag.errors import UsageError
 from moediag.importers.formats import ImportFormat
-from moediag.io.paths import check_output
+from moediag.io.outputs import check_output
 
 if TYPE_CHECKING:
     from moediag.importers.base import ImportOptions, ImportResult

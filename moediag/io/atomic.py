@@ -3,8 +3,8 @@
 Temp files and folders are created private (0600/0700); :func:`publish` gives them (and, for a folder, the
 files in it) the mode a plain ``open()``/``mkdir()`` would have had under the current umask before the
 rename, so reports and traces written for CI artifacts are readable as users expect. An ``OSError`` while
-writing (EACCES, EROFS, ENOSPC, ...) becomes a one-line :class:`~moediag.io.paths.OutputError` naming the
-target. Where the target may go at all is :func:`moediag.io.paths.check_output`'s business.
+writing (EACCES, EROFS, ENOSPC, ...) becomes a one-line :class:`~moediag.io.outputs.OutputError` naming the
+target. Where the target may go at all is :func:`moediag.io.outputs.check_output`'s business.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from moediag.io.paths import output_error
+from moediag.io.outputs import output_error
 
 
 def _umask() -> int:

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from moediag.io.atomic import make_parent, publish, write_atomic_with
-from moediag.io.paths import OutputError, is_trace_folder, output_error
+from moediag.io.outputs import OutputError, is_trace_folder, output_error
 from moediag.io.safetensors_file import SafetensorsFile
 from moediag.trace.schema import LAYER_RE, PER_TOKEN_LAYER_TENSORS, TOKEN_RE
 
@@ -85,7 +85,7 @@ def replace_dir(tmp: Path, target: Path) -> None:
     """Move a finished folder into place, replacing what was there only after it is complete.
 
     Only a moediag trace folder (or an empty one) is ever replaced: anything else is refused, so a wrong
-    ``-o`` can't delete data moediag did not write (moediag.io.paths.check_output says so up front)."""
+    ``-o`` can't delete data moediag did not write (moediag.io.outputs.check_output says so up front)."""
     if os.path.lexists(target):
         if target.is_symlink() or not target.is_dir() or not is_trace_folder(target):
             raise OutputError("exists and is not a moediag trace folder; refusing to replace it", target)

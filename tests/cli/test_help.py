@@ -104,7 +104,7 @@ def test_no_arguments_prints_the_help() -> None:
 
 
 def test_global_options_are_taken_from_anywhere_before_a_double_dash() -> None:
-    from moediag.cli.app import _state
+    from moediag.cli.flags import state
 
     assert split_global_options(["import", "hf", "a.pt", "--debug", "-o", "t", "--quiet"]) == [
         "import",
@@ -113,7 +113,7 @@ def test_global_options_are_taken_from_anywhere_before_a_double_dash() -> None:
         "-o",
         "t",
     ]
-    assert _state["debug"] and _state["quiet"] and not _state["no_color"]
+    assert state["debug"] and state["quiet"] and not state["no_color"]
     assert split_global_options(["inspect", "--", "--no-color"]) == ["inspect", "--", "--no-color"]
 
 

@@ -12,14 +12,8 @@ import torch
 from moediag.errors import InvalidInputError
 from moediag.io import strict_json
 from moediag.io.atomic import write_atomic
-from moediag.io.paths import (
-    OutputError,
-    check_output,
-    confined,
-    looks_like_moediag_output,
-    read_capped,
-    require_regular,
-)
+from moediag.io.outputs import OutputError, check_output, looks_like_moediag_output
+from moediag.io.paths import confined, read_capped, require_regular
 from moediag.trace import TraceWriter, build_metadata, write_trace
 
 META = build_metadata(num_experts=4, top_k=1, score_function="softmax")
