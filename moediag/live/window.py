@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from moediag.stats import LayerBatch, StatsOptions
+from moediag.stats.layer import core_figures
 from moediag.stats.load import LoadStats
 from moediag.stats.router import RouterStats
 from moediag.stats.state import Accumulator
@@ -120,12 +121,9 @@ class LiveLayer(Accumulator):
 
     def compute(self) -> dict[str, Any]:
         """The layer's figures, keyed and defined as in ``inspect --json`` (see :data:`LAYER_KEYS`)."""
-        out: dict[str, Any] = {"layer": self.layer, "num_experts": self.num_experts, "top_k": self.top_k}
-        out["tokens"] = None if self.count_only else self.load.tokens
-        out["source"] = "counts" if self.count_only else ("logits" if self.has_logits else "topk_ids")
-        out.update(self.load.compute())
-        router = self.router.compute(self.load.counts)
-        out.update({k: None for k in router} if self.count_only else router)
+        out = core_figures(
+            self.layer, self.num_experts, self.top_k, self.load, self.router, self.count_only, self.has_logits
+        )
         return {k: out.get(k) for k in LAYER_KEYS}
 
 

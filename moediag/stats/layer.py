@@ -115,13 +115,10 @@ class LayerStats(Accumulator):
         self.steps.add_rows(counts, first_step=len(self.steps.by_step))
 
     def compute(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"layer": self.layer, "num_experts": self.num_experts, "top_k": self.top_k}
-        out["tokens"] = None if self.count_only else self.load.tokens
-        out["source"] = "counts" if self.count_only else ("logits" if self.has_logits else "topk_ids")
-        out.update(self.load.compute())
-        router = self.router.compute(self.load.counts)
+        out = core_figures(
+            self.layer, self.num_experts, self.top_k, self.load, self.router, self.count_only, self.has_logits
+        )
         if self.count_only:
-            out.update({key: None for key in router})
             out.update(
                 {
                     "seq_aux_loss": None,
@@ -131,7 +128,6 @@ class LayerStats(Accumulator):
                 }
             )
         else:
-            out.update(router)
             out.update(self.seq_aux.compute())
             out.update(self.capacity.compute())
             out.update(self.consecutive.compute())
@@ -146,6 +142,26 @@ class LayerStats(Accumulator):
         out["experts_touched"] = None if self.count_only else self.touched.compute(self.top_k)
         out["excluded_nonfinite"] = self.excluded_nonfinite
         return out
+
+
+def core_figures(
+    layer: int,
+    num_experts: int,
+    top_k: int | None,
+    load: LoadStats,
+    router: RouterStats,
+    count_only: bool,
+    has_logits: bool,
+) -> dict[str, Any]:
+    """The figures every layer row starts with (inspect's and the live windows'): identity, tokens, source,
+    load and imbalance, then the router's figures (None for count-only data, which has no router)."""
+    out: dict[str, Any] = {"layer": layer, "num_experts": num_experts, "top_k": top_k}
+    out["tokens"] = None if count_only else load.tokens
+    out["source"] = "counts" if count_only else ("logits" if has_logits else "topk_ids")
+    out.update(load.compute())
+    figures = router.compute(load.counts)
+    out.update({key: None for key in figures} if count_only else figures)
+    return out
 
 
 _IMBALANCE = {
