@@ -13,16 +13,19 @@ nothing back from here: ``units`` (the plan and the merge tree), ``runners`` (th
 
 from __future__ import annotations
 
-from moediag.analysis.collect import (
-    add_count_layers,
-    analyze_trace,
-    check_domains,
-    chunk_mask,
-    gc_paused,
-    layer_batch,
-    trace_stats,
-)
-from moediag.analysis.result import JSON_FORMAT, TraceAnalysis
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moediag.analysis.collect import (
+        add_count_layers,
+        analyze_trace,
+        check_domains,
+        chunk_mask,
+        gc_paused,
+        layer_batch,
+        trace_stats,
+    )
+    from moediag.analysis.result import JSON_FORMAT, TraceAnalysis
 
 __all__ = [
     "JSON_FORMAT",
@@ -35,3 +38,16 @@ __all__ = [
     "layer_batch",
     "trace_stats",
 ]
+
+#: lazy exports: importing a light submodule (``memory`` at CLI start, ``figures`` for ``moediag explain``)
+#: runs this file, which must not pay for torch
+_LAZY = {name: "moediag.analysis.result" for name in ("JSON_FORMAT", "TraceAnalysis")}
+_LAZY.update({name: "moediag.analysis.collect" for name in __all__ if name not in _LAZY})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
