@@ -3,7 +3,7 @@ files: real headers, no disk), dequantisation speed per core, and the weights pa
 DeepSeek-V3 MoE layer (256 FP8 experts, 11.3 GB of random data). Figures go to docs/benchmarks.md.
 
     python benchmarks/checkpoint_bench.py                        # structure, fp8, mxfp4 (no big layer)
-    python benchmarks/checkpoint_bench.py --only mxfp4 --only fp8 --threads 1,2
+    python benchmarks/checkpoint_bench.py --only mxfp4 --only fp8 --threads 1,2 --decoder compiled,torch
     python benchmarks/checkpoint_bench.py --only layer           # writes 11.3 GB, removes it afterwards
 
 The structure layouts are sparse files (about 20 MB of real disk) made under WORKDIR when absent and
@@ -88,8 +88,14 @@ def child(mode: str, path: str, arg: str) -> None:
             seconds=time.perf_counter() - t0, cpu_s=time.process_time() - c0, tensors=len(a.inventory.tensors)
         )
     elif mode == "dequant":
-        kind, threads = arg.split(":")
+        kind, threads, route = arg.split(":")
         torch.set_num_threads(int(threads))
+        from moediag.checkpoint import dequant
+
+        if route == "torch":
+            dequant._compiled = None  # type: ignore[attr-defined]
+        elif dequant.decoder() != "compiled":
+            raise SystemExit("the compiled decoder is not built (pip install -e . with a C compiler)")
         f, stored = _dequant_case(kind)
         f()
         times, cpu = [], []
@@ -154,14 +160,17 @@ def structure(work: Path, rounds: int) -> None:
         )
 
 
-def dequant(kinds: list[str], threads: list[int], rounds: int) -> None:
+def dequant(kinds: list[str], threads: list[int], routes: list[str], rounds: int) -> None:
     for kind in kinds:
-        for n in threads:
-            rs = run("dequant", "-", f"{kind}:{n}", rounds=rounds)
-            print(
-                f"dequant {kind}, {n} thread{'s' if n > 1 else ''}: {_med(rs, 'gbps')} GB/s of stored bytes "
-                f"per wall second, {_med(rs, 'gbps_cpu')} per CPU second ({_load()})\n    {CASES[kind]}"
-            )
+        for route in routes:
+            # the compiled decoder runs in the calling thread: torch's thread count does not change it
+            for n in threads if route == "torch" else [1]:
+                rs = run("dequant", "-", f"{kind}:{n}:{route}", rounds=rounds)
+                print(
+                    f"dequant {kind}, {route} decoder, {n} thread{'s' if n > 1 else ''}: {_med(rs, 'gbps')} "
+                    f"GB/s of stored bytes per wall second, {_med(rs, 'gbps_cpu')} per CPU second "
+                    f"({_load()})\n    {CASES[kind]}"
+                )
 
 
 def layer(work: Path, rounds: int, keep: bool) -> None:
@@ -223,6 +232,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="torch threads for the dequantisation parts, comma-separated (default 1,2)",
     )
     p.add_argument(
+        "--decoder",
+        default="compiled,torch",
+        metavar="NAME,NAME",
+        help="dequantisation decoders to time: compiled (moediag/checkpoint/_decode.c), torch (default both)",
+    )
+    p.add_argument(
         "--random-fp8",
         action="store_true",
         help="also time FP8 on uniformly random bytes (NaN codes included)",
@@ -244,7 +259,7 @@ def main() -> None:
     if "fp8" in parts and args.random_fp8:
         kinds.insert(1, "fp8-random")
     if kinds:
-        dequant(kinds, threads, args.rounds)
+        dequant(kinds, threads, [r for r in args.decoder.split(",") if r], args.rounds)
     if "layer" in parts:
         layer(args.workdir, args.rounds, args.keep_layer)
 

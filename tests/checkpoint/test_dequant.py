@@ -1,13 +1,15 @@
 """FP8 and MXFP4 dequantisation: bit for bit against torch's own float8 cast times the scales and against
 transformers' ``convert_moe_packed_tensors``, on both decoding routes (bit moves for NaN-free chunks, the
 table for chunks with NaN codes), with chunk boundaries inside the tensors, and at the edges of the scale
-ranges (zero, subnormal results, overflow, E8M0 255)."""
+ranges (zero, subnormal results, overflow, E8M0 255). Each runs on both decoders (``route``): the
+compiled one (``_decode.c``) and the torch ops it stands in for where no C compiler was found."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moediag.checkpoint import dequant
@@ -16,7 +18,18 @@ from moediag.checkpoint.dequant import decode_fp8, dequant_fp8, dequant_mxfp4
 from .conftest import fp8_quantise, mxfp4_quantise
 
 
-def test_fp8_dequantisation_round_trip() -> None:
+@pytest.fixture(params=["compiled", "torch"])
+def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test on the compiled decoder, then on the torch route (the compiled one switched off)."""
+    if request.param == "torch":
+        monkeypatch.setattr(dequant, "_compiled", None)
+    elif dequant._compiled is None:
+        pytest.skip("moediag was built without its compiled decoder (no C compiler); torch route only")
+    assert dequant.decoder() == request.param
+    return str(request.param)
+
+
+def test_fp8_dequantisation_round_trip(route: str) -> None:
     torch.manual_seed(0)
     w = torch.randn(24, 40)
     q, s = fp8_quantise(w, (8, 16))
@@ -27,7 +40,7 @@ def test_fp8_dequantisation_round_trip() -> None:
     assert torch.equal(part, back[10:20])
 
 
-def test_mxfp4_dequantisation_by_hand() -> None:
+def test_mxfp4_dequantisation_by_hand(route: str) -> None:
     blocks = torch.zeros(1, 16, dtype=torch.uint8)
     blocks[0, 0] = 0x21  # low nibble 1 -> 0.5 (even slot), high nibble 2 -> 1.0 (odd slot)
     blocks[0, 1] = 0xF9  # low 9 -> -0.5, high 15 -> -6
@@ -63,7 +76,7 @@ def test_fp8_decode_every_code_is_torchs(dtype: torch.dtype) -> None:
     assert torch.equal(_bits(decode_fp8(codes, kind)), _bits(codes.view(dtype).float()))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rows=st.integers(1, 300),
     cols=st.integers(1, 300),
@@ -72,7 +85,9 @@ def test_fp8_decode_every_code_is_torchs(dtype: torch.dtype) -> None:
     e5m2=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_fp8_dequant_bit_for_bit(rows: int, cols: int, br: int, bc: int, e5m2: bool, seed: int) -> None:
+def test_fp8_dequant_bit_for_bit(
+    route: str, rows: int, cols: int, br: int, bc: int, e5m2: bool, seed: int
+) -> None:
     dtype = torch.float8_e5m2 if e5m2 else torch.float8_e4m3fn
     g = torch.Generator().manual_seed(seed)
     raw = torch.randint(0, 256, (rows, cols), dtype=torch.uint8, generator=g)
@@ -94,7 +109,7 @@ def test_fp8_dequant_bit_for_bit(rows: int, cols: int, br: int, bc: int, e5m2: b
     assert torch.equal(_bits(got), _bits(ref[pick]))
 
 
-def test_fp8_dequant_scalar_and_per_row_scales() -> None:
+def test_fp8_dequant_scalar_and_per_row_scales(route: str) -> None:
     raw = torch.randint(0, 256, (9, 33), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     w = raw.view(torch.float8_e4m3fn)
     assert torch.equal(_bits(dequant_fp8(w, torch.tensor(0.25), (9, 33))), _bits(w.float() * 0.25))
@@ -103,7 +118,7 @@ def test_fp8_dequant_scalar_and_per_row_scales() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mxfp4_dequant_matches_transformers(dtype: torch.dtype) -> None:
+def test_mxfp4_dequant_matches_transformers(route: str, dtype: torch.dtype) -> None:
     from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
     g = torch.Generator().manual_seed(5)
@@ -137,6 +152,7 @@ def _no_table(*_: object) -> None:
 def test_fp8_nan_free_codes_are_decoded_by_bit_moves(
     dtype: torch.dtype, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(dequant, "_compiled", None)  # the torch route's own two ways
     monkeypatch.setattr(dequant, "_fp8_table", _no_table)
     monkeypatch.setattr(dequant, "DECODE_ELEMENTS", 300)  # many chunks, boundaries inside scale blocks
     codes = _nan_free(torch.arange(256, dtype=torch.int32).to(torch.uint8), kind)
@@ -153,7 +169,7 @@ def test_fp8_nan_free_codes_are_decoded_by_bit_moves(
 
 @pytest.mark.parametrize(("dtype", "kind"), _KINDS)
 def test_fp8_nan_codes_in_some_chunks_only(
-    dtype: torch.dtype, kind: str, monkeypatch: pytest.MonkeyPatch
+    route: str, dtype: torch.dtype, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(dequant, "DECODE_ELEMENTS", 256)  # 4 rows of 64 per chunk
     g = torch.Generator().manual_seed(12)
@@ -165,7 +181,7 @@ def test_fp8_nan_codes_in_some_chunks_only(
 
 
 @pytest.mark.parametrize(("dtype", "kind"), _KINDS)
-def test_fp8_scales_at_the_edges(dtype: torch.dtype, kind: str) -> None:
+def test_fp8_scales_at_the_edges(route: str, dtype: torch.dtype, kind: str) -> None:
     """Scales the 2**8 fold must not touch (huge, inf, NaN) and ones that give subnormal products."""
     raw = _nan_free(torch.arange(256, dtype=torch.int32).to(torch.uint8), kind).repeat(6, 1)
     for edge in (2.0**110, float("inf"), float("nan"), 0.0, -0.0, 1e-40, 2.0**-140, 3.0e38):
@@ -182,7 +198,9 @@ def _every_byte_and_scale(top: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("top", [240, 255])  # 240: every scale folds into one factor; 255: some do not
-def test_mxfp4_every_code_at_every_scale_is_transformers(top: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mxfp4_every_code_at_every_scale_is_transformers(
+    route: str, top: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Zero scale and subnormal results (scales 0..2), overflow to inf (241..254), and 255 (2**128: ldexp
     keeps 0 at 0 and makes 0.5 2**127, no NaN) exactly as transformers gives them, across chunk
     boundaries."""
@@ -198,3 +216,74 @@ def test_mxfp4_every_code_at_every_scale_is_transformers(top: int, monkeypatch: 
         assert float(ours[0, 255, 2]) == 2.0**127  # byte 0x01: low nibble 0.5
     tiny = ours[0, 0].abs()  # scale byte 0: 0.5, 1, 1.5 times 2**-127 are subnormal floats
     assert bool(((tiny > 0) & (tiny < 2.0**-126)).any())
+
+
+# -- the compiled decoder: built where it can be, used, and fail-closed on sizes -------------------------
+
+
+def test_compiled_decoder_is_built_where_a_compiler_is() -> None:
+    """setup.py's extension is optional; where a C compiler and Python's headers exist, a build that
+    silently fell back to the (slower) torch route is a defect."""
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if not (shutil.which(cc) and headers.exists()):
+        pytest.skip(f"no C compiler ({cc}) or no {headers}: the torch route is expected")
+    assert dequant.decoder() == "compiled"
+
+
+class _Counting:
+    """Stands in for the compiled module, counting the calls it passes on."""
+
+    def __init__(self, real: object) -> None:
+        self.real, self.calls = real, 0
+
+    def __getattr__(self, name: str) -> object:
+        fn = getattr(self.real, name)
+
+        def call(*a: object) -> object:
+            self.calls += 1
+            return fn(*a)
+
+        return call
+
+
+def test_readers_layouts_take_the_compiled_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shapes the row readers pass (row ranges into a slice of the pass's buffer, sampled rows with
+    the whole scale tensor) reach the compiled decoder rather than falling back."""
+    if dequant._compiled is None:
+        pytest.skip("moediag was built without its compiled decoder")
+    spy = _Counting(dequant._compiled)
+    monkeypatch.setattr(dequant, "_compiled", spy)
+    g = torch.Generator().manual_seed(2)
+    buf = torch.empty(4, 480)  # rows of the pass buffer: each read lands in a contiguous slice
+    dequant_mxfp4(
+        torch.randint(0, 256, (3, 2, 16), dtype=torch.uint8, generator=g),
+        torch.full((3, 2), 127, dtype=torch.uint8),
+        out=buf[1, :192].view(3, 64),
+    )
+    raw = torch.randint(0, 120, (40, 48), dtype=torch.uint8, generator=g)
+    s = torch.rand(5, 3, generator=g)
+    dequant_fp8(raw[10:20], s[1:3], (8, 16), row0=10, out=buf[2, :480].view(10, 48))
+    pick = torch.tensor([33, 2, 17])
+    dequant_fp8(raw[pick], s, (8, 16), rows=pick)
+    assert spy.calls == 3
+
+
+def test_compiled_decoder_refuses_sizes_that_do_not_match() -> None:
+    """The C side checks every size and index itself before writing a byte."""
+    c = dequant._compiled
+    if c is None:
+        pytest.skip("moediag was built without its compiled decoder")
+    u8, f32 = np.zeros(32, np.uint8), np.zeros(64, np.float32)
+    with pytest.raises(ValueError, match="mxfp4"):
+        c.mxfp4(u8, np.zeros(3, np.uint8), f32)  # 3 scales for 2 groups
+    lut, out = np.zeros(256, np.float32), np.full(8, 7.0, np.float32)
+    with pytest.raises(ValueError, match="fp8"):  # scale row 2 of a 2-row scale tensor
+        c.fp8(np.zeros(8, np.uint8), lut, np.ones(2, np.float32), np.array([0, 2], np.int64), 1, 4, out)
+    with pytest.raises(ValueError, match="fp8"):  # 8 columns need 2 scale columns of 4
+        c.fp8(np.zeros(8, np.uint8), lut, np.ones(1, np.float32), np.array([0], np.int64), 1, 4, out)
+    assert (out == 7.0).all()
