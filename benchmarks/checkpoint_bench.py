@@ -74,6 +74,16 @@ def _dequant_case(kind: str):  # type: ignore[no-untyped-def]
     return f, b.numel() + sc.numel()
 
 
+def _use_decoder(route: str) -> None:
+    """Decode with ``route`` in this process: the compiled decoder, or the torch ops (compiled one off)."""
+    from moediag.checkpoint import dequant
+
+    if route == "torch":
+        dequant._compiled = None
+    elif dequant.decoder() != "compiled":
+        raise SystemExit("the compiled decoder is not built (pip install -e . with a C compiler)")
+
+
 def child(mode: str, path: str, arg: str) -> None:
     """One measurement in this (fresh) process; prints one JSON line."""
     import torch
@@ -90,12 +100,7 @@ def child(mode: str, path: str, arg: str) -> None:
     elif mode == "dequant":
         kind, threads, route = arg.split(":")
         torch.set_num_threads(int(threads))
-        from moediag.checkpoint import dequant
-
-        if route == "torch":
-            dequant._compiled = None  # type: ignore[attr-defined]
-        elif dequant.decoder() != "compiled":
-            raise SystemExit("the compiled decoder is not built (pip install -e . with a C compiler)")
+        _use_decoder(route)
         f, stored = _dequant_case(kind)
         f()
         times, cpu = [], []
@@ -110,7 +115,9 @@ def child(mode: str, path: str, arg: str) -> None:
             gbps_cpu=stored / statistics.median(cpu) / 1e9,  # per second of CPU: what a free core does
         )
     else:  # weights
-        a = analyze_checkpoint(path, weights=False, sample=float(arg))
+        sample, route = arg.split(":")
+        _use_decoder(route)
+        a = analyze_checkpoint(path, weights=False, sample=float(sample))
         est = a.weights_estimate()
         t0, c0 = time.perf_counter(), time.process_time()
         check_weights(a)
@@ -173,7 +180,7 @@ def dequant(kinds: list[str], threads: list[int], routes: list[str], rounds: int
                 )
 
 
-def layer(work: Path, rounds: int, keep: bool) -> None:
+def layer(work: Path, rounds: int, keep: bool, routes: list[str]) -> None:
     folder = work / "ds3-layer256"
     made = not (folder / "config.json").exists()
     if made:
@@ -188,18 +195,24 @@ def layer(work: Path, rounds: int, keep: bool) -> None:
     try:
         if made:
             print(f"layer: {deepseek_v3_moe_layer(folder)}", flush=True)
-        rs = run("weights", folder, str(1 / 32), rounds=rounds)
-        print(
-            f"weights pass, one DeepSeek-V3 MoE layer (256 FP8 experts, {LAYER_GB} GB), sample 1/32: "
-            f"wall {_med(rs, 'seconds')} s, CPU {_med(rs, 'cpu_s')} s "
-            f"(estimate {rs[0]['estimate_s']:.1f} s), "
-            f"read {rs[0]['bytes'] / 1e9:.2f} GB, peak RSS {max(r['peak_rss_mb'] for r in rs):.0f} MB; "
-            f"x58 layers = {statistics.median(float(r['seconds']) for r in rs) * 58 / 60:.1f} min ({_load()})"
-        )
+        for route in routes:
+            _layer_line(run("weights", folder, f"{1 / 32}:{route}", rounds=rounds), route)
     finally:
         if made and not keep:
             shutil.rmtree(folder, ignore_errors=True)
             print(f"layer: deleted {folder}")
+
+
+def _layer_line(rs: list[dict], route: str) -> None:
+    print(
+        f"weights pass, one DeepSeek-V3 MoE layer (256 FP8 experts, {LAYER_GB} GB), sample 1/32, {route} "
+        "decoder: "
+        f"wall {_med(rs, 'seconds')} s, CPU {_med(rs, 'cpu_s')} s "
+        f"(estimate {rs[0]['estimate_s']:.1f} s), "
+        f"read {rs[0]['bytes'] / 1e9:.2f} GB, peak RSS {max(r['peak_rss_mb'] for r in rs):.0f} MB; "
+        f"x58 layers = {statistics.median(float(r['seconds']) for r in rs) * 58 / 60:.1f} min ({_load()})",
+        flush=True,
+    )
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -235,7 +248,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--decoder",
         default="compiled,torch",
         metavar="NAME,NAME",
-        help="dequantisation decoders to time: compiled (moediag/checkpoint/_decode.c), torch (default both)",
+        help="decoders to time (dequantisation and the layer): compiled (moediag/checkpoint/_decode.c), "
+        "torch (default both)",
     )
     p.add_argument(
         "--random-fp8",
@@ -258,10 +272,11 @@ def main() -> None:
     kinds = [k for k in ("fp8", "mxfp4") if k in parts]
     if "fp8" in parts and args.random_fp8:
         kinds.insert(1, "fp8-random")
+    routes = [r for r in args.decoder.split(",") if r]
     if kinds:
-        dequant(kinds, threads, [r for r in args.decoder.split(",") if r], args.rounds)
+        dequant(kinds, threads, routes, args.rounds)
     if "layer" in parts:
-        layer(args.workdir, args.rounds, args.keep_layer)
+        layer(args.workdir, args.rounds, args.keep_layer, routes)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,15 @@ def _estimate_line(analysis: object, nbytes: int, seconds: float) -> str:
     faster = (
         "--sample 1 reads every row exactly" if analysis.sample < 1 else "--sample 0.03 screens a 3% sample"
     )
+    from moediag.checkpoint.dequant import decoder
+
+    quantised = any(m.quant for lr in analysis.layers for m in lr.block.matrices)
+    slow = (
+        "; moediag was built without its compiled FP8/MXFP4 decoder, which is twice as fast (docs/install.md)"
+        if quantised and decoder() == "torch"
+        else ""
+    )
     return (
         f"reading {nbytes / 1e9:.1f} GB of expert weights in {layers} MoE layer{'s' * (layers != 1)} "
-        f"({what}): about {eta}; {faster}, --layer N reads one layer, --no-weights reads headers only"
+        f"({what}): about {eta}; {faster}, --layer N reads one layer, --no-weights reads headers only{slow}"
     )

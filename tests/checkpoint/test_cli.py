@@ -191,7 +191,7 @@ def test_sample_must_be_a_fraction(ckpt: Factory, tmp_path: Path) -> None:
         assert main(["inspect", str(ckpt("mixtral").path), "--sample", bad]) == 2
 
 
-def test_estimate_for_the_full_deepseek_v3(tmp_path: Path) -> None:
+def test_estimate_for_the_full_deepseek_v3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from moediag.checkpoint import analyze_checkpoint
     from moediag.cli.inspect_checkpoint import _estimate_line
 
@@ -205,6 +205,12 @@ def test_estimate_for_the_full_deepseek_v3(tmp_path: Path) -> None:
     assert 0.025 < nbytes / full < 0.04 and seconds < full_s / 10  # the 1/32 screen
     line = _estimate_line(a, nbytes, seconds)
     assert line.startswith(f"reading {nbytes / 1e9:.1f} GB of expert weights in 2 MoE layers (a 3.1% sample")
+    # FP8 experts decoded without the compiled decoder: the line says how to get it
+    from moediag.checkpoint import dequant
+
+    assert ("compiled FP8/MXFP4 decoder" in line) == (dequant.decoder() == "torch")
+    monkeypatch.setattr(dequant, "_compiled", None)
+    assert "built without its compiled FP8/MXFP4 decoder" in _estimate_line(a, nbytes, seconds)
 
 
 def test_cli_default_sample_is_the_librarys() -> None:
