@@ -35,12 +35,16 @@ class Import:
 
 
 def modules(root: Path = PACKAGE_ROOT) -> dict[str, Path]:
-    """Dotted module name -> source file, for every ``.py`` under ``root`` (a package folder)."""
+    """Dotted module name -> source file, for every ``.py`` under ``root`` (a package folder), and for a
+    compiled module its ``.pyi`` stub (what it offers; it imports nothing of the package)."""
     base = root.parent
     while (base / "__init__.py").exists():  # names start at the top package, whatever folder is given
         base = base.parent
     out = {}
-    for path in sorted(root.rglob("*.py")):
+    sources = sorted(root.rglob("*.py")) + [
+        p for p in sorted(root.rglob("*.pyi")) if not p.with_suffix(".py").exists()
+    ]
+    for path in sources:
         parts = list(path.relative_to(base).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
