@@ -1,11 +1,15 @@
 """Dequantisation of stored expert weights to float32, bit for bit as torch and transformers decode them.
 
 FP8 (``F8_E4M3``/``F8_E5M2``) with block ``weight_scale_inv`` scales (DeepSeek-V3) and MXFP4 ``_blocks``
-with their E8M0 ``_scales`` (GPT-OSS; shared/design/checkpoints.md). No per-element Python, no float64,
-no table lookups in the hot path.
+with their E8M0 ``_scales`` (GPT-OSS; shared/design/checkpoints.md). No per-element Python, no float64.
 
-How (one chunk of about :data:`DECODE_ELEMENTS` outputs at a time, so the float32 written is still in
-cache when its scale is applied):
+Two decoders give the same bits. Where the package was built with a C compiler (setup.py), the compiled
+one, ``_decode.c``, about twice as fast on one core (docs/benchmarks.md): one lookup in a table (torch's
+own conversion of every FP8 byte; FP4's 16 exact values) and one float32 multiply by the scale per
+output, the reference's own arithmetic. :func:`decoder` says which is in use; the tests run both.
+
+The torch route, for builds without it (one chunk of about :data:`DECODE_ELEMENTS` outputs at a time,
+so the float32 written is still in cache when its scale is applied):
 
 1. Integer bit moves turn each code into the IEEE half-precision pattern of its value times a fixed
    power of two: FP8 E5M2 *is* the top byte of a half; E4M3 and FP4 (E2M1) move their sign to bit 15
@@ -22,12 +26,6 @@ cache when its scale is applied):
 NaN codes (FP8 only; never in real weights, one byte in 128 of random data) do not survive step 2 with
 their payload: chunks holding any are decoded through a table of torch's own conversion instead (65,536
 float32 pairs, one lookup per two codes), and scaled as the reference does.
-
-That is the torch route. Where the package was built with a C compiler (setup.py), the compiled
-decoder ``_decode.c`` is used instead, about twice as fast on one core (docs/benchmarks.md): one lookup
-in a table (torch's own conversion of every FP8 byte; FP4's 16 exact values) and one float32 multiply by
-the scale per output, which is the reference's own arithmetic, so both routes give the same bits.
-:func:`decoder` says which is in use; the tests run both.
 """
 
 from __future__ import annotations
