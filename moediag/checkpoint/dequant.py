@@ -108,9 +108,19 @@ def decoder() -> str:
     return "torch" if _compiled is None else "compiled"
 
 
+def _output(out: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+    """``out``, checked to be what the decoders write into (contiguous float32 of ``shape``), or a new one."""
+    if out is None:
+        return torch.empty(shape, dtype=torch.float32)
+    if out.dtype != torch.float32 or tuple(out.shape) != tuple(shape) or not out.is_contiguous():
+        raise ValueError(f"out must be contiguous float32 {list(shape)}, got {out.dtype} {list(out.shape)}")
+    return out
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of contiguous ``t`` (its memory, no copy), for the compiled decoder's buffers."""
-    return t.detach().reshape(-1).numpy()
+    """``t`` flat and C-contiguous as numpy, for the compiled decoder's buffers: a view of its memory
+    where ``t`` is contiguous (the only kind of output passed), else a contiguous copy (an input)."""
+    return t.detach().contiguous().view(-1).numpy()
 
 
 _held = threading.local()
@@ -185,8 +195,8 @@ def decode_fp8(
     """
     raw, own = _as_codes(codes)
     kind = own or kind
-    if out is None:
-        out = torch.empty(raw.shape, dtype=torch.float32)
+    raw = raw.contiguous()
+    out = _output(out, tuple(raw.shape))
     if scratch is None or scratch.numel() < raw.numel() or scratch.numel() % 2:
         scratch = _scratch(raw.numel())
     unit = _decode(raw, kind, out, scratch, True)
@@ -213,10 +223,9 @@ def dequant_fp8(
     Equal, bit for bit, to ``w.float() * scale`` with the scale expanded to every element.
     """
     raw, own = _as_codes(w)
-    kind = own or kind
+    raw, kind = raw.contiguous(), own or kind
     r, c = raw.shape
-    if out is None:
-        out = torch.empty(r, c, dtype=torch.float32)
+    out = _output(out, (r, c))
     s = scale_inv.float()
     if s.dim() == 0 or s.numel() == 1:
         s = s.reshape(1, 1)
@@ -232,7 +241,7 @@ def dequant_fp8(
         block_row = torch.arange(row0, row0 + r) // br - row0 // br
     else:
         block_row = rows.to(torch.int64) // br
-    if _compiled is not None and out.is_contiguous() and out.dtype == torch.float32 and out.numel():
+    if _compiled is not None and out.numel():
         cols = bc if s.shape[1] > 1 else c  # columns per scale column
         sc = s.contiguous()
         low, high = int(block_row.min()), int(block_row.max())
@@ -273,14 +282,12 @@ def dequant_mxfp4(
     """
     *lead, g, nb = blocks.shape
     n_out = g * nb * 2
-    if out is None:
-        out = torch.empty(*lead, n_out, dtype=torch.float32)
+    out = _output(out, (*lead, n_out))
+    blocks, scales = blocks.contiguous(), scales.contiguous()
     if (
         _compiled is not None
         and nb == 16
         and blocks.dtype == scales.dtype == torch.uint8
-        and out.dtype == torch.float32
-        and out.is_contiguous()
         and scales.numel() * 16 == blocks.numel()
         and out.numel() == 2 * blocks.numel()
     ):

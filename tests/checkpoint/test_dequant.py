@@ -287,3 +287,25 @@ def test_compiled_decoder_refuses_sizes_that_do_not_match() -> None:
     with pytest.raises(ValueError, match="fp8"):  # 8 columns need 2 scale columns of 4
         c.fp8(np.zeros(8, np.uint8), lut, np.ones(1, np.float32), np.array([0], np.int64), 1, 4, out)
     assert (out == 7.0).all()
+
+
+def test_strided_inputs_decode_and_a_wrong_out_is_refused(route: str) -> None:
+    """Codes, blocks and scales that are views with strides decode as their contiguous copies would; an
+    ``out`` that the decoders cannot fill element by element in order is refused, not half-written."""
+    g = torch.Generator().manual_seed(4)
+    wide = torch.randint(0, 256, (1, 64), dtype=torch.uint8, generator=g)
+    w = wide[:, ::2]  # one row, stride 2: flattening it is still a strided view
+    s = torch.rand(1, 2, generator=g)
+    ref = w.contiguous().view(torch.float8_e4m3fn).float() * _expanded(s, (1, 16), (1, 32))
+    assert torch.equal(_bits(dequant_fp8(w, s, (1, 16))), _bits(ref))
+    blocks = torch.randint(0, 256, (2, 6, 16), dtype=torch.uint8, generator=g)[:, ::2]
+    scales = torch.randint(120, 130, (2, 3), dtype=torch.uint8, generator=g)
+    assert torch.equal(
+        _bits(dequant_mxfp4(blocks, scales)), _bits(dequant_mxfp4(blocks.contiguous(), scales))
+    )
+    raw = torch.randint(0, 120, (4, 6), dtype=torch.uint8, generator=g)
+    for bad in (torch.empty(6, 4).t(), torch.empty(4, 7), torch.empty(4, 6, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="out must be contiguous float32"):
+            dequant_fp8(raw, torch.ones(1, 1), (4, 6), out=bad)
+    with pytest.raises(ValueError, match="out must be contiguous float32"):
+        dequant_mxfp4(blocks, scales, out=torch.empty(2, 3 * 32).t().contiguous().t())
