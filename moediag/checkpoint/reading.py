@@ -44,7 +44,8 @@ def fp8_block(inv: Inventory, weight_shape: tuple[int, int], scale_shape: tuple[
         if math.ceil(out / 128) == sr and math.ceil(inp / 128) == sc:
             return 128, 128
         return max(1, math.ceil(out / max(sr, 1))), max(1, math.ceil(inp / max(sc, 1)))
-    return out, inp
+    # a scalar, or one scale per row (per channel) or per group of rows: whole rows per block
+    return max(1, math.ceil(out / max(1, math.prod(scale_shape)))), inp
 
 
 def row_reader(inv: Inventory, block: MoEBlock, m: ExpertMatrix) -> RowReader | str:
@@ -94,11 +95,11 @@ def row_reader(inv: Inventory, block: MoEBlock, m: ExpertMatrix) -> RowReader | 
                 return
             sref = t[sname]
             blk = fp8_block(inv, (rows, cols), sref.shape)
+            a, b = r0 // blk[0], (r1 - 1) // blk[0] + 1  # the scale rows that cover rows r0 .. r1
             if len(sref.shape) < 2:
-                dequant_fp8(w, files.raw(sref, 0, sref.numel).float(), blk, r0, kind=fp8_kind, out=out)
+                dequant_fp8(w, files.raw(sref, a, b).float(), blk, r0, kind=fp8_kind, out=out)
                 return
             sc = sref.shape[-1]
-            a, b = r0 // blk[0], (r1 - 1) // blk[0] + 1
             s = files.raw(sref, a * sc, b * sc).view(b - a, sc)
             dequant_fp8(w, s, blk, r0, kind=fp8_kind, out=out)
 

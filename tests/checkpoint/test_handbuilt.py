@@ -338,3 +338,31 @@ def test_openai_original_gpt_oss_names_read_like_transformers(tmp_path: Path) ->
         )
         assert a["expert_intermediate_size"] == b["expert_intermediate_size"] == i
     assert got["layers"][1]["redundant_pairs"][0][:2] == [1, 2]
+
+
+@pytest.mark.parametrize("sample", [1.0, 0.5])
+def test_fp8_per_row_scales(ckpt: Factory, tmp_path: Path, sample: float) -> None:
+    """FP8 experts with one scale per output row (a 1-D ``weight_scale``, channel-wise quantisation):
+    each row read (also a sampled row range that starts mid-tensor) uses its own scale, so the expert
+    norms are those of ``q.float() * scale[:, None]``."""
+    built = ckpt("deepseek_v3")
+    sd = load_file(str(built.path / "model.safetensors"))
+    cfg = _config(built.path)
+    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
+    rx = re.compile(r"\.layers\.2\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+    squares: dict[int, float] = {}
+    for name in [n for n in sd if rx.search(n)]:
+        w = sd[name]
+        s = w.abs().amax(dim=1).clamp_min(1e-12) / 448.0 * torch.linspace(0.5, 2.0, w.shape[0])
+        q = (w / s[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+        sd[name], sd[name[: -len("weight")] + "weight_scale"] = q, s
+        e = int(rx.search(name).group(1))  # type: ignore[union-attr]
+        squares[e] = squares.get(e, 0.0) + float((q.float().double() * s[:, None].double()).pow(2).sum())
+    path = write_checkpoint(tmp_path / "fp8rows", sd, cfg)
+    layer2 = next(x for x in analyze_checkpoint(path, sample=sample).to_dict()["layers"] if x["layer"] == 2)
+    assert layer2["weights_note"] is None
+    ref = [squares[e] ** 0.5 for e in sorted(squares)]
+    if sample == 1.0:
+        assert layer2["expert_norms"] == pytest.approx(ref, rel=1e-5)
+    else:  # norms estimated from the sampled rows: near, not equal (every row's own scale still applies)
+        assert layer2["expert_norms"] == pytest.approx(ref, rel=0.3)
