@@ -62,15 +62,19 @@ static void release(Py_buffer *views, int n) {
     for (int i = 0; i < n; i++) PyBuffer_Release(&views[i]);
 }
 
+/* whether a buffer's address suits elements of `size` bytes (the loops read and write them directly) */
+static int aligned(const Py_buffer *v, size_t size) { return ((uintptr_t)v->buf) % size == 0; }
+
 /* mxfp4(blocks, scales, out): blocks uint8 [G * 16], scales uint8 [G], out float32 [G * 32] */
 static PyObject *mxfp4(PyObject *self, PyObject *args) {
     Py_buffer v[3];
     (void)self;
     if (!PyArg_ParseTuple(args, "y*y*w*", &v[0], &v[1], &v[2])) return NULL;
     const Py_ssize_t groups = v[1].len;
-    if (v[0].len != 16 * groups || v[2].len != 32 * groups * (Py_ssize_t)sizeof(float)) {
+    if (v[0].len != 16 * groups || v[2].len != 32 * groups * (Py_ssize_t)sizeof(float) ||
+        !aligned(&v[2], sizeof(float))) {
         release(v, 3);
-        PyErr_SetString(PyExc_ValueError, "mxfp4: blocks, scales and out sizes do not match");
+        PyErr_SetString(PyExc_ValueError, "mxfp4: blocks, scales and out sizes do not match (or out is misaligned)");
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
@@ -96,17 +100,28 @@ static PyObject *fp8(PyObject *self, PyObject *args) {
     int ok = v[1].len == 256 * (Py_ssize_t)sizeof(float) && v[3].len % (Py_ssize_t)sizeof(int64_t) == 0 &&
              cols * rows == n && v[4].len == n * (Py_ssize_t)sizeof(float) && block_cols > 0 &&
              scale_cols > 0 && v[2].len == scale_rows * scale_cols * (Py_ssize_t)sizeof(float) &&
-             (cols == 0 || (cols - 1) / block_cols < scale_cols);
-    const int64_t *sr = v[3].buf;
+             (cols == 0 || (cols - 1) / block_cols < scale_cols) && aligned(&v[1], sizeof(float)) &&
+             aligned(&v[2], sizeof(float)) && aligned(&v[4], sizeof(float));
+    /* the scale rows are copied and checked here, with the GIL held: the caller's buffer could change
+     * while the decode runs without it */
+    int64_t *sr = ok ? PyMem_Malloc((size_t)(rows ? rows : 1) * sizeof(int64_t)) : NULL;
+    if (ok && sr == NULL) {
+        release(v, 5);
+        return PyErr_NoMemory();
+    }
+    if (ok) memcpy(sr, v[3].buf, (size_t)rows * sizeof(int64_t));
     for (Py_ssize_t r = 0; ok && r < rows; r++) ok = sr[r] >= 0 && sr[r] < scale_rows;
     if (!ok) {
+        PyMem_Free(sr);
         release(v, 5);
-        PyErr_SetString(PyExc_ValueError, "fp8: codes, table, scales, scale rows and out do not match");
+        PyErr_SetString(PyExc_ValueError,
+                        "fp8: codes, table, scales, scale rows and out do not match (or are misaligned)");
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
     fp8_rows(v[0].buf, v[1].buf, v[2].buf, sr, scale_cols, block_cols, v[4].buf, rows, cols);
     Py_END_ALLOW_THREADS
+    PyMem_Free(sr);
     release(v, 5);
     Py_RETURN_NONE;
 }

@@ -26,6 +26,10 @@ so the float32 written is still in cache when its scale is applied):
 NaN codes (FP8 only; never in real weights, one byte in 128 of random data) do not survive step 2 with
 their payload: chunks holding any are decoded through a table of torch's own conversion instead (65,536
 float32 pairs, one lookup per two codes), and scaled as the reference does.
+
+One case has no single reference: a NaN code times a NaN scale. Which operand's NaN payload the product
+keeps depends on the instruction (torch's own ``w.float() * scale`` differs between its vector body and
+its scalar tail), so only that the result is NaN is specified there.
 """
 
 from __future__ import annotations
@@ -115,6 +119,12 @@ def _output(out: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
     if out.dtype != torch.float32 or tuple(out.shape) != tuple(shape) or not out.is_contiguous():
         raise ValueError(f"out must be contiguous float32 {list(shape)}, got {out.dtype} {list(out.shape)}")
     return out
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    """Whether ``t``'s memory is aligned for its elements (the compiled decoder needs it; a tensor made
+    over a byte buffer at an odd offset may not be)."""
+    return t.data_ptr() % t.element_size() == 0
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -226,6 +236,14 @@ def dequant_fp8(
     raw, kind = raw.contiguous(), own or kind
     r, c = raw.shape
     out = _output(out, (r, c))
+    if scale_inv.dim() > 2 and scale_inv.numel() != 1:
+        raise ValueError(
+            f"an FP8 scale is a scalar, per row (1-D) or per block (2-D), not {list(scale_inv.shape)}"
+        )
+    if min(block) < 1:
+        raise ValueError(f"FP8 block {block}: sizes must be positive")
+    if rows is not None and (rows.dim() != 1 or rows.numel() != r):
+        raise ValueError(f"rows: one index per row of w ({r}), got {list(rows.shape)}")
     s = scale_inv.float()
     if s.dim() == 0 or s.numel() == 1:
         s = s.reshape(1, 1)
@@ -241,11 +259,11 @@ def dequant_fp8(
         block_row = torch.arange(row0, row0 + r) // br - row0 // br
     else:
         block_row = rows.to(torch.int64) // br
-    if _compiled is not None and out.numel():
+    if _compiled is not None and out.numel() and _aligned(out):
         cols = bc if s.shape[1] > 1 else c  # columns per scale column
         sc = s.contiguous()
         low, high = int(block_row.min()), int(block_row.max())
-        if low >= 0 and high < sc.shape[0] and (c - 1) // cols < sc.shape[1]:
+        if low >= 0 and high < sc.shape[0] and (c - 1) // cols < sc.shape[1] and _aligned(sc):
             _compiled.fp8(_np(raw), _np(_lut(kind)), _np(sc), _np(block_row), sc.shape[1], cols, _np(out))
             return out
     full = c // bc if s.shape[1] > 1 else 0
@@ -289,6 +307,7 @@ def dequant_mxfp4(
         and nb == 16
         and blocks.dtype == scales.dtype == torch.uint8
         and scales.numel() * 16 == blocks.numel()
+        and _aligned(out)
         and out.numel() == 2 * blocks.numel()
     ):
         _compiled.mxfp4(_np(blocks), _np(scales), _np(out))

@@ -6,6 +6,8 @@ compiled one (``_decode.c``) and the torch ops it stands in for where no C compi
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -309,3 +311,42 @@ def test_strided_inputs_decode_and_a_wrong_out_is_refused(route: str) -> None:
             dequant_fp8(raw, torch.ones(1, 1), (4, 6), out=bad)
     with pytest.raises(ValueError, match="out must be contiguous float32"):
         dequant_mxfp4(blocks, scales, out=torch.empty(2, 3 * 32).t().contiguous().t())
+
+
+def test_shapes_the_decoders_do_not_take_are_refused(route: str) -> None:
+    """A scale with three dimensions, a block size of 0, or ``rows`` that are not one index per row of
+    ``w`` are refused on both decoders alike (the compiled one would otherwise decode another matrix)."""
+    g = torch.Generator().manual_seed(6)
+    w = torch.randint(0, 120, (2, 32), dtype=torch.uint8, generator=g)
+    s = torch.rand(3, 2, generator=g)
+    cases = [
+        ({"scale_inv": s.unsqueeze(0)}, "scalar, per row"),
+        ({"block": (0, 16)}, "sizes must be positive"),
+        ({"rows": torch.tensor([0, 5, 9, 17])}, "one index per row"),
+        ({"rows": torch.tensor([[0], [5]])}, "one index per row"),
+    ]
+    for change, message in cases:
+        args: dict[str, Any] = {"scale_inv": s, "block": (8, 16), "rows": torch.tensor([0, 17])} | change
+        with pytest.raises(ValueError, match=message):
+            dequant_fp8(w, args["scale_inv"], args["block"], rows=args["rows"])
+
+
+def test_misaligned_out_decodes_right(route: str) -> None:
+    """An ``out`` over a byte buffer at an odd offset (not aligned for float32) is decoded into correctly:
+    the compiled decoder leaves it to the torch route rather than store floats at a misaligned address."""
+    g = torch.Generator().manual_seed(7)
+    raw = torch.randint(0, 120, (3, 8), dtype=torch.uint8, generator=g)
+    s = torch.rand(1, 1, generator=g)
+    out = torch.frombuffer(bytearray(4 * 24 + 1), dtype=torch.float32, offset=1, count=24).view(3, 8)
+    assert out.data_ptr() % 4 != 0
+    dequant_fp8(raw, s, (3, 8), out=out)
+    assert torch.equal(_bits(out), _bits(raw.view(torch.float8_e4m3fn).float() * s))
+    blocks = torch.randint(0, 256, (1, 16), dtype=torch.uint8, generator=g)
+    scales = torch.tensor([127], dtype=torch.uint8)
+    mx = torch.frombuffer(bytearray(4 * 32 + 2), dtype=torch.float32, offset=2, count=32)
+    dequant_mxfp4(blocks, scales, out=mx)
+    assert torch.equal(_bits(mx), _bits(dequant_mxfp4(blocks, scales)))
+    if route == "compiled":  # and the C side refuses one by itself
+        arr = np.frombuffer(bytearray(4 * 32 + 1), np.uint8)[1:].view(np.float32)
+        with pytest.raises(ValueError, match="misaligned"):
+            dequant._compiled.mxfp4(blocks.numpy().reshape(-1), scales.numpy(), arr)
