@@ -77,13 +77,9 @@ def import_routing(
     srcs = src if isinstance(src, list) else [src]
     sources = [p for s in srcs for p in expand_source(s)]
     target = Path(os.fspath(out))
-    # never onto a source (nor a file in a source folder, which the importer reads), never a folder holding
+    # never onto a source nor anything in a source folder (the importer reads it), never a folder holding
     # one, never over a folder moediag did not write
     inputs: list[str | os.PathLike[str]] = [*sources, *(os.fspath(s) for s in srcs)]
-    for p in sources:
-        if p.is_dir():
-            inputs += [c for c in p.iterdir() if c.is_file()]
-            inputs += [g for c in p.iterdir() if c.is_dir() for g in c.iterdir() if g.is_file()]
     check_output(target, inputs, force=force, folder=target.suffix != ".safetensors")
     return IMPORTERS[fmt](sources, target, options)
 

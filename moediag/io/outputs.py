@@ -84,6 +84,8 @@ def check_output(
     """Refuse (:class:`OutputError`, exit 2) an output that would destroy data. Returns ``target``.
 
     - never onto an input, never a folder holding an input, never inside a file;
+    - an existing file inside an input folder (a checkpoint's shard or config) never, unless it is one of
+      moediag's own text or image outputs (not a trace shard: that is input);
     - an existing folder is replaced only when it is a moediag trace folder (``folder=True``);
     - an existing file is replaced only when moediag wrote it, or with ``force``;
     - FIFOs, devices and sockets are never written.
@@ -115,6 +117,14 @@ def check_output(
             raise OutputError(f"{name} is a dangling symbolic link; refusing to write through it", t)
         return t
     mode = tst.st_mode
+    for src in inputs:  # what an input folder holds (shards, a config, trace folders) is read as input too
+        sst = _stat(src)
+        if sst is None or not stat.S_ISDIR(sst.st_mode) or not is_within(t, src):
+            continue
+        if stat.S_ISDIR(mode) or t.suffix == ".safetensors" or not looks_like_moediag_output(t):
+            raise OutputError(
+                f"{name} is inside the input folder {src}; refusing to replace it, --force or not", t
+            )
     if stat.S_ISDIR(mode):
         if not folder:
             raise OutputError(f"{name} is a folder; name a file to write", t)

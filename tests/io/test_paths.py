@@ -31,6 +31,33 @@ def test_output_onto_an_input_is_refused_by_inode(tmp_path: Path) -> None:
         check_output(tmp_path, [src], folder=True, force=True)
 
 
+def test_files_inside_an_input_folder_are_input_too(tmp_path: Path) -> None:
+    """A checkpoint or trace folder's own files (shards, config.json) are never replaced, --force or not;
+    a moediag report written into that folder before may be."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"weights")
+    with TraceWriter(tmp_path / "trace", META) as w:
+        w.add({"layers.0.router_logits": torch.randn(3, 4)})
+    shard = next((tmp_path / "trace").iterdir())
+    for target, src in (
+        (ckpt / "config.json", ckpt),
+        (ckpt / "model.safetensors", ckpt),
+        (shard, shard.parent),
+    ):
+        with pytest.raises(OutputError, match="inside the input folder"):
+            check_output(target, [src], force=True)
+    with pytest.raises(OutputError, match="inside the input folder"):  # a trace folder an input holds
+        check_output(tmp_path / "trace", [tmp_path], folder=True, force=True)
+    report = write_atomic(ckpt / "check.json", '{"meta": {"tool": "moediag"}}')
+    assert check_output(report, [ckpt]) == report  # its own earlier output
+    assert check_output(ckpt / "new.json", [ckpt]) == ckpt / "new.json"  # a new file beside the inputs
+    assert (ckpt / "config.json").read_text() == "{}" and (
+        ckpt / "model.safetensors"
+    ).read_bytes() == b"weights"
+
+
 def test_foreign_folders_are_never_replaced_and_foreign_files_need_force(tmp_path: Path) -> None:
     foreign = tmp_path / "data"
     foreign.mkdir()
