@@ -44,9 +44,35 @@ class LayerResult:
     distinct_experts: int | None = None
     expert_norms: list[float] | None = None
     zero_experts: list[int] = field(default_factory=list)
+    #: experts with a NaN or infinite value in the rows the weights pass read (their norms are NaN)
+    nonfinite_experts: list[int] = field(default_factory=list)
     similarity_matrices: list[str] = field(default_factory=list)
     weights_note: str | None = None
     screen: dict[str, Any] | None = None
+
+    def nonfinite(self) -> dict[str, Any] | None:
+        """What holds NaN or infinite values, or None when the weights were not read: ``router``,
+        ``selection_bias``, ``router_bias`` (value counts) and ``experts`` (ids), each only when found;
+        ``total`` sums them (what ``check``'s ``max_nonfinite`` compares)."""
+        if (
+            self.router is None
+            and self.bias is None
+            and self.router_bias is None
+            and self.expert_norms is None
+        ):
+            return None
+        found: dict[str, Any] = {}
+        for key, stats in (
+            ("router", self.router),
+            ("selection_bias", self.bias),
+            ("router_bias", self.router_bias),
+        ):
+            if stats and stats.get("nonfinite"):
+                found[key] = int(stats["nonfinite"])
+        if self.nonfinite_experts:
+            found["experts"] = list(self.nonfinite_experts)
+        total = sum(v for k, v in found.items() if k != "experts") + len(self.nonfinite_experts)
+        return {**found, "total": total}
 
     def to_dict(self) -> dict[str, Any]:
         b = self.block
@@ -82,6 +108,7 @@ class LayerResult:
             "distinct_experts": self.distinct_experts,
             "expert_norms": self.expert_norms,
             "zero_experts": self.zero_experts,
+            "nonfinite": self.nonfinite(),
             "similarity_matrices": self.similarity_matrices,
             "redundancy_screen": self.screen,
             "weights_note": self.weights_note,
@@ -174,6 +201,10 @@ class CheckpointAnalysis:
         ]
         if sim_router:
             findings.append(f"near-identical router rows in {len(sim_router)} layer(s)")
+        broken = [lr for lr in self.layers if (lr.nonfinite() or {}).get("total")]
+        if broken:
+            what = sorted({k for lr in broken for k in (lr.nonfinite() or {}) if k != "total"})
+            findings.append(f"NaN or infinite values ({', '.join(what)}) in {len(broken)} layer(s)")
         pushed = [lr for lr in main if lr.bias and lr.bias.get("pushed")]
         if pushed:
             findings.append(f"selection bias pushes tokens toward a few experts in {len(pushed)} layer(s)")

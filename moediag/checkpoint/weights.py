@@ -15,7 +15,7 @@ import torch
 
 from moediag import options
 
-__all__ = ["bias_stats", "router_stats"]
+__all__ = ["bias_stats", "nonfinite_count", "router_stats"]
 
 OUTLIER_Z = 3.5
 OUTLIER_REL = 0.25
@@ -47,10 +47,16 @@ def _robust_outliers(x: torch.Tensor) -> list[tuple[int, float, str]]:
     return out
 
 
+def nonfinite_count(t: torch.Tensor) -> int:
+    """How many values of ``t`` are NaN or infinite (a broken tensor: reported, and failed by ``check``)."""
+    return int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+
+
 def router_stats(
     w: torch.Tensor, threshold: float = options.default("redundancy_threshold")
 ) -> dict[str, Any]:
-    """Row norms (with outliers) and pairwise row cosine of a router weight [E, H]."""
+    """Row norms (with outliers) and pairwise row cosine of a router weight [E, H]; ``nonfinite``: how
+    many of its values are NaN or infinite (their rows' figures are then NaN, null in JSON)."""
     w = w.float()
     norms = w.norm(dim=1)
     e = w.shape[0]
@@ -84,21 +90,41 @@ def router_stats(
         },
         "router_norm_outliers": [[i, v, d] for i, v, d in _robust_outliers(norms)],
         "router_cosine": cos_stats,
+        "nonfinite": nonfinite_count(w),
     }
 
 
 def bias_stats(b: torch.Tensor, kind: str, name: str) -> dict[str, Any]:
     """Statistics of a per-expert bias [E] (``[1, E]`` is squeezed). ``pushed`` lists experts whose bias
     sits more than 2 standard deviations above the mean (for a selection bias: experts training had to
-    push tokens toward)."""
-    v = b.float().reshape(-1)
+    push tokens toward). Figures are over the finite values; ``nonfinite`` counts the others (NaN or
+    infinite: a broken bias, which ``check`` fails through ``max_nonfinite``)."""
+    every = b.float().reshape(-1)
+    ok = torch.isfinite(every)
+    v = every[ok]
+    if not v.numel():
+        return {
+            "kind": kind,
+            "tensor": name,
+            "mean": None,
+            "std": None,
+            "min": None,
+            "max": None,
+            "range": None,
+            "argmax": None,
+            "argmin": None,
+            "pushed": [],
+            "values": [float(x) for x in every],
+            "nonfinite": int(every.numel()),
+        }
+    keep = torch.nonzero(ok).reshape(-1)  # indices into the whole bias
     mean = float(v.mean())
     std = float(v.std(unbiased=False))
     pushed = []
     if std > 0:
         z = (v - mean) / std
         order = torch.argsort(z, descending=True)
-        pushed = [[int(i), float(v[i]), float(z[i])] for i in order.tolist() if float(z[i]) > 2.0]
+        pushed = [[int(keep[i]), float(v[i]), float(z[i])] for i in order.tolist() if float(z[i]) > 2.0]
     return {
         "kind": kind,
         "tensor": name,
@@ -107,8 +133,9 @@ def bias_stats(b: torch.Tensor, kind: str, name: str) -> dict[str, Any]:
         "min": float(v.min()),
         "max": float(v.max()),
         "range": float(v.max() - v.min()),
-        "argmax": int(v.argmax()),
-        "argmin": int(v.argmin()),
+        "argmax": int(keep[int(v.argmax())]),
+        "argmin": int(keep[int(v.argmin())]),
         "pushed": pushed,
-        "values": [float(x) for x in v],
+        "values": [float(x) for x in every],
+        "nonfinite": int(every.numel() - v.numel()),
     }

@@ -123,7 +123,17 @@ def bias_spread(stats: Any) -> float | None:
 
 
 def _bias_spread(row: Mapping[str, Any], config: CheckConfig) -> tuple[float | None, str | None]:
-    spread = bias_spread(row.get("bias", row.get("selection_bias")))
+    stats = row.get("bias", row.get("selection_bias"))
+    spread = bias_spread(stats)
     if spread is None:
+        if isinstance(stats, Mapping) and stats.get("nonfinite"):
+            return None, "the selection bias holds only NaN or infinite values (max_nonfinite fails them)"
         return None, "the model has no selection bias in this layer"
     return spread, None
+
+
+def _nonfinite(row: Mapping[str, Any], config: CheckConfig) -> tuple[float | None, str | None]:
+    found = row.get("nonfinite")
+    if found is None:
+        return None, "needs the weights (a checkpoint inspected with weights)"
+    return float(found.get("total", 0)), None

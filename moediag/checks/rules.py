@@ -12,6 +12,7 @@ from moediag.checks.extract import (
     _drop_rate,
     _expert_list,
     _layer_expert_accuracy,
+    _nonfinite,
     _ratio,
     _redundant_pairs,
 )
@@ -178,6 +179,20 @@ RULES: tuple[Rule, ...] = (
         kinds=_CKPT,
         agg="sum",
         extract=_redundant_pairs,
+        integer=True,
+    ),
+    _rule(
+        "max_nonfinite",
+        0,
+        "Fail when the router, the biases or the expert weights read hold NaN or infinite values "
+        "(checkpoints).",
+        figure="non-finite values",
+        direction="max",
+        precision=0,
+        formula="#non-finite router and bias values + #experts with a non-finite value in the rows read",
+        kinds=_CKPT,
+        agg="sum",
+        extract=_nonfinite,
         integer=True,
     ),
     _rule(

@@ -366,3 +366,39 @@ def test_fp8_per_row_scales(ckpt: Factory, tmp_path: Path, sample: float) -> Non
         assert layer2["expert_norms"] == pytest.approx(ref, rel=1e-5)
     else:  # norms estimated from the sampled rows: near, not equal (every row's own scale still applies)
         assert layer2["expert_norms"] == pytest.approx(ref, rel=0.3)
+
+
+def test_nan_in_a_scale_or_the_bias_fails_the_check(ckpt: Factory, tmp_path: Path) -> None:
+    """A NaN FP8 scale on a duplicate expert used to hide the pair (its cosine is NaN) and pass; a NaN in
+    the selection bias made the bias rule skip as if there were no bias. Both are now named and failed."""
+    from moediag.api import check
+
+    built = ckpt("deepseek_v3")
+    sd = load_file(str(built.path / "model.safetensors"))
+    cfg = _config(built.path)
+    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [8, 16]}
+    rx = re.compile(r"\.layers\.2\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+    names = [n for n in sd if rx.search(n)]
+    for name in names:
+        if ".experts.6." in name:
+            sd[name] = sd[name.replace(".experts.6.", ".experts.1.")].clone()
+    for name in names:
+        q, s = fp8_quantise(sd[name], (8, 16))
+        if ".experts.6.up_proj" in name:
+            s[0, 0] = float("nan")
+        sd[name], sd[name[: -len("weight")] + "weight_scale_inv"] = q, s
+    bias = next(n for n in sd if n.endswith("layers.2.mlp.gate.e_score_correction_bias"))
+    sd[bias] = sd[bias].clone()
+    sd[bias][3] = float("nan")
+    path = write_checkpoint(tmp_path / "nan", sd, cfg)
+    layer2 = next(x for x in analyze_checkpoint(path, sample=1.0).to_dict()["layers"] if x["layer"] == 2)
+    assert layer2["nonfinite"] == {"selection_bias": 1, "experts": [6], "total": 2}
+    assert (
+        layer2["expert_norms"][6] is None
+        and layer2["bias"]["argmax"] != 3
+        and layer2["bias"]["max"] is not None
+    )
+    report = check(path, layers="2", max_bias_spread=100.0)
+    assert report.exit_code == 1
+    by_rule = {r["rule"]: r for r in report.to_dict()["rules"]}
+    assert by_rule["max_nonfinite"]["status"] == "fail" and by_rule["max_bias_spread"]["status"] == "pass"

@@ -261,9 +261,26 @@ def test_checkpoint_rules() -> None:
         kind="checkpoint",
     )
     report = run_checks(ckpt)
-    assert {o.name for o in report.outcomes} == {"max_redundant_pairs"}  # trace rules not applicable
+    # trace rules not applicable; max_nonfinite skips rows that do not say (weights not read)
+    assert {o.name for o in report.outcomes} == {"max_redundant_pairs", "max_nonfinite"}
     o = outcome(report, "max_redundant_pairs")
     assert o.status == "fail" and [r.layer for r in o.failures] == [2]
+    assert outcome(report, "max_nonfinite").status == "skip"
+    broken = doc(
+        {"layer": 1, "num_experts": 8, "redundant_pairs": [], "nonfinite": {"total": 0}},
+        {
+            "layer": 2,
+            "num_experts": 8,
+            "redundant_pairs": [],
+            "nonfinite": {"selection_bias": 1, "total": 1},
+            "bias": {"min": None, "max": None, "nonfinite": 8},
+        },
+        kind="checkpoint",
+    )
+    report = run_checks(broken, CheckConfig.from_values({"max_bias_spread": 1.0}))
+    o = outcome(report, "max_nonfinite")
+    assert report.status == "fail" and o.status == "fail" and [r.layer for r in o.failures] == [2]
+    assert "NaN or infinite" in (outcome(report, "max_bias_spread").results[1].reason or "")
     cfg = CheckConfig.from_values({"max_redundant_pairs": 1, "max_bias_spread": 3.0})
     report = run_checks(ckpt, cfg)
     assert report.status == "pass"
