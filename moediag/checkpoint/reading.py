@@ -18,7 +18,7 @@ from moediag.checkpoint.structure import ExpertMatrix, MoEBlock
 from moediag.errors import InvalidInputError
 from moediag.io.safetensors_file import DTYPES, itemsize
 
-__all__ = ["Files", "RowReader", "fp8_block", "itemsize", "load_tensor_f32", "row_reader"]
+__all__ = ["Files", "RowReader", "fp8_block", "fp8_scale_misfit", "itemsize", "load_tensor_f32", "row_reader"]
 
 
 @dataclass
@@ -33,9 +33,16 @@ class RowReader:
     span: Callable[[int, int, int], tuple[TensorRef, int, int]] | None = None
 
 
-def fp8_block(inv: Inventory, weight_shape: tuple[int, int], scale_shape: tuple[int, ...]) -> tuple[int, int]:
+def _quant_config(inv: Inventory) -> dict[str, Any]:
     q = (inv.config or {}).get("quantization_config") or {}
-    wbs = q.get("weight_block_size") if isinstance(q, dict) else None
+    return q if isinstance(q, dict) else {}
+
+
+def fp8_block(inv: Inventory, weight_shape: tuple[int, int], scale_shape: tuple[int, ...]) -> tuple[int, int]:
+    """The block (rows, columns) one scale of an FP8 weight covers: the config's ``weight_block_size``,
+    else 128x128 when the scale's shape fits, else what the shape implies. :func:`fp8_scale_misfit`
+    says whether the scale then covers the weight exactly."""
+    wbs = _quant_config(inv).get("weight_block_size")
     out, inp = weight_shape
     if isinstance(wbs, list) and len(wbs) == 2 and all(isinstance(x, int) and x > 0 for x in wbs):
         return int(wbs[0]), int(wbs[1])
@@ -48,8 +55,32 @@ def fp8_block(inv: Inventory, weight_shape: tuple[int, int], scale_shape: tuple[
     return max(1, math.ceil(out / max(1, math.prod(scale_shape)))), inp
 
 
+def fp8_scale_misfit(
+    inv: Inventory, weight: str, weight_shape: tuple[int, int], scale: str, scale_shape: tuple[int, ...]
+) -> str | None:
+    """Why the FP8 ``scale`` of ``weight`` does not cover it block for block (the config's block size
+    and the scale's shape disagree: bad input), or None when it does. Only the last two dimensions of a
+    stacked (per-expert) scale count."""
+    if math.prod(scale_shape) == 1:  # one scale for the whole weight fits any block size
+        return None
+    br, bc = fp8_block(inv, weight_shape, scale_shape)
+    out, inp = weight_shape
+    grid = (math.ceil(out / br), math.ceil(inp / bc))
+    if len(scale_shape) >= 2:
+        fits = tuple(scale_shape[-2:]) == grid
+    else:
+        fits = math.prod(scale_shape) == grid[0] and grid[1] == 1
+    if fits:
+        return None
+    return (
+        f"FP8 scale {scale} {list(scale_shape)} does not fit {weight} {list(weight_shape)} in blocks of "
+        f"{br}x{bc} (that needs {list(grid)})"
+    )
+
+
 def row_reader(inv: Inventory, block: MoEBlock, m: ExpertMatrix) -> RowReader | str:
-    """A row reader for matrix ``m`` of ``block``, or a note saying why it cannot be read."""
+    """A row reader for matrix ``m`` of ``block``, or a note saying why it cannot be read (a format
+    moediag does not decode); :class:`InvalidInputError` for tensors that contradict each other."""
     e_count = block.num_experts
     if m.quant and m.quant.startswith("unsupported"):
         return m.quant.replace("unsupported: ", "") + " weights are not dequantised"
@@ -59,7 +90,12 @@ def row_reader(inv: Inventory, block: MoEBlock, m: ExpertMatrix) -> RowReader | 
             return "per-expert MXFP4 tensors are not supported"
         bref, sref = t[m.fused], t[m.scales]
         if len(bref.shape) != 4 or bref.shape[0] != e_count or tuple(sref.shape) != tuple(bref.shape[:3]):
-            return f"MXFP4 blocks {bref.shape} and scales {sref.shape} do not match"
+            raise InvalidInputError(
+                f"MXFP4 blocks {m.fused} {list(bref.shape)} and scales {m.scales} {list(sref.shape)} do not "
+                f"match (blocks [experts, rows, groups, 16], scales [experts, rows, groups]; {e_count} "
+                "experts)",
+                inv.path,
+            )
         _, rows, groups, nb = bref.shape
 
         def read_mx(files: Files, e: int, r0: int, r1: int, out: torch.Tensor) -> None:
@@ -82,6 +118,20 @@ def row_reader(inv: Inventory, block: MoEBlock, m: ExpertMatrix) -> RowReader | 
         scales = m.scales if isinstance(m.scales, dict) else {}
         names = m.names
         fp8_kind = first.dtype if m.quant == "fp8" else None
+        if fp8_kind is not None:
+            lacking = [e for e in names if e not in scales]
+            if lacking and (len(lacking) < len(names) or _quant_config(inv).get("quant_method") == "fp8"):
+                # some experts scaled and some not, or a config that says the weights are quantised: the
+                # unscaled codes are not the weights (an incomplete checkpoint, like a missing projection)
+                raise InvalidInputError(
+                    f"{len(lacking)} of {len(names)} experts' FP8 {m.key} weights have no scale tensor "
+                    f"(first: {names[lacking[0]]})",
+                    inv.path,
+                )
+            for e, sname in scales.items():
+                misfit = fp8_scale_misfit(inv, names[e], (rows, cols), sname, tuple(t[sname].shape))
+                if misfit:
+                    raise InvalidInputError(misfit, inv.path)
 
         def read_pe(files: Files, e: int, r0: int, r1: int, out: torch.Tensor) -> None:
             ref = t[names[e]]
@@ -123,6 +173,14 @@ def row_reader(inv: Inventory, block: MoEBlock, m: ExpertMatrix) -> RowReader | 
         and not ((len(fsref.shape) == 3 and fsref.shape[0] == e_count) or fsref.numel == 1)
     ):
         return f"FP8 scale {fsref.shape} of {m.fused} has an unknown layout; not dequantised"
+    if kind is not None and fsref is None and _quant_config(inv).get("quant_method") == "fp8":
+        raise InvalidInputError(
+            f"FP8 {m.fused} has no scale tensor, though the config quantises to FP8", inv.path
+        )
+    if kind is not None and fsref is not None and len(fsref.shape) == 3:
+        misfit = fp8_scale_misfit(inv, m.fused, (rows, cols), fsref.name, tuple(fsref.shape))
+        if misfit:
+            raise InvalidInputError(misfit, inv.path)
 
     def read_fused(files: Files, e: int, r0: int, r1: int, out: torch.Tensor) -> None:
         w = files.raw(ref, e * per + r0 * cols, e * per + r1 * cols).view(r1 - r0, cols)
@@ -223,8 +281,11 @@ def load_tensor_f32(inv: Inventory, name: str) -> torch.Tensor:
                 w = inv.read(name)
                 s = inv.read(sname)
                 if w.dim() == 2:
-                    blk = fp8_block(inv, (w.shape[0], w.shape[1]), tuple(s.shape))
-                    return dequant_fp8(w, s, blk)
+                    shape = (w.shape[0], w.shape[1])
+                    misfit = fp8_scale_misfit(inv, name, shape, sname, tuple(s.shape))
+                    if misfit:
+                        raise InvalidInputError(misfit, inv.path)
+                    return dequant_fp8(w, s, fp8_block(inv, shape, tuple(s.shape)))
                 return w.float() * s.float().reshape(())
         return inv.read(name).float()
     return inv.read(name).float()

@@ -104,7 +104,9 @@ def _layer_expert_accuracy(row: Mapping[str, Any], config: CheckConfig) -> tuple
 def _redundant_pairs(row: Mapping[str, Any], config: CheckConfig) -> tuple[float | None, str | None]:
     pairs = row.get("redundant_pairs")
     if pairs is None:
-        return None, "needs expert weights (a checkpoint inspected with weights)"
+        return None, str(
+            row.get("weights_note") or "needs expert weights (a checkpoint inspected with weights)"
+        )
     return float(len(pairs)), None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -95,6 +96,14 @@ def test_mxfp4_gpt_oss_with_planted_duplicate(tmp_path: Path) -> None:
         },
     }
     path = write_checkpoint(tmp_path / "mxfp4", tensors, cfg)
+    # scales that do not match their blocks (one row short): bad input, exit 2, naming both tensors
+    from moediag.errors import InvalidInputError
+
+    short = dict(tensors, **{"model.layers.1.mlp.experts.down_proj_scales": ds[:, :-1].contiguous()})
+    with pytest.raises(
+        InvalidInputError, match="down_proj_blocks .* and scales .*down_proj_scales .* do not match"
+    ):
+        analyze_checkpoint(write_checkpoint(tmp_path / "short", short, cfg))
     d = analyze_checkpoint(path).to_dict()
     s = d["summary"]
     per_expert = 2 * i * h + h * i + 2 * i + h  # blocks hold two parameters a byte; scales hold none
@@ -402,3 +411,57 @@ def test_nan_in_a_scale_or_the_bias_fails_the_check(ckpt: Factory, tmp_path: Pat
     assert report.exit_code == 1
     by_rule = {r["rule"]: r for r in report.to_dict()["rules"]}
     assert by_rule["max_nonfinite"]["status"] == "fail" and by_rule["max_bias_spread"]["status"] == "pass"
+
+
+def _fp8_layer2(ckpt: Factory, tmp_path: Path, name: str, block: list[int] | None, edit: Any) -> Path:
+    """The tiny DeepSeek-V3 with layer 2's experts in FP8 (8x16 blocks), ``edit(sd)`` applied, saved."""
+    built = ckpt("deepseek_v3")
+    sd = load_file(str(built.path / "model.safetensors"))
+    cfg = _config(built.path)
+    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3"}
+    if block:
+        cfg["quantization_config"]["weight_block_size"] = block
+    rx = re.compile(r"\.layers\.2\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+    for n in [n for n in sd if rx.search(n)]:
+        sd[n], sd[n[: -len("weight")] + "weight_scale_inv"] = fp8_quantise(sd[n], (8, 16))
+    edit(sd)
+    return write_checkpoint(tmp_path / name, sd, cfg)
+
+
+@pytest.mark.parametrize(
+    ("case", "block", "message"),
+    [
+        ("one_scale_missing", [8, 16], "1 of 8 experts' FP8 up_proj weights have no scale tensor"),
+        ("every_scale_missing", [8, 16], "8 of 8 experts' FP8"),
+        ("scale_shape", [8, 16], r"does not fit .* in blocks of 8x16 \(that needs"),
+        ("config_block", [16, 16], r"in blocks of 16x16"),
+        ("no_config_block", None, None),  # the block the scale's shape implies: reads, no error
+    ],
+)
+def test_fp8_scales_that_contradict_their_weights_are_bad_input(
+    ckpt: Factory, tmp_path: Path, case: str, block: list[int] | None, message: str | None
+) -> None:
+    """Scales missing for some experts (or for all, when the config quantises to FP8), or shaped for
+    another block size than the config's: the unscaled or misscaled codes are not the weights, so the
+    weights pass stops with one error naming the tensor (exit 2), as for a missing projection."""
+    from moediag.errors import InvalidInputError
+
+    def edit(sd: dict[str, torch.Tensor]) -> None:
+        scales = sorted(n for n in sd if ".layers.2." in n and n.endswith("weight_scale_inv"))
+        if case == "one_scale_missing":
+            del sd[next(n for n in scales if ".experts.3.up_proj" in n)]
+        elif case == "every_scale_missing":
+            for n in scales:
+                del sd[n]
+        elif case == "scale_shape":
+            n = next(n for n in scales if ".experts.3.up_proj" in n)
+            sd[n] = torch.ones(sd[n].shape[0] + 1, sd[n].shape[1])
+
+    path = _fp8_layer2(ckpt, tmp_path, case, block, edit)
+    if message is None:
+        layer2 = next(x for x in analyze_checkpoint(path).to_dict()["layers"] if x["layer"] == 2)
+        assert layer2["weights_note"] is None and layer2["redundant_pairs"] is not None
+        return
+    with pytest.raises(InvalidInputError, match=message):
+        analyze_checkpoint(path)
+    assert analyze_checkpoint(path, weights=False).layers  # the structure still reads
