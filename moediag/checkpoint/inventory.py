@@ -259,6 +259,16 @@ def open_inventory(path: str | os.PathLike[str]) -> Inventory:
         shard_files = [path]
         if (folder / "config.json").is_file():
             config_path = folder / "config.json"
+        for idx in _indexes_in(folder):  # one shard of a sharded checkpoint: the rest are not read
+            try:
+                listed = set(_load_index(idx).values())
+            except InvalidInputError:
+                continue
+            if path.name in listed and len(listed) > 1:
+                warnings.append(
+                    f"{path.name} is one of {len(listed)} shards that {idx.name} lists; only its tensors are "
+                    f"read (give the folder {folder} for the whole model)"
+                )
 
     config = _load_config(config_path) if config_path else None
 

@@ -149,6 +149,16 @@ def test_unlisted_tensor_is_a_warning(ckpt: Factory, tmp_path: Path) -> None:
     assert any("not listed" in w for w in inv.warnings)
 
 
+def test_one_shard_of_a_sharded_checkpoint_is_a_warning(ckpt: Factory) -> None:
+    """Pointing at one shard reads only its tensors: a partial model, so say so (the folder is whole)."""
+    folder = ckpt("mixtral:sharded").path
+    shards = sorted(folder.glob("*.safetensors"))
+    assert len(shards) > 1
+    inv = open_inventory(shards[0])
+    assert any(f"one of {len(shards)} shards" in w and str(folder) in w for w in inv.warnings)
+    assert not any("shards" in w for w in open_inventory(folder).warnings)
+
+
 def test_layer_that_is_not_moe(ckpt: Factory) -> None:
     with pytest.raises(UsageError, match=r"layer 1 is not an MoE layer.*MoE layers: 0, 2"):
         analyze_checkpoint(ckpt("qwen2_moe").path, layer=1)
