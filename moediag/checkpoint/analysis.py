@@ -77,7 +77,8 @@ def _cross_check(cfg: NormalisedConfig, layout: Layout, warnings: list[str], not
         )
     if cfg.hidden_size and layout.hidden_size and cfg.hidden_size != layout.hidden_size:
         warnings.append(
-            f"config hidden size {cfg.hidden_size} differs from the router width {layout.hidden_size}"
+            f"config hidden size {cfg.hidden_size} differs from the router width {layout.hidden_size}; "
+            "using the tensors"
         )
     ci = cfg.expert_intermediate_size
     found_i = {b.expert_intermediate_size for b in main if b.expert_intermediate_size}

@@ -113,7 +113,7 @@ def detect_layout(inv: Inventory, cfg: NormalisedConfig) -> Layout:
         if any(b.kind == "attention" for b in blocks_here) and layer_kind[key] == "dense":
             layer_kind[key] = "moe"
 
-    if hidden is None and router_widths:
+    if router_widths:  # tensors are the authority (a router is [experts, hidden]); analysis warns
         hidden = router_widths.most_common(1)[0][0]
     for b in blocks:
         b.hidden_size = hidden

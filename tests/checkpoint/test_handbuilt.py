@@ -296,6 +296,15 @@ def test_config_tensor_disagreement_is_a_warning(ckpt: Factory, tmp_path: Path, 
     assert "dense-layer rule disagrees" in joined and "1 (MoE by config, dense in tensors)" in joined
     assert "intermediate size 99" in joined
     assert s["total_params"] == built.total
+    # a config hidden size the tensors contradict: the routers' width wins, and sizes follow from it
+    truth = analyze_checkpoint(built.path, weights=False).to_dict()["summary"]
+    cfg["hidden_size"] = 2 * truth["hidden_size"]
+    s = analyze_checkpoint(write_checkpoint(tmp_path / "hidden", sd, cfg), weights=False).to_dict()["summary"]
+    assert (s["hidden_size"], s["expert_intermediate_size"]) == (
+        truth["hidden_size"],
+        truth["expert_intermediate_size"],
+    )
+    assert any(f"config hidden size {cfg['hidden_size']} differs" in w for w in s["warnings"])
 
 
 def test_openai_original_gpt_oss_names_read_like_transformers(tmp_path: Path) -> None:
