@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,25 @@ def _family(inv: Inventory, layout: Layout, cfg: NormalisedConfig) -> tuple[str 
     if layout.family_hint:
         return layout.family_hint, "tensor names"
     return None, None
+
+
+def _projection_check(layout: Layout, warnings: list[str]) -> None:
+    """Tensors vs tensors: an MoE layer whose experts lack a projection the other MoE layers of its stack
+    have (a fused tensor lost whole, which the per-expert completeness check cannot see)."""
+    by_stack: dict[str, list[tuple[str, frozenset[str]]]] = {}
+    for b in layout.blocks:
+        if b.kind == "ffn" and not b.mtp:
+            by_stack.setdefault(b.stack, []).append((b.label, frozenset(m.role for m in b.matrices)))
+    for rows in by_stack.values():
+        usual = Counter(roles for _, roles in rows).most_common(1)[0][0]
+        short = [(label, sorted(usual - roles)) for label, roles in rows if usual - roles]
+        if short and len(short) < len(rows):
+            label, lacking = short[0]
+            more = f" (and {len(short) - 1} more layer(s))" if len(short) > 1 else ""
+            warnings.append(
+                f"layer {label}: the experts have no {'/'.join(lacking)} projection that the other MoE "
+                f"layers have{more}; its sizes and parameter counts lack it"
+            )
 
 
 def _cross_check(cfg: NormalisedConfig, layout: Layout, warnings: list[str], notes: list[str]) -> None:
@@ -160,6 +180,7 @@ def analyze_checkpoint(
     warnings = list(inv.warnings) + list(layout.warnings)
     notes = list(layout.notes)
     _cross_check(cfg, layout, warnings, notes)
+    _projection_check(layout, warnings)
 
     ks = {block_key(b.stack, b.layer, b.block): top_k_for(cfg, b) for b in layout.blocks}
     params = count_params(layout, ks)

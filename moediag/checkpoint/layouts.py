@@ -76,15 +76,25 @@ def detect_layout(inv: Inventory, cfg: NormalisedConfig) -> Layout:
     qmeta_of: dict[str, str] = {}
     #: weight -> its quantisation siblings (built once: every lookup below is by weight, O(1))
     meta_by_owner: dict[str, list[str]] = defaultdict(list)
+    orphans: list[str] = []
     for name, ref in tensors.items():
         owner = qmeta_owner(name, tensors)
+        if owner is None and name.endswith("_scales") and ref.dtype == "U8":
+            owner = name[: -len("_scales")] + "_blocks"  # MXFP4 scales whose blocks are missing
         if owner is not None:
             qmeta_of[name] = owner
             meta_by_owner[owner].append(name)
             roles[name] = "quant_meta"
-            params[name] = 0
+            params[name] = 0  # scales hold no parameters, with or without their weight
+            if owner not in tensors:
+                orphans.append(f"{name} (no {owner})")
         else:
             params[name] = logical_params(ref, bits, name)
+    if orphans:
+        warnings.append(
+            f"{len(orphans)} quantisation scale tensor(s) without their weight, e.g. {orphans[0]}: "
+            "a weight lost in a download or a conversion?"
+        )
 
     # 1. layers
     by_layer: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)

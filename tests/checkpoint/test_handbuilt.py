@@ -104,7 +104,14 @@ def test_mxfp4_gpt_oss_with_planted_duplicate(tmp_path: Path) -> None:
         InvalidInputError, match="down_proj_blocks .* and scales .*down_proj_scales .* do not match"
     ):
         analyze_checkpoint(write_checkpoint(tmp_path / "short", short, cfg))
+    # layer 1's down_proj blocks lost whole (its scales and bias kept): named, and its scales are no params
+    lost = {k: v for k, v in tensors.items() if k != "model.layers.1.mlp.experts.down_proj_blocks"}
+    s = analyze_checkpoint(write_checkpoint(tmp_path / "lost", lost, cfg), weights=False).to_dict()["summary"]
+    joined = " | ".join(s["warnings"])
+    assert "no down projection that the other MoE layers have" in joined
+    assert "down_proj_scales (no model.layers.1.mlp.experts.down_proj_blocks)" in joined
     d = analyze_checkpoint(path).to_dict()
+    assert s["total_params"] == d["summary"]["total_params"] - e * h * i  # exactly the lost blocks
     s = d["summary"]
     per_expert = 2 * i * h + h * i + 2 * i + h  # blocks hold two parameters a byte; scales hold none
     assert s["expert_params"] == 2 * e * per_expert
