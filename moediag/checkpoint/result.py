@@ -107,7 +107,7 @@ class LayerResult:
             "redundant_pairs": self.redundant_pairs,
             "distinct_experts": self.distinct_experts,
             "expert_norms": self.expert_norms,
-            "zero_experts": self.zero_experts,
+            "zero_experts": self.zero_experts if self.expert_norms is not None else None,
             "nonfinite": self.nonfinite(),
             "similarity_matrices": self.similarity_matrices,
             "redundancy_screen": self.screen,

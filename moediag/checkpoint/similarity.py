@@ -226,7 +226,8 @@ def _grams(
         sq[k] = d
         root = torch.sqrt(d.clamp_min(0))
         denom = root.unsqueeze(0) * root.unsqueeze(1)
-        c = torch.where(denom > 0, gram / denom.clamp_min(1e-300), torch.zeros_like(gram))
+        # a cosine is in [-1, 1]; float64 rounding of a scaled copy's products can step just past 1
+        c = torch.where(denom > 0, (gram / denom.clamp_min(1e-300)).clamp(-1.0, 1.0), torch.zeros_like(gram))
         cos_min = c if cos_min is None else torch.minimum(cos_min, c)
     assert cos_min is not None
     return cos_min, sq

@@ -61,7 +61,9 @@ def router_stats(
     norms = w.norm(dim=1)
     e = w.shape[0]
     unit = w / norms.clamp_min(1e-30).unsqueeze(1)
-    cos = unit @ unit.T
+    cos = (unit @ unit.T).clamp(-1.0, 1.0)
+    zero = norms == 0  # an all-zero row has no direction: no cosine with anything
+    cos = cos.masked_fill(zero.unsqueeze(0) | zero.unsqueeze(1), float("nan"))
     off = cos.masked_fill(torch.eye(e, dtype=torch.bool), float("nan"))
     finite = off[~torch.isnan(off)]
     if finite.numel():

@@ -14,6 +14,7 @@ from moediag.checkpoint.reading import load_tensor_f32
 from moediag.checkpoint.result import CheckpointAnalysis, LayerResult
 from moediag.checkpoint.similarity import DEFAULT_CHUNK_BYTES, expert_similarity
 from moediag.checkpoint.weights import bias_stats, router_stats
+from moediag.errors import UsageError
 
 __all__ = ["check_weights"]
 
@@ -36,9 +37,11 @@ def check_weights(
     see the checkpoint at the same path) checks layers side by side, one torch thread each; progress
     then comes a layer at a time.
     """
+    if workers is not None and workers < 1:  # the traces' rule, checked before any byte is read
+        raise UsageError("--workers must be at least 1")
     inv = analysis.inventory
     args = (analysis.redundancy_threshold, chunk_bytes)
-    if (workers is None or workers <= 1) and scheduler is None:
+    if (workers is None or workers == 1) and scheduler is None:
         for lr in analysis.layers:
             _weights_for(inv, lr, *args, progress, plan, analysis.sample, analysis.seed)
     else:

@@ -17,6 +17,8 @@ from moediag.checkpoint import (
     open_inventory,
 )
 from moediag.checkpoint.weights import bias_stats, router_stats
+from moediag.checkpoint.weights_pass import check_weights
+from moediag.errors import UsageError
 
 from .conftest import Factory
 
@@ -78,6 +80,9 @@ def test_weights_off_reads_nothing(ckpt: Factory) -> None:
     d = analyze_checkpoint(ckpt("mixtral:dup").path, weights=False).to_dict()
     assert d["summary"]["weights_checked"] is False and d["summary"]["health"]["status"] == "unknown"
     assert all(x["redundant_pairs"] is None and x["router_norms"] is None for x in d["layers"])
+    assert all(x["zero_experts"] is None and x["nonfinite"] is None for x in d["layers"])  # not read
+    with pytest.raises(UsageError, match="--workers must be at least 1"):
+        check_weights(analyze_checkpoint(ckpt("mixtral:dup").path, weights=False), workers=0)
 
 
 def test_layer_filter(ckpt: Factory) -> None:
@@ -113,5 +118,15 @@ def test_router_stats_edge_cases() -> None:
     w[3] *= 10
     flagged = {i: d for i, _, d in router_stats(w)["router_norm_outliers"]}
     assert flagged == {7: "low", 3: "high"}
+    # all-zero rows (a router never trained, or the zeros of a sparse file) have no cosine with anything
+    z = torch.zeros(4, 8)
+    z[0, 0] = 1.0
+    zs = router_stats(z)["router_cosine"]
+    assert zs["mean"] is None and zs["max"] is None and zs["similar_pairs"] == []
+    # a scaled copy is a cosine of 1, not a float32 rounding above it
+    c = torch.randn(3, 7, generator=torch.Generator().manual_seed(1))
+    c[2] = c[0] * 3.7
+    cs = router_stats(c)["router_cosine"]
+    assert cs["max"] <= 1.0 and cs["similar_pairs"][0][:2] == [0, 2] and cs["similar_pairs"][0][2] <= 1.0
     b = bias_stats(torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]]), "selection", "x")  # ERNIE's [1, E]
     assert b["argmax"] == 3 and b["pushed"][0][0] == 3 and math.isclose(b["range"], 1.0)
