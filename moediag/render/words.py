@@ -31,3 +31,13 @@ def human_size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TB"
+
+
+def quantisation(q: object) -> str:
+    """A checkpoint summary's ``quantization`` in words: ``fp8; expert projections: fp8 x177`` (one
+    count per projection of each MoE layer, not per tensor)."""
+    if not isinstance(q, dict):
+        return str(q)
+    counts = q.get("expert_tensors") or {}
+    shown = ", ".join(f"{k} x{v}" for k, v in counts.items()) if isinstance(counts, dict) else str(counts)
+    return f"{q.get('method') or '?'}; expert projections: {shown or 'none'}"

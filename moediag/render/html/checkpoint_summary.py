@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from html import escape as e
 from typing import Any
 
-from moediag.render.words import human_size
+from moediag.render.words import human_size, quantisation
 
 Row = tuple[str, str]
 
@@ -133,7 +133,7 @@ def summary_groups(doc: Mapping[str, Any]) -> list[tuple[str, list[Row]]]:
             ("embedding_params", "embeddings", _count),
             ("non_expert_params", "everything else (attention, norms, dense FFN)", _count),
             ("mtp_params", "multi-token prediction", _count),
-            ("quantization", "quantisation", str),
+            ("quantization", "quantisation", quantisation),
         ],
     )
     dense = s.get("dense_equivalent") or {}

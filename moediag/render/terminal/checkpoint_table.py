@@ -14,6 +14,7 @@ from rich.text import Text
 
 from moediag.analysis.verdict import checkpoint_verdict, human
 from moediag.checkpoint.analysis import CheckpointAnalysis
+from moediag.render.words import quantisation
 
 MAX_ROWS = 40
 
@@ -90,12 +91,7 @@ def overview_table(analysis: CheckpointAnalysis) -> Table:
             f"(~{human(de['flops_per_token'])} FLOPs/token); capacity like {human(de['capacity_params'])}",
         )
     if s["quantization"]:
-        q = s["quantization"]
-        t.add_row(
-            "quantisation",
-            f"{q.get('method') or '?'}; expert tensors: "
-            + (", ".join(f"{k} x{v}" for k, v in q["expert_tensors"].items()) or "none"),
-        )
+        t.add_row("quantisation", quantisation(s["quantization"]))
     return t
 
 
