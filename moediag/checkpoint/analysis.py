@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from moediag import options
-from moediag.checkpoint.config import TOP_K_FAMILIES, NormalisedConfig, normalise_config
+from moediag.checkpoint.config import TOP_K_FAMILIES, NormalisedConfig, normalise_config, unusable_sizes
 from moediag.checkpoint.inventory import Inventory, open_inventory
 from moediag.checkpoint.layouts import Layout, detect_layout
 from moediag.checkpoint.params import block_key, count_params
@@ -63,6 +63,7 @@ def _cross_check(cfg: NormalisedConfig, layout: Layout, warnings: list[str], not
     """Config vs tensors: tensors win, disagreements become warnings."""
     if not cfg.raw:
         return
+    warnings += unusable_sizes(cfg)
     main = [b for b in layout.blocks if not b.mtp]
     for b in main:
         ce = cfg.num_experts_for(b.layer)

@@ -10,6 +10,7 @@ cross-check the rest.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -278,15 +279,53 @@ def _layer_pattern(value: Any) -> list[int] | None:
     return None
 
 
+def _count(v: Any) -> bool:
+    """A usable count: a whole number >= 0 (JSON ``2`` or ``2.0``; not ``"2"``, -1, 2.5 or ``true``)."""
+    return _is_num(v) and v >= 0 and float(v).is_integer()
+
+
+def _size(v: Any) -> bool:
+    """A usable size: a count above 0."""
+    return _count(v) and v > 0
+
+
 def _int_or_list(v: Any) -> int | list[int] | None:
-    if isinstance(v, bool):
-        return None
-    if _is_num(v):
+    if _count(v):
         return int(v)
-    if isinstance(v, list) and v and all(_is_num(x) for x in v):
+    if isinstance(v, list) and v and all(_count(x) for x in v):
         vals = [int(x) for x in v]
         return vals[0] if len(set(vals)) == 1 else vals
     return None
+
+
+def _has_zero(v: int | list[int] | None) -> bool:
+    return v == 0 or (isinstance(v, list) and 0 in v)
+
+
+#: the config's sizes and counts that moediag reads, by what they mean
+SIZE_KEYS = {
+    "hidden size": HIDDEN_KEYS,
+    "layer count": LAYERS_KEYS,
+    "expert count": NUM_EXPERTS_KEYS,
+    "top-k": TOP_K_KEYS,
+    "expert intermediate size": EXPERT_I_KEYS,
+}
+
+
+def unusable_sizes(cfg: NormalisedConfig) -> list[str]:
+    """Warnings for sizes the config gives in a form moediag cannot use (``"2"``, 0, -1, 2.5, true):
+    each is ignored, as if absent, and the tensors (or the family default) stand in."""
+    out = []
+    for what, keys in SIZE_KEYS.items():
+        v, k = cfg.get(*keys)
+        parsed = _int_or_list(v)
+        # 0 experts is a dense model; a top-k of 0 only makes sense there; other sizes must be above 0
+        allowed_zero = what == "expert count" or (what == "top-k" and _has_zero(cfg.num_experts))
+        if k is not None and (parsed is None or (_has_zero(parsed) and not allowed_zero)):
+            out.append(
+                f"config {k} = {json.dumps(v)[:40]} is not a usable {what} (a positive integer); ignored"
+            )
+    return out
 
 
 def _guess_family(raw: dict[str, Any]) -> str | None:
@@ -315,7 +354,7 @@ def normalise_config(raw: dict[str, Any] | None) -> NormalisedConfig:
 
     def take_int(name: str, keys: Sequence[str]) -> int | None:
         v, k = g(*keys)
-        if _is_num(v) and k:
+        if _size(v) and k:
             src[name] = k
             return int(v)
         return None
@@ -335,6 +374,8 @@ def normalise_config(raw: dict[str, Any] | None) -> NormalisedConfig:
         src["num_experts"] = k
     v, k = g(*TOP_K_KEYS)
     cfg.top_k = _int_or_list(v)
+    if _has_zero(cfg.top_k) and not _has_zero(cfg.num_experts):  # experts no token uses: ignored (warned)
+        cfg.top_k = None
     if cfg.top_k is not None and k:
         src["top_k"] = k
     elif fam in TOP_K_FAMILIES and cfg.num_experts:

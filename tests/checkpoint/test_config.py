@@ -180,3 +180,21 @@ def test_dense_layer_rules() -> None:
 def test_empty_config() -> None:
     cfg = normalise_config(None)
     assert cfg.num_experts is None and cfg.score_function is None and cfg.expected_moe("model", 0) is None
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "2", True, [2, 0]])
+def test_sizes_that_are_not_positive_integers_are_ignored_with_a_warning(bad: object) -> None:
+    """A top-k of 0 gave an active-parameter count of a model that uses no expert; ``"2"`` was silently
+    "not in the config". Both are ignored now, and said so."""
+    from moediag.checkpoint.config import unusable_sizes
+
+    cfg = normalise_config({"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": bad})
+    assert cfg.top_k is None and cfg.num_experts == 8
+    (warning,) = unusable_sizes(cfg)
+    assert warning.startswith("config num_experts_per_tok = ") and "not a usable top-k" in warning
+    assert unusable_sizes(normalise_config({"num_local_experts": 8, "num_experts_per_tok": 2.0})) == []
+    # no experts and a top-k of 0 is a dense model saying so: nothing to warn about
+    dense = normalise_config(
+        {"model_type": "granitemoehybrid", "num_local_experts": 0, "num_experts_per_tok": 0}
+    )
+    assert unusable_sizes(dense) == [] and dense.num_experts == 0
