@@ -294,6 +294,17 @@ FIGURES: tuple[FigureInfo, ...] = (
         section="Checkpoints",
     ),
     FigureInfo(
+        "nonfinite",
+        "non-finite values",
+        "NaN or infinite values in a layer's router and biases (values), and experts with one among the "
+        "weight rows read (one each).",
+        "checkpoint router, bias and expert weights (after dequantisation)",
+        "zero; any is a broken tensor (a NaN scale, an overflowed update); the figures it feeds are null.",
+        rule="max_nonfinite",
+        flags=("--max-nonfinite",),
+        section="Checkpoints",
+    ),
+    FigureInfo(
         "bias_spread",
         "selection-bias spread",
         "max_i b_i - min_i b_i of a layer's selection bias (DeepSeek-V3 e_score_correction_bias).",

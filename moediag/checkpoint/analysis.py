@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from moediag import options
-from moediag.checkpoint.config import TOP_K_FAMILIES, NormalisedConfig, normalise_config, unusable_sizes
+from moediag.checkpoint.config import NormalisedConfig, normalise_config, unusable_sizes
+from moediag.checkpoint.config_keys import TOP_K_FAMILIES
 from moediag.checkpoint.inventory import Inventory, open_inventory
 from moediag.checkpoint.layouts import Layout, detect_layout
 from moediag.checkpoint.params import block_key, count_params

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from moediag.checkpoint.config import RENORM_TRUE_FAMILIES, TOPK_SOFTMAX_FAMILIES
-from moediag.checkpoint.config import SIGMOID_FAMILIES as CHECKPOINT_SIGMOID_FAMILIES
+from moediag.checkpoint.config_keys import RENORM_TRUE_FAMILIES, TOPK_SOFTMAX_FAMILIES
+from moediag.checkpoint.config_keys import SIGMOID_FAMILIES as CHECKPOINT_SIGMOID_FAMILIES
 from moediag.errors import UnsupportedLayoutError
 from moediag.routing import group_score_from_config
 from moediag.trace.schema import build_metadata
