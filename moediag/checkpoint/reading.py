@@ -78,13 +78,36 @@ def fp8_scale_misfit(
     )
 
 
+#: what a scale is stored as: FP8 scales are floats, MXFP4 scales E8M0 exponent bytes
+_SCALE_DTYPES = {"fp8": ("F32", "BF16", "F16", "F64"), "mxfp4": ("U8",)}
+
+
+def _check_scale_dtypes(inv: Inventory, m: ExpertMatrix) -> None:
+    """InvalidInputError for a scale stored as another dtype (an int32 FP8 scale, float MXFP4 scales):
+    its bytes would be read as something they are not."""
+    allowed = _SCALE_DTYPES.get(m.quant or "")
+    if allowed is None:
+        return
+    names = list(m.scales.values()) if isinstance(m.scales, dict) else [m.scales] if m.scales else []
+    for n in names:
+        dtype = inv.tensors[n].dtype
+        if dtype not in allowed:
+            raise InvalidInputError(
+                f"{m.quant.upper() if m.quant else ''} scale {n} is {dtype}; expected {' or '.join(allowed)}",
+                inv.path,
+            )
+
+
 def row_reader(inv: Inventory, block: MoEBlock, m: ExpertMatrix) -> RowReader | str:
     """A row reader for matrix ``m`` of ``block``, or a note saying why it cannot be read (a format
     moediag does not decode); :class:`InvalidInputError` for tensors that contradict each other."""
     e_count = block.num_experts
+    t = inv.tensors
+    if m.quant and m.quant.startswith("unsupported: MXFP4 blocks without"):  # blocks alone are not weights
+        raise InvalidInputError(f"MXFP4 {m.fused or m.key} blocks have no _scales tensor", inv.path)
     if m.quant and m.quant.startswith("unsupported"):
         return m.quant.replace("unsupported: ", "") + " weights are not dequantised"
-    t = inv.tensors
+    _check_scale_dtypes(inv, m)
     if m.quant == "mxfp4":
         if m.fused is None or not isinstance(m.scales, str):
             return "per-expert MXFP4 tensors are not supported"
@@ -112,9 +135,11 @@ def row_reader(inv: Inventory, block: MoEBlock, m: ExpertMatrix) -> RowReader | 
         shape = first.shape
         rows = shape[0]
         cols = first.numel // max(rows, 1)
-        for n in m.names.values():
-            if t[n].shape != shape:
-                return f"experts' {m.key} tensors differ in shape"
+        for e, n in m.names.items():
+            if t[n].shape != shape:  # a corrupt checkpoint, like a missing projection
+                raise InvalidInputError(
+                    f"expert {e}'s {m.key} is {list(t[n].shape)}, the others' {list(shape)} ({n})", inv.path
+                )
         scales = m.scales if isinstance(m.scales, dict) else {}
         names = m.names
         fp8_kind = first.dtype if m.quant == "fp8" else None
@@ -144,6 +169,9 @@ def row_reader(inv: Inventory, block: MoEBlock, m: ExpertMatrix) -> RowReader | 
                 decode_fp8(w, fp8_kind, out)
                 return
             sref = t[sname]
+            if sref.numel == 1:  # one scale for the whole weight ([], [1], [1, 1]), whatever the config says
+                dequant_fp8(w, files.raw(sref, 0, 1).float(), (rows, cols), kind=fp8_kind, out=out)
+                return
             blk = fp8_block(inv, (rows, cols), sref.shape)
             a, b = r0 // blk[0], (r1 - 1) // blk[0] + 1  # the scale rows that cover rows r0 .. r1
             if len(sref.shape) < 2:

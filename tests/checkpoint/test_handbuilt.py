@@ -104,6 +104,12 @@ def test_mxfp4_gpt_oss_with_planted_duplicate(tmp_path: Path) -> None:
         InvalidInputError, match="down_proj_blocks .* and scales .*down_proj_scales .* do not match"
     ):
         analyze_checkpoint(write_checkpoint(tmp_path / "short", short, cfg))
+    bare = {k: v for k, v in tensors.items() if k != "model.layers.1.mlp.experts.down_proj_scales"}
+    with pytest.raises(InvalidInputError, match="down_proj_blocks blocks have no _scales tensor"):
+        analyze_checkpoint(write_checkpoint(tmp_path / "bare", bare, cfg))
+    floats = dict(tensors, **{"model.layers.1.mlp.experts.down_proj_scales": ds.float()})
+    with pytest.raises(InvalidInputError, match="is F32; expected U8"):
+        analyze_checkpoint(write_checkpoint(tmp_path / "floats", floats, cfg))
     # layer 1's down_proj blocks lost whole (its scales and bias kept): named, and its scales are no params
     lost = {k: v for k, v in tensors.items() if k != "model.layers.1.mlp.experts.down_proj_blocks"}
     s = analyze_checkpoint(write_checkpoint(tmp_path / "lost", lost, cfg), weights=False).to_dict()["summary"]
@@ -452,6 +458,9 @@ def _fp8_layer2(ckpt: Factory, tmp_path: Path, name: str, block: list[int] | Non
         ("scale_shape", [8, 16], r"does not fit .* in blocks of 8x16 \(that needs"),
         ("config_block", [16, 16], r"in blocks of 16x16"),
         ("no_config_block", None, None),  # the block the scale's shape implies: reads, no error
+        ("scalar_scale", [8, 16], None),  # one scale for a whole weight fits any block size ([] or [1, 1])
+        ("int_scale", [8, 16], "scale .* is I32; expected F32"),
+        ("expert_shape", [8, 16], r"expert 3's down_proj is \[.*\], the others'"),
     ],
 )
 def test_fp8_scales_that_contradict_their_weights_are_bad_input(
@@ -472,6 +481,20 @@ def test_fp8_scales_that_contradict_their_weights_are_bad_input(
         elif case == "scale_shape":
             n = next(n for n in scales if ".experts.3.up_proj" in n)
             sd[n] = torch.ones(sd[n].shape[0] + 1, sd[n].shape[1])
+        elif case == "scalar_scale":
+            sd[next(n for n in scales if ".experts.3.up_proj" in n)] = torch.tensor(0.01)
+            sd[next(n for n in scales if ".experts.4.up_proj" in n)] = torch.full((1, 1), 0.01)
+        elif case == "int_scale":
+            n = next(n for n in scales if ".experts.3.up_proj" in n)
+            sd[n] = sd[n].to(torch.int32)
+        elif case == "expert_shape":
+            n = next(
+                n for n in sd if ".layers.2." in n and ".experts.3.down_proj.weight" in n and "scale" not in n
+            )
+            sd[n] = sd[n][:, :-16].contiguous()
+            sd[n[: -len("weight")] + "weight_scale_inv"] = torch.ones(
+                sd[n].shape[0] // 8, sd[n].shape[1] // 16
+            )
 
     path = _fp8_layer2(ckpt, tmp_path, case, block, edit)
     if message is None:
