@@ -73,6 +73,29 @@ def looks_like_moediag_output(path: Path) -> bool:
     return MARKER in head
 
 
+#: the files beside a checkpoint or trace file that reading it may open (its config, index, other shards)
+_SIBLINGS = ("*.safetensors", "config.json", "*.index.json")
+
+
+def _files_read(inputs: list[str | os.PathLike[str]]) -> list[Path]:
+    """Every file the inputs stand for: a folder's files (two levels down, as the importers read), and for
+    a checkpoint or trace file, itself and the config, indexes and shards beside it."""
+    out: list[Path] = []
+    for src in inputs:
+        p = Path(src)
+        try:
+            if p.is_dir():
+                out += [c for c in p.iterdir() if c.is_file()]
+                out += [g for c in p.iterdir() if c.is_dir() for g in c.iterdir() if g.is_file()]
+            elif p.is_file():
+                out.append(p)
+                if p.suffix == ".safetensors" or p.name.endswith(".index.json") or p.name == "config.json":
+                    out += [c for pattern in _SIBLINGS for c in p.parent.glob(pattern) if c.is_file()]
+        except OSError:
+            continue
+    return out
+
+
 def check_output(
     target: str | os.PathLike[str],
     inputs: Iterable[str | os.PathLike[str]] = (),
@@ -85,7 +108,10 @@ def check_output(
 
     - never onto an input, never a folder holding an input, never inside a file;
     - an existing file inside an input folder (a checkpoint's shard or config) never, unless it is one of
-      moediag's own text or image outputs (not a trace shard: that is input);
+      moediag's own text or image outputs (not a trace shard: that is input); no new file in an input
+      trace folder;
+    - never a file an input reads under another name (a hard link, a symlink), nor the config, index or
+      shards beside an input checkpoint or trace file;
     - an existing folder is replaced only when it is a moediag trace folder (``folder=True``);
     - an existing file is replaced only when moediag wrote it, or with ``force``;
     - FIFOs, devices and sockets are never written.
@@ -94,6 +120,7 @@ def check_output(
     t = Path(target)
     name = f"output ({flag})"
     tst = _stat(t)
+    inputs = list(inputs)
     for src in inputs:
         sst = _stat(src)
         if sst is None:
@@ -115,6 +142,10 @@ def check_output(
     if tst is None:
         if t.is_symlink():
             raise OutputError(f"{name} is a dangling symbolic link; refusing to write through it", t)
+        if any(
+            os.path.realpath(t.parent) == os.path.realpath(d) and is_trace_folder(Path(d)) for d in inputs
+        ):
+            raise OutputError(f"{name} is inside the input trace folder {t.parent}; refusing to add to it", t)
         return t
     mode = tst.st_mode
     for src in inputs:  # what an input folder holds (shards, a config, trace folders) is read as input too
@@ -124,6 +155,16 @@ def check_output(
         if stat.S_ISDIR(mode) or t.suffix == ".safetensors" or not looks_like_moediag_output(t):
             raise OutputError(
                 f"{name} is inside the input folder {src}; refusing to replace it, --force or not", t
+            )
+    for f in _files_read(inputs):  # a hard link or symlink to a file an input reads, or its sibling shards
+        fst = _stat(f)
+        if (
+            fst is not None
+            and _same_file(tst, fst)
+            and (t.suffix == ".safetensors" or not looks_like_moediag_output(t))
+        ):
+            raise OutputError(
+                f"{name} is {f}, a file the inputs read (or another name for it); refusing to replace it", t
             )
     if stat.S_ISDIR(mode):
         if not folder:

@@ -58,6 +58,32 @@ def test_files_inside_an_input_folder_are_input_too(tmp_path: Path) -> None:
     ).read_bytes() == b"weights"
 
 
+def test_a_checkpoint_or_trace_file_protects_what_reading_it_opens(tmp_path: Path) -> None:
+    """Given as one file (a shard, an index), a checkpoint's config, index and other shards are input
+    too; so is any other name for an input file (hard link, symlink); and no file is added to an input
+    trace folder. Other files beside an input file stay the user's to replace with --force."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for n in ("config.json", "model.safetensors.index.json", "a.safetensors", "b.safetensors"):
+        (ckpt / n).write_bytes(b"x")
+    for src in (ckpt / "a.safetensors", ckpt / "model.safetensors.index.json"):
+        for target in ("config.json", "b.safetensors", "model.safetensors.index.json"):
+            with pytest.raises(OutputError, match="a file the inputs read|one of the inputs"):
+                check_output(ckpt / target, [src], force=True)
+    os.link(ckpt / "config.json", tmp_path / "hard.json")
+    (tmp_path / "soft.json").symlink_to(ckpt / "config.json")
+    for other in ("hard.json", "soft.json"):
+        with pytest.raises(OutputError, match="another name"):
+            check_output(tmp_path / other, [ckpt], force=True)
+    (ckpt / "notes.txt").write_text("mine")
+    assert check_output(ckpt / "notes.txt", [ckpt / "a.safetensors"], force=True) == ckpt / "notes.txt"
+    with TraceWriter(tmp_path / "trace", META) as w:
+        w.add({"layers.0.router_logits": torch.randn(3, 4)})
+    with pytest.raises(OutputError, match="inside the input trace folder"):
+        check_output(tmp_path / "trace" / "figure.png", [tmp_path / "trace"])
+    assert {p.name for p in ckpt.iterdir()} >= {"config.json", "a.safetensors", "b.safetensors"}
+
+
 def test_foreign_folders_are_never_replaced_and_foreign_files_need_force(tmp_path: Path) -> None:
     foreign = tmp_path / "data"
     foreign.mkdir()
