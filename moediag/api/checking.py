@@ -33,7 +33,9 @@ def check_document(
     from moediag.trace import open_trace
 
     if detect_kind(path) == "checkpoint":
-        doc = inspect_checkpoint(path, command="check", progress=by_bytes(progress)).to_dict()
+        doc = inspect_checkpoint(
+            path, command="check", progress=by_bytes(progress), workers=workers, scheduler=scheduler
+        ).to_dict()
         doc.setdefault("meta", {}).setdefault("kind", "checkpoint")
         doc["meta"].setdefault("path", str(path))
         return doc

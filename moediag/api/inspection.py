@@ -128,6 +128,8 @@ def inspect_checkpoint(
     from moediag.checkpoint import analyze_checkpoint, check_weights
     from moediag.options import DEFAULT_SAMPLE, resolve
 
+    if workers is not None and workers < 1:  # refused before anything is read, weights or not
+        raise UsageError("--workers must be at least 1")
     settings = resolve(command, {"weights": weights, "redundancy_threshold": redundancy_threshold}, config)
     analysis = analyze_checkpoint(
         path,

@@ -72,6 +72,8 @@ def report(
         checkpoint = inspect_checkpoint(
             by_kind["checkpoint"],
             command="report",
+            workers=workers,
+            scheduler=scheduler,
             config=config,
             weights=weights,
             progress=by_bytes(progress),

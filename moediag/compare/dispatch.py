@@ -39,6 +39,8 @@ def compare(
     ka, kb = detect_kind(a), detect_kind(b)
     if ka != kb:
         raise UsageError(f"compare needs two traces or two checkpoints: {a} is a {ka}, {b} is a {kb}")
+    if workers is not None and workers < 1:  # checked whatever is compared (checkpoints do not use it)
+        raise UsageError("--workers must be at least 1")
     if ka == "checkpoint":
         from moediag.checkpoint.compute import DEFAULT_SEQ_LEN
         from moediag.compare.models import compare_models

@@ -83,6 +83,18 @@ def test_weights_off_reads_nothing(ckpt: Factory) -> None:
     assert all(x["zero_experts"] is None and x["nonfinite"] is None for x in d["layers"])  # not read
     with pytest.raises(UsageError, match="--workers must be at least 1"):
         check_weights(analyze_checkpoint(ckpt("mixtral:dup").path, weights=False), workers=0)
+    from moediag.api import check, inspect_checkpoint, report
+    from moediag.compare.dispatch import compare
+
+    path = ckpt("mixtral:dup").path
+    for call in (
+        lambda: inspect_checkpoint(path, weights=False, workers=0),
+        lambda: check(path, workers=-1),
+        lambda: report([path], path.parent / "r.html", workers=0),
+        lambda: compare(path, path, workers=0),
+    ):
+        with pytest.raises(UsageError, match="--workers must be at least 1"):
+            call()
 
 
 def test_layer_filter(ckpt: Factory) -> None:
