@@ -25,6 +25,7 @@ def check_document(
     workers: int | None = None,
     scheduler: str | None = None,
     progress: Progress | None = None,
+    sample: float | None = None,
 ) -> dict[str, Any]:
     """The ``inspect --json`` document ``check`` judges, analysed with the check's settings (its
     ``cold_eps`` and ``capacity_factor``, the layers it selects; selection biases of traces added)."""
@@ -34,11 +35,18 @@ def check_document(
 
     if detect_kind(path) == "checkpoint":
         doc = inspect_checkpoint(
-            path, command="check", progress=by_bytes(progress), workers=workers, scheduler=scheduler
+            path,
+            command="check",
+            progress=by_bytes(progress),
+            workers=workers,
+            scheduler=scheduler,
+            sample=sample,
         ).to_dict()
         doc.setdefault("meta", {}).setdefault("kind", "checkpoint")
         doc["meta"].setdefault("path", str(path))
         return doc
+    if sample is not None:
+        raise UsageError("--sample applies to checkpoints (the share of expert rows read), not to traces")
     trace = open_trace(path, overrides=routing_overrides(num_experts, top_k, score_function))
     wanted = config["layers"]
     if wanted is not None:
@@ -98,12 +106,14 @@ def check(
     scheduler: str | None = None,
     progress: Progress | None = None,
     allow_empty: bool = False,
+    sample: float | None = None,
     **thresholds: Any,
 ) -> CheckReport:
     """Run the routing-health rules on a trace or checkpoint: ``moediag check PATH`` without the output.
 
     ``config``: a TOML file (default: the one found from the working directory); ``thresholds``: any key of
-    :data:`moediag.checks.KEYS` (``max_vio=0.5``, ``max_cv="off"``, ``layers="0,3-5"``), as the flags.
+    :data:`moediag.checks.KEYS` (``max_vio=0.5``, ``max_cv="off"``, ``layers="0,3-5"``), as the flags;
+    ``sample``: for a checkpoint, the share of expert rows the weights pass reads (1: every row).
     ``report.exit_code``, ``report.to_dict()`` and ``report.frame()`` give the outcome. Input with nothing
     to judge is an :class:`~moediag.errors.InvalidInputError` unless ``allow_empty``.
     """
@@ -126,6 +136,7 @@ def check(
         workers=workers,
         scheduler=scheduler,
         progress=progress,
+        sample=sample,
     )
     doc.setdefault("meta", {})["path"] = str(path)
     try:

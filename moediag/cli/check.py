@@ -20,10 +20,11 @@ from moediag.checks import (
 )
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar, stdout_console
-from moediag.cli.options import OUTPUT, ROUTING, SCALE
+from moediag.cli.options import CHECKPOINT, OUTPUT, ROUTING, SAMPLE_HELP, SCALE
 from moediag.errors import UsageError
 from moediag.io import atomic
 from moediag.io.outputs import FORCE_HELP, check_output
+from moediag.options import DEFAULT_SAMPLE
 from moediag.render.check_formats import OutputFormat, render
 
 RULES_PANEL = "Rules (a threshold, or off)"
@@ -43,6 +44,7 @@ def run_check(
     workers: int | None = None,
     scheduler: str | None = None,
     allow_empty: bool = False,
+    sample: float | None = None,
 ) -> CheckReport:
     """:func:`moediag.check` with the CLI's progress bar (what the command does, minus output)."""
     from moediag.api import check
@@ -59,6 +61,7 @@ def run_check(
         scheduler=scheduler,
         progress=progress_bar,
         allow_empty=allow_empty,
+        sample=sample,
         **(flags or {}),
     )
 
@@ -102,6 +105,7 @@ def check_cmd(**kwargs: Any) -> None:
         workers=kwargs.pop("workers"),
         scheduler=kwargs.pop("scheduler"),
         allow_empty=allow_empty,
+        sample=kwargs.pop("sample"),
         flags={name: kwargs.pop(name) for name in KEYS},
     )
     if fmt is OutputFormat.TABLE and output is None:
@@ -233,6 +237,17 @@ def _parameters() -> list[_inspect.Parameter]:
             "workers",
             int | None,
             typer.Option(None, "--workers", "-w", metavar="N", help=WORKERS_HELP, rich_help_panel=SCALE),
+        ),
+        param(
+            "sample",
+            float | None,
+            typer.Option(
+                None,
+                "--sample",
+                metavar="FRACTION",
+                help=SAMPLE_HELP + f" Default {DEFAULT_SAMPLE:g}.",
+                rich_help_panel=CHECKPOINT,
+            ),
         ),
         param(
             "scheduler",

@@ -20,7 +20,6 @@ from moediag.cli.common import (
     stdout_console,
 )
 from moediag.cli.options import (
-    CHECKPOINT,
     OUTPUT,
     SCALE,
     CapacityGroup,
@@ -30,6 +29,7 @@ from moediag.cli.options import (
     NumExperts,
     PathWindow,
     RedundancyThreshold,
+    Sample,
     ScoreFunction,
     TopK,
     Weights,
@@ -87,14 +87,7 @@ def inspect_cmd(
     path_window: PathWindow = None,
     weights: Weights = True,
     redundancy_threshold: RedundancyThreshold = default("redundancy_threshold"),
-    sample: float = typer.Option(
-        DEFAULT_SAMPLE,
-        "--sample",
-        metavar="FRACTION",
-        help="Fraction of each expert's rows the redundancy screen reads; candidate pairs are then "
-        "verified on the full weights. 1 reads every row exactly.",
-        rich_help_panel=CHECKPOINT,
-    ),
+    sample: Sample = DEFAULT_SAMPLE,
     chunk_tokens: ChunkTokens = None,
     workers: int | None = typer.Option(
         None,

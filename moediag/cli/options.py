@@ -103,6 +103,15 @@ RedundancyThreshold = Annotated[
         rich_help_panel=CHECKPOINT,
     ),
 ]
+#: help of ``--sample`` (inspect, report and check take it for checkpoints)
+SAMPLE_HELP = (
+    "Fraction of each expert's rows the redundancy screen reads; candidate pairs are then verified on the "
+    "full weights. 1 reads every row exactly (and finds a NaN in any row, for max_nonfinite)."
+)
+Sample = Annotated[
+    float,
+    typer.Option("--sample", metavar="FRACTION", help=SAMPLE_HELP, rich_help_panel=CHECKPOINT),
+]
 Layer = Annotated[
     int | None,
     typer.Option("--layer", "-l", metavar="L", help="Only this layer (the model's own index)."),

@@ -504,3 +504,22 @@ def test_fp8_scales_that_contradict_their_weights_are_bad_input(
     with pytest.raises(InvalidInputError, match=message):
         analyze_checkpoint(path)
     assert analyze_checkpoint(path, weights=False).layers  # the structure still reads
+
+
+def test_check_reads_every_row_with_sample_1(ckpt: Factory, tmp_path: Path) -> None:
+    """A NaN in one expert row the 1/32 screen may not read: ``check --sample 1`` reads every row, so
+    max_nonfinite sees it; ``--sample`` on a trace is a usage error."""
+    from moediag.api import check
+    from moediag.errors import UsageError
+
+    built = ckpt("deepseek_v3")
+    sd = load_file(str(built.path / "model.safetensors"))
+    name = next(n for n in sd if n.endswith("layers.2.mlp.experts.3.up_proj.weight"))
+    sd[name] = sd[name].clone()
+    sd[name][-1, 0] = float("nan")  # the last row
+    path = write_checkpoint(tmp_path / "nanrow", sd, _config(built.path))
+    exact = check(path, sample=1.0, max_redundant_pairs="off")
+    assert exact.exit_code == 1
+    assert {r["rule"]: r["status"] for r in exact.to_dict()["rules"]}["max_nonfinite"] == "fail"
+    with pytest.raises(UsageError, match="--sample applies to checkpoints"):
+        check(Path(__file__).parents[2] / "sample_traces" / "healthy.safetensors", sample=1.0)
