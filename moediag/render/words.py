@@ -40,4 +40,5 @@ def quantisation(q: object) -> str:
         return str(q)
     counts = q.get("expert_tensors") or {}
     shown = ", ".join(f"{k} x{v}" for k, v in counts.items()) if isinstance(counts, dict) else str(counts)
-    return f"{q.get('method') or '?'}; expert projections: {shown or 'none'}"
+    method = q.get("method") or "no quantization_config"
+    return f"{method}; expert projections: {shown or 'none'}"

@@ -21,4 +21,6 @@ def test_quantisation_in_words() -> None:
 
     q = {"method": "fp8", "expert_tensors": {"fp8": 177}}
     assert quantisation(q) == "fp8; expert projections: fp8 x177"
-    assert quantisation({"method": None, "expert_tensors": {}}) == "?; expert projections: none"
+    assert quantisation({"method": None, "expert_tensors": {"fp8": 3}}) == (
+        "no quantization_config; expert projections: fp8 x3"
+    )
