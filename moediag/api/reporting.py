@@ -11,6 +11,7 @@ from moediag.api.checking import configured_checks
 from moediag.api.inspection import inspect_checkpoint, inspect_trace
 from moediag.api.progress import PathLike, Progress, by_bytes, silent
 from moediag.errors import UsageError
+from moediag.io.outputs import check_output
 
 
 def report(
@@ -32,17 +33,23 @@ def report(
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
     allow_empty: bool = False,
+    force: bool = False,
 ) -> Path:
     """Write one self-contained HTML report of a trace, a checkpoint, or one of each (``moediag report``).
 
-    The check results are included when a config file is given or found. Returns the path written.
+    The check results are included when a config file is given or found. ``output`` follows moediag's
+    output rules (never an input; an existing file moediag did not write only with ``force``). Returns
+    the path written.
     """
     from moediag.io.inputs import detect_kind
 
     if Path(output).suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o {output}: the report is HTML; name it something.html")
+    given = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    # where the report may go, before anything is read (never onto an input; --force for foreign files)
+    check_output(output, [*given, *([config] if config else [])], force=force)
     by_kind: dict[str, PathLike] = {}
-    for p in [paths] if isinstance(paths, (str, os.PathLike)) else list(paths):
+    for p in given:
         kind = detect_kind(p)
         if kind in by_kind:
             raise UsageError(f"{p}: a report takes at most one trace and one checkpoint (two {kind}s given)")

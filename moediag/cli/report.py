@@ -24,7 +24,6 @@ from moediag.cli.options import (
     Workers,
 )
 from moediag.errors import UsageError
-from moediag.io.outputs import check_output
 from moediag.options import default
 from moediag.render.words import human_size
 
@@ -74,7 +73,6 @@ def report_cmd(
     require_positive(cold_eps=cold_eps, capacity_group=capacity_group)
     if min_capacity < 0:
         raise UsageError("--min-capacity must be 0 or more")
-    check_output(output, [*paths, *([config] if config else [])], force=force)
     layers: list[int] = []
     traces = [p for p in paths if path_window and detect_kind(p) == "trace"]
     if traces:  # --path-window is checked against the trace's layers
@@ -95,6 +93,7 @@ def report_cmd(
         progress=progress_bar,
         warn=echo_err,
         allow_empty=allow_empty,
+        force=force,
         **explicit(
             ctx, cold_eps=cold_eps, capacity_group=capacity_group, min_capacity=min_capacity, weights=weights
         ),

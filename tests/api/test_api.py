@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import moediag
 from moediag.cli import app
-from moediag.errors import ConfigError
+from moediag.errors import ConfigError, UsageError
 from moediag.options import DEFAULTS, SETTINGS, resolve
 from moediag.trace import build_metadata, write_trace
 
@@ -105,3 +105,22 @@ def test_every_default_is_in_the_table() -> None:
     docs = (Path(__file__).parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
     for s in SETTINGS:
         assert f"`{s.name}`" in docs, s.name
+
+
+def test_the_library_report_follows_the_output_rules(tmp_path: Path) -> None:
+    """moediag.report refuses what the CLI refuses (it wrote wherever it was told): never onto an input,
+    a foreign file only with force, and a name that is not .html before anything is read."""
+    import shutil
+
+    from moediag.io.outputs import OutputError
+
+    src = tmp_path / "h.safetensors"
+    shutil.copy(Path(__file__).parents[2] / "sample_traces" / "healthy.safetensors", src)
+    mine = tmp_path / "mine.html"
+    mine.write_text("my notes")
+    with pytest.raises(OutputError, match="--force"):
+        moediag.report(src, mine)
+    assert mine.read_text() == "my notes"
+    with pytest.raises(UsageError, match="the report is HTML"):
+        moediag.report(src, src)
+    assert moediag.report(src, mine, force=True) == mine and "moediag" in mine.read_text()
