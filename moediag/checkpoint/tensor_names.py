@@ -54,7 +54,7 @@ LOGIT_BIAS_RES = (
 SELECTION_BIAS_RE = re.compile(r"(?:^|\.)(?:e_score_correction_bias|expert_bias)$")
 SHARED_RE = re.compile(r"(?:^|\.)(?:shared_experts?|shared_mlp)(?:\.|_gate\.)")
 EMBED_RE = re.compile(
-    r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|tok_embeddings|embed_in|embedding|embeddings|shared)\.weight$"
+    r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|tok_embeddings|embed_in|embed|embedding|embeddings|shared)\.weight$"
 )
 MTP_STACK_RE = re.compile(r"^(?:.*\.)?mtp(?:\.|$)")
 

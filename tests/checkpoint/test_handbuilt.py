@@ -211,6 +211,7 @@ def test_deepseek_inference_format(tmp_path: Path) -> None:
     total = sum(v.numel() for k, v in t.items() if not k.endswith("gate.bias"))
     assert s["total_params"] == total
     assert s["active_params"] == total - 2 * (e - 2) * 3 * i * h
+    assert s["embedding_params"] == 16 * h  # embed.weight, DeepSeek's own name for it
     assert s["warnings"] == []
     spec = router_specs(folder)[0]
     assert spec.selection_bias == "layers.1.ffn.gate.bias" and spec.logit_bias is None
