@@ -50,12 +50,17 @@ def ordered(
             future.cancel()
 
 
+def check_workers(workers: int | None) -> None:
+    """``--workers`` below 1 is a usage error, for every command and input (None: this process)."""
+    if workers is not None and workers < 1:
+        raise UsageError("--workers must be at least 1")
+
+
 class LocalRunner:
     """``workers`` processes on this machine (spawned: forking a process that has run torch is unsafe)."""
 
     def __init__(self, workers: int) -> None:
-        if workers < 1:
-            raise UsageError("--workers must be at least 1")
+        check_workers(workers)
         self.workers = workers
         self._pool: Any = None
 
@@ -173,8 +178,7 @@ def open_runner(workers: int | None = None, scheduler: str | None = None) -> Ite
     """The runner for ``--workers`` / ``--scheduler`` (None: this process), closed on exit."""
     if workers is not None and scheduler is not None:
         raise UsageError("give --workers or --scheduler, not both (the cluster decides its own workers)")
-    if workers is not None and workers < 1:
-        raise UsageError("--workers must be at least 1")
+    check_workers(workers)
     runner: Runner | None = None
     if scheduler is not None:
         runner = DaskRunner(scheduler)

@@ -125,11 +125,11 @@ def inspect_checkpoint(
     :data:`moediag.options.DEFAULT_SAMPLE`; 1 = exact); ``workers``/``scheduler``: layers'
     weights side by side. ``announce(analysis, bytes, seconds)`` is told the estimate before the weights
     pass; ``progress(label, total)`` yields ``(advance, grow)`` over bytes."""
+    from moediag.analysis.runners import check_workers
     from moediag.checkpoint import analyze_checkpoint, check_weights
     from moediag.options import DEFAULT_SAMPLE, resolve
 
-    if workers is not None and workers < 1:  # refused before anything is read, weights or not
-        raise UsageError("--workers must be at least 1")
+    check_workers(workers)  # refused before anything is read, weights or not
     settings = resolve(command, {"weights": weights, "redundancy_threshold": redundancy_threshold}, config)
     analysis = analyze_checkpoint(
         path,

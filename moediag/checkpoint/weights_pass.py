@@ -14,7 +14,6 @@ from moediag.checkpoint.reading import load_tensor_f32
 from moediag.checkpoint.result import CheckpointAnalysis, LayerResult
 from moediag.checkpoint.similarity import DEFAULT_CHUNK_BYTES, expert_similarity
 from moediag.checkpoint.weights import bias_stats, router_stats
-from moediag.errors import UsageError
 
 __all__ = ["check_weights"]
 
@@ -37,16 +36,15 @@ def check_weights(
     see the checkpoint at the same path) checks layers side by side, one torch thread each; progress
     then comes a layer at a time.
     """
-    if workers is not None and workers < 1:  # the traces' rule, checked before any byte is read
-        raise UsageError("--workers must be at least 1")
+    from moediag.analysis.runners import check_workers, open_runner, ordered, submit_task
+
+    check_workers(workers)  # the traces' rule, before any byte is read
     inv = analysis.inventory
     args = (analysis.redundancy_threshold, chunk_bytes)
     if (workers is None or workers == 1) and scheduler is None:
         for lr in analysis.layers:
             _weights_for(inv, lr, *args, progress, plan, analysis.sample, analysis.seed)
     else:
-        from moediag.analysis.runners import open_runner, ordered, submit_task
-
         with open_runner(workers, scheduler) as runner:
             assert runner is not None
             n = workers if workers is not None else 4

@@ -16,7 +16,6 @@ import typer
 from moediag.checks import (
     KEYS,
     RULES,
-    CheckReport,
 )
 from moediag.cli.app import app, echo_err, finish
 from moediag.cli.common import SCHEDULER_HELP, WORKERS_HELP, progress_bar, stdout_console
@@ -29,41 +28,6 @@ from moediag.render.check_formats import OutputFormat, render
 
 RULES_PANEL = "Rules (a threshold, or off)"
 RULE_SETTINGS = "Rule settings"
-
-
-def run_check(
-    path: Path,
-    *,
-    config_file: Path | None = None,
-    baseline: Path | None = None,
-    flags: dict[str, Any] | None = None,
-    num_experts: int | None = None,
-    top_k: int | None = None,
-    score_function: str | None = None,
-    chunk_tokens: int | None = None,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    allow_empty: bool = False,
-    sample: float | None = None,
-) -> CheckReport:
-    """:func:`moediag.check` with the CLI's progress bar (what the command does, minus output)."""
-    from moediag.api import check
-
-    return check(
-        path,
-        config=config_file,
-        baseline=baseline,
-        num_experts=num_experts,
-        top_k=top_k,
-        score_function=score_function,
-        chunk_tokens=chunk_tokens,
-        workers=workers,
-        scheduler=scheduler,
-        progress=progress_bar,
-        allow_empty=allow_empty,
-        sample=sample,
-        **(flags or {}),
-    )
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -94,20 +58,11 @@ def check_cmd(**kwargs: Any) -> None:
         check_output(output, [path, *extra], force=force)
     if (chunk_tokens := kwargs.get("chunk_tokens")) is not None and chunk_tokens < 1:
         raise UsageError("--chunk-tokens must be positive")
-    report = run_check(
-        path,
-        config_file=kwargs.pop("config"),
-        baseline=kwargs.pop("baseline"),
-        num_experts=kwargs.pop("num_experts"),
-        top_k=kwargs.pop("top_k"),
-        score_function=kwargs.pop("score_function"),
-        chunk_tokens=kwargs.pop("chunk_tokens"),
-        workers=kwargs.pop("workers"),
-        scheduler=kwargs.pop("scheduler"),
-        allow_empty=allow_empty,
-        sample=kwargs.pop("sample"),
-        flags={name: kwargs.pop(name) for name in KEYS},
-    )
+    from moediag.api import check
+
+    thresholds = {name: kwargs.pop(name) for name in KEYS}
+    # what is left is moediag.check's own keywords (config, baseline, routing, scale, sample), by name
+    report = check(path, progress=progress_bar, allow_empty=allow_empty, **kwargs, **thresholds)
     if fmt is OutputFormat.TABLE and output is None:
         from moediag.render.terminal.check_table import render_check_table
 
@@ -295,4 +250,4 @@ def _parameters() -> list[_inspect.Parameter]:
 check_cmd.__signature__ = _inspect.Signature(_parameters())  # type: ignore[attr-defined]
 app.command("check")(check_cmd)
 
-__all__ = ["RULES", "check_cmd", "run_check", "write_atomic"]
+__all__ = ["RULES", "check_cmd", "write_atomic"]

@@ -39,8 +39,9 @@ def compare(
     ka, kb = detect_kind(a), detect_kind(b)
     if ka != kb:
         raise UsageError(f"compare needs two traces or two checkpoints: {a} is a {ka}, {b} is a {kb}")
-    if workers is not None and workers < 1:  # checked whatever is compared (checkpoints do not use it)
-        raise UsageError("--workers must be at least 1")
+    from moediag.analysis.runners import check_workers
+
+    check_workers(workers)  # whatever is compared (checkpoints do not use it)
     if ka == "checkpoint":
         from moediag.checkpoint.compute import DEFAULT_SEQ_LEN
         from moediag.compare.models import compare_models
