@@ -44,8 +44,6 @@ class LayerResult:
     distinct_experts: int | None = None
     expert_norms: list[float] | None = None
     zero_experts: list[int] = field(default_factory=list)
-    #: experts with a NaN or infinite value in the rows the weights pass read (their norms are NaN)
-    nonfinite_experts: list[int] = field(default_factory=list)
     similarity_matrices: list[str] = field(default_factory=list)
     weights_note: str | None = None
     screen: dict[str, Any] | None = None
@@ -69,9 +67,15 @@ class LayerResult:
         ):
             if stats and stats.get("nonfinite"):
                 found[key] = int(stats["nonfinite"])
-        if self.nonfinite_experts:
-            found["experts"] = list(self.nonfinite_experts)
-        total = sum(v for k, v in found.items() if k != "experts") + len(self.nonfinite_experts)
+        # an expert with a NaN or infinite value in the rows read has a norm that is not finite
+        bad = [
+            e
+            for e, v in zip(self.block.expert_ids, self.expert_norms or [], strict=False)
+            if not math.isfinite(v)
+        ]
+        if bad:
+            found["experts"] = bad
+        total = sum(v for k, v in found.items() if k != "experts") + len(bad)
         return {**found, "total": total}
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,7 +4,6 @@ this process or across workers (local processes or a Dask cluster, as for traces
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -132,9 +131,6 @@ def _weights_for(
         lr.distinct_experts = sim.distinct
         lr.expert_norms = sim.norms
         lr.zero_experts = sim.zero_experts
-        lr.nonfinite_experts = [
-            e for e, v in zip(b.expert_ids, sim.norms, strict=False) if not math.isfinite(v)
-        ]
         lr.similarity_matrices = sim.matrices
     if sim.skipped:
         lr.weights_note = (
